@@ -1,0 +1,121 @@
+//! [`OperationControl`]: the handler's side of one operation.
+
+use std::future::Future;
+use std::marker::PhantomData;
+
+use opshost_api::{ErrorCode, ErrorInfo, Operation, OperationSnapshot};
+
+use crate::error::ServerError;
+use crate::runtime::OperationRuntime;
+
+/// A handler's failure, recorded on the failed snapshot with code `HandlerFailed`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OperationFailure {
+    /// What went wrong, for the caller.
+    pub message: String,
+}
+
+/// Drives one operation to its terminal state: started, progress, complete, fail.
+pub struct OperationControl<Op: Operation> {
+    runtime: OperationRuntime,
+    id: String,
+    marker: PhantomData<fn() -> Op>,
+}
+
+impl<Op: Operation> Clone for OperationControl<Op> {
+    fn clone(&self) -> Self {
+        Self::new(self.runtime.clone(), self.id.clone())
+    }
+}
+
+impl<Op: Operation> OperationControl<Op> {
+    pub(crate) fn new(runtime: OperationRuntime, id: String) -> Self {
+        Self {
+            runtime,
+            id,
+            marker: PhantomData,
+        }
+    }
+
+    /// The operation's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Marks the operation running (idempotent while running).
+    pub async fn started(&self) -> Result<OperationSnapshot<Op>, ServerError> {
+        Ok(self.runtime.started(&self.id).await?.typed()?)
+    }
+
+    /// Reports progress.
+    pub async fn progress(
+        &self,
+        progress: Op::Progress,
+    ) -> Result<OperationSnapshot<Op>, ServerError> {
+        let value = serde_json::to_value(progress)?;
+        Ok(self.runtime.progress(&self.id, value).await?.typed()?)
+    }
+
+    /// Completes the operation with its output.
+    pub async fn complete(&self, output: Op::Output) -> Result<OperationSnapshot<Op>, ServerError> {
+        let value = serde_json::to_value(output)?;
+        Ok(self.runtime.complete(&self.id, value).await?.typed()?)
+    }
+
+    /// Fails the operation.
+    pub async fn fail(
+        &self,
+        failure: OperationFailure,
+    ) -> Result<OperationSnapshot<Op>, ServerError> {
+        let error = ErrorInfo::new(ErrorCode::HandlerFailed, failure.message);
+        Ok(self.runtime.fail(&self.id, error).await?.typed()?)
+    }
+
+    /// Whether a caller asked to cancel the operation.
+    pub async fn cancel_requested(&self) -> Result<bool, ServerError> {
+        Ok(self.runtime.get(&self.id).await?.cancel_requested)
+    }
+
+    /// Resolves when a caller asks to cancel the operation.
+    pub async fn cancelled(&self) {
+        self.runtime.cancellation(&self.id).cancelled().await
+    }
+
+    /// Ends the operation `cancelled` after the handler cleaned up.
+    pub async fn acknowledge_cancel(&self) -> Result<OperationSnapshot<Op>, ServerError> {
+        Ok(self
+            .runtime
+            .cancelled(&self.id, "cancelled by caller")
+            .await?
+            .typed()?)
+    }
+
+    /// Runs service-owned `work` that must drive the operation to a terminal state.
+    ///
+    /// When `work` fails the operation is failed with its error; when it returns while the
+    /// operation is still non-terminal, the operation fails with `HandlerNonTerminal` and so
+    /// does this call.
+    pub async fn attach<F, E>(&self, work: F) -> Result<(), ServerError>
+    where
+        F: Future<Output = Result<(), E>>,
+        E: Into<ServerError>,
+    {
+        if let Err(error) = work.await {
+            let error = error.into();
+            match self.runtime.fail(&self.id, error.to_info()).await {
+                Ok(_) | Err(ServerError::OperationTerminal { .. }) => return Err(error),
+                Err(other) => return Err(other),
+            }
+        }
+        let snapshot = self.runtime.get(&self.id).await?;
+        if snapshot.is_terminal() {
+            return Ok(());
+        }
+        let error = ServerError::HandlerNonTerminal {
+            id: self.id.clone(),
+            state: snapshot.state,
+        };
+        self.runtime.fail(&self.id, error.to_info()).await?;
+        Err(error)
+    }
+}

@@ -1,0 +1,115 @@
+//! The runtime's error type, one variant per stable [`ErrorCode`].
+
+use opshost_api::{ErrorCode, ErrorInfo, OperationState};
+use opshost_contract::SchemaIssue;
+
+use crate::store::StoreError;
+
+/// An error of the operation runtime or of a service's routes.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// No operation has this id.
+    #[error("operation `{id}` not found")]
+    OperationNotFound {
+        /// The id asked for.
+        id: String,
+    },
+    /// The id is taken by an operation with a different input or name.
+    #[error("operation `{id}` already exists with a different input")]
+    OperationAlreadyExists {
+        /// The id asked for.
+        id: String,
+    },
+    /// The operation is terminal; nothing can change it.
+    #[error("operation `{id}` is already {}", .state.as_str())]
+    OperationTerminal {
+        /// The operation's id.
+        id: String,
+        /// Its terminal state.
+        state: OperationState,
+    },
+    /// The operation does not support this control action.
+    #[error("operation `{operation}` does not support {action}")]
+    OperationUnsupportedControl {
+        /// The operation's name.
+        operation: String,
+        /// The action refused, e.g. `cancel`.
+        action: String,
+    },
+    /// A payload or name given to the runtime is invalid.
+    #[error("{message}{}", issues_suffix(.issues))]
+    InvalidInput {
+        /// What was invalid, and where (e.g. `progress of Orders.Process`).
+        message: String,
+        /// Schema issues, each with a JSON pointer.
+        issues: Vec<SchemaIssue>,
+    },
+    /// A limit was exceeded.
+    #[error("limit `{limit}` exceeded: {message}")]
+    LimitExceeded {
+        /// The limit's name.
+        limit: String,
+        /// Details.
+        message: String,
+    },
+    /// A handler returned while its operation was still non-terminal.
+    #[error("handler of operation `{id}` returned while the operation was still {}", .state.as_str())]
+    HandlerNonTerminal {
+        /// The operation's id.
+        id: String,
+        /// Its state when the handler returned.
+        state: OperationState,
+    },
+    /// The operation ended with a failure reported by its handler.
+    #[error("{0}")]
+    Failed(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored payload did not decode to the operation's Rust types.
+    #[error("payload does not match the facade types: {0}")]
+    Codec(#[from] serde_json::Error),
+}
+
+fn issues_suffix(issues: &[SchemaIssue]) -> String {
+    issues.iter().map(|issue| format!("; {issue}")).collect()
+}
+
+impl ServerError {
+    /// The stable code of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::OperationNotFound { .. } => ErrorCode::OperationNotFound,
+            Self::OperationAlreadyExists { .. } => ErrorCode::OperationAlreadyExists,
+            Self::OperationTerminal { .. } => ErrorCode::OperationTerminal,
+            Self::OperationUnsupportedControl { .. } => ErrorCode::OperationUnsupportedControl,
+            Self::InvalidInput { .. } => ErrorCode::InvalidInput,
+            Self::LimitExceeded { .. } => ErrorCode::LimitExceeded,
+            Self::HandlerNonTerminal { .. } => ErrorCode::HandlerNonTerminal,
+            Self::Failed(_) => ErrorCode::HandlerFailed,
+            Self::Store(_) | Self::Codec(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// This error as it is recorded on a failed snapshot.
+    pub fn to_info(&self) -> ErrorInfo {
+        let details = match self {
+            Self::InvalidInput { issues, .. } if !issues.is_empty() => {
+                serde_json::to_value(issues).ok()
+            }
+            _ => None,
+        };
+        ErrorInfo {
+            code: self.code(),
+            message: self.to_string(),
+            details,
+        }
+    }
+
+    pub(crate) fn invalid(message: impl Into<String>) -> Self {
+        Self::InvalidInput {
+            message: message.into(),
+            issues: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,210 @@
+//! The in-memory store: every operation's event log and signals in one mutex-guarded map.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use opshost_api::{EventKind, OperationEvent, Snapshot};
+use serde_json::Value;
+use tokio::sync::watch;
+
+use super::{
+    CreateOutcome, ListFilter, OperationStore, Page, SignalOutcome, SignalRecord, StoreError,
+    StoredOperation, UpdateOutcome,
+};
+
+struct Entry {
+    input: Option<Value>,
+    events: Vec<(EventKind, Snapshot)>,
+    signals: Vec<SignalRecord>,
+}
+
+impl Entry {
+    fn current(&self) -> &Snapshot {
+        // An entry is created with its `Accepted` event and events are never removed.
+        &self.events[self.events.len() - 1].1
+    }
+}
+
+#[derive(Default)]
+struct State {
+    entries: BTreeMap<String, Entry>,
+    bells: HashMap<String, watch::Sender<u64>>,
+}
+
+impl State {
+    fn ring(&mut self, id: &str) {
+        if let Some(bell) = self.bells.get(id) {
+            if bell.receiver_count() == 0 {
+                self.bells.remove(id);
+            } else {
+                bell.send_modify(|n| *n += 1);
+            }
+        }
+    }
+}
+
+/// A store that keeps everything in process memory; for tests and embedding.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, StoreError> {
+        self.state
+            .lock()
+            .map_err(|_| StoreError("memory store lock poisoned".into()))
+    }
+}
+
+#[async_trait]
+impl OperationStore for MemoryStore {
+    async fn create(
+        &self,
+        snapshot: Snapshot,
+        input: Option<Value>,
+    ) -> Result<CreateOutcome, StoreError> {
+        let mut state = self.lock()?;
+        if let Some(entry) = state.entries.get(&snapshot.id) {
+            return Ok(CreateOutcome::Existing(StoredOperation {
+                snapshot: entry.current().clone(),
+                input: entry.input.clone(),
+            }));
+        }
+        let id = snapshot.id.clone();
+        state.entries.insert(
+            id.clone(),
+            Entry {
+                input,
+                events: vec![(EventKind::Accepted, snapshot.clone())],
+                signals: Vec::new(),
+            },
+        );
+        state.ring(&id);
+        Ok(CreateOutcome::Created(snapshot))
+    }
+
+    async fn load(&self, id: &str) -> Result<Option<StoredOperation>, StoreError> {
+        let state = self.lock()?;
+        Ok(state.entries.get(id).map(|entry| StoredOperation {
+            snapshot: entry.current().clone(),
+            input: entry.input.clone(),
+        }))
+    }
+
+    async fn update(&self, next: Snapshot, kind: EventKind) -> Result<UpdateOutcome, StoreError> {
+        let mut state = self.lock()?;
+        let Some(entry) = state.entries.get_mut(&next.id) else {
+            return Err(StoreError(format!(
+                "update of unknown operation `{}`",
+                next.id
+            )));
+        };
+        let current = entry.current();
+        if current.revision + 1 != next.revision {
+            return Ok(UpdateOutcome::Conflict(current.clone()));
+        }
+        entry.events.push((kind, next.clone()));
+        state.ring(&next.id);
+        Ok(UpdateOutcome::Updated(next))
+    }
+
+    async fn events_after(&self, id: &str, after: u64) -> Result<Vec<OperationEvent>, StoreError> {
+        let state = self.lock()?;
+        Ok(state
+            .entries
+            .get(id)
+            .map(|entry| {
+                entry
+                    .events
+                    .iter()
+                    .filter(|(_, snapshot)| snapshot.revision > after)
+                    .map(|(kind, snapshot)| OperationEvent::new(*kind, snapshot.clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn append_signal(
+        &self,
+        id: &str,
+        name: &str,
+        payload: Value,
+    ) -> Result<SignalOutcome, StoreError> {
+        let mut state = self.lock()?;
+        let Some(entry) = state.entries.get_mut(id) else {
+            return Err(StoreError(format!("signal to unknown operation `{id}`")));
+        };
+        let current = entry.current().state;
+        if current.is_terminal() {
+            return Ok(SignalOutcome::Terminal(current));
+        }
+        let sequence = entry.signals.len() as u64 + 1;
+        entry.signals.push(SignalRecord {
+            sequence,
+            name: name.to_owned(),
+            payload,
+        });
+        state.ring(id);
+        Ok(SignalOutcome::Appended(sequence))
+    }
+
+    async fn signals_after(&self, id: &str, after: u64) -> Result<Vec<SignalRecord>, StoreError> {
+        let state = self.lock()?;
+        Ok(state
+            .entries
+            .get(id)
+            .map(|entry| {
+                entry
+                    .signals
+                    .iter()
+                    .filter(|s| s.sequence > after)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
+        let state = self.lock()?;
+        let start = match &filter.after {
+            Some(after) => std::ops::Bound::Excluded(after.clone()),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut matching = state
+            .entries
+            .range((start, std::ops::Bound::Unbounded))
+            .map(|(_, entry)| entry.current())
+            .filter(|s| {
+                filter
+                    .operation
+                    .as_deref()
+                    .is_none_or(|op| s.operation == op)
+            })
+            .filter(|s| filter.state.is_none_or(|state| s.state == state));
+        let items: Vec<Snapshot> = matching.by_ref().take(filter.limit).cloned().collect();
+        let next = match (matching.next(), items.last()) {
+            (Some(_), Some(last)) => Some(last.id.clone()),
+            _ => None,
+        };
+        Ok(Page { items, next })
+    }
+
+    fn subscribe(&self, id: &str) -> watch::Receiver<u64> {
+        let mut state = self
+            .state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        state
+            .bells
+            .entry(id.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+}

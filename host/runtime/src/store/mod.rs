@@ -1,0 +1,125 @@
+//! Storage behind the runtime.
+//!
+//! Every backend (in-memory now; SQLite and PostgreSQL next) implements [`OperationStore`]:
+//! atomic create-if-absent, compare-and-set on the revision, an ordered event log per
+//! operation, ordered signals, filtered listing, and a doorbell that rings on every change.
+
+mod memory;
+
+use async_trait::async_trait;
+use opshost_api::{EventKind, OperationEvent, OperationState, Snapshot};
+use serde_json::Value;
+use tokio::sync::watch;
+
+pub use memory::MemoryStore;
+
+/// A store failure (I/O, corruption, a lost connection).
+#[derive(Debug, thiserror::Error)]
+#[error("store error: {0}")]
+pub struct StoreError(pub String);
+
+/// An operation as stored: its current snapshot and the input it was accepted with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredOperation {
+    /// Current snapshot.
+    pub snapshot: Snapshot,
+    /// Start input; `None` when accepted by id alone.
+    pub input: Option<Value>,
+}
+
+/// Result of [`OperationStore::create`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum CreateOutcome {
+    /// The operation did not exist and was created.
+    Created(Snapshot),
+    /// An operation with that id already existed; nothing was written.
+    Existing(StoredOperation),
+}
+
+/// Result of [`OperationStore::update`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum UpdateOutcome {
+    /// The new snapshot was written.
+    Updated(Snapshot),
+    /// The stored revision was not the expected one; here is the current snapshot.
+    Conflict(Snapshot),
+}
+
+/// Result of [`OperationStore::append_signal`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum SignalOutcome {
+    /// Appended with this sequence number (1, 2, ...).
+    Appended(u64),
+    /// The operation is terminal; nothing was written.
+    Terminal(OperationState),
+}
+
+/// A signal delivered to an operation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SignalRecord {
+    /// Order of arrival, from 1.
+    pub sequence: u64,
+    /// Signal name.
+    pub name: String,
+    /// Validated payload.
+    pub payload: Value,
+}
+
+/// Which operations to list.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    /// Only this operation name.
+    pub operation: Option<String>,
+    /// Only this state.
+    pub state: Option<OperationState>,
+    /// Start after this id (the previous page's `next`).
+    pub after: Option<String>,
+    /// Page size.
+    pub limit: usize,
+}
+
+/// One page of a listing, ordered by id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// The snapshots on this page.
+    pub items: Vec<Snapshot>,
+    /// Cursor of the next page, if any.
+    pub next: Option<String>,
+}
+
+/// Durable home of operations, their event logs and their signals.
+#[async_trait]
+pub trait OperationStore: Send + Sync + 'static {
+    /// Creates the operation (revision 1, `Accepted`) unless its id exists.
+    async fn create(
+        &self,
+        snapshot: Snapshot,
+        input: Option<Value>,
+    ) -> Result<CreateOutcome, StoreError>;
+
+    /// Loads an operation.
+    async fn load(&self, id: &str) -> Result<Option<StoredOperation>, StoreError>;
+
+    /// Writes `next` if the stored revision is `next.revision - 1`, appending an event of `kind`.
+    async fn update(&self, next: Snapshot, kind: EventKind) -> Result<UpdateOutcome, StoreError>;
+
+    /// Events with a revision above `after`, oldest first.
+    async fn events_after(&self, id: &str, after: u64) -> Result<Vec<OperationEvent>, StoreError>;
+
+    /// Appends a signal unless the operation is terminal.
+    async fn append_signal(
+        &self,
+        id: &str,
+        name: &str,
+        payload: Value,
+    ) -> Result<SignalOutcome, StoreError>;
+
+    /// Signals with a sequence above `after`, oldest first.
+    async fn signals_after(&self, id: &str, after: u64) -> Result<Vec<SignalRecord>, StoreError>;
+
+    /// Lists operations by filter.
+    async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError>;
+
+    /// A doorbell for one operation: its value changes after every write to it.
+    fn subscribe(&self, id: &str) -> watch::Receiver<u64>;
+}

@@ -1,0 +1,126 @@
+//! The typed embedding API: one handle per operation, with the facade's Rust types.
+
+use std::marker::PhantomData;
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use opshost_api::{Operation, OperationEvent, OperationSnapshot, Signal};
+
+use crate::control::OperationControl;
+use crate::error::ServerError;
+use crate::runtime::OperationRuntime;
+
+/// The runtime's handle for operation `Op`: accept, control, get, wait, watch, cancel, signal.
+pub struct Operations<Op: Operation> {
+    runtime: OperationRuntime,
+    marker: PhantomData<fn() -> Op>,
+}
+
+impl<Op: Operation> Clone for Operations<Op> {
+    fn clone(&self) -> Self {
+        Self::new(self.runtime.clone())
+    }
+}
+
+impl<Op: Operation> Operations<Op> {
+    pub(crate) fn new(runtime: OperationRuntime) -> Self {
+        Self {
+            runtime,
+            marker: PhantomData,
+        }
+    }
+
+    /// Accepts the operation under a handler-chosen id, with no stored input.
+    pub async fn accept(
+        &self,
+        id: impl Into<String>,
+    ) -> Result<OperationSnapshot<Op>, ServerError> {
+        let snapshot = self
+            .runtime
+            .accept(Op::NAME, Some(id.into()), None)
+            .await?
+            .snapshot;
+        Ok(snapshot.typed()?)
+    }
+
+    /// Accepts the operation with its input (validated); `id: None` mints a fresh ULID.
+    pub async fn accept_with(
+        &self,
+        id: Option<String>,
+        input: &Op::Input,
+    ) -> Result<OperationSnapshot<Op>, ServerError> {
+        let input = serde_json::to_value(input)?;
+        let snapshot = self
+            .runtime
+            .accept(Op::NAME, id, Some(input))
+            .await?
+            .snapshot;
+        Ok(snapshot.typed()?)
+    }
+
+    /// The control handle of an accepted operation, resumed by id.
+    pub async fn control(
+        &self,
+        id: impl Into<String>,
+    ) -> Result<OperationControl<Op>, ServerError> {
+        let id = id.into();
+        let snapshot = self.runtime.get(&id).await?;
+        if snapshot.operation != Op::NAME {
+            return Err(ServerError::OperationNotFound { id });
+        }
+        Ok(OperationControl::new(self.runtime.clone(), id))
+    }
+
+    /// The current snapshot.
+    pub async fn get(&self, id: impl AsRef<str>) -> Result<OperationSnapshot<Op>, ServerError> {
+        Ok(self.runtime.get(id.as_ref()).await?.typed()?)
+    }
+
+    /// Waits for the terminal snapshot.
+    pub async fn wait(&self, id: impl AsRef<str>) -> Result<OperationSnapshot<Op>, ServerError> {
+        Ok(self.runtime.wait(id.as_ref(), None).await?.typed()?)
+    }
+
+    /// Waits for the terminal snapshot, or returns the current one after `timeout`.
+    pub async fn wait_timeout(
+        &self,
+        id: impl AsRef<str>,
+        timeout: Duration,
+    ) -> Result<OperationSnapshot<Op>, ServerError> {
+        Ok(self
+            .runtime
+            .wait(id.as_ref(), Some(timeout))
+            .await?
+            .typed()?)
+    }
+
+    /// Typed events, starting with the current snapshot (or after `after`, see
+    /// [`OperationRuntime::watch`]) and ending with the terminal one.
+    pub fn watch(
+        &self,
+        id: &str,
+        after: Option<u64>,
+    ) -> impl Stream<Item = Result<OperationEvent<OperationSnapshot<Op>>, ServerError>> + Send + use<Op>
+    {
+        self.runtime.watch(id, after).map(|event| {
+            event.and_then(|event| {
+                event.try_map(|snapshot| snapshot.typed::<Op>().map_err(ServerError::from))
+            })
+        })
+    }
+
+    /// Cancels the operation and returns its terminal snapshot.
+    pub async fn cancel(&self, id: impl AsRef<str>) -> Result<OperationSnapshot<Op>, ServerError> {
+        Ok(self.runtime.cancel(id.as_ref()).await?.typed()?)
+    }
+
+    /// Sends signal `S`; returns its sequence number.
+    pub async fn signal<S: Signal<Operation = Op>>(
+        &self,
+        id: impl AsRef<str>,
+        input: &S::Input,
+    ) -> Result<u64, ServerError> {
+        let payload = serde_json::to_value(input)?;
+        self.runtime.signal(id.as_ref(), S::NAME, payload).await
+    }
+}

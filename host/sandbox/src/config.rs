@@ -1,0 +1,71 @@
+//! The deployment config: which component handles which operation, and with what limits.
+//!
+//! ```toml
+//! contract = "contracts/orders_service.manifest.json"
+//! cancel_grace_ms = 5000
+//!
+//! [[handlers]]
+//! operation = "Orders.Process"
+//! component = "target/wasm32-wasip2/release/orders_process.wasm"
+//! ```
+//!
+//! Relative paths are resolved against the config file's directory.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::SandboxError;
+
+/// A deployment: one contract and the components that handle its operations.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentConfig {
+    /// The contract manifest.
+    pub contract: PathBuf,
+    /// Grace period for a cancelled handler before it is stopped by force.
+    #[serde(default = "default_grace_ms")]
+    pub cancel_grace_ms: u64,
+    /// One entry per operation served by a component.
+    #[serde(default)]
+    pub handlers: Vec<HandlerConfig>,
+}
+
+/// One operation and the component that handles it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HandlerConfig {
+    /// The operation's name in the contract.
+    pub operation: String,
+    /// The component file (`.wasm`).
+    pub component: PathBuf,
+}
+
+fn default_grace_ms() -> u64 {
+    5_000
+}
+
+impl DeploymentConfig {
+    /// Reads a config file, resolving relative paths against its directory.
+    pub fn from_path(path: impl AsRef<Path>) -> Result<Self, SandboxError> {
+        let path = path.as_ref();
+        let error = |message: String| SandboxError::Config {
+            path: path.display().to_string(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+        let mut config: Self = toml::from_str(&text).map_err(|e| error(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.contract = base.join(&config.contract);
+        for handler in &mut config.handlers {
+            handler.component = base.join(&handler.component);
+        }
+        Ok(config)
+    }
+
+    /// The cancel grace period.
+    pub fn cancel_grace(&self) -> Duration {
+        Duration::from_millis(self.cancel_grace_ms)
+    }
+}

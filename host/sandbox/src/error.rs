@@ -1,0 +1,36 @@
+//! Errors of loading and configuring the sandbox.
+
+use opshost_contract::ContractError;
+
+/// Why a deployment could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The deployment config could not be read or parsed.
+    #[error("deployment config {path}: {message}")]
+    Config {
+        /// The config file.
+        path: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The contract manifest does not load.
+    #[error(transparent)]
+    Contract(#[from] ContractError),
+    /// A handler names an operation the contract does not declare.
+    #[error("handler for `{operation}`: the contract declares no such operation")]
+    UnknownOperation {
+        /// The operation named by the config.
+        operation: String,
+    },
+    /// A component could not be read, compiled or linked.
+    #[error("component {path}: {message}")]
+    Component {
+        /// The component file.
+        path: String,
+        /// What failed.
+        message: String,
+    },
+    /// The wasmtime engine could not be created.
+    #[error("wasmtime engine: {0}")]
+    Engine(String),
+}

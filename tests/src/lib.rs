@@ -1,0 +1,60 @@
+//! Shared set-up for the integration tests: hosts serving the real guests built for
+//! `wasm32-wasip2` (run `./dev guests` first; `./dev test` does).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use opshost_sandbox::{DeploymentConfig, HandlerConfig, WasmHost};
+
+/// The repository's root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Path of a guest component built by `./dev guests`.
+pub fn guest(name: &str) -> PathBuf {
+    let path = root()
+        .join("target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        path.exists(),
+        "guest component {} is missing: build the guests with `./dev guests`",
+        path.display()
+    );
+    path
+}
+
+/// A host serving `Orders.Process` with the orders-process guest.
+pub fn orders_host(cancel_grace: Duration) -> WasmHost {
+    host(
+        "orders_service.manifest.json",
+        "Orders.Process",
+        "orders_process",
+        cancel_grace,
+    )
+}
+
+/// A host serving `Testing.Scenario` with the test-handlers guest.
+pub fn testing_host(cancel_grace: Duration) -> WasmHost {
+    host(
+        "testing.manifest.json",
+        "Testing.Scenario",
+        "test_handlers",
+        cancel_grace,
+    )
+}
+
+fn host(manifest: &str, operation: &str, component: &str, cancel_grace: Duration) -> WasmHost {
+    let config = DeploymentConfig {
+        contract: root().join("contracts").join(manifest),
+        cancel_grace_ms: u64::try_from(cancel_grace.as_millis()).unwrap_or(u64::MAX),
+        handlers: vec![HandlerConfig {
+            operation: operation.into(),
+            component: guest(component),
+        }],
+    };
+    match WasmHost::from_config(&config) {
+        Ok(host) => host,
+        Err(error) => panic!("cannot load the test deployment: {error}"),
+    }
+}
