@@ -51,10 +51,10 @@ impl Order {
         } else {
             STEP_TIME
         };
-        if let Some(signal) = ctx.next_signal(Some(step_time))? {
-            if signal.decode::<OrdersProcessExpedite>().is_some() {
-                self.expedited = true;
-            }
+        if let Some(signal) = ctx.next_signal(Some(step_time))?
+            && signal.decode::<OrdersProcessExpedite>().is_some()
+        {
+            self.expedited = true;
         }
         Ok(())
     }

@@ -77,7 +77,11 @@ impl Router {
         Self::default()
     }
 
-    /// Registers operation `Op` with its start, get, wait and cancel closures.
+    /// Registers operation `Op` with its start, get, wait and cancel closures. Start inputs are
+    /// validated against the contract embedded in the facade before `start` sees them.
+    ///
+    /// # Panics
+    /// When the facade's embedded manifest does not load or lacks `Op`: regenerate the facade.
     #[allow(clippy::too_many_arguments)]
     pub fn register_operation<Op, S, SF, G, GF, W, WF, C, CF>(
         &mut self,
@@ -96,10 +100,29 @@ impl Router {
         C: Fn(RequestContext, String) -> CF + Send + Sync + 'static,
         CF: Future<Output = Result<OperationSnapshot<Op>, ServerError>> + Send + 'static,
     {
+        let contract =
+            opshost_contract::Contract::from_json(Op::manifest()).unwrap_or_else(|error| {
+                panic!("facade manifest of {} does not load: {error}", Op::SERVICE)
+            });
+        let Some(spec) = contract.operation(Op::NAME) else {
+            panic!(
+                "facade manifest of {} does not declare {}",
+                Op::SERVICE,
+                Op::NAME
+            );
+        };
+        let schema = spec.input.clone();
         let start = Arc::new(start);
         let decode_start: Handler<Value> = erase::<Op, Value, _, _>(move |ctx, input: Value| {
             let start = start.clone();
+            let valid = schema
+                .validate(&input)
+                .map_err(|issues| ServerError::InvalidInput {
+                    message: format!("input of {} does not match its schema", Op::NAME),
+                    issues,
+                });
             async move {
+                valid?;
                 let input: Op::Input = serde_json::from_value(input).map_err(|error| {
                     ServerError::invalid(format!("input of {} does not decode: {error}", Op::NAME))
                 })?;
