@@ -261,12 +261,14 @@ impl OperationRuntime {
             let changed = bell.changed();
             match deadline {
                 Some(deadline) => {
-                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                    if !matches!(tokio::time::timeout_at(deadline, changed).await, Ok(Ok(()))) {
                         return self.get(id).await;
                     }
                 }
                 None => {
-                    let _ = changed.await;
+                    if changed.await.is_err() {
+                        return self.get(id).await;
+                    }
                 }
             }
         }
@@ -285,6 +287,7 @@ impl OperationRuntime {
             pending: std::collections::VecDeque<OperationEvent>,
             done: bool,
             first: bool,
+            closed: bool,
         }
         let state = Watch {
             bell: self.inner.store.subscribe(id),
@@ -294,6 +297,7 @@ impl OperationRuntime {
             pending: Default::default(),
             done: false,
             first: after.is_none(),
+            closed: false,
         };
         Box::pin(futures::stream::unfold(state, |mut w| async move {
             loop {
@@ -318,9 +322,11 @@ impl OperationRuntime {
                         w.done = true;
                         return Some((Err(ServerError::OperationNotFound { id: w.id.clone() }), w));
                     }
-                    if w.bell.changed().await.is_err() {
+                    if w.closed {
                         return None;
                     }
+                    // A closed doorbell means the operation is terminal: read once more.
+                    w.closed = w.bell.changed().await.is_err();
                     continue;
                 }
                 let mut events = events;
@@ -525,7 +531,14 @@ impl OperationRuntime {
             {
                 return Ok(SignalWait::Signal(signal));
             }
-            if cancel.is_cancelled() || self.get(id).await?.cancel_requested {
+            let snapshot = self.get(id).await?;
+            if snapshot.is_terminal() {
+                return Err(ServerError::OperationTerminal {
+                    id: id.to_owned(),
+                    state: snapshot.state,
+                });
+            }
+            if cancel.is_cancelled() || snapshot.cancel_requested {
                 return Ok(SignalWait::Cancelled);
             }
             let sleep = async {

@@ -107,9 +107,15 @@ impl WasmHost {
         if acceptance.created {
             let snapshot = acceptance.snapshot.clone();
             let host = self.clone();
-            let task = tokio::spawn(async move { host.run(pre, snapshot, input).await });
+            let (registered, gate) = tokio::sync::oneshot::channel::<()>();
+            let task = tokio::spawn(async move {
+                // Run only once cancel can find the task, so a fast handler cannot finish first.
+                let _ = gate.await;
+                host.run(pre, snapshot, input).await
+            });
             self.runtime
                 .register_task(&acceptance.snapshot.id, task.abort_handle());
+            let _ = registered.send(());
         }
         Ok(acceptance.snapshot)
     }

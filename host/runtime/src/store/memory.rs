@@ -112,6 +112,10 @@ impl OperationStore for MemoryStore {
         }
         entry.events.push((kind, next.clone()));
         state.ring(&next.id);
+        if next.is_terminal() {
+            // Nothing rings after the terminal event; receivers see the sender close.
+            state.bells.remove(&next.id);
+        }
         Ok(UpdateOutcome::Updated(next))
     }
 

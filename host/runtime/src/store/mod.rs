@@ -120,6 +120,7 @@ pub trait OperationStore: Send + Sync + 'static {
     /// Lists operations by filter.
     async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError>;
 
-    /// A doorbell for one operation: its value changes after every write to it.
+    /// A doorbell for one operation: its value changes after every write to it, and its sender
+    /// closes once the operation is terminal.
     fn subscribe(&self, id: &str) -> watch::Receiver<u64>;
 }
