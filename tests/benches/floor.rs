@@ -22,7 +22,7 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-use opshost::operation::types::{ControlError, Failure, Invocation, Signal};
+use opshost::operation::types::{ControlError, Signal};
 
 const ITERATIONS: usize = 400;
 const WARMUP: usize = 20;
@@ -90,15 +90,22 @@ fn stats(mut samples: Vec<Duration>) -> Stats {
     }
 }
 
+fn wasm<T>(result: wasmtime::Result<T>) -> anyhow::Result<T> {
+    result.map_err(|error| anyhow::anyhow!("{error:?}"))
+}
+
 async fn floor() -> anyhow::Result<Vec<Duration>> {
     let mut config = Config::new();
     config.wasm_component_model(true);
-    let engine = Engine::new(&config)?;
+    let engine = wasm(Engine::new(&config))?;
     let mut linker = Linker::<Bare>::new(&engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    Handler::add_to_linker::<_, HasSelf<Bare>>(&mut linker, |state| state)?;
-    let component = Component::from_file(&engine, guest("test_handlers"))?;
-    let pre = HandlerPre::new(linker.instantiate_pre(&component)?)?;
+    wasm(wasmtime_wasi::p2::add_to_linker_async(&mut linker))?;
+    wasm(Handler::add_to_linker::<_, HasSelf<Bare>>(
+        &mut linker,
+        |state| state,
+    ))?;
+    let component = wasm(Component::from_file(&engine, guest("test_handlers")))?;
+    let pre = wasm(linker.instantiate_pre(&component).and_then(HandlerPre::new))?;
     let invocation = Invocation {
         operation_id: "bench".into(),
         operation: "Testing.Scenario".into(),
@@ -116,10 +123,8 @@ async fn floor() -> anyhow::Result<Vec<Duration>> {
                 table: ResourceTable::new(),
             },
         );
-        let handler = pre.instantiate_async(&mut store).await?;
-        handler
-            .call_handle(&mut store, &invocation)
-            .await?
+        let handler = wasm(pre.instantiate_async(&mut store).await)?;
+        wasm(handler.call_handle(&mut store, &invocation).await)?
             .map_err(|f| anyhow::anyhow!(f.message))?;
         if i >= WARMUP {
             samples.push(started.elapsed());
