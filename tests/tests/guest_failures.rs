@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use futures::StreamExt;
-use opshost_api::{ErrorCode, EventKind, OperationState, Snapshot};
+use opshost_api::{ErrorCode, ErrorInfo, EventKind, OperationState, Snapshot};
 use opshost_runtime::ServerError;
 use opshost_sandbox::WasmHost;
 use opshost_tests::testing_host;
@@ -22,32 +22,31 @@ async fn run(host: &WasmHost, scenario: &str) -> Snapshot {
         .unwrap()
 }
 
+/// Runs `scenario` and returns the error of the failed snapshot it must end with.
+async fn failure_of(scenario: &str) -> ErrorInfo {
+    let host = testing_host(GRACE);
+    let snapshot = run(&host, scenario).await;
+    assert_eq!(snapshot.state, OperationState::Failed, "{snapshot:?}");
+    snapshot.error.expect("a failed snapshot carries its error")
+}
+
 #[tokio::test]
 async fn a_guest_error_fails_the_operation_with_its_message() {
-    let host = testing_host(GRACE);
-    let snapshot = run(&host, "fail").await;
-    assert_eq!(snapshot.state, OperationState::Failed);
-    let error = snapshot.error.unwrap();
+    let error = failure_of("fail").await;
     assert_eq!(error.code, ErrorCode::HandlerFailed);
     assert_eq!(error.message, "the scenario asked to fail");
 }
 
 #[tokio::test]
 async fn a_trapping_guest_fails_with_handler_trapped_and_the_trap_message() {
-    let host = testing_host(GRACE);
-    let snapshot = run(&host, "trap").await;
-    assert_eq!(snapshot.state, OperationState::Failed);
-    let error = snapshot.error.unwrap();
+    let error = failure_of("trap").await;
     assert_eq!(error.code, ErrorCode::HandlerTrapped);
     assert!(error.message.contains("unreachable"), "{}", error.message);
 }
 
 #[tokio::test]
 async fn a_guest_returning_with_the_operation_open_fails_with_handler_non_terminal() {
-    let host = testing_host(GRACE);
-    let snapshot = run(&host, "non-terminal").await;
-    assert_eq!(snapshot.state, OperationState::Failed);
-    let error = snapshot.error.unwrap();
+    let error = failure_of("non-terminal").await;
     assert_eq!(error.code, ErrorCode::HandlerNonTerminal);
     assert!(error.message.contains("still running"), "{}", error.message);
 }

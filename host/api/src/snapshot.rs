@@ -99,6 +99,27 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Revision 1 of a newly accepted operation: `pending`, attempt 1, created now.
+    pub fn accepted(id: String, service: String, operation: String, version: String) -> Self {
+        let now = Utc::now();
+        Self {
+            id,
+            service,
+            operation,
+            version,
+            revision: 1,
+            state: OperationState::Pending,
+            progress: None,
+            output: None,
+            error: None,
+            cancel_requested: false,
+            attempt: 1,
+            created_at: now,
+            updated_at: now,
+            completed_at: None,
+        }
+    }
+
     /// Whether the snapshot is terminal.
     pub fn is_terminal(&self) -> bool {
         self.state.is_terminal()

@@ -193,23 +193,12 @@ impl OperationRuntime {
                 "operation id must be 1 to 200 characters long",
             ));
         }
-        let now = Utc::now();
-        let snapshot = Snapshot {
-            id: id.clone(),
-            service: self.inner.service.clone(),
-            operation: operation.to_owned(),
-            version: spec.version.clone(),
-            revision: 1,
-            state: OperationState::Pending,
-            progress: None,
-            output: None,
-            error: None,
-            cancel_requested: false,
-            attempt: 1,
-            created_at: now,
-            updated_at: now,
-            completed_at: None,
-        };
+        let snapshot = Snapshot::accepted(
+            id.clone(),
+            self.inner.service.clone(),
+            operation.to_owned(),
+            spec.version.clone(),
+        );
         match self.inner.store.create(snapshot, input.clone()).await? {
             CreateOutcome::Created(snapshot) => {
                 tracing::debug!(%id, operation, "accepted");

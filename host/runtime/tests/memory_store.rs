@@ -1,7 +1,6 @@
 //! The store contract, checked on the in-memory store: create-if-absent, compare-and-set,
 //! ordered events and signals, filtered paging, and the doorbell.
 
-use chrono::Utc;
 use opshost_api::{EventKind, OperationState, Snapshot};
 use opshost_runtime::store::{
     CreateOutcome, ListFilter, MemoryStore, OperationStore, SignalOutcome, UpdateOutcome,
@@ -9,23 +8,7 @@ use opshost_runtime::store::{
 use serde_json::json;
 
 fn snapshot(id: &str, operation: &str) -> Snapshot {
-    let now = Utc::now();
-    Snapshot {
-        id: id.into(),
-        service: "svc".into(),
-        operation: operation.into(),
-        version: "v1".into(),
-        revision: 1,
-        state: OperationState::Pending,
-        progress: None,
-        output: None,
-        error: None,
-        cancel_requested: false,
-        attempt: 1,
-        created_at: now,
-        updated_at: now,
-        completed_at: None,
-    }
+    Snapshot::accepted(id.into(), "svc".into(), operation.into(), "v1".into())
 }
 
 fn next(current: &Snapshot, state: OperationState) -> Snapshot {
