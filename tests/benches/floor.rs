@@ -6,6 +6,7 @@
 //!   validation, a fresh store, real control imports, events).
 //!
 //! Run with `./dev bench`. Prints mean, p50 and p99 per operation and the ratio host/floor.
+//! `FLOOR_EPOCH=1` gives the floor's engine epoch interruption too, to isolate its cost.
 
 use std::time::{Duration, Instant};
 
@@ -97,6 +98,7 @@ fn wasm<T>(result: wasmtime::Result<T>) -> anyhow::Result<T> {
 async fn floor() -> anyhow::Result<Vec<Duration>> {
     let mut config = Config::new();
     config.wasm_component_model(true);
+    config.epoch_interruption(std::env::var_os("FLOOR_EPOCH").is_some());
     let engine = wasm(Engine::new(&config))?;
     let mut linker = Linker::<Bare>::new(&engine);
     wasm(wasmtime_wasi::p2::add_to_linker_async(&mut linker))?;
@@ -123,6 +125,7 @@ async fn floor() -> anyhow::Result<Vec<Duration>> {
                 table: ResourceTable::new(),
             },
         );
+        store.set_epoch_deadline(u64::MAX / 2);
         let handler = wasm(pre.instantiate_async(&mut store).await)?;
         wasm(handler.call_handle(&mut store, &invocation).await)?
             .map_err(|f| anyhow::anyhow!(f.message))?;
