@@ -311,3 +311,21 @@ async fn a_native_handler_reporting_invalid_progress_gets_an_error_and_the_opera
     assert_eq!(pointers, ["/step", "/total"]);
     assert_eq!(operations.get("bad-progress").await.unwrap().revision, 1);
 }
+
+#[tokio::test]
+async fn cancel_wakes_a_native_handler_that_then_acknowledges() {
+    let runtime = InMemoryOperationRuntime::new("orders-service");
+    let operations = runtime.operation::<OrdersProcess>();
+    operations.accept("native-cancel").await.unwrap();
+    let control = operations.control("native-cancel").await.unwrap();
+    control.started().await.unwrap();
+    let handler = tokio::spawn(async move {
+        control.cancelled().await;
+        assert!(control.cancel_requested().await.unwrap());
+        control.acknowledge_cancel().await.unwrap();
+    });
+    let terminal = operations.cancel("native-cancel").await.unwrap();
+    handler.await.unwrap();
+    assert_eq!(terminal.state, OperationState::Cancelled);
+    assert_eq!(terminal.error.unwrap().message, "cancelled by caller");
+}

@@ -446,17 +446,15 @@ impl OperationRuntime {
             Ok(Some((EventKind::CancelRequested, snapshot)))
         })
         .await?;
-        let live = self.live(id);
-        live.cancel.cancel();
+        let live = self.running(id);
+        if let Some(live) = &live {
+            live.cancel.cancel();
+        }
         let waited = self.wait(id, Some(self.inner.config.cancel_grace)).await?;
         if waited.is_terminal() {
             return Ok(waited);
         }
-        let task = live
-            .task
-            .lock()
-            .map(|mut task| task.take())
-            .unwrap_or_default();
+        let task = live.and_then(|live| live.task.lock().ok().and_then(|mut task| task.take()));
         if let Some(task) = task {
             tracing::warn!(%id, "handler ignored cancellation for the grace period; stopping it");
             task.abort();
@@ -506,7 +504,7 @@ impl OperationRuntime {
         after: u64,
         timeout: Option<Duration>,
     ) -> Result<SignalWait, ServerError> {
-        let cancel = self.live(id).cancel.clone();
+        let cancel = self.cancellation(id);
         let mut bell = self.inner.store.subscribe(id);
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
         loop {
@@ -544,25 +542,36 @@ impl OperationRuntime {
         }
     }
 
-    /// A token that fires when cancellation of the operation is requested on this host.
+    /// A token that fires when cancellation of the operation is requested on this host. For an
+    /// operation not handled here (see [`OperationRuntime::register_handler`]) it never fires;
+    /// the snapshot's `cancelRequested` still tells.
     pub fn cancellation(&self, id: &str) -> CancellationToken {
-        self.live(id).cancel.clone()
+        self.running(id)
+            .map(|live| live.cancel.clone())
+            .unwrap_or_default()
     }
 
-    /// Registers the task running the operation's handler, so that cancel can stop it by force.
-    pub fn register_task(&self, id: &str, task: AbortHandle) {
-        if let Ok(mut slot) = self.live(id).task.lock() {
-            *slot = Some(task);
-        }
-    }
-
-    fn live(&self, id: &str) -> Arc<Live> {
+    /// Records that this host handles the operation until it is terminal, so that cancel can
+    /// wake its handler and, with `task`, stop it by force.
+    pub fn register_handler(&self, id: &str, task: Option<AbortHandle>) {
         let mut live = self
             .inner
             .live
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        live.entry(id.to_owned()).or_default().clone()
+        let entry = live.entry(id.to_owned()).or_default();
+        if let (Some(task), Ok(mut slot)) = (task, entry.task.lock()) {
+            *slot = Some(task);
+        }
+    }
+
+    fn running(&self, id: &str) -> Option<Arc<Live>> {
+        let live = self
+            .inner
+            .live
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        live.get(id).cloned()
     }
 
     fn retire(&self, id: &str) {

@@ -58,7 +58,8 @@ impl<Op: Operation> Operations<Op> {
         Ok(snapshot.typed()?)
     }
 
-    /// The control handle of an accepted operation, resumed by id.
+    /// The control handle of an accepted operation, resumed by id. This host then counts as
+    /// the operation's handler: a cancel wakes [`OperationControl::cancelled`].
     pub async fn control(
         &self,
         id: impl Into<String>,
@@ -67,6 +68,9 @@ impl<Op: Operation> Operations<Op> {
         let snapshot = self.runtime.get(&id).await?;
         if snapshot.operation != Op::NAME {
             return Err(ServerError::OperationNotFound { id });
+        }
+        if !snapshot.is_terminal() {
+            self.runtime.register_handler(&id, None);
         }
         Ok(OperationControl::new(self.runtime.clone(), id))
     }

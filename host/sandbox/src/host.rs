@@ -114,7 +114,7 @@ impl WasmHost {
                 host.run(pre, snapshot, input).await
             });
             self.runtime
-                .register_task(&acceptance.snapshot.id, task.abort_handle());
+                .register_handler(&acceptance.snapshot.id, Some(task.abort_handle()));
             let _ = registered.send(());
         }
         Ok(acceptance.snapshot)
