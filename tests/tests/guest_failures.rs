@@ -11,15 +11,22 @@ use serde_json::json;
 
 const GRACE: Duration = Duration::from_millis(300);
 
-async fn run(host: &WasmHost, scenario: &str) -> Snapshot {
-    let accepted = host
-        .start("Testing.Scenario", None, json!({ "scenario": scenario }))
-        .await
-        .unwrap();
+/// Starts `Testing.Scenario` with `input` and returns the accepted snapshot.
+async fn start(host: &WasmHost, input: serde_json::Value) -> Snapshot {
+    host.start("Testing.Scenario", None, input).await.unwrap()
+}
+
+/// Waits (30 s at most) for the operation's terminal snapshot.
+async fn wait_terminal(host: &WasmHost, id: &str) -> Snapshot {
     host.runtime()
-        .wait(&accepted.id, Some(Duration::from_secs(30)))
+        .wait(id, Some(Duration::from_secs(30)))
         .await
         .unwrap()
+}
+
+async fn run(host: &WasmHost, scenario: &str) -> Snapshot {
+    let accepted = start(host, json!({ "scenario": scenario })).await;
+    wait_terminal(host, &accepted.id).await
 }
 
 /// Runs `scenario` and returns the error of the failed snapshot it must end with.
@@ -77,22 +84,8 @@ async fn invalid_progress_is_refused_to_the_guest_and_leaves_the_operation_uncha
 #[tokio::test]
 async fn a_guest_ignoring_cancel_is_stopped_by_force_after_the_grace_period() {
     let host = testing_host(GRACE);
-    let spinning = host
-        .start(
-            "Testing.Scenario",
-            None,
-            json!({ "scenario": "ignore-cancel" }),
-        )
-        .await
-        .unwrap();
-    let healthy = host
-        .start(
-            "Testing.Scenario",
-            None,
-            json!({ "scenario": "echo-signals", "signals": 1 }),
-        )
-        .await
-        .unwrap();
+    let spinning = start(&host, json!({ "scenario": "ignore-cancel" })).await;
+    let healthy = start(&host, json!({ "scenario": "echo-signals", "signals": 1 })).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let terminal = host.runtime().cancel(&spinning.id).await.unwrap();
     assert_eq!(terminal.state, OperationState::Cancelled);
@@ -104,11 +97,7 @@ async fn a_guest_ignoring_cancel_is_stopped_by_force_after_the_grace_period() {
         .signal(&healthy.id, "Note", json!({ "text": "still alive" }))
         .await
         .unwrap();
-    let other = host
-        .runtime()
-        .wait(&healthy.id, Some(Duration::from_secs(30)))
-        .await
-        .unwrap();
+    let other = wait_terminal(&host, &healthy.id).await;
     assert_eq!(
         other.state,
         OperationState::Completed,
@@ -119,14 +108,7 @@ async fn a_guest_ignoring_cancel_is_stopped_by_force_after_the_grace_period() {
 #[tokio::test]
 async fn cancel_wakes_a_guest_blocked_on_next_signal() {
     let host = testing_host(Duration::from_secs(30));
-    let accepted = host
-        .start(
-            "Testing.Scenario",
-            None,
-            json!({ "scenario": "await-cancel" }),
-        )
-        .await
-        .unwrap();
+    let accepted = start(&host, json!({ "scenario": "await-cancel" })).await;
     let terminal = host.runtime().cancel(&accepted.id).await.unwrap();
     assert_eq!(terminal.state, OperationState::Cancelled);
     assert_eq!(terminal.error.unwrap().message, "cancelled by caller");
@@ -170,14 +152,7 @@ async fn cancel_of_an_operation_without_cancel_support_is_unsupported() {
 #[tokio::test]
 async fn signals_arrive_in_order_with_sequence_numbers_and_are_refused_after_terminal() {
     let host = testing_host(GRACE);
-    let accepted = host
-        .start(
-            "Testing.Scenario",
-            None,
-            json!({ "scenario": "echo-signals", "signals": 3 }),
-        )
-        .await
-        .unwrap();
+    let accepted = start(&host, json!({ "scenario": "echo-signals", "signals": 3 })).await;
     let mut sequences = Vec::new();
     for text in ["a", "b", "c"] {
         sequences.push(
@@ -188,11 +163,7 @@ async fn signals_arrive_in_order_with_sequence_numbers_and_are_refused_after_ter
         );
     }
     assert_eq!(sequences, [1, 2, 3]);
-    let terminal = host
-        .runtime()
-        .wait(&accepted.id, Some(Duration::from_secs(30)))
-        .await
-        .unwrap();
+    let terminal = wait_terminal(&host, &accepted.id).await;
     assert_eq!(
         terminal.output.unwrap()["signals"],
         json!(["1:a", "2:b", "3:c"])
@@ -209,14 +180,7 @@ async fn signals_arrive_in_order_with_sequence_numbers_and_are_refused_after_ter
 #[tokio::test]
 async fn unknown_and_invalid_signals_are_refused_with_invalid_input() {
     let host = testing_host(GRACE);
-    let accepted = host
-        .start(
-            "Testing.Scenario",
-            None,
-            json!({ "scenario": "echo-signals", "signals": 1 }),
-        )
-        .await
-        .unwrap();
+    let accepted = start(&host, json!({ "scenario": "echo-signals", "signals": 1 })).await;
     let unknown = host
         .runtime()
         .signal(&accepted.id, "Nope", json!({}))

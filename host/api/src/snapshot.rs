@@ -274,10 +274,9 @@ impl<S> OperationEvent<S> {
         }
     }
 
-    /// The same event with its snapshot mapped.
-    pub fn try_map<T, E>(self, f: impl FnOnce(S) -> Result<T, E>) -> Result<OperationEvent<T>, E> {
-        let kind = self.kind();
-        let snapshot = match self {
+    /// The snapshot after the change, taken out of the event.
+    pub fn into_snapshot(self) -> S {
+        match self {
             Self::Accepted { snapshot }
             | Self::Started { snapshot }
             | Self::Progress { snapshot }
@@ -285,7 +284,13 @@ impl<S> OperationEvent<S> {
             | Self::Completed { snapshot }
             | Self::Failed { snapshot }
             | Self::Cancelled { snapshot } => snapshot,
-        };
+        }
+    }
+
+    /// The same event with its snapshot mapped.
+    pub fn try_map<T, E>(self, f: impl FnOnce(S) -> Result<T, E>) -> Result<OperationEvent<T>, E> {
+        let kind = self.kind();
+        let snapshot = self.into_snapshot();
         Ok(OperationEvent::new(kind, f(snapshot)?))
     }
 }

@@ -359,7 +359,7 @@ impl OperationRuntime {
                 )));
             }
         }
-        self.transition(id, |current| {
+        self.transition_from(snapshot, |current| {
             non_terminal(current)?;
             let mut snapshot = next(current, OperationState::Running);
             snapshot.progress = Some(progress.clone());
@@ -377,7 +377,7 @@ impl OperationRuntime {
             &output,
             &format!("output of {}", snapshot.operation),
         )?;
-        self.finish(id, EventKind::Completed, |snapshot| {
+        self.finish(snapshot, EventKind::Completed, |snapshot| {
             snapshot.output = Some(output.clone())
         })
         .await
@@ -385,7 +385,8 @@ impl OperationRuntime {
 
     /// Fails the operation with `error`.
     pub async fn fail(&self, id: &str, error: ErrorInfo) -> Result<Snapshot, ServerError> {
-        self.finish(id, EventKind::Failed, |snapshot| {
+        let current = self.get(id).await?;
+        self.finish(current, EventKind::Failed, |snapshot| {
             snapshot.error = Some(error.clone())
         })
         .await
@@ -394,7 +395,8 @@ impl OperationRuntime {
     /// Ends the operation `cancelled` (after a cancel request was honoured or enforced).
     pub async fn cancelled(&self, id: &str, message: &str) -> Result<Snapshot, ServerError> {
         let error = ErrorInfo::new(ErrorCode::Cancelled, message);
-        self.finish(id, EventKind::Cancelled, |snapshot| {
+        let current = self.get(id).await?;
+        self.finish(current, EventKind::Cancelled, |snapshot| {
             snapshot.error = Some(error.clone())
         })
         .await
@@ -402,7 +404,7 @@ impl OperationRuntime {
 
     async fn finish(
         &self,
-        id: &str,
+        current: Snapshot,
         kind: EventKind,
         set: impl Fn(&mut Snapshot),
     ) -> Result<Snapshot, ServerError> {
@@ -411,8 +413,9 @@ impl OperationRuntime {
             EventKind::Failed => OperationState::Failed,
             _ => OperationState::Cancelled,
         };
+        let id = current.id.clone();
         let snapshot = self
-            .transition(id, |current| {
+            .transition_from(current, |current| {
                 non_terminal(current)?;
                 let mut snapshot = next(current, state);
                 snapshot.completed_at = Some(snapshot.updated_at);
@@ -420,7 +423,7 @@ impl OperationRuntime {
                 Ok(Some((kind, snapshot)))
             })
             .await?;
-        self.retire(id);
+        self.retire(&id);
         Ok(snapshot)
     }
 
@@ -588,7 +591,16 @@ impl OperationRuntime {
         id: &str,
         change: impl Fn(&Snapshot) -> Result<Option<(EventKind, Snapshot)>, ServerError>,
     ) -> Result<Snapshot, ServerError> {
-        let mut current = self.get(id).await?;
+        let current = self.get(id).await?;
+        self.transition_from(current, change).await
+    }
+
+    /// Applies `change` starting from `current`, re-reading only on a revision conflict.
+    async fn transition_from(
+        &self,
+        mut current: Snapshot,
+        change: impl Fn(&Snapshot) -> Result<Option<(EventKind, Snapshot)>, ServerError>,
+    ) -> Result<Snapshot, ServerError> {
         loop {
             let Some((kind, snapshot)) = change(&current)? else {
                 return Ok(current);
