@@ -48,6 +48,7 @@ fn host(manifest: &str, operation: &str, component: &str, cancel_grace: Duration
     let config = DeploymentConfig {
         contract: root().join("contracts").join(manifest),
         cancel_grace_ms: u64::try_from(cancel_grace.as_millis()).unwrap_or(u64::MAX),
+        max_active_operations: None,
         handlers: vec![HandlerConfig {
             operation: operation.into(),
             component: guest(component),

@@ -58,6 +58,36 @@ pub enum EventKind {
     Cancelled,
 }
 
+impl EventKind {
+    const ALL: [Self; 7] = [
+        Self::Accepted,
+        Self::Started,
+        Self::Progress,
+        Self::CancelRequested,
+        Self::Completed,
+        Self::Failed,
+        Self::Cancelled,
+    ];
+
+    /// The event's wire name, as in the `type` tag of [`OperationEvent`] (e.g. `progress`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Accepted => "accepted",
+            Self::Started => "started",
+            Self::Progress => "progress",
+            Self::CancelRequested => "cancelRequested",
+            Self::Completed => "completed",
+            Self::Failed => "failed",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// The kind with wire name `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+}
+
 /// An operation's full state at one revision, with progress and output as JSON.
 ///
 /// This is the wire and storage form; [`OperationSnapshot`] is its typed view.
@@ -152,7 +182,7 @@ impl Snapshot {
 }
 
 /// A snapshot whose progress and output are the typed payloads of operation `Op`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, PartialEq)]
 pub struct OperationSnapshot<Op: Operation> {
     /// Operation id.
     pub id: String,
@@ -182,6 +212,27 @@ pub struct OperationSnapshot<Op: Operation> {
     pub updated_at: DateTime<Utc>,
     /// When the operation became terminal.
     pub completed_at: Option<DateTime<Utc>>,
+}
+
+impl<Op: Operation> Clone for OperationSnapshot<Op> {
+    fn clone(&self) -> Self {
+        Self {
+            id: self.id.clone(),
+            service: self.service.clone(),
+            operation: self.operation.clone(),
+            version: self.version.clone(),
+            revision: self.revision,
+            state: self.state,
+            progress: self.progress.clone(),
+            output: self.output.clone(),
+            error: self.error.clone(),
+            cancel_requested: self.cancel_requested,
+            attempt: self.attempt,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            completed_at: self.completed_at,
+        }
+    }
 }
 
 impl<Op: Operation> OperationSnapshot<Op> {

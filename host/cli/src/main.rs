@@ -1,29 +1,168 @@
-//! `opshost`: run operation handlers shipped as wasm components, and generate facades.
+//! `opshost`: serve operation handlers shipped as wasm components over HTTP, drive operations
+//! as a caller, mint development tokens and generate facades.
+
+mod config;
+mod progress;
+mod remote;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
-use clap::{Parser, Subcommand};
-use futures::StreamExt;
-use indicatif::{ProgressBar, ProgressStyle};
-use opshost_api::{OperationEvent, OperationState, Snapshot};
-use opshost_sandbox::{DeploymentConfig, WasmHost};
-use serde_json::Value;
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use opshost_sandbox::WasmHost;
+use opshost_server::auth::{TokenRequest, mint_hs256};
+use opshost_server::{Authenticator, HttpApi};
+
+use crate::config::HostConfig;
+use crate::remote::Remote;
+
+/// Exit codes a shell script can rely on.
+pub mod exit {
+    /// The operation (or the command) succeeded.
+    pub const OK: u8 = 0;
+    /// The operation ended failed or cancelled, or is not terminal after `wait --timeout`.
+    pub const NOT_COMPLETED: u8 = 1;
+    /// Bad usage, a bad file or a local error.
+    pub const USAGE: u8 = 2;
+    /// The host answered with an error (its code is printed).
+    pub const REFUSED: u8 = 3;
+    /// The host could not be reached.
+    pub const UNREACHABLE: u8 = 4;
+}
 
 #[derive(Parser)]
 #[command(
     name = "opshost",
     version,
-    about = "Host for long-running operations with wasm handlers"
+    about = "Host for long-running operations with wasm handlers",
+    after_help = "Exit codes: 0 ok; 1 the operation ended failed or cancelled (or is still running after `wait --timeout`); 2 usage or local error; 3 the host refused (error code printed); 4 the host is unreachable."
 )]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// Where the host is and who is calling.
+#[derive(Args, Clone)]
+struct Connection {
+    /// Base URL of the host.
+    #[arg(long, env = "OPSHOST_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// Bearer token (see `opshost token`).
+    #[arg(long, env = "OPSHOST_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
+    /// Serve a deployment over HTTP (loopback unless the config says otherwise).
+    Serve {
+        /// The host config (TOML): deployment, `[server]` and `[auth]`.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// Listen address, overriding `[server] listen` (port 0 picks a free port).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Start an operation and print its snapshot (or watch it with `--watch`).
+    Start {
+        #[command(flatten)]
+        connection: Connection,
+        /// The operation, e.g. `Orders.Process`.
+        operation: String,
+        /// The input: JSON text, or `@path` to read it from a file.
+        #[arg(short, long)]
+        input: String,
+        /// Idempotency key (becomes the operation id).
+        #[arg(long)]
+        id: Option<String>,
+        /// Ask the host to answer with the result if it is ready within this many seconds.
+        #[arg(long)]
+        wait: Option<u64>,
+        /// Then show live progress until the operation ends, and print its result.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// Print an operation's current snapshot.
+    Get {
+        #[command(flatten)]
+        connection: Connection,
+        /// Operation id.
+        id: String,
+    },
+    /// Wait for an operation to end and print its snapshot.
+    Wait {
+        #[command(flatten)]
+        connection: Connection,
+        /// Operation id.
+        id: String,
+        /// Give up after this many seconds (exit 1 if still running).
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
+    /// Show an operation's live progress, then print its result.
+    Watch {
+        #[command(flatten)]
+        connection: Connection,
+        /// Operation id.
+        id: String,
+    },
+    /// Cancel an operation and print its terminal snapshot.
+    Cancel {
+        #[command(flatten)]
+        connection: Connection,
+        /// Operation id.
+        id: String,
+    },
+    /// Send a named signal to an operation.
+    Signal {
+        #[command(flatten)]
+        connection: Connection,
+        /// Operation id.
+        id: String,
+        /// Signal name, e.g. `Expedite`.
+        name: String,
+        /// The payload: JSON text, or `@path`.
+        #[arg(short, long, default_value = "{}")]
+        input: String,
+    },
+    /// List the operations you may observe.
+    List {
+        #[command(flatten)]
+        connection: Connection,
+        /// Only this operation.
+        #[arg(long)]
+        operation: Option<String>,
+        /// Only this state (pending, running, completed, failed, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        /// Start after this id (a previous page's `next`).
+        #[arg(long)]
+        after: Option<String>,
+        /// Page size.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Mint an HS256 development token.
+    Token {
+        /// Subject (`sub`).
+        #[arg(long, default_value = "dev")]
+        sub: String,
+        /// Tenant claim.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// A capability for `scope`; repeat for more.
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// Environment variable that holds the HS256 secret.
+        #[arg(long, default_value = "OPSHOST_JWT_SECRET")]
+        secret_env: String,
+    },
     /// Generate the Rust participant facade of a contract manifest.
     Codegen {
         /// The contract manifest (JSON).
@@ -31,20 +170,6 @@ enum Command {
         /// Where to write the Rust source.
         #[arg(short, long)]
         out: PathBuf,
-    },
-    /// Serve a deployment in-process, start one operation and show its live progress.
-    Run {
-        /// The operation to start, e.g. `Orders.Process`.
-        operation: String,
-        /// The deployment config (TOML).
-        #[arg(short, long)]
-        config: PathBuf,
-        /// The start input: JSON text, or `@path` to read it from a file.
-        #[arg(short, long)]
-        input: String,
-        /// Operation id (idempotency key); a fresh ULID when omitted.
-        #[arg(long)]
-        id: Option<String>,
     },
 }
 
@@ -57,101 +182,130 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match run(Cli::parse()).await {
-        Ok(code) => code,
+        Ok(code) => ExitCode::from(code),
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::from(2)
+            ExitCode::from(remote::exit_code(&error))
         }
     }
 }
 
-async fn run(cli: Cli) -> Result<ExitCode> {
+async fn run(cli: Cli) -> Result<u8> {
     match cli.command {
+        Command::Serve { config, listen } => serve(&config, listen).await,
+        Command::Token {
+            sub,
+            tenant,
+            scopes,
+            ttl,
+            secret_env,
+        } => {
+            let secret = std::env::var(&secret_env)
+                .with_context(|| format!("environment variable `{secret_env}` is not set"))?;
+            let token = mint_hs256(
+                secret.as_bytes(),
+                &TokenRequest {
+                    subject: sub,
+                    tenant,
+                    scopes,
+                    ttl: Duration::from_secs(ttl),
+                },
+            )?;
+            println!("{token}");
+            Ok(exit::OK)
+        }
         Command::Codegen { manifest, out } => {
             opshost_codegen::generate_file(&manifest, &out)?;
             eprintln!("wrote {}", out.display());
-            Ok(ExitCode::SUCCESS)
+            Ok(exit::OK)
         }
-        Command::Run {
+        Command::Start {
+            connection,
             operation,
-            config,
             input,
             id,
+            wait,
+            watch,
         } => {
-            let input = read_input(&input)?;
-            let config = DeploymentConfig::from_path(&config)?;
-            let host = WasmHost::from_config(&config)?;
-            let accepted = host.start(&operation, id, input).await?;
-            eprintln!("started {} as {}", accepted.operation, accepted.id);
-            let terminal = watch(&host, &accepted.id).await?;
-            report(&terminal)
+            let remote = Remote::new(&connection.url, &connection.token)?;
+            remote
+                .start(&operation, &read_json(&input)?, id, wait, watch)
+                .await
+        }
+        Command::Get { connection, id } => {
+            Remote::new(&connection.url, &connection.token)?
+                .get(&id)
+                .await
+        }
+        Command::Wait {
+            connection,
+            id,
+            timeout,
+        } => {
+            Remote::new(&connection.url, &connection.token)?
+                .wait(&id, timeout)
+                .await
+        }
+        Command::Watch { connection, id } => {
+            Remote::new(&connection.url, &connection.token)?
+                .watch(&id)
+                .await
+        }
+        Command::Cancel { connection, id } => {
+            Remote::new(&connection.url, &connection.token)?
+                .cancel(&id)
+                .await
+        }
+        Command::Signal {
+            connection,
+            id,
+            name,
+            input,
+        } => {
+            Remote::new(&connection.url, &connection.token)?
+                .signal(&id, &name, &read_json(&input)?)
+                .await
+        }
+        Command::List {
+            connection,
+            operation,
+            state,
+            after,
+            limit,
+        } => {
+            Remote::new(&connection.url, &connection.token)?
+                .list(operation, state, after, limit)
+                .await
         }
     }
 }
 
-fn read_input(input: &str) -> Result<Value> {
+async fn serve(path: &std::path::Path, listen: Option<std::net::SocketAddr>) -> Result<u8> {
+    let mut config = HostConfig::from_path(path)?;
+    if let Some(listen) = listen {
+        config.server.listen = listen;
+    }
+    let auth = Authenticator::from_config(&config.auth)?;
+    let host = WasmHost::from_config(&config.deployment)?;
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let address = listener.local_addr()?;
+    println!("opshost listening on http://{address}");
+    let api = HttpApi::new(host.runtime().clone(), auth, config.server);
+    tokio::select! {
+        served = api.serve(listener) => served?,
+        _ = tokio::signal::ctrl_c() => eprintln!("shutting down"),
+    }
+    Ok(exit::OK)
+}
+
+/// JSON text, or `@path` to read it from a file.
+fn read_json(input: &str) -> Result<serde_json::Value> {
     let text = match input.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read input file {path}"))?,
         None => input.to_owned(),
     };
     serde_json::from_str(&text).context("the input is not valid JSON")
-}
-
-async fn watch(host: &WasmHost, id: &str) -> Result<Snapshot> {
-    let bar = ProgressBar::new(1);
-    bar.set_style(
-        ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} {msg}")
-            .context("progress bar template")?
-            .progress_chars("=> "),
-    );
-    bar.enable_steady_tick(std::time::Duration::from_millis(100));
-    let mut events = host.runtime().watch(id, None);
-    let mut last = None;
-    while let Some(event) = events.next().await {
-        let event = event?;
-        if let OperationEvent::Progress { snapshot } = &event
-            && let Some(progress) = &snapshot.progress
-        {
-            show_progress(&bar, progress);
-        }
-        last = Some(event.snapshot().clone());
-    }
-    bar.finish_and_clear();
-    match last {
-        Some(snapshot) if snapshot.is_terminal() => Ok(snapshot),
-        _ => bail!("the event stream ended before the operation was terminal"),
-    }
-}
-
-fn show_progress(bar: &ProgressBar, progress: &Value) {
-    if let (Some(done), Some(total)) = (progress["completed"].as_u64(), progress["total"].as_u64())
-    {
-        bar.set_length(total);
-        bar.set_position(done);
-    }
-    let step = progress["step"].as_str().unwrap_or_default();
-    let message = progress["message"].as_str().unwrap_or_default();
-    bar.suspend(|| eprintln!("  {step:<10} {message}"));
-    bar.set_message(message.to_owned());
-}
-
-fn report(terminal: &Snapshot) -> Result<ExitCode> {
-    match terminal.state {
-        OperationState::Completed => {
-            println!("{}", serde_json::to_string_pretty(&terminal.output)?);
-            Ok(ExitCode::SUCCESS)
-        }
-        state => {
-            let error = terminal.error.as_ref();
-            eprintln!(
-                "operation {} ended {}: {} {}",
-                terminal.id,
-                state.as_str(),
-                error.map(|e| e.code.as_str()).unwrap_or_default(),
-                error.map(|e| e.message.as_str()).unwrap_or_default()
-            );
-            Ok(ExitCode::from(1))
-        }
-    }
 }

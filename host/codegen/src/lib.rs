@@ -221,7 +221,80 @@ pub mod operations {{{operations}}}
 
 /// One marker type per signal, named operation + signal.
 pub mod signals {{{signals}}}
-"#,
+{client}"#,
         service = contract.service(),
+        client = client(contract.service()),
+    )
+}
+
+/// The client namespace method of a service: `orders-service` → `orders`.
+fn namespace(service: &str) -> String {
+    let base = service
+        .strip_suffix("-service")
+        .or_else(|| service.strip_suffix("_service"))
+        .or_else(|| service.strip_suffix("Service"))
+        .unwrap_or(service);
+    let mut name = String::new();
+    for (index, c) in base.chars().enumerate() {
+        if c.is_ascii_uppercase() && index > 0 && !name.ends_with('_') {
+            name.push('_');
+        }
+        match c {
+            'a'..='z' | '0'..='9' => name.push(c),
+            'A'..='Z' => name.push(c.to_ascii_lowercase()),
+            _ if !name.ends_with('_') => name.push('_'),
+            _ => {}
+        }
+    }
+    let name = name.trim_matches('_').to_owned();
+    let reserved = syn::parse_str::<syn::Ident>(&name).is_err() || name == "raw";
+    if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) || reserved {
+        "service".into()
+    } else {
+        name
+    }
+}
+
+/// The typed HTTP client, compiled when the facade crate enables its `client` feature.
+fn client(service: &str) -> String {
+    format!(
+        r#"
+/// Typed HTTP client of service `{service}` (the facade crate's `client` feature).
+#[cfg(feature = "client")]
+pub mod client {{
+    /// A connection to a host serving `{service}`.
+    #[derive(Clone)]
+    pub struct Client {{
+        inner: ::opshost_client::Client,
+    }}
+
+    impl Client {{
+        /// The operations of `{service}`: `.operation::<operations::...>()`.
+        pub fn {namespace}(&self) -> ::opshost_client::ServiceClient {{
+            self.inner.service({service:?})
+        }}
+
+        /// The untyped client underneath.
+        pub fn raw(&self) -> &::opshost_client::Client {{
+            &self.inner
+        }}
+    }}
+
+    /// Connects to the host at `url` (e.g. `http://127.0.0.1:8080`) with bearer `token`,
+    /// checking that it answers.
+    pub async fn connect_service(
+        url: impl AsRef<str>,
+        token: impl Into<String>,
+    ) -> Result<Client, ::opshost_client::ClientError> {{
+        Ok(Client {{
+            inner: ::opshost_client::Client::connect(url, token).await?,
+        }})
+    }}
+}}
+
+#[cfg(feature = "client")]
+pub use client::connect_service;
+"#,
+        namespace = namespace(service),
     )
 }

@@ -17,6 +17,9 @@ fn the_facade_has_a_type_per_schema_and_a_marker_per_operation_and_signal() {
         "type Progress = ();",
         "pub struct TestingScenarioNote;",
         "pub const MANIFEST: &str",
+        "pub async fn connect_service(",
+        "pub fn testing(&self) -> ::opshost_client::ServiceClient",
+        "#[cfg(feature = \"client\")]",
     ] {
         assert!(source.contains(expected), "missing `{expected}`");
     }

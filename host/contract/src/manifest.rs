@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use serde_json::{Map, Value, json};
 
@@ -29,6 +30,7 @@ const SIGNAL_KEYS: &[&str] = &["input", "description"];
 #[derive(Debug, Clone)]
 pub struct Contract {
     service: String,
+    manifest: Arc<Value>,
     schemas: BTreeMap<String, Value>,
     operations: BTreeMap<String, OperationSpec>,
 }
@@ -88,6 +90,11 @@ impl Contract {
     /// The service's name.
     pub fn service(&self) -> &str {
         &self.service
+    }
+
+    /// The manifest document as loaded.
+    pub fn manifest(&self) -> &Value {
+        &self.manifest
     }
 
     /// The named schemas, as written.
@@ -169,6 +176,7 @@ impl Loader {
         };
         Some(Contract {
             service,
+            manifest: Arc::new(root.clone()),
             schemas,
             operations,
         })

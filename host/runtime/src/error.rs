@@ -52,6 +52,14 @@ pub enum ServerError {
         /// Details.
         message: String,
     },
+    /// The host is at capacity; try again after `retry_after`.
+    #[error("host overloaded: {message}")]
+    Overloaded {
+        /// Which capacity is exhausted.
+        message: String,
+        /// When a retry may succeed.
+        retry_after: std::time::Duration,
+    },
     /// A handler returned while its operation was still non-terminal.
     #[error("handler of operation `{id}` returned while the operation was still {}", .state.as_str())]
     HandlerNonTerminal {
@@ -85,6 +93,7 @@ impl ServerError {
             Self::OperationUnsupportedControl { .. } => ErrorCode::OperationUnsupportedControl,
             Self::InvalidInput { .. } => ErrorCode::InvalidInput,
             Self::LimitExceeded { .. } => ErrorCode::LimitExceeded,
+            Self::Overloaded { .. } => ErrorCode::Overloaded,
             Self::HandlerNonTerminal { .. } => ErrorCode::HandlerNonTerminal,
             Self::Failed(_) => ErrorCode::HandlerFailed,
             Self::Store(_) | Self::Codec(_) => ErrorCode::Internal,

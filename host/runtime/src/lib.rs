@@ -24,7 +24,8 @@ pub use opshost_api::{
 };
 pub use router::{RequestContext, Router};
 pub use runtime::{
-    Acceptance, InMemoryOperationRuntime, OperationRuntime, RuntimeConfig, SignalWait,
+    Acceptance, InMemoryOperationRuntime, OperationHandler, OperationRuntime, RuntimeConfig,
+    SignalWait,
 };
-pub use store::SignalRecord;
+pub use store::{ListFilter, Owner, Page, SignalRecord};
 pub use typed::Operations;

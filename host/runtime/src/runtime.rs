@@ -12,12 +12,15 @@ use opshost_api::{
 };
 use opshost_contract::{Contract, OperationSpec, PayloadSchema};
 use serde_json::Value;
+use futures::future::BoxFuture;
+use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ServerError;
 use crate::store::{
-    CreateOutcome, MemoryStore, OperationStore, SignalOutcome, SignalRecord, UpdateOutcome,
+    CreateOutcome, ListFilter, MemoryStore, OperationStore, Owner, Page, SignalOutcome,
+    SignalRecord, StateCount, StoredOperation, UpdateOutcome,
 };
 use crate::typed::Operations;
 
@@ -26,14 +29,33 @@ use crate::typed::Operations;
 pub struct RuntimeConfig {
     /// How long a cancelled handler has to clean up before it is stopped by force.
     pub cancel_grace: Duration,
+    /// How many operations may run on this host at once; further starts are refused with
+    /// `Overloaded`. `None` means no limit.
+    pub max_active: Option<usize>,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             cancel_grace: Duration::from_secs(5),
+            max_active: None,
         }
     }
+}
+
+/// Runs accepted operations of one operation name: a wasm component or native code.
+///
+/// The runtime spawns [`OperationHandler::run`] on its own task once the operation is accepted
+/// and fails the operation if the task is aborted by a cancel; the handler reports through the
+/// runtime it is given.
+pub trait OperationHandler: Send + Sync + 'static {
+    /// Drives operation `snapshot` (accepted with `input`) to a terminal state.
+    fn run(
+        &self,
+        runtime: OperationRuntime,
+        snapshot: Snapshot,
+        input: Option<Value>,
+    ) -> BoxFuture<'static, ()>;
 }
 
 /// What a wait for the next signal ended with.
@@ -69,6 +91,8 @@ struct Inner {
     store: Arc<dyn OperationStore>,
     config: RuntimeConfig,
     live: Mutex<HashMap<String, Arc<Live>>>,
+    handlers: Mutex<HashMap<String, Arc<dyn OperationHandler>>>,
+    feed: broadcast::Sender<OperationEvent>,
 }
 
 /// The operation runtime of one service. Cheap to clone; clones share everything.
@@ -79,6 +103,9 @@ pub struct OperationRuntime {
 
 /// An [`OperationRuntime`] created with [`OperationRuntime::new`] keeps its operations in memory.
 pub type InMemoryOperationRuntime = OperationRuntime;
+
+/// Events kept for slow subscribers of [`OperationRuntime::events`] before they lag.
+const FEED_CAPACITY: usize = 1024;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<OperationEvent, ServerError>> + Send>>;
 
@@ -121,6 +148,8 @@ impl OperationRuntime {
                 store,
                 config,
                 live: Mutex::new(HashMap::new()),
+                handlers: Mutex::new(HashMap::new()),
+                feed: broadcast::channel(FEED_CAPACITY).0,
             }),
         }
     }
@@ -172,13 +201,102 @@ impl OperationRuntime {
             })
     }
 
-    /// Accepts operation `operation` under `id` (a fresh ULID when `None`).
-    ///
-    /// With `input`, it is validated against the input schema first. Accepting an existing id
-    /// with the same input returns the existing snapshot; with another input (or operation),
-    /// it fails with `OperationAlreadyExists`.
+    /// The contract served, once known.
+    pub fn contract(&self) -> Option<&Contract> {
+        self.inner.contract.get().map(Arc::as_ref)
+    }
+
+    /// Serves operation `operation` with `handler`: [`OperationRuntime::start`] runs it.
+    pub fn set_handler(&self, operation: &str, handler: Arc<dyn OperationHandler>) {
+        lock(&self.inner.handlers).insert(operation.to_owned(), handler);
+    }
+
+    /// Accepts an operation for `owner` and, when newly accepted, runs its handler on a task
+    /// of its own. Refused with `Overloaded` when `max_active` operations already run here.
+    pub async fn start(
+        &self,
+        owner: Owner,
+        operation: &str,
+        id: Option<String>,
+        input: Value,
+    ) -> Result<Acceptance, ServerError> {
+        let handler = lock(&self.inner.handlers).get(operation).cloned();
+        let Some(handler) = handler else {
+            self.spec(operation)?;
+            return Err(ServerError::OperationUnsupportedControl {
+                operation: operation.to_owned(),
+                action: "start (no handler deployed)".into(),
+            });
+        };
+        if let Some(max) = self.inner.config.max_active
+            && self.active_handlers() >= max
+        {
+            return Err(ServerError::Overloaded {
+                message: format!("{max} operations are already running on this host"),
+                retry_after: Duration::from_secs(1),
+            });
+        }
+        let acceptance = self
+            .accept_as(owner, operation, id, Some(input.clone()))
+            .await?;
+        if acceptance.created {
+            self.launch(handler, acceptance.snapshot.clone(), Some(input));
+        }
+        Ok(acceptance)
+    }
+
+    fn launch(&self, handler: Arc<dyn OperationHandler>, snapshot: Snapshot, input: Option<Value>) {
+        let id = snapshot.id.clone();
+        let runtime = self.clone();
+        let (registered, gate) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            // Run only once cancel can find the task, so a fast handler cannot finish first.
+            let _ = gate.await;
+            handler.run(runtime, snapshot, input).await
+        });
+        self.register_handler(&id, Some(task.abort_handle()));
+        let _ = registered.send(());
+    }
+
+    /// How many operations have a handler running on this host.
+    pub fn active_handlers(&self) -> usize {
+        lock(&self.inner.live).len()
+    }
+
+    /// Every event of every operation changed through this runtime, as it happens. A
+    /// subscriber that falls more than 1024 events behind skips the oldest.
+    pub fn events(&self) -> broadcast::Receiver<OperationEvent> {
+        self.inner.feed.subscribe()
+    }
+
+    fn publish(&self, kind: EventKind, snapshot: &Snapshot) {
+        if self.inner.feed.receiver_count() > 0 {
+            let _ = self
+                .inner
+                .feed
+                .send(OperationEvent::new(kind, snapshot.clone()));
+        }
+    }
+
+    /// Accepts operation `operation` under `id` (a fresh ULID when `None`), with no owner.
+    /// See [`OperationRuntime::accept_as`].
     pub async fn accept(
         &self,
+        operation: &str,
+        id: Option<String>,
+        input: Option<Value>,
+    ) -> Result<Acceptance, ServerError> {
+        self.accept_as(Owner::default(), operation, id, input).await
+    }
+
+    /// Accepts operation `operation` for `owner` under `id` (a fresh ULID when `None`).
+    ///
+    /// With `input`, it is validated against the input schema first. Accepting an existing id
+    /// with the same input and tenant returns the existing snapshot; otherwise it fails with
+    /// `OperationAlreadyExists`.
+    pub async fn accept_as(
+        &self,
+        owner: Owner,
         operation: &str,
         id: Option<String>,
         input: Option<Value>,
@@ -199,16 +317,25 @@ impl OperationRuntime {
             operation.to_owned(),
             spec.version.clone(),
         );
-        match self.inner.store.create(snapshot, input.clone()).await? {
+        let tenant = owner.tenant.clone();
+        let stored = StoredOperation {
+            snapshot,
+            input: input.clone(),
+            owner,
+        };
+        match self.inner.store.create(stored).await? {
             CreateOutcome::Created(snapshot) => {
                 tracing::debug!(%id, operation, "accepted");
+                self.publish(EventKind::Accepted, &snapshot);
                 Ok(Acceptance {
                     snapshot,
                     created: true,
                 })
             }
             CreateOutcome::Existing(existing)
-                if existing.snapshot.operation == operation && existing.input == input =>
+                if existing.snapshot.operation == operation
+                    && existing.input == input
+                    && existing.owner.tenant == tenant =>
             {
                 Ok(Acceptance {
                     snapshot: existing.snapshot,
@@ -221,21 +348,31 @@ impl OperationRuntime {
 
     /// The current snapshot.
     pub async fn get(&self, id: &str) -> Result<Snapshot, ServerError> {
-        Ok(self.load(id).await?.0)
+        Ok(self.load(id).await?.snapshot)
     }
 
     /// The input the operation was accepted with.
     pub async fn input(&self, id: &str) -> Result<Option<Value>, ServerError> {
-        Ok(self.load(id).await?.1)
+        Ok(self.load(id).await?.input)
     }
 
-    async fn load(&self, id: &str) -> Result<(Snapshot, Option<Value>), ServerError> {
+    /// The operation as stored: snapshot, input and owner.
+    pub async fn load(&self, id: &str) -> Result<StoredOperation, ServerError> {
         self.inner
             .store
             .load(id)
             .await?
-            .map(|stored| (stored.snapshot, stored.input))
             .ok_or_else(|| ServerError::OperationNotFound { id: id.to_owned() })
+    }
+
+    /// One page of operations matching `filter`.
+    pub async fn list(&self, filter: &ListFilter) -> Result<Page, ServerError> {
+        Ok(self.inner.store.list(filter).await?)
+    }
+
+    /// How many operations there are of each operation name and state.
+    pub async fn count_by_state(&self) -> Result<Vec<StateCount>, ServerError> {
+        Ok(self.inner.store.count_by_state().await?)
     }
 
     /// The terminal snapshot, or the current one when `timeout` passes first.
@@ -557,11 +694,7 @@ impl OperationRuntime {
     /// Records that this host handles the operation until it is terminal, so that cancel can
     /// wake its handler and, with `task`, stop it by force.
     pub fn register_handler(&self, id: &str, task: Option<AbortHandle>) {
-        let mut live = self
-            .inner
-            .live
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut live = lock(&self.inner.live);
         let entry = live.entry(id.to_owned()).or_default();
         if let (Some(task), Ok(mut slot)) = (task, entry.task.lock()) {
             *slot = Some(task);
@@ -569,21 +702,11 @@ impl OperationRuntime {
     }
 
     fn running(&self, id: &str) -> Option<Arc<Live>> {
-        let live = self
-            .inner
-            .live
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        live.get(id).cloned()
+        lock(&self.inner.live).get(id).cloned()
     }
 
     fn retire(&self, id: &str) {
-        let mut live = self
-            .inner
-            .live
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        live.remove(id);
+        lock(&self.inner.live).remove(id);
     }
 
     async fn transition(
@@ -606,11 +729,21 @@ impl OperationRuntime {
                 return Ok(current);
             };
             match self.inner.store.update(snapshot, kind).await? {
-                UpdateOutcome::Updated(snapshot) => return Ok(snapshot),
+                UpdateOutcome::Updated(snapshot) => {
+                    self.publish(kind, &snapshot);
+                    return Ok(snapshot);
+                }
                 UpdateOutcome::Conflict(latest) => current = latest,
             }
         }
     }
+}
+
+/// Locks a map that no panic can leave inconsistent (each critical section is one call).
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn next(current: &Snapshot, state: OperationState) -> Snapshot {

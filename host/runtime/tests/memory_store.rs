@@ -3,12 +3,25 @@
 
 use opshost_api::{EventKind, OperationState, Snapshot};
 use opshost_runtime::store::{
-    CreateOutcome, ListFilter, MemoryStore, OperationStore, SignalOutcome, UpdateOutcome,
+    CreateOutcome, ListFilter, MemoryStore, OperationStore, Owner, SignalOutcome,
+    StoredOperation, UpdateOutcome,
 };
 use serde_json::json;
 
 fn snapshot(id: &str, operation: &str) -> Snapshot {
     Snapshot::accepted(id.into(), "svc".into(), operation.into(), "v1".into())
+}
+
+fn stored(snapshot: Snapshot, input: Option<serde_json::Value>) -> StoredOperation {
+    let tenant = if snapshot.id.starts_with('z') { "other" } else { "acme" };
+    StoredOperation {
+        snapshot,
+        input,
+        owner: Owner {
+            tenant: tenant.into(),
+            subject: "alice".into(),
+        },
+    }
 }
 
 fn next(current: &Snapshot, state: OperationState) -> Snapshot {
@@ -22,12 +35,12 @@ fn next(current: &Snapshot, state: OperationState) -> Snapshot {
 async fn create_is_atomic_create_if_absent() {
     let store = MemoryStore::new();
     let first = store
-        .create(snapshot("a", "Op"), Some(json!(1)))
+        .create(stored(snapshot("a", "Op"), Some(json!(1))))
         .await
         .unwrap();
     assert!(matches!(first, CreateOutcome::Created(_)));
     let again = store
-        .create(snapshot("a", "Other"), Some(json!(2)))
+        .create(stored(snapshot("a", "Other"), Some(json!(2))))
         .await
         .unwrap();
     let CreateOutcome::Existing(existing) = again else {
@@ -41,7 +54,7 @@ async fn create_is_atomic_create_if_absent() {
 async fn update_is_compare_and_set_on_the_revision() {
     let store = MemoryStore::new();
     let created = snapshot("a", "Op");
-    store.create(created.clone(), None).await.unwrap();
+    store.create(stored(created.clone(), None)).await.unwrap();
     let running = next(&created, OperationState::Running);
     assert!(matches!(
         store
@@ -71,7 +84,7 @@ async fn update_is_compare_and_set_on_the_revision() {
 async fn signals_are_sequenced_and_refused_after_terminal() {
     let store = MemoryStore::new();
     let created = snapshot("a", "Op");
-    store.create(created.clone(), None).await.unwrap();
+    store.create(stored(created.clone(), None)).await.unwrap();
     assert_eq!(
         store.append_signal("a", "S", json!(1)).await.unwrap(),
         SignalOutcome::Appended(1)
@@ -97,11 +110,34 @@ async fn signals_are_sequenced_and_refused_after_terminal() {
 }
 
 #[tokio::test]
+async fn list_shows_only_the_tenant_asked_for_and_counts_by_state() {
+    let store = MemoryStore::new();
+    for id in ["a", "z1", "b", "z2"] {
+        store
+            .create(stored(snapshot(id, "Op"), None))
+            .await
+            .unwrap();
+    }
+    let filter = ListFilter {
+        tenant: Some("acme".into()),
+        limit: 10,
+        ..ListFilter::default()
+    };
+    let page = store.list(&filter).await.unwrap();
+    let ids: Vec<_> = page.items.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b"]);
+    let counts = store.count_by_state().await.unwrap();
+    assert_eq!(counts.len(), 1);
+    assert_eq!(counts[0].state, OperationState::Pending);
+    assert_eq!(counts[0].count, 4);
+}
+
+#[tokio::test]
 async fn list_filters_by_operation_and_state_and_pages_by_id() {
     let store = MemoryStore::new();
     for id in ["a", "b", "c", "d", "e"] {
         store
-            .create(snapshot(id, if id == "c" { "Other" } else { "Op" }), None)
+            .create(stored(snapshot(id, if id == "c" { "Other" } else { "Op" }), None))
             .await
             .unwrap();
     }
@@ -111,6 +147,7 @@ async fn list_filters_by_operation_and_state_and_pages_by_id() {
         .await
         .unwrap();
     let mut filter = ListFilter {
+        tenant: None,
         operation: Some("Op".into()),
         state: Some(OperationState::Pending),
         after: None,
@@ -143,7 +180,7 @@ async fn the_doorbell_rings_on_every_write_and_closes_at_terminal() {
     let store = MemoryStore::new();
     let created = snapshot("a", "Op");
     let mut bell = store.subscribe("a");
-    store.create(created.clone(), None).await.unwrap();
+    store.create(stored(created.clone(), None)).await.unwrap();
     bell.changed().await.unwrap();
     store
         .update(

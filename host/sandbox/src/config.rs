@@ -27,6 +27,9 @@ pub struct DeploymentConfig {
     /// Grace period for a cancelled handler before it is stopped by force.
     #[serde(default = "default_grace_ms")]
     pub cancel_grace_ms: u64,
+    /// How many operations may run at once; further starts are refused as overloaded.
+    #[serde(default)]
+    pub max_active_operations: Option<usize>,
     /// One entry per operation served by a component.
     #[serde(default)]
     pub handlers: Vec<HandlerConfig>,
@@ -55,7 +58,17 @@ impl DeploymentConfig {
             message,
         };
         let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
-        let mut config: Self = toml::from_str(&text).map_err(|e| error(e.to_string()))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| error(e.to_string()))?;
+        Self::from_table(table, path)
+    }
+
+    /// Reads a config already parsed from the file at `path` (other tools' tables removed),
+    /// resolving relative paths against its directory.
+    pub fn from_table(table: toml::Table, path: &Path) -> Result<Self, SandboxError> {
+        let mut config: Self = table.try_into().map_err(|e: toml::de::Error| SandboxError::Config {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.contract = base.join(&config.contract);
         for handler in &mut config.handlers {

@@ -1,17 +1,17 @@
 //! [`WasmHost`]: compiled handlers and the task that runs each operation.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
+use futures::future::BoxFuture;
 use opshost_api::{ErrorCode, ErrorInfo, Snapshot};
 use opshost_contract::Contract;
 use opshost_runtime::store::{MemoryStore, OperationStore};
-use opshost_runtime::{OperationRuntime, RuntimeConfig, ServerError};
+use opshost_runtime::{OperationHandler, OperationRuntime, Owner, RuntimeConfig, ServerError};
 use serde_json::Value;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, Store, UpdateDeadline};
 
-use crate::bindings::opshost::operation::types::Invocation;
+use crate::bindings::opshost::operation::types::{Failure, Invocation};
 use crate::bindings::{Handler, HandlerPre};
 use crate::config::DeploymentConfig;
 use crate::control::OperationState;
@@ -23,8 +23,6 @@ use crate::{engine, grants};
 #[derive(Clone)]
 pub struct WasmHost {
     runtime: OperationRuntime,
-    engine: Engine,
-    handlers: Arc<HashMap<String, HandlerPre<OperationState>>>,
 }
 
 impl WasmHost {
@@ -48,6 +46,7 @@ impl WasmHost {
         }
         let runtime_config = RuntimeConfig {
             cancel_grace: config.cancel_grace(),
+            max_active: config.max_active_operations,
         };
         let runtime = OperationRuntime::with_contract(contract, store, runtime_config);
         let engine = engine::new_engine()?;
@@ -56,7 +55,6 @@ impl WasmHost {
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link_error)?;
         Handler::add_to_linker::<_, HasSelf<OperationState>>(&mut linker, |state| state)
             .map_err(link_error)?;
-        let mut handlers = HashMap::new();
         for handler in &config.handlers {
             let path = handler.component.display().to_string();
             let component_error = |e: wasmtime::Error| SandboxError::Component {
@@ -70,13 +68,15 @@ impl WasmHost {
                 .map_err(component_error)?;
             let pre = HandlerPre::new(pre).map_err(component_error)?;
             tracing::info!(operation = %handler.operation, component = %path, "handler loaded");
-            handlers.insert(handler.operation.clone(), pre);
+            runtime.set_handler(
+                &handler.operation,
+                Arc::new(WasmHandler {
+                    engine: engine.clone(),
+                    pre,
+                }),
+            );
         }
-        Ok(Self {
-            runtime,
-            engine,
-            handlers: Arc::new(handlers),
-        })
+        Ok(Self { runtime })
     }
 
     /// The runtime the host drives; use it to get, wait, watch, cancel and signal.
@@ -84,89 +84,102 @@ impl WasmHost {
         &self.runtime
     }
 
-    /// Accepts an operation and, when newly accepted, runs its handler in the background.
-    ///
-    /// `id` is the caller's idempotency key; `None` mints a ULID.
+    /// Accepts an operation with no owner and, when newly accepted, runs its handler in the
+    /// background. `id` is the caller's idempotency key; `None` mints a ULID.
     pub async fn start(
         &self,
         operation: &str,
         id: Option<String>,
         input: Value,
     ) -> Result<Snapshot, ServerError> {
-        let Some(pre) = self.handlers.get(operation).cloned() else {
-            self.runtime.spec(operation)?;
-            return Err(ServerError::OperationUnsupportedControl {
-                operation: operation.to_owned(),
-                action: "start (no handler deployed)".into(),
-            });
-        };
-        let acceptance = self
+        Ok(self
             .runtime
-            .accept(operation, id, Some(input.clone()))
-            .await?;
-        if acceptance.created {
-            let snapshot = acceptance.snapshot.clone();
-            let host = self.clone();
-            let (registered, gate) = tokio::sync::oneshot::channel::<()>();
-            let task = tokio::spawn(async move {
-                // Run only once cancel can find the task, so a fast handler cannot finish first.
-                let _ = gate.await;
-                host.run(pre, snapshot, input).await
-            });
-            self.runtime
-                .register_handler(&acceptance.snapshot.id, Some(task.abort_handle()));
-            let _ = registered.send(());
-        }
-        Ok(acceptance.snapshot)
+            .start(Owner::default(), operation, id, input)
+            .await?
+            .snapshot)
     }
+}
 
-    async fn run(&self, pre: HandlerPre<OperationState>, snapshot: Snapshot, input: Value) {
-        let id = snapshot.id.clone();
-        let invocation = Invocation {
-            operation_id: id.clone(),
-            operation: snapshot.operation.clone(),
-            version: snapshot.version.clone(),
-            attempt: snapshot.attempt,
-            input: input.to_string(),
-        };
-        let state = OperationState::new(self.runtime.clone(), id.clone(), grants::wasi_context());
-        let mut store = Store::new(&self.engine, state);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
-        let outcome = match pre.instantiate_async(&mut store).await {
-            Ok(handler) => handler.call_handle(&mut store, &invocation).await,
-            Err(error) => Err(error),
-        };
-        drop(store);
-        let error = match outcome {
-            Ok(Ok(())) => match self.runtime.get(&id).await {
-                Ok(current) if current.is_terminal() => return,
-                Ok(current) => ServerError::HandlerNonTerminal {
-                    id: id.clone(),
+/// One compiled component serving one operation: each run gets a fresh `Store`.
+struct WasmHandler {
+    engine: Engine,
+    pre: HandlerPre<OperationState>,
+}
+
+impl OperationHandler for WasmHandler {
+    fn run(
+        &self,
+        runtime: OperationRuntime,
+        snapshot: Snapshot,
+        input: Option<Value>,
+    ) -> BoxFuture<'static, ()> {
+        let engine = self.engine.clone();
+        let pre = self.pre.clone();
+        Box::pin(async move {
+            let id = snapshot.id.clone();
+            let outcome = invoke(&engine, &pre, &runtime, snapshot, input).await;
+            if let Some(error) = failure(&runtime, &id, outcome).await {
+                match runtime.fail(&id, error).await {
+                    Ok(_) | Err(ServerError::OperationTerminal { .. }) => {}
+                    Err(error) => tracing::error!(%id, %error, "cannot record handler failure"),
+                }
+            }
+        })
+    }
+}
+
+type Outcome = wasmtime::Result<Result<(), Failure>>;
+
+async fn invoke(
+    engine: &Engine,
+    pre: &HandlerPre<OperationState>,
+    runtime: &OperationRuntime,
+    snapshot: Snapshot,
+    input: Option<Value>,
+) -> Outcome {
+    let invocation = Invocation {
+        operation_id: snapshot.id.clone(),
+        operation: snapshot.operation,
+        version: snapshot.version,
+        attempt: snapshot.attempt,
+        input: input.unwrap_or(Value::Null).to_string(),
+    };
+    let state = OperationState::new(runtime.clone(), snapshot.id, grants::wasi_context());
+    let mut store = Store::new(engine, state);
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+    let handler = pre.instantiate_async(&mut store).await?;
+    handler.call_handle(&mut store, &invocation).await
+}
+
+/// The failure to record once the guest returned, if any.
+async fn failure(runtime: &OperationRuntime, id: &str, outcome: Outcome) -> Option<ErrorInfo> {
+    match outcome {
+        Ok(Ok(())) => match runtime.get(id).await {
+            Ok(current) if current.is_terminal() => None,
+            Ok(current) => Some(
+                ServerError::HandlerNonTerminal {
+                    id: id.to_owned(),
                     state: current.state,
                 }
                 .to_info(),
-                Err(error) => {
-                    tracing::error!(%id, %error, "cannot read operation after its handler returned");
-                    return;
-                }
-            },
-            Ok(Err(failure)) => ErrorInfo {
-                code: ErrorCode::HandlerFailed,
-                message: failure.message,
-                details: failure
-                    .details
-                    .and_then(|text| serde_json::from_str(&text).ok()),
-            },
-            Err(trap) => ErrorInfo::new(
-                ErrorCode::HandlerTrapped,
-                format!("handler trapped: {}", trap_message(&trap)),
             ),
-        };
-        match self.runtime.fail(&id, error).await {
-            Ok(_) | Err(ServerError::OperationTerminal { .. }) => {}
-            Err(error) => tracing::error!(%id, %error, "cannot record handler failure"),
-        }
+            Err(error) => {
+                tracing::error!(%id, %error, "cannot read operation after its handler returned");
+                None
+            }
+        },
+        Ok(Err(failure)) => Some(ErrorInfo {
+            code: ErrorCode::HandlerFailed,
+            message: failure.message,
+            details: failure
+                .details
+                .and_then(|text| serde_json::from_str(&text).ok()),
+        }),
+        Err(trap) => Some(ErrorInfo::new(
+            ErrorCode::HandlerTrapped,
+            format!("handler trapped: {}", trap_message(&trap)),
+        )),
     }
 }
 

@@ -9,12 +9,13 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::{
-    CreateOutcome, ListFilter, OperationStore, Page, SignalOutcome, SignalRecord, StoreError,
-    StoredOperation, UpdateOutcome,
+    CreateOutcome, ListFilter, OperationStore, Owner, Page, SignalOutcome, SignalRecord,
+    StateCount, StoreError, StoredOperation, UpdateOutcome,
 };
 
 struct Entry {
     input: Option<Value>,
+    owner: Owner,
     events: Vec<(EventKind, Snapshot)>,
     signals: Vec<SignalRecord>,
 }
@@ -23,6 +24,14 @@ impl Entry {
     fn current(&self) -> &Snapshot {
         // An entry is created with its `Accepted` event and events are never removed.
         &self.events[self.events.len() - 1].1
+    }
+
+    fn stored(&self) -> StoredOperation {
+        StoredOperation {
+            snapshot: self.current().clone(),
+            input: self.input.clone(),
+            owner: self.owner.clone(),
+        }
     }
 }
 
@@ -65,23 +74,22 @@ impl MemoryStore {
 
 #[async_trait]
 impl OperationStore for MemoryStore {
-    async fn create(
-        &self,
-        snapshot: Snapshot,
-        input: Option<Value>,
-    ) -> Result<CreateOutcome, StoreError> {
+    async fn create(&self, operation: StoredOperation) -> Result<CreateOutcome, StoreError> {
         let mut state = self.lock()?;
-        if let Some(entry) = state.entries.get(&snapshot.id) {
-            return Ok(CreateOutcome::Existing(StoredOperation {
-                snapshot: entry.current().clone(),
-                input: entry.input.clone(),
-            }));
+        if let Some(entry) = state.entries.get(&operation.snapshot.id) {
+            return Ok(CreateOutcome::Existing(entry.stored()));
         }
+        let StoredOperation {
+            snapshot,
+            input,
+            owner,
+        } = operation;
         let id = snapshot.id.clone();
         state.entries.insert(
             id.clone(),
             Entry {
                 input,
+                owner,
                 events: vec![(EventKind::Accepted, snapshot.clone())],
                 signals: Vec::new(),
             },
@@ -92,10 +100,7 @@ impl OperationStore for MemoryStore {
 
     async fn load(&self, id: &str) -> Result<Option<StoredOperation>, StoreError> {
         let state = self.lock()?;
-        Ok(state.entries.get(id).map(|entry| StoredOperation {
-            snapshot: entry.current().clone(),
-            input: entry.input.clone(),
-        }))
+        Ok(state.entries.get(id).map(Entry::stored))
     }
 
     async fn update(&self, next: Snapshot, kind: EventKind) -> Result<UpdateOutcome, StoreError> {
@@ -184,6 +189,12 @@ impl OperationStore for MemoryStore {
         let mut matching = state
             .entries
             .range((start, std::ops::Bound::Unbounded))
+            .filter(|(_, entry)| {
+                filter
+                    .tenant
+                    .as_deref()
+                    .is_none_or(|tenant| entry.owner.tenant == tenant)
+            })
             .map(|(_, entry)| entry.current())
             .filter(|s| {
                 filter
@@ -198,6 +209,23 @@ impl OperationStore for MemoryStore {
             _ => None,
         };
         Ok(Page { items, next })
+    }
+
+    async fn count_by_state(&self) -> Result<Vec<StateCount>, StoreError> {
+        let state = self.lock()?;
+        let mut counts: BTreeMap<(String, &'static str), StateCount> = BTreeMap::new();
+        for entry in state.entries.values() {
+            let current = entry.current();
+            counts
+                .entry((current.operation.clone(), current.state.as_str()))
+                .or_insert_with(|| StateCount {
+                    operation: current.operation.clone(),
+                    state: current.state,
+                    count: 0,
+                })
+                .count += 1;
+        }
+        Ok(counts.into_values().collect())
     }
 
     fn subscribe(&self, id: &str) -> watch::Receiver<u64> {

@@ -18,13 +18,24 @@ pub use memory::MemoryStore;
 #[error("store error: {0}")]
 pub struct StoreError(pub String);
 
-/// An operation as stored: its current snapshot and the input it was accepted with.
+/// Who an operation belongs to: callers of other tenants never see it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Owner {
+    /// The tenant; empty for operations accepted in-process without one.
+    pub tenant: String,
+    /// The subject (`sub`) that started it.
+    pub subject: String,
+}
+
+/// An operation as stored: its current snapshot, the input it was accepted with and its owner.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredOperation {
     /// Current snapshot.
     pub snapshot: Snapshot,
     /// Start input; `None` when accepted by id alone.
     pub input: Option<Value>,
+    /// Who started it.
+    pub owner: Owner,
 }
 
 /// Result of [`OperationStore::create`].
@@ -68,6 +79,8 @@ pub struct SignalRecord {
 /// Which operations to list.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
+    /// Only operations of this tenant.
+    pub tenant: Option<String>,
     /// Only this operation name.
     pub operation: Option<String>,
     /// Only this state.
@@ -87,15 +100,22 @@ pub struct Page {
     pub next: Option<String>,
 }
 
+/// One row of [`OperationStore::count_by_state`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateCount {
+    /// Operation name.
+    pub operation: String,
+    /// State.
+    pub state: OperationState,
+    /// How many operations of that name are in that state.
+    pub count: u64,
+}
+
 /// Durable home of operations, their event logs and their signals.
 #[async_trait]
 pub trait OperationStore: Send + Sync + 'static {
     /// Creates the operation (revision 1, `Accepted`) unless its id exists.
-    async fn create(
-        &self,
-        snapshot: Snapshot,
-        input: Option<Value>,
-    ) -> Result<CreateOutcome, StoreError>;
+    async fn create(&self, operation: StoredOperation) -> Result<CreateOutcome, StoreError>;
 
     /// Loads an operation.
     async fn load(&self, id: &str) -> Result<Option<StoredOperation>, StoreError>;
@@ -119,6 +139,9 @@ pub trait OperationStore: Send + Sync + 'static {
 
     /// Lists operations by filter.
     async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError>;
+
+    /// How many operations there are of each operation name and state.
+    async fn count_by_state(&self) -> Result<Vec<StateCount>, StoreError>;
 
     /// A doorbell for one operation: its value changes after every write to it, and its sender
     /// closes once the operation is terminal.

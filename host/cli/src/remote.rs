@@ -1,0 +1,178 @@
+//! The caller commands: start, get, wait, watch, cancel, signal and list over the HTTP client.
+//!
+//! Snapshots go to stdout as JSON (a watched operation's output alone), everything meant for a
+//! person to stderr, so `opshost start ... | jq .id` works.
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use futures::StreamExt;
+use opshost_api::{OperationState, Snapshot};
+use opshost_client::{Client, ClientError, ListQuery, StartOptions};
+use serde_json::Value;
+
+use crate::exit;
+use crate::progress::ProgressView;
+
+/// A connection to a host for one command.
+pub struct Remote {
+    client: Client,
+}
+
+/// The exit code of a command that failed with `error`.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    match error.downcast_ref::<ClientError>() {
+        Some(ClientError::Api { .. }) => exit::REFUSED,
+        Some(ClientError::Transport(_)) => exit::UNREACHABLE,
+        _ => exit::USAGE,
+    }
+}
+
+impl Remote {
+    pub fn new(url: &str, token: &str) -> Result<Self> {
+        Ok(Self {
+            client: Client::new(url, token)?,
+        })
+    }
+
+    pub async fn start(
+        &self,
+        operation: &str,
+        input: &Value,
+        id: Option<String>,
+        wait: Option<u64>,
+        watch: bool,
+    ) -> Result<u8> {
+        let options = StartOptions {
+            idempotency_key: id,
+            wait: wait.map(Duration::from_secs),
+        };
+        let snapshot = self.client.start(operation, input, &options).await?;
+        if watch {
+            eprintln!("started {} as {}", snapshot.operation, snapshot.id);
+            return self.watch(&snapshot.id).await;
+        }
+        print_json(&snapshot)?;
+        Ok(exit::OK)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<u8> {
+        print_json(&self.client.get(id).await?)?;
+        Ok(exit::OK)
+    }
+
+    pub async fn wait(&self, id: &str, timeout: Option<u64>) -> Result<u8> {
+        let snapshot = match timeout {
+            Some(seconds) => {
+                self.client
+                    .wait_timeout(id, Duration::from_secs(seconds))
+                    .await?
+            }
+            None => self.client.wait(id).await?,
+        };
+        print_json(&snapshot)?;
+        Ok(if snapshot.state == OperationState::Completed {
+            exit::OK
+        } else {
+            exit::NOT_COMPLETED
+        })
+    }
+
+    pub async fn watch(&self, id: &str) -> Result<u8> {
+        let view = ProgressView::new()?;
+        let mut events = self.client.watch(id, None);
+        let mut last = None;
+        while let Some(event) = events.next().await {
+            let event = match event {
+                Ok(event) => event,
+                Err(error) => {
+                    view.finish();
+                    return Err(error.into());
+                }
+            };
+            view.update(event.snapshot());
+            last = Some(event.into_snapshot());
+        }
+        view.finish();
+        match last {
+            Some(snapshot) if snapshot.is_terminal() => report(&snapshot),
+            _ => bail!("the event stream of `{id}` ended before the operation did"),
+        }
+    }
+
+    pub async fn cancel(&self, id: &str) -> Result<u8> {
+        print_json(&self.client.cancel(id).await?)?;
+        Ok(exit::OK)
+    }
+
+    pub async fn signal(&self, id: &str, name: &str, payload: &Value) -> Result<u8> {
+        let sequence = self.client.signal(id, name, payload).await?;
+        println!("{sequence}");
+        Ok(exit::OK)
+    }
+
+    pub async fn list(
+        &self,
+        operation: Option<String>,
+        state: Option<String>,
+        after: Option<String>,
+        limit: Option<usize>,
+    ) -> Result<u8> {
+        let state = match state {
+            Some(name) => Some(
+                serde_json::from_value::<OperationState>(Value::String(name.clone())).map_err(
+                    |_| {
+                        anyhow::anyhow!(
+                            "--state `{name}` is not one of pending, running, completed, failed, cancelled"
+                        )
+                    },
+                )?,
+            ),
+            None => None,
+        };
+        let page = self
+            .client
+            .list(&ListQuery {
+                operation,
+                state,
+                after,
+                limit,
+            })
+            .await?;
+        for snapshot in &page.items {
+            println!(
+                "{}\t{}\t{}\trev {}",
+                snapshot.id,
+                snapshot.operation,
+                snapshot.state.as_str(),
+                snapshot.revision
+            );
+        }
+        if let Some(next) = page.next {
+            eprintln!("more: --after {next}");
+        }
+        Ok(exit::OK)
+    }
+}
+
+fn print_json(snapshot: &Snapshot) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(snapshot)?);
+    Ok(())
+}
+
+/// Prints the result of a terminal operation: its output, or its error on stderr.
+fn report(terminal: &Snapshot) -> Result<u8> {
+    if terminal.state == OperationState::Completed {
+        println!("{}", serde_json::to_string_pretty(&terminal.output)?);
+        return Ok(exit::OK);
+    }
+    let error = terminal.error.as_ref();
+    eprintln!(
+        "operation {} ended {}: {} {}",
+        terminal.id,
+        terminal.state.as_str(),
+        error.map(|e| e.code.as_str()).unwrap_or_default(),
+        error.map(|e| e.message.as_str()).unwrap_or_default()
+    );
+    Ok(exit::NOT_COMPLETED)
+}

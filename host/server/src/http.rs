@@ -1,0 +1,464 @@
+//! The `/v1` routes: start, get, wait, watch (SSE), cancel, signal, list and the contract.
+//!
+//! Every handler runs the same steps in the same order: authenticate (401), find the
+//! operation within the caller's tenant (404), check the action's capability list (403), read
+//! and check the body (415, 413, 400), then ask the runtime.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{FromRequestParts, MatchedPath, Path, Query, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::{Stream, StreamExt};
+use opshost_api::{ErrorCode, OperationState, Snapshot};
+use opshost_contract::{Action, OperationSpec};
+use opshost_runtime::store::StoredOperation;
+use opshost_runtime::{ListFilter, OperationRuntime, Owner, ServerError};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::Semaphore;
+
+use crate::ServerConfig;
+use crate::auth::{Authenticator, Principal};
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::openapi;
+
+pub(crate) struct Shared {
+    pub(crate) runtime: OperationRuntime,
+    pub(crate) auth: Authenticator,
+    pub(crate) config: ServerConfig,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) in_flight: Semaphore,
+}
+
+type AppState = Arc<Shared>;
+
+pub(crate) fn router(shared: AppState) -> Router {
+    // Short requests count against `max_in_flight`; waits and watches hold no permit.
+    let admitted = Router::new()
+        .route("/v1/operations", get(list))
+        .route("/v1/operations/{key}", post(start).get(get_operation))
+        .route("/v1/operations/{id}/cancel", post(cancel))
+        .route("/v1/operations/{id}/signals/{signal}", post(signal))
+        .route("/v1/contract", get(contract))
+        .route_layer(middleware::from_fn_with_state(shared.clone(), admit));
+    Router::new()
+        .merge(admitted)
+        .route("/v1/operations/{id}/wait", get(wait))
+        .route("/v1/operations/{id}/events", get(watch))
+        .route("/openapi.json", get(openapi_document))
+        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::OperationNotFound,
+                "no such route",
+            )
+        })
+        .layer(middleware::from_fn_with_state(shared.clone(), record))
+        .with_state(shared)
+}
+
+async fn admit(State(shared): State<AppState>, request: Request, next: Next) -> Response {
+    match shared.in_flight.try_acquire() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => ApiError::overloaded(
+            format!(
+                "more than {} requests in flight",
+                shared.config.max_in_flight
+            ),
+            Duration::from_secs(1),
+        )
+        .into_response(),
+    }
+}
+
+async fn record(State(shared): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let response = next.run(request).await;
+    shared.metrics.request(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+/// The authenticated caller of a request.
+struct Caller(Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(|value| value.to_str())
+            .transpose()
+            .map_err(|_| ApiError::from(crate::auth::AuthError::Malformed("not ASCII".into())))?;
+        Ok(Self(state.auth.authenticate(header)?))
+    }
+}
+
+impl Shared {
+    fn spec(&self, operation: &str) -> Result<&OperationSpec, ApiError> {
+        self.runtime.spec(operation).map_err(|_| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::OperationNotFound,
+                format!("service has no operation `{operation}`"),
+            )
+        })
+    }
+
+    /// The operation `id` if the caller's tenant owns it and `action` is granted.
+    async fn visible(
+        &self,
+        caller: &Principal,
+        id: &str,
+        action: Action,
+    ) -> Result<StoredOperation, ApiError> {
+        let stored = match self.runtime.load(id).await {
+            Ok(stored) => stored,
+            Err(ServerError::OperationNotFound { .. }) => return Err(ApiError::not_found(id)),
+            Err(error) => return Err(error.into()),
+        };
+        if stored.owner.tenant != caller.tenant {
+            return Err(ApiError::not_found(id));
+        }
+        authorize(caller, self.spec(&stored.snapshot.operation)?, action)?;
+        Ok(stored)
+    }
+
+    fn clamp_wait(&self, seconds: f64) -> Duration {
+        let max = self.config.max_wait();
+        if seconds.is_finite() && seconds > 0.0 {
+            Duration::from_secs_f64(seconds.min(max.as_secs_f64()))
+        } else {
+            Duration::ZERO
+        }
+    }
+}
+
+fn authorize(caller: &Principal, spec: &OperationSpec, action: Action) -> Result<(), ApiError> {
+    match spec.capabilities.missing(action, &caller.scopes) {
+        Some(capability) => Err(ApiError::missing_capability(
+            capability,
+            action.as_str(),
+            &spec.name,
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Reads a JSON body, enforcing the content type and the size limit.
+async fn json_body(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<Value, ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("");
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    if !(essence.eq_ignore_ascii_case("application/json") || essence.ends_with("+json")) {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::InvalidInput,
+            format!("expected Content-Type: application/json, got `{content_type}`"),
+        ));
+    }
+    let limit = shared.config.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::LimitExceeded,
+            format!("request body is larger than the limit of {limit} bytes"),
+        )
+        .with_details(json!({ "limit": "max_body_bytes", "max": limit }))
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(too_large());
+    }
+    let bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())?;
+    serde_json::from_slice(&bytes).map_err(|error| {
+        ApiError::invalid(format!("request body is not valid JSON: {error}")).with_details(
+            json!({ "line": error.line(), "column": error.column() }),
+        )
+    })
+}
+
+fn location(id: &str) -> HeaderValue {
+    HeaderValue::from_str(&format!("/v1/operations/{id}"))
+        .unwrap_or_else(|_| HeaderValue::from_static("/v1/operations"))
+}
+
+/// The `wait=N` preference of a `Prefer` header, in seconds.
+fn preferred_wait(headers: &HeaderMap) -> Option<f64> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split([',', ';']))
+        .find_map(|token| {
+            let (key, value) = token.trim().split_once('=')?;
+            (key.trim().eq_ignore_ascii_case("wait"))
+                .then(|| value.trim().trim_matches('"').parse().ok())
+                .flatten()
+        })
+}
+
+async fn start(
+    State(shared): State<AppState>,
+    Caller(caller): Caller,
+    Path(operation): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    authorize(&caller, shared.spec(&operation)?, Action::Call)?;
+    let input = json_body(&shared, &headers, body).await?;
+    let id = match headers.get("idempotency-key") {
+        Some(key) => Some(
+            key.to_str()
+                .map_err(|_| ApiError::invalid("Idempotency-Key must be visible ASCII"))?
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let owner = Owner {
+        tenant: caller.tenant.clone(),
+        subject: caller.subject.clone(),
+    };
+    let accepted = shared
+        .runtime
+        .start(owner, &operation, id, input)
+        .await?
+        .snapshot;
+    let mut snapshot = accepted;
+    let mut applied = None;
+    if let Some(seconds) = preferred_wait(&headers) {
+        let wait = shared.clamp_wait(seconds);
+        snapshot = shared.runtime.wait(&snapshot.id, Some(wait)).await?;
+        applied = Some(wait.as_secs());
+    }
+    let status = if snapshot.is_terminal() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    let mut response = (status, Json(&snapshot)).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::LOCATION, location(&snapshot.id));
+    if let Some(applied) = applied
+        && let Ok(value) = HeaderValue::from_str(&format!("wait={applied}"))
+    {
+        headers.insert("preference-applied", value);
+    }
+    Ok(response)
+}
+
+async fn get_operation(
+    State(shared): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Snapshot>, ApiError> {
+    let stored = shared.visible(&caller, &id, Action::Observe).await?;
+    Ok(Json(stored.snapshot))
+}
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    timeout: Option<f64>,
+}
+
+async fn wait(
+    State(shared): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    Query(query): Query<WaitQuery>,
+) -> Result<Json<Snapshot>, ApiError> {
+    shared.visible(&caller, &id, Action::Observe).await?;
+    let timeout = shared.clamp_wait(
+        query
+            .timeout
+            .unwrap_or(shared.config.max_wait().as_secs_f64()),
+    );
+    Ok(Json(shared.runtime.wait(&id, Some(timeout)).await?))
+}
+
+#[derive(Deserialize)]
+struct WatchQuery {
+    after: Option<u64>,
+}
+
+async fn watch(
+    State(shared): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+    Query(query): Query<WatchQuery>,
+    headers: HeaderMap,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    shared.visible(&caller, &id, Action::Observe).await?;
+    let last_event_id = match headers.get("last-event-id") {
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(|text| text.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::invalid("Last-Event-ID must be a revision number"))?,
+        ),
+        None => None,
+    };
+    let after = last_event_id.or(query.after);
+    let events = shared.runtime.watch(&id, after).map(|event| {
+        Ok(match event {
+            Ok(event) => {
+                let snapshot = event.snapshot();
+                Event::default()
+                    .event(event.kind().as_str())
+                    .id(snapshot.revision.to_string())
+                    .data(serde_json::to_string(snapshot).unwrap_or_default())
+            }
+            Err(error) => {
+                let error = ApiError::from(error);
+                Event::default()
+                    .event("error")
+                    .data(json!({ "error": error.info() }).to_string())
+            }
+        })
+    });
+    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(shared.config.keep_alive())))
+}
+
+async fn cancel(
+    State(shared): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Snapshot>, ApiError> {
+    shared.visible(&caller, &id, Action::Cancel).await?;
+    Ok(Json(shared.runtime.cancel(&id).await?))
+}
+
+async fn signal(
+    State(shared): State<AppState>,
+    Caller(caller): Caller,
+    Path((id, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    shared.visible(&caller, &id, Action::Control).await?;
+    let payload = json_body(&shared, &headers, body).await?;
+    let sequence = shared.runtime.signal(&id, &name, payload).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "id": id, "signal": name, "sequence": sequence })),
+    ))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    operation: Option<String>,
+    state: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list(
+    State(shared): State<AppState>,
+    Caller(caller): Caller,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<Value>, ApiError> {
+    if let Some(operation) = &query.operation {
+        authorize(&caller, shared.spec(operation)?, Action::Observe)?;
+    }
+    let state = match query.state.as_deref() {
+        Some(name) => Some(
+            serde_json::from_value::<OperationState>(Value::String(name.to_owned())).map_err(
+                |_| {
+                    ApiError::invalid(format!(
+                        "state `{name}` is not one of pending, running, completed, failed, cancelled"
+                    ))
+                },
+            )?,
+        ),
+        None => None,
+    };
+    let filter = ListFilter {
+        tenant: Some(caller.tenant.clone()),
+        operation: query.operation,
+        state,
+        after: query.after,
+        limit: query
+            .limit
+            .unwrap_or(shared.config.page_limit)
+            .clamp(1, shared.config.page_limit),
+    };
+    let page = shared.runtime.list(&filter).await?;
+    let items: Vec<Snapshot> = page
+        .items
+        .into_iter()
+        .filter(|snapshot| {
+            shared
+                .runtime
+                .spec(&snapshot.operation)
+                .is_ok_and(|spec| authorize(&caller, spec, Action::Observe).is_ok())
+        })
+        .collect();
+    Ok(Json(json!({ "items": items, "next": page.next })))
+}
+
+async fn contract(
+    State(shared): State<AppState>,
+    Caller(_caller): Caller,
+) -> Result<Json<Value>, ApiError> {
+    let contract = shared.runtime.contract().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Internal,
+            "no contract loaded",
+        )
+    })?;
+    Ok(Json(contract.manifest().clone()))
+}
+
+async fn openapi_document(State(shared): State<AppState>) -> Json<Value> {
+    Json(openapi::document(shared.runtime.contract()))
+}
+
+async fn metrics(State(shared): State<AppState>) -> Response {
+    match shared.metrics.render(&shared.runtime).await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(message) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, message)
+                .into_response()
+        }
+    }
+}

@@ -1,0 +1,116 @@
+//! The opshost HTTP API (SPEC §6): JSON routes under `/v1`, watch as Server-Sent Events,
+//! bearer JWT authentication with per-action capability checks, the contract, an OpenAPI 3.1
+//! document, health and Prometheus metrics.
+//!
+//! Data flows one way: request → [`auth`] (who is calling) → capability and tenant checks →
+//! the [`OperationRuntime`] → store and handlers; changes come back through the runtime's
+//! watch streams and event feed.
+//!
+//! ```no_run
+//! # async fn serve(runtime: opshost_runtime::OperationRuntime) -> std::io::Result<()> {
+//! use opshost_server::{AuthConfig, Authenticator, HttpApi, ServerConfig};
+//! let auth = Authenticator::from_config(&AuthConfig {
+//!     hs256_secret_env: Some("OPSHOST_JWT_SECRET".into()),
+//!     ..AuthConfig::default()
+//! })
+//! .expect("a key");
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! HttpApi::new(runtime, auth, ServerConfig::default()).serve(listener).await
+//! # }
+//! ```
+
+pub mod auth;
+mod error;
+mod http;
+mod metrics;
+pub mod openapi;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opshost_runtime::OperationRuntime;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+
+pub use auth::{AuthConfig, AuthConfigError, AuthError, Authenticator, Principal};
+pub use error::ApiError;
+pub use metrics::Metrics;
+
+/// HTTP tunables (the `[server]` table of the host config).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on; loopback unless set.
+    pub listen: SocketAddr,
+    /// Largest request body accepted (413 above it).
+    pub max_body_bytes: usize,
+    /// Longest `Prefer: wait=N` or `/wait?timeout=N` honoured, in seconds.
+    pub max_wait_secs: u64,
+    /// Interval of SSE keep-alive comments, in seconds.
+    pub keep_alive_secs: u64,
+    /// Short requests served at once before answering 503 `Overloaded`.
+    pub max_in_flight: usize,
+    /// Largest page of a listing.
+    pub page_limit: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1024 * 1024,
+            max_wait_secs: 60,
+            keep_alive_secs: 15,
+            max_in_flight: 1024,
+            page_limit: 100,
+        }
+    }
+}
+
+impl ServerConfig {
+    fn max_wait(&self) -> Duration {
+        Duration::from_secs(self.max_wait_secs)
+    }
+
+    fn keep_alive(&self) -> Duration {
+        Duration::from_secs(self.keep_alive_secs.max(1))
+    }
+}
+
+/// The HTTP API over one runtime.
+pub struct HttpApi {
+    runtime: OperationRuntime,
+    auth: Authenticator,
+    config: ServerConfig,
+}
+
+impl HttpApi {
+    /// An API serving `runtime`, checking callers with `auth`.
+    pub fn new(runtime: OperationRuntime, auth: Authenticator, config: ServerConfig) -> Self {
+        Self {
+            runtime,
+            auth,
+            config,
+        }
+    }
+
+    /// The axum router, e.g. to nest in a service's own router. Must be called within a tokio
+    /// runtime: it starts the task that feeds the metrics.
+    pub fn into_router(self) -> axum::Router {
+        let metrics = Arc::new(Metrics::new());
+        metrics.follow(&self.runtime);
+        http::router(Arc::new(http::Shared {
+            in_flight: tokio::sync::Semaphore::new(self.config.max_in_flight.max(1)),
+            runtime: self.runtime,
+            auth: self.auth,
+            config: self.config,
+            metrics,
+        }))
+    }
+
+    /// Serves on `listener` until the process ends.
+    pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+        axum::serve(listener, self.into_router()).await
+    }
+}

@@ -1,0 +1,189 @@
+//! Prometheus metrics at `/metrics`: operations by state, start→terminal latency, handlers
+//! running, and HTTP requests by route and status.
+//!
+//! Operation counts are read from the store at scrape time; latencies come from the runtime's
+//! event feed, so they cover every operation this host changed, whoever started it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use opshost_api::OperationEvent;
+use opshost_runtime::OperationRuntime;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::sync::broadcast::error::RecvError;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabels {
+    operation: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RouteLabels {
+    method: String,
+    route: String,
+    status: u16,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 17))
+}
+
+/// The host's metrics registry.
+pub struct Metrics {
+    registry: Registry,
+    operations: Family<StateLabels, Gauge>,
+    accepted: Family<OperationLabels, Counter>,
+    durations: HistogramFamily<StateLabels>,
+    active: Gauge,
+    requests: Family<RouteLabels, Counter>,
+    request_durations: HistogramFamily<RouteLabels>,
+}
+
+impl Metrics {
+    /// A registry with every opshost metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("opshost");
+        let operations = Family::<StateLabels, Gauge>::default();
+        let accepted = Family::<OperationLabels, Counter>::default();
+        let durations: HistogramFamily<StateLabels> =
+            Family::new_with_constructor(latency_histogram);
+        let active = Gauge::default();
+        let requests = Family::<RouteLabels, Counter>::default();
+        let request_durations: HistogramFamily<RouteLabels> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "operations",
+            "Operations in the store by operation and state",
+            operations.clone(),
+        );
+        registry.register(
+            "operations_accepted",
+            "Operations accepted by this host",
+            accepted.clone(),
+        );
+        registry.register(
+            "operation_duration_seconds",
+            "Time from accept to the terminal state",
+            durations.clone(),
+        );
+        registry.register(
+            "active_handlers",
+            "Operations whose handler (wasm guest or native) runs on this host",
+            active.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "HTTP requests by method, route and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency (until the response head for streams)",
+            request_durations.clone(),
+        );
+        Self {
+            registry,
+            operations,
+            accepted,
+            durations,
+            active,
+            requests,
+            request_durations,
+        }
+    }
+
+    /// Follows the runtime's event feed until the runtime is dropped.
+    pub(crate) fn follow(self: &Arc<Self>, runtime: &OperationRuntime) {
+        let metrics = Arc::clone(self);
+        let mut events = runtime.events();
+        tokio::spawn(async move {
+            loop {
+                match events.recv().await {
+                    Ok(event) => metrics.observe(&event),
+                    Err(RecvError::Lagged(skipped)) => {
+                        tracing::debug!(skipped, "metrics skipped events");
+                    }
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
+    fn observe(&self, event: &OperationEvent) {
+        let snapshot = event.snapshot();
+        if matches!(event, OperationEvent::Accepted { .. }) {
+            self.accepted
+                .get_or_create(&OperationLabels {
+                    operation: snapshot.operation.clone(),
+                })
+                .inc();
+        }
+        if let Some(completed_at) = snapshot.completed_at {
+            let elapsed = (completed_at - snapshot.created_at)
+                .to_std()
+                .unwrap_or_default();
+            self.durations
+                .get_or_create(&StateLabels {
+                    operation: snapshot.operation.clone(),
+                    state: snapshot.state.as_str().to_owned(),
+                })
+                .observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// Records one HTTP request.
+    pub(crate) fn request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        let labels = RouteLabels {
+            method: method.to_owned(),
+            route: route.to_owned(),
+            status,
+        };
+        self.requests.get_or_create(&labels).inc();
+        self.request_durations
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// The text exposition, with store counts read now.
+    pub(crate) async fn render(&self, runtime: &OperationRuntime) -> Result<String, String> {
+        let counts = runtime
+            .count_by_state()
+            .await
+            .map_err(|e| e.to_string())?;
+        self.operations.clear();
+        for count in counts {
+            self.operations
+                .get_or_create(&StateLabels {
+                    operation: count.operation,
+                    state: count.state.as_str().to_owned(),
+                })
+                .set(i64::try_from(count.count).unwrap_or(i64::MAX));
+        }
+        self.active
+            .set(i64::try_from(runtime.active_handlers()).unwrap_or(i64::MAX));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .map_err(|e| e.to_string())?;
+        Ok(text)
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

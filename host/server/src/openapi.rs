@@ -1,0 +1,285 @@
+//! The OpenAPI 3.1 document at `/openapi.json`: every route, with the contract's schemas under
+//! `components/schemas` so that each operation's start body, progress and output are typed.
+
+use opshost_contract::{Contract, PayloadSchema};
+use serde_json::{Map, Value, json};
+
+const SCHEMAS: &str = "#/components/schemas/";
+
+/// The document for `contract` (only the generic routes when none is loaded).
+pub fn document(contract: Option<&Contract>) -> Value {
+    let mut schemas = Map::new();
+    let mut paths = generic_paths();
+    let mut title = "opshost".to_owned();
+    if let Some(contract) = contract {
+        title = format!("{} operations", contract.service());
+        for (name, schema) in contract.schemas() {
+            schemas.insert(name.clone(), rewrite_refs(schema.clone()));
+        }
+        for (name, spec) in contract.operations() {
+            let snapshot = json!({
+                "allOf": [
+                    { "$ref": format!("{SCHEMAS}Snapshot") },
+                    { "properties": {
+                        "progress": spec.progress.as_ref().map(payload).unwrap_or(Value::Bool(true)),
+                        "output": payload(&spec.output),
+                    } }
+                ]
+            });
+            paths.insert(
+                format!("/v1/operations/{name}"),
+                json!({ "post": {
+                    "operationId": format!("start {name}"),
+                    "summary": format!("Start {name} ({})", spec.version),
+                    "description": format!(
+                        "Needs capabilities {:?}. Answers 202 with the accepted snapshot, or 200 with the terminal one when `Prefer: wait=N` sees it finish.",
+                        spec.capabilities.call
+                    ),
+                    "parameters": [
+                        { "name": "Idempotency-Key", "in": "header", "schema": { "type": "string", "maxLength": 200 },
+                          "description": "Becomes the operation id: the same key and body return the same operation." },
+                        { "name": "Prefer", "in": "header", "schema": { "type": "string", "examples": ["wait=10"] } }
+                    ],
+                    "requestBody": { "required": true, "content": { "application/json": { "schema": payload(&spec.input) } } },
+                    "responses": {
+                        "200": response("Terminal snapshot", snapshot.clone()),
+                        "202": response("Accepted snapshot", snapshot),
+                        "400": error_response(), "401": error_response(), "403": error_response(),
+                        "404": error_response(), "409": error_response(), "413": error_response(),
+                        "415": error_response(), "429": error_response(), "503": error_response()
+                    }
+                } }),
+            );
+            for (signal, signal_spec) in &spec.signals {
+                paths.insert(
+                    format!("/v1/operations/{{id}}/signals/{signal}"),
+                    json!({ "post": {
+                        "operationId": format!("signal {name} {signal}"),
+                        "summary": format!("Send signal {signal} to an operation of {name}"),
+                        "parameters": [id_parameter()],
+                        "requestBody": { "required": true, "content": { "application/json": { "schema": payload(&signal_spec.input) } } },
+                        "responses": {
+                            "202": response("Signal accepted", json!({ "$ref": format!("{SCHEMAS}SignalAck") })),
+                            "400": error_response(), "401": error_response(), "403": error_response(),
+                            "404": error_response(), "409": error_response()
+                        }
+                    } }),
+                );
+            }
+        }
+    }
+    schemas.extend(host_schemas());
+    json!({
+        "openapi": "3.1.0",
+        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
+        "info": { "title": title, "version": env!("CARGO_PKG_VERSION") },
+        "security": [{ "bearer": [] }],
+        "components": {
+            "securitySchemes": { "bearer": { "type": "http", "scheme": "bearer", "bearerFormat": "JWT" } },
+            "schemas": schemas
+        },
+        "paths": paths
+    })
+}
+
+/// A payload's schema: a reference to its named schema, or the inline schema.
+fn payload(schema: &PayloadSchema) -> Value {
+    match schema.name() {
+        Some(name) => json!({ "$ref": format!("{SCHEMAS}{name}") }),
+        None => {
+            let mut document = schema.document().clone();
+            if let Some(object) = document.as_object_mut() {
+                object.remove("$defs");
+            }
+            rewrite_refs(document)
+        }
+    }
+}
+
+/// Points `$ref: "Name"` and `$ref: "#/$defs/Name"` at `components/schemas`.
+fn rewrite_refs(mut value: Value) -> Value {
+    match &mut value {
+        Value::Object(object) => {
+            for (key, child) in object.iter_mut() {
+                if key == "$ref"
+                    && let Value::String(target) = child
+                {
+                    let name = target.strip_prefix("#/$defs/").unwrap_or(target);
+                    if !name.starts_with('#') {
+                        *target = format!("{SCHEMAS}{name}");
+                    }
+                } else {
+                    *child = rewrite_refs(std::mem::take(child));
+                }
+            }
+        }
+        Value::Array(items) => {
+            for item in items.iter_mut() {
+                *item = rewrite_refs(std::mem::take(item));
+            }
+        }
+        _ => {}
+    }
+    value
+}
+
+fn response(description: &str, schema: Value) -> Value {
+    json!({ "description": description, "content": { "application/json": { "schema": schema } } })
+}
+
+fn error_response() -> Value {
+    response("Error", json!({ "$ref": format!("{SCHEMAS}Error") }))
+}
+
+fn id_parameter() -> Value {
+    json!({ "name": "id", "in": "path", "required": true, "schema": { "type": "string" } })
+}
+
+fn snapshot_response() -> Value {
+    response("Snapshot", json!({ "$ref": format!("{SCHEMAS}Snapshot") }))
+}
+
+fn generic_paths() -> Map<String, Value> {
+    let errors = || {
+        json!({ "401": error_response(), "403": error_response(), "404": error_response() })
+    };
+    let with_errors = |mut responses: Value| {
+        if let (Some(target), Value::Object(extra)) = (responses.as_object_mut(), errors()) {
+            target.extend(extra);
+        }
+        responses
+    };
+    let mut paths = Map::new();
+    paths.insert("/v1/operations".into(), json!({ "get": {
+        "operationId": "list",
+        "summary": "List the caller's tenant's operations it may observe, ordered by id",
+        "parameters": [
+            { "name": "operation", "in": "query", "schema": { "type": "string" } },
+            { "name": "state", "in": "query", "schema": { "$ref": format!("{SCHEMAS}State") } },
+            { "name": "after", "in": "query", "schema": { "type": "string" }, "description": "The previous page's `next`" },
+            { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1 } }
+        ],
+        "responses": with_errors(json!({ "200": response("A page", json!({ "$ref": format!("{SCHEMAS}Page") })) }))
+    } }));
+    paths.insert("/v1/operations/{id}".into(), json!({ "get": {
+        "operationId": "get",
+        "summary": "The current snapshot",
+        "parameters": [id_parameter()],
+        "responses": with_errors(json!({ "200": snapshot_response() }))
+    } }));
+    paths.insert("/v1/operations/{id}/wait".into(), json!({ "get": {
+        "operationId": "wait",
+        "summary": "The terminal snapshot, or the current one after `timeout` seconds",
+        "parameters": [id_parameter(), { "name": "timeout", "in": "query", "schema": { "type": "number", "minimum": 0 } }],
+        "responses": with_errors(json!({ "200": snapshot_response() }))
+    } }));
+    paths.insert("/v1/operations/{id}/events".into(), json!({ "get": {
+        "operationId": "watch",
+        "summary": "Server-Sent Events: one per change (`event` = kind, `id` = revision, `data` = snapshot), closed after the terminal event",
+        "parameters": [
+            id_parameter(),
+            { "name": "after", "in": "query", "schema": { "type": "integer", "minimum": 0 }, "description": "Resume after this revision" },
+            { "name": "Last-Event-ID", "in": "header", "schema": { "type": "string" }, "description": "Resume after this revision" }
+        ],
+        "responses": with_errors(json!({ "200": { "description": "Event stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } } }))
+    } }));
+    paths.insert("/v1/operations/{id}/cancel".into(), json!({ "post": {
+        "operationId": "cancel",
+        "summary": "Cancel; answers with the terminal snapshot",
+        "parameters": [id_parameter()],
+        "responses": with_errors(json!({ "200": snapshot_response(), "409": error_response() }))
+    } }));
+    paths.insert("/v1/operations/{id}/signals/{signal}".into(), json!({ "post": {
+        "operationId": "signal",
+        "summary": "Send a named signal declared by the operation",
+        "parameters": [id_parameter(), { "name": "signal", "in": "path", "required": true, "schema": { "type": "string" } }],
+        "requestBody": { "required": true, "content": { "application/json": { "schema": {} } } },
+        "responses": with_errors(json!({
+            "202": response("Signal accepted", json!({ "$ref": format!("{SCHEMAS}SignalAck") })),
+            "400": error_response(), "409": error_response()
+        }))
+    } }));
+    paths.insert("/v1/contract".into(), json!({ "get": {
+        "operationId": "contract",
+        "summary": "The contract manifest served",
+        "responses": { "200": { "description": "Manifest", "content": { "application/json": { "schema": { "type": "object" } } } }, "401": error_response() }
+    } }));
+    for (path, summary, content) in [
+        ("/healthz", "Liveness", "application/json"),
+        ("/metrics", "Prometheus metrics", "application/openmetrics-text"),
+        ("/openapi.json", "This document", "application/json"),
+    ] {
+        paths.insert(path.into(), json!({ "get": {
+            "summary": summary,
+            "security": [],
+            "responses": { "200": { "description": summary, "content": { content: { "schema": {} } } } }
+        } }));
+    }
+    paths
+}
+
+fn host_schemas() -> Map<String, Value> {
+    let schemas = json!({
+        "State": { "type": "string", "enum": ["pending", "running", "completed", "failed", "cancelled"] },
+        "ErrorInfo": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": { "type": "string", "enum": [
+                    "OperationNotFound", "OperationAlreadyExists", "OperationTerminal",
+                    "OperationUnsupportedControl", "InvalidInput", "Unauthenticated",
+                    "MissingCapability", "LimitExceeded", "HandlerTrapped", "HandlerNonTerminal",
+                    "HostRestarted", "Overloaded", "HandlerFailed", "Cancelled", "Internal"
+                ] },
+                "message": { "type": "string" },
+                "details": {}
+            }
+        },
+        "Error": {
+            "type": "object",
+            "required": ["error"],
+            "properties": { "error": { "$ref": format!("{SCHEMAS}ErrorInfo") } }
+        },
+        "Snapshot": {
+            "type": "object",
+            "required": ["id", "service", "operation", "version", "revision", "state", "cancelRequested", "attempt", "createdAt", "updatedAt"],
+            "properties": {
+                "id": { "type": "string" },
+                "service": { "type": "string" },
+                "operation": { "type": "string" },
+                "version": { "type": "string" },
+                "revision": { "type": "integer", "minimum": 1 },
+                "state": { "$ref": format!("{SCHEMAS}State") },
+                "progress": {},
+                "output": {},
+                "error": { "$ref": format!("{SCHEMAS}ErrorInfo") },
+                "cancelRequested": { "type": "boolean" },
+                "attempt": { "type": "integer", "minimum": 1 },
+                "createdAt": { "type": "string", "format": "date-time" },
+                "updatedAt": { "type": "string", "format": "date-time" },
+                "completedAt": { "type": "string", "format": "date-time" }
+            }
+        },
+        "Page": {
+            "type": "object",
+            "required": ["items"],
+            "properties": {
+                "items": { "type": "array", "items": { "$ref": format!("{SCHEMAS}Snapshot") } },
+                "next": { "type": ["string", "null"] }
+            }
+        },
+        "SignalAck": {
+            "type": "object",
+            "required": ["id", "signal", "sequence"],
+            "properties": {
+                "id": { "type": "string" },
+                "signal": { "type": "string" },
+                "sequence": { "type": "integer", "minimum": 1 }
+            }
+        }
+    });
+    match schemas {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
+}
