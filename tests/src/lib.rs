@@ -1,5 +1,6 @@
 //! Shared set-up for the integration tests: hosts serving the real guests built for
-//! `wasm32-wasip2` (run `./dev guests` first; `./dev test` does).
+//! `wasm32-wasip2` (run `./dev guests` first; `./dev test` does), and in [`net`] real HTTP
+//! servers on 127.0.0.1 with tokens to call them.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -59,3 +60,5 @@ fn host(manifest: &str, operation: &str, component: &str, cancel_grace: Duration
         Err(error) => panic!("cannot load the test deployment: {error}"),
     }
 }
+
+pub mod net;
