@@ -45,11 +45,32 @@ pub fn testing_host(cancel_grace: Duration) -> WasmHost {
     )
 }
 
+/// A host serving `Testing.Scenario` that refuses starts while `max_active` operations run.
+pub fn testing_host_limited(cancel_grace: Duration, max_active: usize) -> WasmHost {
+    host_with(
+        "testing.manifest.json",
+        "Testing.Scenario",
+        "test_handlers",
+        cancel_grace,
+        Some(max_active),
+    )
+}
+
 fn host(manifest: &str, operation: &str, component: &str, cancel_grace: Duration) -> WasmHost {
+    host_with(manifest, operation, component, cancel_grace, None)
+}
+
+fn host_with(
+    manifest: &str,
+    operation: &str,
+    component: &str,
+    cancel_grace: Duration,
+    max_active_operations: Option<usize>,
+) -> WasmHost {
     let config = DeploymentConfig {
         contract: root().join("contracts").join(manifest),
         cancel_grace_ms: u64::try_from(cancel_grace.as_millis()).unwrap_or(u64::MAX),
-        max_active_operations: None,
+        max_active_operations,
         handlers: vec![HandlerConfig {
             operation: operation.into(),
             component: guest(component),

@@ -83,7 +83,12 @@ async fn watch_yields_typed_progress_then_the_completed_event() {
     }
     assert!(stream.take_error().is_none());
     assert_eq!(completed.unwrap().order_id, "ord_watch");
-    assert!(steps.ends_with(&["reserving".into(), "charging".into(), "packing".into(), "shipping".into()]));
+    assert!(steps.ends_with(&[
+        "reserving".into(),
+        "charging".into(),
+        "packing".into(),
+        "shipping".into()
+    ]));
     assert!(revisions.windows(2).all(|w| w[0] < w[1]), "{revisions:?}");
 }
 

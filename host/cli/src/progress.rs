@@ -38,10 +38,14 @@ impl ProgressView {
             self.bar.set_length(total);
             self.bar.set_position(done);
         }
-        let text = |key: &str| progress.get(key).and_then(Value::as_str).unwrap_or_default();
+        let text = |key: &str| {
+            progress
+                .get(key)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        };
         let (step, message) = (text("step"), text("message"));
-        self.bar
-            .suspend(|| eprintln!("  {step:<10} {message}"));
+        self.bar.suspend(|| eprintln!("  {step:<10} {message}"));
         self.bar.set_message(message.to_owned());
     }
 

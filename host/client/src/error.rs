@@ -50,7 +50,11 @@ impl ClientError {
         }
     }
 
-    pub(crate) fn from_body(status: StatusCode, body: &[u8], retry_after: Option<Duration>) -> Self {
+    pub(crate) fn from_body(
+        status: StatusCode,
+        body: &[u8],
+        retry_after: Option<Duration>,
+    ) -> Self {
         match serde_json::from_slice::<ErrorBody>(body) {
             Ok(ErrorBody { error }) => Self::Api {
                 status,

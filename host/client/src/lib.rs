@@ -73,7 +73,8 @@ impl Client {
     /// A client for the host at `url` (e.g. `http://127.0.0.1:8080`) using bearer `token`.
     pub fn new(url: impl AsRef<str>, token: impl Into<String>) -> Result<Self, ClientError> {
         let base = url.as_ref().trim_end_matches('/').to_owned();
-        reqwest::Url::parse(&base).map_err(|e| ClientError::Protocol(format!("url `{base}`: {e}")))?;
+        reqwest::Url::parse(&base)
+            .map_err(|e| ClientError::Protocol(format!("url `{base}`: {e}")))?;
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .build()
@@ -86,7 +87,10 @@ impl Client {
     }
 
     /// Like [`Client::new`], then checks that the host answers `/healthz`.
-    pub async fn connect(url: impl AsRef<str>, token: impl Into<String>) -> Result<Self, ClientError> {
+    pub async fn connect(
+        url: impl AsRef<str>,
+        token: impl Into<String>,
+    ) -> Result<Self, ClientError> {
         let client = Self::new(url, token)?;
         let response = client
             .http
@@ -120,7 +124,10 @@ impl Client {
         options: &StartOptions,
     ) -> Result<Snapshot, ClientError> {
         let mut request = self
-            .request(Method::POST, &format!("/v1/operations/{}", segment(operation)))
+            .request(
+                Method::POST,
+                &format!("/v1/operations/{}", segment(operation)),
+            )
             .json(input);
         if let Some(key) = &options.idempotency_key {
             request = request.header("idempotency-key", key);
@@ -162,7 +169,11 @@ impl Client {
 
     /// Cancels the operation; answers with its terminal snapshot.
     pub async fn cancel(&self, id: &str) -> Result<Snapshot, ClientError> {
-        send(self.request(Method::POST, &format!("/v1/operations/{}/cancel", segment(id)))).await
+        send(self.request(
+            Method::POST,
+            &format!("/v1/operations/{}/cancel", segment(id)),
+        ))
+        .await
     }
 
     /// Sends signal `name`; answers with its sequence number.
@@ -256,7 +267,12 @@ impl ServiceClient {
 
     /// The typed handle of operation `Op`, a marker of this service's facade.
     pub fn operation<Op: Operation>(&self) -> OperationClient<Op> {
-        debug_assert_eq!(Op::SERVICE, self.service, "{} is not an operation of this service", Op::NAME);
+        debug_assert_eq!(
+            Op::SERVICE,
+            self.service,
+            "{} is not an operation of this service",
+            Op::NAME
+        );
         OperationClient {
             client: self.client.clone(),
             marker: PhantomData,
@@ -349,7 +365,10 @@ impl<Op: Operation> OperationRef<Op> {
     }
 
     /// Waits up to `timeout`; the snapshot may not be terminal.
-    pub async fn wait_timeout(&self, timeout: Duration) -> Result<OperationSnapshot<Op>, ClientError> {
+    pub async fn wait_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<OperationSnapshot<Op>, ClientError> {
         typed(self.client.wait_timeout(&self.id, timeout).await?)
     }
 
@@ -371,7 +390,10 @@ impl<Op: Operation> OperationRef<Op> {
     }
 
     /// Sends signal `S`; answers with its sequence number.
-    pub async fn signal<S: Signal<Operation = Op>>(&self, input: &S::Input) -> Result<u64, ClientError> {
+    pub async fn signal<S: Signal<Operation = Op>>(
+        &self,
+        input: &S::Input,
+    ) -> Result<u64, ClientError> {
         let payload = serde_json::to_value(input).map_err(ClientError::Codec)?;
         self.client.signal(&self.id, S::NAME, &payload).await
     }

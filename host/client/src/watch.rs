@@ -129,7 +129,10 @@ async fn next(mut state: State) -> Option<(Result<OperationEvent, ClientError>, 
 
 async fn connect(client: &Client, id: &str, last: Option<u64>) -> Result<Raw, ClientError> {
     let mut request = client
-        .request(Method::GET, &format!("/v1/operations/{}/events", segment(id)))
+        .request(
+            Method::GET,
+            &format!("/v1/operations/{}/events", segment(id)),
+        )
         .header(reqwest::header::ACCEPT, "text/event-stream");
     if let Some(last) = last {
         request = request.header("last-event-id", last.to_string());

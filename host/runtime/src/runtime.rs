@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::Stream;
+use futures::future::BoxFuture;
 use opshost_api::{
     ErrorCode, ErrorInfo, EventKind, Operation, OperationEvent, OperationState, Snapshot,
 };
 use opshost_contract::{Contract, OperationSpec, PayloadSchema};
 use serde_json::Value;
-use futures::future::BoxFuture;
 use tokio::sync::broadcast;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;

@@ -3,8 +3,8 @@
 
 use opshost_api::{EventKind, OperationState, Snapshot};
 use opshost_runtime::store::{
-    CreateOutcome, ListFilter, MemoryStore, OperationStore, Owner, SignalOutcome,
-    StoredOperation, UpdateOutcome,
+    CreateOutcome, ListFilter, MemoryStore, OperationStore, Owner, SignalOutcome, StoredOperation,
+    UpdateOutcome,
 };
 use serde_json::json;
 
@@ -13,7 +13,11 @@ fn snapshot(id: &str, operation: &str) -> Snapshot {
 }
 
 fn stored(snapshot: Snapshot, input: Option<serde_json::Value>) -> StoredOperation {
-    let tenant = if snapshot.id.starts_with('z') { "other" } else { "acme" };
+    let tenant = if snapshot.id.starts_with('z') {
+        "other"
+    } else {
+        "acme"
+    };
     StoredOperation {
         snapshot,
         input,
@@ -137,7 +141,10 @@ async fn list_filters_by_operation_and_state_and_pages_by_id() {
     let store = MemoryStore::new();
     for id in ["a", "b", "c", "d", "e"] {
         store
-            .create(stored(snapshot(id, if id == "c" { "Other" } else { "Op" }), None))
+            .create(stored(
+                snapshot(id, if id == "c" { "Other" } else { "Op" }),
+                None,
+            ))
             .await
             .unwrap();
     }

@@ -65,10 +65,13 @@ impl DeploymentConfig {
     /// Reads a config already parsed from the file at `path` (other tools' tables removed),
     /// resolving relative paths against its directory.
     pub fn from_table(table: toml::Table, path: &Path) -> Result<Self, SandboxError> {
-        let mut config: Self = table.try_into().map_err(|e: toml::de::Error| SandboxError::Config {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
+        let mut config: Self =
+            table
+                .try_into()
+                .map_err(|e: toml::de::Error| SandboxError::Config {
+                    path: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.contract = base.join(&config.contract);
         for handler in &mut config.handlers {

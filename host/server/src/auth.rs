@@ -86,7 +86,9 @@ pub enum AuthError {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthConfigError {
     /// No key is configured at all.
-    #[error("no token key configured: set auth.hs256_secret_env, auth.ed25519_public_key or auth.rs256_public_key")]
+    #[error(
+        "no token key configured: set auth.hs256_secret_env, auth.ed25519_public_key or auth.rs256_public_key"
+    )]
     NoKey,
     /// The named environment variable is not set.
     #[error("environment variable `{0}` (auth.hs256_secret_env) is not set")]
@@ -142,13 +144,16 @@ impl Authenticator {
         let mut keys = Vec::new();
         let secret = match (&config.hs256_secret, &config.hs256_secret_env) {
             (Some(secret), _) => Some(secret.clone()),
-            (None, Some(var)) => Some(
-                std::env::var(var).map_err(|_| AuthConfigError::MissingEnv(var.clone()))?,
-            ),
+            (None, Some(var)) => {
+                Some(std::env::var(var).map_err(|_| AuthConfigError::MissingEnv(var.clone()))?)
+            }
             (None, None) => None,
         };
         if let Some(secret) = secret {
-            keys.push((Algorithm::HS256, DecodingKey::from_secret(secret.as_bytes())));
+            keys.push((
+                Algorithm::HS256,
+                DecodingKey::from_secret(secret.as_bytes()),
+            ));
         }
         if let Some(path) = &config.ed25519_public_key {
             let pem = read_key("ed25519_public_key", path)?;
@@ -199,7 +204,10 @@ impl Authenticator {
             .filter(|token| !token.is_empty())
             .ok_or_else(|| AuthError::Malformed("expected `Bearer <token>`".into()))?;
         let alg = token_algorithm(token)?;
-        let Some((alg, key)) = self.keys.iter().find(|(known, _)| format!("{known:?}") == alg)
+        let Some((alg, key)) = self
+            .keys
+            .iter()
+            .find(|(known, _)| format!("{known:?}") == alg)
         else {
             return Err(AuthError::Algorithm(alg));
         };
@@ -253,9 +261,10 @@ fn classify(error: jsonwebtoken::errors::Error) -> AuthError {
         ErrorKind::InvalidSignature => AuthError::Signature,
         ErrorKind::ExpiredSignature => AuthError::Expired,
         ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-        ErrorKind::InvalidToken | ErrorKind::Base64(_) | ErrorKind::Json(_) | ErrorKind::Utf8(_) => {
-            AuthError::Malformed(error.to_string())
-        }
+        ErrorKind::InvalidToken
+        | ErrorKind::Base64(_)
+        | ErrorKind::Json(_)
+        | ErrorKind::Utf8(_) => AuthError::Malformed(error.to_string()),
         _ => AuthError::Claims(error.to_string()),
     }
 }

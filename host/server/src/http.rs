@@ -56,7 +56,10 @@ pub(crate) fn router(shared: AppState) -> Router {
         .route("/v1/operations/{id}/wait", get(wait))
         .route("/v1/operations/{id}/events", get(watch))
         .route("/openapi.json", get(openapi_document))
-        .route("/healthz", get(|| async { Json(json!({ "status": "ok" })) }))
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
         .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::new(
@@ -203,9 +206,8 @@ async fn json_body(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<V
         .await
         .map_err(|_| too_large())?;
     serde_json::from_slice(&bytes).map_err(|error| {
-        ApiError::invalid(format!("request body is not valid JSON: {error}")).with_details(
-            json!({ "line": error.line(), "column": error.column() }),
-        )
+        ApiError::invalid(format!("request body is not valid JSON: {error}"))
+            .with_details(json!({ "line": error.line(), "column": error.column() }))
     })
 }
 
@@ -456,9 +458,11 @@ async fn metrics(State(shared): State<AppState>) -> Response {
             text,
         )
             .into_response(),
-        Err(message) => {
-            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, message)
-                .into_response()
-        }
+        Err(message) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            message,
+        )
+        .into_response(),
     }
 }

@@ -160,10 +160,7 @@ impl Metrics {
 
     /// The text exposition, with store counts read now.
     pub(crate) async fn render(&self, runtime: &OperationRuntime) -> Result<String, String> {
-        let counts = runtime
-            .count_by_state()
-            .await
-            .map_err(|e| e.to_string())?;
+        let counts = runtime.count_by_state().await.map_err(|e| e.to_string())?;
         self.operations.clear();
         for count in counts {
             self.operations

@@ -140,9 +140,8 @@ fn snapshot_response() -> Value {
 }
 
 fn generic_paths() -> Map<String, Value> {
-    let errors = || {
-        json!({ "401": error_response(), "403": error_response(), "404": error_response() })
-    };
+    let errors =
+        || json!({ "401": error_response(), "403": error_response(), "404": error_response() });
     let with_errors = |mut responses: Value| {
         if let (Some(target), Value::Object(extra)) = (responses.as_object_mut(), errors()) {
             target.extend(extra);
@@ -161,12 +160,15 @@ fn generic_paths() -> Map<String, Value> {
         ],
         "responses": with_errors(json!({ "200": response("A page", json!({ "$ref": format!("{SCHEMAS}Page") })) }))
     } }));
-    paths.insert("/v1/operations/{id}".into(), json!({ "get": {
+    paths.insert(
+        "/v1/operations/{id}".into(),
+        json!({ "get": {
         "operationId": "get",
         "summary": "The current snapshot",
         "parameters": [id_parameter()],
         "responses": with_errors(json!({ "200": snapshot_response() }))
-    } }));
+    } }),
+    );
     paths.insert("/v1/operations/{id}/wait".into(), json!({ "get": {
         "operationId": "wait",
         "summary": "The terminal snapshot, or the current one after `timeout` seconds",
@@ -183,12 +185,15 @@ fn generic_paths() -> Map<String, Value> {
         ],
         "responses": with_errors(json!({ "200": { "description": "Event stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } } }))
     } }));
-    paths.insert("/v1/operations/{id}/cancel".into(), json!({ "post": {
+    paths.insert(
+        "/v1/operations/{id}/cancel".into(),
+        json!({ "post": {
         "operationId": "cancel",
         "summary": "Cancel; answers with the terminal snapshot",
         "parameters": [id_parameter()],
         "responses": with_errors(json!({ "200": snapshot_response(), "409": error_response() }))
-    } }));
+    } }),
+    );
     paths.insert("/v1/operations/{id}/signals/{signal}".into(), json!({ "post": {
         "operationId": "signal",
         "summary": "Send a named signal declared by the operation",
@@ -206,7 +211,11 @@ fn generic_paths() -> Map<String, Value> {
     } }));
     for (path, summary, content) in [
         ("/healthz", "Liveness", "application/json"),
-        ("/metrics", "Prometheus metrics", "application/openmetrics-text"),
+        (
+            "/metrics",
+            "Prometheus metrics",
+            "application/openmetrics-text",
+        ),
         ("/openapi.json", "This document", "application/json"),
     ] {
         paths.insert(path.into(), json!({ "get": {

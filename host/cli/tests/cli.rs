@@ -1,0 +1,192 @@
+//! The `opshost` command as a shell user drives it: `serve` in one process, `token`, `start`,
+//! `watch`, `get`, `list` and `cancel` in others, over real HTTP on 127.0.0.1.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+
+use serde_json::Value;
+
+const SECRET: &str = "opshost-cli-test-secret-0123456789";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn opshost() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_opshost"));
+    command
+        .env("OPSHOST_JWT_SECRET", SECRET)
+        .current_dir(root());
+    command
+        .env_remove("OPSHOST_URL")
+        .env_remove("OPSHOST_TOKEN");
+    command
+}
+
+/// `opshost serve` on an ephemeral port, killed when dropped.
+struct Serve {
+    child: Child,
+    url: String,
+}
+
+impl Serve {
+    fn start() -> Self {
+        let wasm = root().join("target/wasm32-wasip2/release/orders_process.wasm");
+        assert!(wasm.exists(), "build the guests first: ./dev guests");
+        let mut child = opshost()
+            .args([
+                "serve",
+                "--config",
+                "contracts/orders.deploy.toml",
+                "--listen",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("opshost serve starts");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("serve prints its address");
+        let url = line
+            .trim()
+            .strip_prefix("opshost listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+            .to_owned();
+        Self { child, url }
+    }
+
+    /// Runs a caller command against this server with `token`.
+    fn call(&self, token: &str, args: &[&str]) -> Output {
+        opshost()
+            .args(args)
+            .args(["--url", &self.url, "--token", token])
+            .output()
+            .expect("opshost runs")
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn token(scopes: &[&str]) -> String {
+    let mut command = opshost();
+    command.args(["token", "--sub", "cli", "--tenant", "acme"]);
+    for scope in scopes {
+        command.args(["--scope", scope]);
+    }
+    let output = command.output().expect("opshost token runs");
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    text(&output.stdout).trim().to_owned()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", text(&output.stdout)))
+}
+
+const START: &[&str] = &[
+    "start",
+    "Orders.Process",
+    "--input",
+    "@contracts/examples/process-order.json",
+];
+
+#[test]
+fn start_then_watch_shows_progress_and_prints_the_output() {
+    let serve = Serve::start();
+    let token = token(&["orders.write", "orders.read"]);
+    let started = serve.call(&token, START);
+    assert!(started.status.success(), "{}", text(&started.stderr));
+    let snapshot = json(&started);
+    let id = snapshot["id"].as_str().expect("an id");
+    assert_eq!(snapshot["state"], "pending");
+
+    let watched = serve.call(&token, &["watch", id]);
+    assert_eq!(watched.status.code(), Some(0), "{}", text(&watched.stderr));
+    let output = json(&watched);
+    assert_eq!(output["status"], "shipped");
+    let progress = text(&watched.stderr);
+    for step in ["reserving", "charging", "packing", "shipping"] {
+        assert!(progress.contains(step), "no `{step}` in {progress}");
+    }
+
+    let got = serve.call(&token, &["get", id]);
+    assert_eq!(json(&got)["state"], "completed");
+    let listed = serve.call(&token, &["list", "--state", "completed"]);
+    assert!(
+        text(&listed.stdout).contains(id),
+        "{}",
+        text(&listed.stdout)
+    );
+}
+
+#[test]
+fn cancel_prints_the_cancelled_snapshot_and_wait_exits_1() {
+    let serve = Serve::start();
+    let token = token(&["orders.write", "orders.read"]);
+    let started = serve.call(&token, START);
+    let id = json(&started)["id"].as_str().expect("an id").to_owned();
+    let cancelled = serve.call(&token, &["cancel", &id]);
+    assert!(cancelled.status.success(), "{}", text(&cancelled.stderr));
+    assert_eq!(json(&cancelled)["state"], "cancelled");
+    let waited = serve.call(&token, &["wait", &id]);
+    assert_eq!(waited.status.code(), Some(1));
+}
+
+#[test]
+fn a_refusal_exits_3_with_the_error_code() {
+    let serve = Serve::start();
+    let reader = token(&["orders.read"]);
+    let denied = serve.call(&reader, START);
+    assert_eq!(denied.status.code(), Some(3));
+    assert!(
+        text(&denied.stderr).contains("MissingCapability"),
+        "{}",
+        text(&denied.stderr)
+    );
+    let missing = serve.call(&reader, &["get", "no-such-operation"]);
+    assert_eq!(missing.status.code(), Some(3));
+    assert!(text(&missing.stderr).contains("OperationNotFound"));
+}
+
+#[test]
+fn an_unreachable_host_exits_4() {
+    let output = opshost()
+        .args(["get", "x", "--url", "http://127.0.0.1:9", "--token", "t"])
+        .output()
+        .expect("opshost runs");
+    assert_eq!(output.status.code(), Some(4), "{}", text(&output.stderr));
+}
+
+#[test]
+fn serve_refuses_to_start_without_a_token_key() {
+    let output = opshost()
+        .env_remove("OPSHOST_JWT_SECRET")
+        .args([
+            "serve",
+            "--config",
+            "contracts/orders.deploy.toml",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .expect("opshost runs");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        text(&output.stderr).contains("OPSHOST_JWT_SECRET"),
+        "{}",
+        text(&output.stderr)
+    );
+}
