@@ -8,11 +8,15 @@ guests:
 test:
     ./dev test
 
-# Serve Orders.Process and show one operation's live progress and result.
+# Serve Orders.Process over HTTP and drive one operation through the client, with live progress.
 run:
     ./dev run
 
-# Bench the host against bare wasmtime.
+# Serve Orders.Process on 127.0.0.1:8080 until interrupted (needs OPSHOST_JWT_SECRET).
+serve:
+    ./dev serve
+
+# Bench the host against bare wasmtime, and HTTP against in-process.
 bench:
     ./dev bench
 

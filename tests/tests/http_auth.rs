@@ -389,3 +389,14 @@ async fn an_explicit_empty_observe_list_admits_any_authenticated_caller() {
         "call still needs testing.run"
     );
 }
+
+#[tokio::test]
+async fn a_scope_claim_may_be_a_list() {
+    let fixture = Fixture::orders().await;
+    let mut listed = claims(&[]);
+    listed["scope"] = json!(["orders.read"]);
+    let token = sign(Algorithm::HS256, &listed);
+    let (status, body, id) = fixture.perform(Action::Get, Some(&bearer(&token))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["id"], id);
+}

@@ -26,7 +26,7 @@ impl ProgressView {
         Ok(Self { bar })
     }
 
-    /// Shows the progress of `snapshot`, if it has any.
+    /// Shows the progress reported in `snapshot`, if any.
     pub fn update(&self, snapshot: &Snapshot) {
         let Some(progress) = &snapshot.progress else {
             return;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use futures::StreamExt;
-use opshost_api::{OperationState, Snapshot};
+use opshost_api::{EventKind, OperationState, Snapshot};
 use opshost_client::{Client, ClientError, ListQuery, StartOptions};
 use serde_json::Value;
 
@@ -90,7 +90,9 @@ impl Remote {
                     return Err(error.into());
                 }
             };
-            view.update(event.snapshot());
+            if event.kind() == EventKind::Progress {
+                view.update(event.snapshot());
+            }
             last = Some(event.into_snapshot());
         }
         view.finish();

@@ -109,8 +109,15 @@ impl HttpApi {
         }))
     }
 
-    /// Serves on `listener` until the process ends.
+    /// Serves on `listener` until the process ends. Responses are small and latency-bound, so
+    /// every connection disables Nagle's algorithm.
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
+        use axum::serve::ListenerExt;
+        let listener = listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(listener, self.into_router()).await
     }
 }
