@@ -82,4 +82,5 @@ fn host_with(
     }
 }
 
+pub mod conformance;
 pub mod net;

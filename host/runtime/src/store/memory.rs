@@ -4,6 +4,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use opshost_api::{EventKind, OperationEvent, Snapshot};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -226,6 +227,30 @@ impl OperationStore for MemoryStore {
                 .count += 1;
         }
         Ok(counts.into_values().collect())
+    }
+
+    async fn unfinished(&self) -> Result<Vec<StoredOperation>, StoreError> {
+        let state = self.lock()?;
+        let mut unfinished: Vec<StoredOperation> = state
+            .entries
+            .values()
+            .filter(|entry| !entry.current().is_terminal())
+            .map(Entry::stored)
+            .collect();
+        unfinished.sort_by_key(|stored| stored.snapshot.created_at);
+        Ok(unfinished)
+    }
+
+    async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut state = self.lock()?;
+        let before = state.entries.len();
+        state.entries.retain(|_, entry| {
+            entry
+                .current()
+                .completed_at
+                .is_none_or(|completed| completed >= cutoff)
+        });
+        Ok((before - state.entries.len()) as u64)
     }
 
     fn subscribe(&self, id: &str) -> watch::Receiver<u64> {

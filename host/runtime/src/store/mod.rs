@@ -7,6 +7,7 @@
 mod memory;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use opshost_api::{EventKind, OperationEvent, OperationState, Snapshot};
 use serde_json::Value;
 use tokio::sync::watch;
@@ -142,6 +143,13 @@ pub trait OperationStore: Send + Sync + 'static {
 
     /// How many operations there are of each operation name and state.
     async fn count_by_state(&self) -> Result<Vec<StateCount>, StoreError>;
+
+    /// Every operation that is not terminal, oldest first (for recovery after a restart).
+    async fn unfinished(&self) -> Result<Vec<StoredOperation>, StoreError>;
+
+    /// Deletes terminal operations (with their events and signals) completed before `cutoff`;
+    /// returns how many. Never touches a non-terminal operation.
+    async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError>;
 
     /// A doorbell for one operation: its value changes after every write to it, and its sender
     /// closes once the operation is terminal.

@@ -1,0 +1,328 @@
+//! The embedded SQLite store: the default of `opshost serve`.
+//!
+//! - **Durable before acknowledged.** Every write (accept, transition, signal) is committed with
+//!   `synchronous = FULL` in WAL mode before its future resolves.
+//! - **Group commit.** One writer thread owns the write connection. It takes every write queued
+//!   while the previous commit was running and applies them in one transaction, each in its own
+//!   savepoint so that one failing write never undoes another; one fsync covers the batch.
+//! - **Readers** use a small pool of read-only connections on blocking threads; WAL lets them
+//!   read while the writer commits.
+//! - **Migrations** are embedded and applied in order, tracked by `PRAGMA user_version`.
+//!
+//! Doorbells ring after the commit that made a change visible, so a woken watcher always reads
+//! it.
+
+mod schema;
+mod writer;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use opshost_api::{EventKind, OperationEvent, OperationState, Snapshot};
+use opshost_runtime::store::{
+    CreateOutcome, ListFilter, OperationStore, Owner, Page, SignalOutcome, SignalRecord,
+    StateCount, StoreError, StoredOperation, UpdateOutcome,
+};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::writer::{Write, Writer, Written};
+
+/// Why a store cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The data directory cannot be created or written.
+    #[error("data directory {path}: {message}")]
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+    /// The database file cannot be opened, is not a database, or fails its integrity check.
+    #[error("database {path}: {message}")]
+    Database {
+        /// The database file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// The SQLite store. Cheap to share behind an `Arc`.
+pub struct SqliteStore {
+    path: PathBuf,
+    writer: Writer,
+    readers: Mutex<Vec<Connection>>,
+    bells: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
+}
+
+/// The database file inside a data directory.
+pub const DATABASE_FILE: &str = "opshost.sqlite3";
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store in `data_dir`, migrating it to the current schema.
+    pub fn open(data_dir: impl AsRef<Path>) -> Result<Self, OpenError> {
+        let dir = data_dir.as_ref();
+        std::fs::create_dir_all(dir).map_err(|e| OpenError::Directory {
+            path: dir.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        let path = dir.join(DATABASE_FILE);
+        let database = |e: rusqlite::Error| OpenError::Database {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        let connection = Connection::open(&path).map_err(database)?;
+        schema::prepare(&connection).map_err(|message| OpenError::Database {
+            path: path.clone(),
+            message,
+        })?;
+        let bells: Arc<Mutex<HashMap<String, watch::Sender<u64>>>> = Arc::default();
+        let writer = Writer::start(connection, Arc::clone(&bells));
+        Ok(Self {
+            path,
+            writer,
+            readers: Mutex::new(Vec::new()),
+            bells,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `read` on a pooled read-only connection on a blocking thread.
+    async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let pooled = lock(&self.readers).pop();
+        let connection = match pooled {
+            Some(connection) => connection,
+            None => Connection::open_with_flags(
+                &self.path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )
+            .map_err(failed)?,
+        };
+        let (connection, result) = tokio::task::spawn_blocking(move || {
+            let result = read(&connection);
+            (connection, result)
+        })
+        .await
+        .map_err(|e| StoreError(format!("store reader stopped: {e}")))?;
+        lock(&self.readers).push(connection);
+        result.map_err(failed)
+    }
+
+    async fn write(&self, write: Write) -> Result<Written, StoreError> {
+        self.writer.submit(write).await
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn failed(error: rusqlite::Error) -> StoreError {
+    StoreError(format!("sqlite: {error}"))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(text: &str) -> rusqlite::Result<T> {
+    serde_json::from_str(text).map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, Box::new(e))
+    })
+}
+
+fn stored_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredOperation> {
+    let snapshot: String = row.get(0)?;
+    let input: Option<String> = row.get(1)?;
+    Ok(StoredOperation {
+        snapshot: decode(&snapshot)?,
+        input: input.as_deref().map(decode).transpose()?,
+        owner: Owner {
+            tenant: row.get(2)?,
+            subject: row.get(3)?,
+        },
+    })
+}
+
+const SELECT_STORED: &str = "SELECT snapshot, input, tenant, subject FROM operations";
+
+#[async_trait]
+impl OperationStore for SqliteStore {
+    async fn create(&self, operation: StoredOperation) -> Result<CreateOutcome, StoreError> {
+        match self.write(Write::Create(operation)).await? {
+            Written::Created(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn load(&self, id: &str) -> Result<Option<StoredOperation>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |db| {
+            db.query_row(
+                &format!("{SELECT_STORED} WHERE id = ?1"),
+                params![id],
+                stored_from_row,
+            )
+            .optional()
+        })
+        .await
+    }
+
+    async fn update(&self, next: Snapshot, kind: EventKind) -> Result<UpdateOutcome, StoreError> {
+        match self.write(Write::Update(next, kind)).await? {
+            Written::Updated(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn events_after(&self, id: &str, after: u64) -> Result<Vec<OperationEvent>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |db| {
+            let mut statement = db.prepare_cached(
+                "SELECT kind, snapshot FROM events WHERE id = ?1 AND revision > ?2 ORDER BY revision",
+            )?;
+            let rows = statement.query_map(params![id, after], |row| {
+                let kind: String = row.get(0)?;
+                let snapshot: String = row.get(1)?;
+                Ok((kind, snapshot))
+            })?;
+            let mut events = Vec::new();
+            for row in rows {
+                let (kind, snapshot) = row?;
+                let kind = EventKind::from_name(&kind).ok_or_else(|| {
+                    rusqlite::Error::InvalidColumnType(0, kind.clone(), rusqlite::types::Type::Text)
+                })?;
+                events.push(OperationEvent::new(kind, decode(&snapshot)?));
+            }
+            Ok(events)
+        })
+        .await
+    }
+
+    async fn append_signal(
+        &self,
+        id: &str,
+        name: &str,
+        payload: Value,
+    ) -> Result<SignalOutcome, StoreError> {
+        let write = Write::Signal {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            payload,
+        };
+        match self.write(write).await? {
+            Written::Signal(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn signals_after(&self, id: &str, after: u64) -> Result<Vec<SignalRecord>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |db| {
+            let mut statement = db.prepare_cached(
+                "SELECT sequence, name, payload FROM signals WHERE id = ?1 AND sequence > ?2 ORDER BY sequence",
+            )?;
+            let rows = statement.query_map(params![id, after], |row| {
+                let payload: String = row.get(2)?;
+                Ok(SignalRecord {
+                    sequence: row.get(0)?,
+                    name: row.get(1)?,
+                    payload: decode(&payload)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
+        let filter = filter.clone();
+        self.read(move |db| {
+            let mut statement = db.prepare_cached(
+                "SELECT snapshot FROM operations
+                 WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR operation = ?2)
+                   AND (?3 IS NULL OR state = ?3) AND (?4 IS NULL OR id > ?4)
+                 ORDER BY id LIMIT ?5",
+            )?;
+            let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX - 1) + 1;
+            let rows = statement.query_map(
+                params![
+                    filter.tenant,
+                    filter.operation,
+                    filter.state.map(OperationState::as_str),
+                    filter.after,
+                    limit
+                ],
+                |row| decode::<Snapshot>(&row.get::<_, String>(0)?),
+            )?;
+            let mut items = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            let next = if items.len() > filter.limit {
+                items.truncate(filter.limit);
+                items.last().map(|last| last.id.clone())
+            } else {
+                None
+            };
+            Ok(Page { items, next })
+        })
+        .await
+    }
+
+    async fn count_by_state(&self) -> Result<Vec<StateCount>, StoreError> {
+        self.read(|db| {
+            let mut statement = db.prepare_cached(
+                "SELECT operation, state, count(*) FROM operations GROUP BY operation, state ORDER BY operation, state",
+            )?;
+            let rows = statement.query_map([], |row| {
+                let state: String = row.get(1)?;
+                Ok(StateCount {
+                    operation: row.get(0)?,
+                    state: decode(&format!("\"{state}\""))?,
+                    count: row.get(2)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn unfinished(&self) -> Result<Vec<StoredOperation>, StoreError> {
+        self.read(|db| {
+            let mut statement = db.prepare_cached(&format!(
+                "{SELECT_STORED} WHERE state IN ('pending', 'running') ORDER BY created_at, id"
+            ))?;
+            let rows = statement.query_map([], stored_from_row)?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        match self.write(Write::Purge(cutoff)).await? {
+            Written::Purged(count) => Ok(count),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    fn subscribe(&self, id: &str) -> watch::Receiver<u64> {
+        lock(&self.bells)
+            .entry(id.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+}
+
+fn unexpected(written: Written) -> StoreError {
+    StoreError(format!("store writer answered out of turn: {written:?}"))
+}

@@ -1,0 +1,77 @@
+//! Connection settings and the embedded migrations, applied in order and tracked by
+//! `PRAGMA user_version`.
+
+use rusqlite::Connection;
+
+/// Each entry migrates from `user_version = index` to `index + 1`.
+const MIGRATIONS: &[&str] = &[
+    // 1: operations, their event logs and their signals.
+    "CREATE TABLE operations (
+         id           TEXT PRIMARY KEY,
+         operation    TEXT NOT NULL,
+         state        TEXT NOT NULL,
+         revision     INTEGER NOT NULL,
+         tenant       TEXT NOT NULL,
+         subject      TEXT NOT NULL,
+         created_at   TEXT NOT NULL,
+         completed_at TEXT,
+         snapshot     TEXT NOT NULL,
+         input        TEXT
+     ) WITHOUT ROWID;
+     CREATE INDEX operations_by_tenant ON operations (tenant, id);
+     CREATE INDEX operations_by_state ON operations (state, created_at);
+     CREATE INDEX operations_by_completion ON operations (completed_at) WHERE completed_at IS NOT NULL;
+     CREATE TABLE events (
+         id       TEXT NOT NULL,
+         revision INTEGER NOT NULL,
+         kind     TEXT NOT NULL,
+         snapshot TEXT NOT NULL,
+         PRIMARY KEY (id, revision)
+     ) WITHOUT ROWID;
+     CREATE TABLE signals (
+         id       TEXT NOT NULL,
+         sequence INTEGER NOT NULL,
+         name     TEXT NOT NULL,
+         payload  TEXT NOT NULL,
+         PRIMARY KEY (id, sequence)
+     ) WITHOUT ROWID;",
+];
+
+/// Sets WAL and full sync, checks the file is a sound database, and migrates it.
+pub(crate) fn prepare(db: &Connection) -> Result<(), String> {
+    db.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(|e| e.to_string())?;
+    let mode: String = db
+        .query_row("PRAGMA journal_mode = WAL", [], |row| row.get(0))
+        .map_err(|e| format!("not a usable SQLite database: {e}"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(format!("cannot switch to WAL (journal mode is {mode})"));
+    }
+    db.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+        .map_err(|e| e.to_string())?;
+    let check: String = db
+        .query_row("PRAGMA quick_check", [], |row| row.get(0))
+        .map_err(|e| format!("integrity check failed: {e}"))?;
+    if check != "ok" {
+        return Err(format!("integrity check failed: {check}"));
+    }
+    let version: usize = db
+        .query_row("PRAGMA user_version", [], |row| row.get(0))
+        .map_err(|e| e.to_string())?;
+    if version > MIGRATIONS.len() {
+        return Err(format!(
+            "schema version {version} is newer than this opshost knows ({})",
+            MIGRATIONS.len()
+        ));
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+        let step = format!(
+            "BEGIN; {migration}; PRAGMA user_version = {}; COMMIT;",
+            index + 1
+        );
+        db.execute_batch(&step)
+            .map_err(|e| format!("migration {} failed: {e}", index + 1))?;
+        tracing::info!(version = index + 1, "store migrated");
+    }
+    Ok(())
+}

@@ -1,0 +1,337 @@
+//! The writer thread: group commit of every queued write, one savepoint per write.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, mpsc};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use opshost_api::{EventKind, OperationState, Snapshot};
+use opshost_runtime::store::{
+    CreateOutcome, SignalOutcome, StoreError, StoredOperation, UpdateOutcome,
+};
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use serde_json::Value;
+use tokio::sync::{oneshot, watch};
+
+use crate::{SELECT_STORED, decode, stored_from_row};
+
+/// Most writes committed in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// A change to make durable.
+pub(crate) enum Write {
+    Create(StoredOperation),
+    Update(Snapshot, EventKind),
+    Signal {
+        id: String,
+        name: String,
+        payload: Value,
+    },
+    Purge(DateTime<Utc>),
+}
+
+/// The outcome of one [`Write`], sent once its transaction committed.
+#[derive(Debug)]
+pub(crate) enum Written {
+    Created(CreateOutcome),
+    Updated(UpdateOutcome),
+    Signal(SignalOutcome),
+    Purged(u64),
+}
+
+/// What a committed write does to the doorbells.
+enum Ring {
+    None,
+    Changed(String),
+    Terminal(String),
+}
+
+type Reply = oneshot::Sender<Result<Written, StoreError>>;
+type Bells = Arc<Mutex<HashMap<String, watch::Sender<u64>>>>;
+
+/// The handle to the writer thread; the thread ends when the handle is dropped.
+pub(crate) struct Writer {
+    jobs: mpsc::Sender<(Write, Reply)>,
+}
+
+impl Writer {
+    pub(crate) fn start(connection: Connection, bells: Bells) -> Self {
+        let (jobs, queue) = mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("opshost-sqlite-writer".into())
+            .spawn(move || run(connection, queue, bells));
+        if let Err(error) = spawned {
+            tracing::error!(%error, "cannot start the SQLite writer thread");
+        }
+        Self { jobs }
+    }
+
+    pub(crate) async fn submit(&self, write: Write) -> Result<Written, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send((write, reply))
+            .map_err(|_| StoreError("the SQLite writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError("the SQLite writer has stopped".into()))?
+    }
+}
+
+fn run(mut db: Connection, queue: mpsc::Receiver<(Write, Reply)>, bells: Bells) {
+    while let Ok(first) = queue.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let (writes, replies): (Vec<Write>, Vec<Reply>) = batch.into_iter().unzip();
+        let outcomes = commit(&mut db, writes);
+        let mut bells = bells
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        for (outcome, reply) in outcomes.into_iter().zip(replies) {
+            let answer = outcome.map(|(written, ring)| {
+                ring_bell(&mut bells, ring);
+                written
+            });
+            let _ = reply.send(answer);
+        }
+    }
+}
+
+fn ring_bell(bells: &mut HashMap<String, watch::Sender<u64>>, ring: Ring) {
+    let (id, terminal) = match ring {
+        Ring::None => return,
+        Ring::Changed(id) => (id, false),
+        Ring::Terminal(id) => (id, true),
+    };
+    if let Some(bell) = bells.get(&id) {
+        if bell.receiver_count() == 0 {
+            bells.remove(&id);
+        } else {
+            bell.send_modify(|n| *n += 1);
+        }
+    }
+    if terminal {
+        // Receivers see the sender close: nothing rings after a terminal event.
+        bells.remove(&id);
+    }
+}
+
+type Outcome = Result<(Written, Ring), StoreError>;
+
+/// Applies every write in one transaction, each in a savepoint; commits once.
+fn commit(db: &mut Connection, writes: Vec<Write>) -> Vec<Outcome> {
+    let count = writes.len();
+    let all_failed = |message: String| {
+        (0..count)
+            .map(|_| Err(StoreError(message.clone())))
+            .collect::<Vec<Outcome>>()
+    };
+    let mut tx = match db.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(error) => return all_failed(format!("sqlite: cannot begin: {error}")),
+    };
+    let mut outcomes = Vec::with_capacity(count);
+    for write in writes {
+        outcomes.push(apply_in_savepoint(&mut tx, write));
+    }
+    match tx.commit() {
+        Ok(()) => outcomes,
+        Err(error) => all_failed(format!("sqlite: commit failed: {error}")),
+    }
+}
+
+fn apply_in_savepoint(tx: &mut Transaction<'_>, write: Write) -> Outcome {
+    let savepoint = tx
+        .savepoint()
+        .map_err(|e| StoreError(format!("sqlite: {e}")))?;
+    match apply(&savepoint, write) {
+        Ok(outcome) => {
+            savepoint
+                .commit()
+                .map_err(|e| StoreError(format!("sqlite: {e}")))?;
+            Ok(outcome)
+        }
+        Err(error) => Err(error),
+    }
+}
+
+fn timestamp(at: DateTime<Utc>) -> String {
+    at.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+fn json(value: &impl serde::Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError(format!("cannot encode: {e}")))
+}
+
+fn sql(error: rusqlite::Error) -> StoreError {
+    StoreError(format!("sqlite: {error}"))
+}
+
+fn apply(db: &Connection, write: Write) -> Outcome {
+    match write {
+        Write::Create(operation) => create(db, operation),
+        Write::Update(next, kind) => update(db, next, kind),
+        Write::Signal { id, name, payload } => signal(db, &id, &name, &payload),
+        Write::Purge(cutoff) => {
+            let cutoff = timestamp(cutoff);
+            let expired =
+                "SELECT id FROM operations WHERE completed_at IS NOT NULL AND completed_at < ?1";
+            db.execute(
+                &format!("DELETE FROM events WHERE id IN ({expired})"),
+                params![cutoff],
+            )
+            .map_err(sql)?;
+            db.execute(
+                &format!("DELETE FROM signals WHERE id IN ({expired})"),
+                params![cutoff],
+            )
+            .map_err(sql)?;
+            let purged = db
+                .execute(
+                    "DELETE FROM operations WHERE completed_at IS NOT NULL AND completed_at < ?1",
+                    params![cutoff],
+                )
+                .map_err(sql)?;
+            Ok((Written::Purged(purged as u64), Ring::None))
+        }
+    }
+}
+
+fn create(db: &Connection, operation: StoredOperation) -> Outcome {
+    let existing = db
+        .query_row(
+            &format!("{SELECT_STORED} WHERE id = ?1"),
+            params![operation.snapshot.id],
+            stored_from_row,
+        )
+        .optional()
+        .map_err(sql)?;
+    if let Some(existing) = existing {
+        return Ok((
+            Written::Created(CreateOutcome::Existing(existing)),
+            Ring::None,
+        ));
+    }
+    let snapshot = &operation.snapshot;
+    let text = json(snapshot)?;
+    let input = operation.input.as_ref().map(json).transpose()?;
+    db.prepare_cached(
+        "INSERT INTO operations (id, operation, state, revision, tenant, subject, created_at, completed_at, snapshot, input)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )
+    .and_then(|mut insert| {
+        insert.execute(params![
+            snapshot.id,
+            snapshot.operation,
+            snapshot.state.as_str(),
+            snapshot.revision,
+            operation.owner.tenant,
+            operation.owner.subject,
+            timestamp(snapshot.created_at),
+            snapshot.completed_at.map(timestamp),
+            text,
+            input
+        ])
+    })
+    .map_err(sql)?;
+    insert_event(db, snapshot, EventKind::Accepted, &text)?;
+    Ok((
+        Written::Created(CreateOutcome::Created(operation.snapshot.clone())),
+        Ring::Changed(operation.snapshot.id),
+    ))
+}
+
+fn insert_event(
+    db: &Connection,
+    snapshot: &Snapshot,
+    kind: EventKind,
+    text: &str,
+) -> Result<(), StoreError> {
+    db.prepare_cached("INSERT INTO events (id, revision, kind, snapshot) VALUES (?1, ?2, ?3, ?4)")
+        .and_then(|mut insert| {
+            insert.execute(params![snapshot.id, snapshot.revision, kind.as_str(), text])
+        })
+        .map_err(sql)?;
+    Ok(())
+}
+
+fn update(db: &Connection, next: Snapshot, kind: EventKind) -> Outcome {
+    let current: Option<String> = db
+        .prepare_cached("SELECT snapshot FROM operations WHERE id = ?1")
+        .and_then(|mut select| {
+            select
+                .query_row(params![next.id], |row| row.get(0))
+                .optional()
+        })
+        .map_err(sql)?;
+    let Some(current) = current else {
+        return Err(StoreError(format!(
+            "update of unknown operation `{}`",
+            next.id
+        )));
+    };
+    let current: Snapshot = decode(&current).map_err(sql)?;
+    if current.revision + 1 != next.revision {
+        return Ok((
+            Written::Updated(UpdateOutcome::Conflict(current)),
+            Ring::None,
+        ));
+    }
+    let text = json(&next)?;
+    db.prepare_cached(
+        "UPDATE operations SET state = ?2, revision = ?3, completed_at = ?4, snapshot = ?5 WHERE id = ?1",
+    )
+    .and_then(|mut statement| {
+        statement.execute(params![
+            next.id,
+            next.state.as_str(),
+            next.revision,
+            next.completed_at.map(timestamp),
+            text
+        ])
+    })
+    .map_err(sql)?;
+    insert_event(db, &next, kind, &text)?;
+    let ring = if next.is_terminal() {
+        Ring::Terminal(next.id.clone())
+    } else {
+        Ring::Changed(next.id.clone())
+    };
+    Ok((Written::Updated(UpdateOutcome::Updated(next)), ring))
+}
+
+fn signal(db: &Connection, id: &str, name: &str, payload: &Value) -> Outcome {
+    let state: Option<String> = db
+        .prepare_cached("SELECT state FROM operations WHERE id = ?1")
+        .and_then(|mut select| select.query_row(params![id], |row| row.get(0)).optional())
+        .map_err(sql)?;
+    let Some(state) = state else {
+        return Err(StoreError(format!("signal to unknown operation `{id}`")));
+    };
+    let state: OperationState = decode(&format!("\"{state}\"")).map_err(sql)?;
+    if state.is_terminal() {
+        return Ok((Written::Signal(SignalOutcome::Terminal(state)), Ring::None));
+    }
+    let last: u64 = db
+        .prepare_cached("SELECT coalesce(max(sequence), 0) FROM signals WHERE id = ?1")
+        .and_then(|mut select| select.query_row(params![id], |row| row.get(0)))
+        .map_err(sql)?;
+    let sequence = last + 1;
+    db.prepare_cached("INSERT INTO signals (id, sequence, name, payload) VALUES (?1, ?2, ?3, ?4)")
+        .and_then(|mut insert| {
+            insert.execute(params![
+                id,
+                sequence,
+                name,
+                json(payload).map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?
+            ])
+        })
+        .map_err(sql)?;
+    Ok((
+        Written::Signal(SignalOutcome::Appended(sequence)),
+        Ring::Changed(id.to_owned()),
+    ))
+}

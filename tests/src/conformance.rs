@@ -1,0 +1,428 @@
+//! The store conformance suite: every behaviour the runtime relies on, written once against
+//! `dyn OperationStore` and run against each backend by [`store_conformance!`]: a new backend
+//! is one line in `tests/tests/store_conformance.rs`.
+//!
+//! Create-if-absent (also under races), compare-and-set on the revision, ordered revisions
+//! under concurrent writers, resume of the event log from a revision, sequenced signals,
+//! filtered paging, recovery listing, retention purge and the doorbell.
+
+use std::sync::Arc;
+
+use chrono::{Duration as Age, Utc};
+use opshost_api::{EventKind, OperationState, Snapshot};
+use opshost_runtime::store::{
+    CreateOutcome, ListFilter, OperationStore, Owner, SignalOutcome, StoredOperation, UpdateOutcome,
+};
+use serde_json::json;
+
+fn snapshot(id: &str, operation: &str) -> Snapshot {
+    Snapshot::accepted(id.into(), "svc".into(), operation.into(), "v1".into())
+}
+
+fn stored(snapshot: Snapshot, input: Option<serde_json::Value>) -> StoredOperation {
+    let tenant = if snapshot.id.starts_with('z') {
+        "other"
+    } else {
+        "acme"
+    };
+    StoredOperation {
+        snapshot,
+        input,
+        owner: Owner {
+            tenant: tenant.into(),
+            subject: "alice".into(),
+        },
+    }
+}
+
+fn next(current: &Snapshot, state: OperationState) -> Snapshot {
+    let mut next = current.clone();
+    next.revision += 1;
+    next.state = state;
+    if state.is_terminal() {
+        next.completed_at = Some(next.updated_at);
+    }
+    next
+}
+
+/// See the module docs.
+pub async fn create_is_atomic_create_if_absent(store: Arc<dyn OperationStore>) {
+    let first = store
+        .create(stored(snapshot("a", "Op"), Some(json!(1))))
+        .await
+        .unwrap();
+    assert!(matches!(first, CreateOutcome::Created(_)));
+    let again = store
+        .create(stored(snapshot("a", "Other"), Some(json!(2))))
+        .await
+        .unwrap();
+    let CreateOutcome::Existing(existing) = again else {
+        panic!("expected the existing operation");
+    };
+    assert_eq!(existing.snapshot.operation, "Op");
+    assert_eq!(existing.input, Some(json!(1)));
+}
+
+/// See the module docs.
+pub async fn update_is_compare_and_set_on_the_revision(store: Arc<dyn OperationStore>) {
+    let created = snapshot("a", "Op");
+    store.create(stored(created.clone(), None)).await.unwrap();
+    let running = next(&created, OperationState::Running);
+    assert!(matches!(
+        store
+            .update(running.clone(), EventKind::Started)
+            .await
+            .unwrap(),
+        UpdateOutcome::Updated(_)
+    ));
+    let stale = next(&created, OperationState::Failed);
+    let UpdateOutcome::Conflict(current) = store.update(stale, EventKind::Failed).await.unwrap()
+    else {
+        panic!("a stale revision must conflict");
+    };
+    assert_eq!(current, running);
+    let events = store.events_after("a", 0).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .map(|e| e.snapshot().revision)
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+    assert_eq!(store.events_after("a", 1).await.unwrap().len(), 1);
+}
+
+/// See the module docs.
+pub async fn signals_are_sequenced_and_refused_after_terminal(store: Arc<dyn OperationStore>) {
+    let created = snapshot("a", "Op");
+    store.create(stored(created.clone(), None)).await.unwrap();
+    assert_eq!(
+        store.append_signal("a", "S", json!(1)).await.unwrap(),
+        SignalOutcome::Appended(1)
+    );
+    assert_eq!(
+        store.append_signal("a", "S", json!(2)).await.unwrap(),
+        SignalOutcome::Appended(2)
+    );
+    let after_one = store.signals_after("a", 1).await.unwrap();
+    assert_eq!(after_one.len(), 1);
+    assert_eq!(after_one[0].payload, json!(2));
+    store
+        .update(
+            next(&created, OperationState::Completed),
+            EventKind::Completed,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.append_signal("a", "S", json!(3)).await.unwrap(),
+        SignalOutcome::Terminal(OperationState::Completed)
+    );
+}
+
+/// See the module docs.
+pub async fn list_shows_only_the_tenant_asked_for_and_counts_by_state(
+    store: Arc<dyn OperationStore>,
+) {
+    for id in ["a", "z1", "b", "z2"] {
+        store
+            .create(stored(snapshot(id, "Op"), None))
+            .await
+            .unwrap();
+    }
+    let filter = ListFilter {
+        tenant: Some("acme".into()),
+        limit: 10,
+        ..ListFilter::default()
+    };
+    let page = store.list(&filter).await.unwrap();
+    let ids: Vec<_> = page.items.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b"]);
+    let counts = store.count_by_state().await.unwrap();
+    assert_eq!(counts.len(), 1);
+    assert_eq!(counts[0].state, OperationState::Pending);
+    assert_eq!(counts[0].count, 4);
+}
+
+/// See the module docs.
+pub async fn list_filters_by_operation_and_state_and_pages_by_id(store: Arc<dyn OperationStore>) {
+    for id in ["a", "b", "c", "d", "e"] {
+        store
+            .create(stored(
+                snapshot(id, if id == "c" { "Other" } else { "Op" }),
+                None,
+            ))
+            .await
+            .unwrap();
+    }
+    let e = store.load("e").await.unwrap().unwrap().snapshot;
+    store
+        .update(next(&e, OperationState::Running), EventKind::Started)
+        .await
+        .unwrap();
+    let mut filter = ListFilter {
+        tenant: None,
+        operation: Some("Op".into()),
+        state: Some(OperationState::Pending),
+        after: None,
+        limit: 2,
+    };
+    let first = store.list(&filter).await.unwrap();
+    assert_eq!(
+        first
+            .items
+            .iter()
+            .map(|s| s.id.as_str())
+            .collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    filter.after = first.next;
+    let second = store.list(&filter).await.unwrap();
+    assert_eq!(
+        second
+            .items
+            .iter()
+            .map(|s| s.id.as_str())
+            .collect::<Vec<_>>(),
+        ["d"]
+    );
+    assert_eq!(second.next, None);
+}
+
+/// See the module docs.
+pub async fn the_doorbell_rings_on_every_write_and_closes_at_terminal(
+    store: Arc<dyn OperationStore>,
+) {
+    let created = snapshot("a", "Op");
+    let mut bell = store.subscribe("a");
+    store.create(stored(created.clone(), None)).await.unwrap();
+    bell.changed().await.unwrap();
+    store
+        .update(
+            next(&created, OperationState::Completed),
+            EventKind::Completed,
+        )
+        .await
+        .unwrap();
+    bell.changed().await.unwrap();
+    assert!(
+        bell.changed().await.is_err(),
+        "closed after the terminal write"
+    );
+}
+
+/// See the module docs.
+pub async fn concurrent_creates_of_one_id_create_it_once(store: Arc<dyn OperationStore>) {
+    let attempts: Vec<_> = (0..16)
+        .map(|n| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                store
+                    .create(stored(snapshot("race", "Op"), Some(json!(n))))
+                    .await
+            })
+        })
+        .collect();
+    let mut created = 0;
+    for attempt in attempts {
+        if matches!(attempt.await.unwrap().unwrap(), CreateOutcome::Created(_)) {
+            created += 1;
+        }
+    }
+    assert_eq!(created, 1);
+    assert_eq!(store.events_after("race", 0).await.unwrap().len(), 1);
+}
+
+/// See the module docs.
+pub async fn concurrent_writers_leave_gapless_increasing_revisions(store: Arc<dyn OperationStore>) {
+    store
+        .create(stored(snapshot("busy", "Op"), None))
+        .await
+        .unwrap();
+    let writers: Vec<_> = (0..8)
+        .map(|_| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut written = 0;
+                while written < 10 {
+                    let current = store.load("busy").await.unwrap().unwrap().snapshot;
+                    let mut progressed = next(&current, OperationState::Running);
+                    progressed.progress = Some(json!(current.revision));
+                    if let UpdateOutcome::Updated(_) =
+                        store.update(progressed, EventKind::Progress).await.unwrap()
+                    {
+                        written += 1;
+                    }
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let revisions: Vec<u64> = store
+        .events_after("busy", 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.snapshot().revision)
+        .collect();
+    assert_eq!(revisions, (1..=81).collect::<Vec<u64>>());
+    assert_eq!(
+        store.load("busy").await.unwrap().unwrap().snapshot.revision,
+        81
+    );
+}
+
+/// See the module docs.
+pub async fn the_event_log_resumes_exactly_after_a_revision(store: Arc<dyn OperationStore>) {
+    let mut current = snapshot("log", "Op");
+    store.create(stored(current.clone(), None)).await.unwrap();
+    for _ in 0..5 {
+        current = next(&current, OperationState::Running);
+        store
+            .update(current.clone(), EventKind::Progress)
+            .await
+            .unwrap();
+    }
+    let after_three: Vec<u64> = store
+        .events_after("log", 3)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.snapshot().revision)
+        .collect();
+    assert_eq!(after_three, [4, 5, 6]);
+    let first = &store.events_after("log", 0).await.unwrap()[0];
+    assert_eq!(first.kind(), EventKind::Accepted);
+    assert!(store.events_after("log", 6).await.unwrap().is_empty());
+    assert!(store.events_after("missing", 0).await.unwrap().is_empty());
+}
+
+/// See the module docs.
+pub async fn unfinished_lists_every_non_terminal_operation(store: Arc<dyn OperationStore>) {
+    for id in ["u1", "u2", "u3"] {
+        store
+            .create(stored(snapshot(id, "Op"), Some(json!(id))))
+            .await
+            .unwrap();
+    }
+    let u2 = store.load("u2").await.unwrap().unwrap().snapshot;
+    store
+        .update(next(&u2, OperationState::Failed), EventKind::Failed)
+        .await
+        .unwrap();
+    let unfinished = store.unfinished().await.unwrap();
+    let mut ids: Vec<&str> = unfinished.iter().map(|s| s.snapshot.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, ["u1", "u3"]);
+    assert_eq!(unfinished[0].owner.tenant, "acme");
+    assert!(unfinished.iter().all(|s| s.input.is_some()));
+}
+
+/// See the module docs.
+pub async fn purge_removes_only_terminal_operations_older_than_the_cutoff(
+    store: Arc<dyn OperationStore>,
+) {
+    let long_ago = Utc::now() - Age::days(30);
+    let mut old_done = snapshot("old-done", "Op");
+    old_done.created_at = long_ago;
+    store.create(stored(old_done.clone(), None)).await.unwrap();
+    let mut finished = next(&old_done, OperationState::Completed);
+    finished.completed_at = Some(long_ago);
+    store.update(finished, EventKind::Completed).await.unwrap();
+    store
+        .append_signal("old-done", "S", json!(1))
+        .await
+        .unwrap();
+
+    let mut old_running = snapshot("old-running", "Op");
+    old_running.created_at = long_ago;
+    store.create(stored(old_running, None)).await.unwrap();
+
+    let recent = snapshot("recent-done", "Op");
+    store.create(stored(recent.clone(), None)).await.unwrap();
+    store
+        .update(
+            next(&recent, OperationState::Completed),
+            EventKind::Completed,
+        )
+        .await
+        .unwrap();
+
+    let purged = store.purge(Utc::now() - Age::days(7)).await.unwrap();
+    assert_eq!(purged, 1);
+    assert!(store.load("old-done").await.unwrap().is_none());
+    assert!(store.events_after("old-done", 0).await.unwrap().is_empty());
+    assert!(store.load("old-running").await.unwrap().is_some());
+    assert!(store.load("recent-done").await.unwrap().is_some());
+}
+
+/// Generates one `#[tokio::test]` per conformance check for the store that `$make` (an async
+/// expression evaluating to `(Arc<dyn OperationStore>, guard)`) builds; the guard lives as
+/// long as the test (e.g. a temporary directory).
+#[macro_export]
+macro_rules! store_conformance {
+    ($make:expr) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn create_is_atomic_create_if_absent() {
+            let (store, _guard) = $make.await;
+            $crate::conformance::create_is_atomic_create_if_absent(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn update_is_compare_and_set_on_the_revision() {
+            let (store, _guard) = $make.await;
+            $crate::conformance::update_is_compare_and_set_on_the_revision(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn signals_are_sequenced_and_refused_after_terminal() {
+            let (store, _guard) = $make.await;
+            $crate::conformance::signals_are_sequenced_and_refused_after_terminal(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn list_shows_only_the_tenant_asked_for_and_counts_by_state() {
+            let (store, _guard) = $make.await;
+            $crate::conformance::list_shows_only_the_tenant_asked_for_and_counts_by_state(store)
+                .await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn list_filters_by_operation_and_state_and_pages_by_id() {
+            let (store, _guard) = $make.await;
+            $crate::conformance::list_filters_by_operation_and_state_and_pages_by_id(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn the_doorbell_rings_on_every_write_and_closes_at_terminal() {
+            let (store, _guard) = $make.await;
+            $crate::conformance::the_doorbell_rings_on_every_write_and_closes_at_terminal(store)
+                .await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn concurrent_creates_of_one_id_create_it_once() {
+            let (store, _guard) = $make.await;
+            $crate::conformance::concurrent_creates_of_one_id_create_it_once(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn concurrent_writers_leave_gapless_increasing_revisions() {
+            let (store, _guard) = $make.await;
+            $crate::conformance::concurrent_writers_leave_gapless_increasing_revisions(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn the_event_log_resumes_exactly_after_a_revision() {
+            let (store, _guard) = $make.await;
+            $crate::conformance::the_event_log_resumes_exactly_after_a_revision(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn unfinished_lists_every_non_terminal_operation() {
+            let (store, _guard) = $make.await;
+            $crate::conformance::unfinished_lists_every_non_terminal_operation(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn purge_removes_only_terminal_operations_older_than_the_cutoff() {
+            let (store, _guard) = $make.await;
+            $crate::conformance::purge_removes_only_terminal_operations_older_than_the_cutoff(
+                store,
+            )
+            .await;
+        }
+    };
+}

@@ -1,0 +1,24 @@
+//! The store conformance suite (`opshost_tests::conformance`) on every backend.
+
+use std::sync::Arc;
+
+use opshost_runtime::store::{MemoryStore, OperationStore};
+use opshost_store_sqlite::SqliteStore;
+
+async fn memory() -> (Arc<dyn OperationStore>, ()) {
+    (Arc::new(MemoryStore::new()), ())
+}
+
+async fn sqlite() -> (Arc<dyn OperationStore>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = SqliteStore::open(dir.path()).expect("the store opens");
+    (Arc::new(store), dir)
+}
+
+mod memory {
+    opshost_tests::store_conformance!(super::memory());
+}
+
+mod sqlite {
+    opshost_tests::store_conformance!(super::sqlite());
+}
