@@ -60,6 +60,17 @@ fn host(manifest: &str, operation: &str, component: &str, cancel_grace: Duration
     host_with(manifest, operation, component, cancel_grace, None)
 }
 
+/// The deployment of `Testing.Scenario` with the test-handlers guest.
+pub fn testing_deployment(cancel_grace: Duration) -> DeploymentConfig {
+    deployment(
+        "testing.manifest.json",
+        "Testing.Scenario",
+        "test_handlers",
+        cancel_grace,
+        None,
+    )
+}
+
 fn host_with(
     manifest: &str,
     operation: &str,
@@ -67,18 +78,31 @@ fn host_with(
     cancel_grace: Duration,
     max_active_operations: Option<usize>,
 ) -> WasmHost {
-    let config = DeploymentConfig {
-        contract: root().join("contracts").join(manifest),
-        cancel_grace_ms: u64::try_from(cancel_grace.as_millis()).unwrap_or(u64::MAX),
+    let config = deployment(
+        manifest,
+        operation,
+        component,
+        cancel_grace,
         max_active_operations,
-        handlers: vec![HandlerConfig {
-            operation: operation.into(),
-            component: guest(component),
-        }],
-    };
+    );
     match WasmHost::from_config(&config) {
         Ok(host) => host,
         Err(error) => panic!("cannot load the test deployment: {error}"),
+    }
+}
+
+fn deployment(
+    manifest: &str,
+    operation: &str,
+    component: &str,
+    cancel_grace: Duration,
+    max_active_operations: Option<usize>,
+) -> DeploymentConfig {
+    DeploymentConfig {
+        contract: root().join("contracts").join(manifest),
+        cancel_grace_ms: u64::try_from(cancel_grace.as_millis()).unwrap_or(u64::MAX),
+        max_active_operations,
+        handlers: vec![HandlerConfig::new(operation, guest(component))],
     }
 }
 

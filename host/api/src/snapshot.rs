@@ -50,6 +50,8 @@ pub enum EventKind {
     Progress,
     /// A caller requested cancellation; the handler has been woken.
     CancelRequested,
+    /// The host restarted and runs the handler again (`attempt` went up).
+    Restarted,
     /// Terminal: completed.
     Completed,
     /// Terminal: failed.
@@ -59,11 +61,12 @@ pub enum EventKind {
 }
 
 impl EventKind {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::Accepted,
         Self::Started,
         Self::Progress,
         Self::CancelRequested,
+        Self::Restarted,
         Self::Completed,
         Self::Failed,
         Self::Cancelled,
@@ -76,6 +79,7 @@ impl EventKind {
             Self::Started => "started",
             Self::Progress => "progress",
             Self::CancelRequested => "cancelRequested",
+            Self::Restarted => "restarted",
             Self::Completed => "completed",
             Self::Failed => "failed",
             Self::Cancelled => "cancelled",
@@ -268,6 +272,11 @@ pub enum OperationEvent<S = Snapshot> {
         /// Snapshot after the change.
         snapshot: S,
     },
+    /// The host restarted and runs the handler again.
+    Restarted {
+        /// Snapshot after the change.
+        snapshot: S,
+    },
     /// Terminal: completed.
     Completed {
         /// Snapshot after the change.
@@ -293,6 +302,7 @@ impl<S> OperationEvent<S> {
             EventKind::Started => Self::Started { snapshot },
             EventKind::Progress => Self::Progress { snapshot },
             EventKind::CancelRequested => Self::CancelRequested { snapshot },
+            EventKind::Restarted => Self::Restarted { snapshot },
             EventKind::Completed => Self::Completed { snapshot },
             EventKind::Failed => Self::Failed { snapshot },
             EventKind::Cancelled => Self::Cancelled { snapshot },
@@ -306,6 +316,7 @@ impl<S> OperationEvent<S> {
             Self::Started { .. } => EventKind::Started,
             Self::Progress { .. } => EventKind::Progress,
             Self::CancelRequested { .. } => EventKind::CancelRequested,
+            Self::Restarted { .. } => EventKind::Restarted,
             Self::Completed { .. } => EventKind::Completed,
             Self::Failed { .. } => EventKind::Failed,
             Self::Cancelled { .. } => EventKind::Cancelled,
@@ -319,6 +330,7 @@ impl<S> OperationEvent<S> {
             | Self::Started { snapshot }
             | Self::Progress { snapshot }
             | Self::CancelRequested { snapshot }
+            | Self::Restarted { snapshot }
             | Self::Completed { snapshot }
             | Self::Failed { snapshot }
             | Self::Cancelled { snapshot } => snapshot,
@@ -332,6 +344,7 @@ impl<S> OperationEvent<S> {
             | Self::Started { snapshot }
             | Self::Progress { snapshot }
             | Self::CancelRequested { snapshot }
+            | Self::Restarted { snapshot }
             | Self::Completed { snapshot }
             | Self::Failed { snapshot }
             | Self::Cancelled { snapshot } => snapshot,

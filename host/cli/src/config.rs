@@ -13,19 +13,60 @@
 //!
 //! [auth]
 //! hs256_secret_env = "OPSHOST_JWT_SECRET"
+//!
+//! [store]
+//! data_dir = "data"          # the SQLite store; relative to the working directory
+//! retention_days = 7         # terminal operations are purged after this long
 //! ```
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use opshost_sandbox::DeploymentConfig;
 use opshost_server::{AuthConfig, ServerConfig};
+use serde::Deserialize;
+
+/// Where operations are kept and for how long (the `[store]` table).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// The SQLite store's directory.
+    pub data_dir: PathBuf,
+    /// Terminal operations are purged this many days after they ended.
+    pub retention_days: f64,
+    /// How often the purge runs, in seconds.
+    pub purge_interval_secs: u64,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+            retention_days: 7.0,
+            purge_interval_secs: 3600,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The retention period.
+    pub fn retention(&self) -> Duration {
+        Duration::try_from_secs_f64(self.retention_days * 86_400.0).unwrap_or(Duration::MAX)
+    }
+
+    /// The purge interval.
+    pub fn purge_interval(&self) -> Duration {
+        Duration::from_secs(self.purge_interval_secs.max(1))
+    }
+}
 
 /// Everything `opshost serve` reads from its config file.
 pub struct HostConfig {
     pub deployment: DeploymentConfig,
     pub server: ServerConfig,
     pub auth: AuthConfig,
+    pub store: StoreConfig,
 }
 
 impl HostConfig {
@@ -47,6 +88,12 @@ impl HostConfig {
                 .with_context(|| format!("{}: [auth]", path.display()))?,
             None => AuthConfig::default(),
         };
+        let store: StoreConfig = match table.remove("store") {
+            Some(value) => value
+                .try_into()
+                .with_context(|| format!("{}: [store]", path.display()))?,
+            None => StoreConfig::default(),
+        };
         let base = path.parent().unwrap_or(Path::new("."));
         for key in [&mut auth.ed25519_public_key, &mut auth.rs256_public_key]
             .into_iter()
@@ -59,6 +106,7 @@ impl HostConfig {
             deployment,
             server,
             auth,
+            store,
         })
     }
 }

@@ -7,13 +7,16 @@ mod remote;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use opshost_runtime::store::{MemoryStore, OperationStore};
 use opshost_sandbox::WasmHost;
 use opshost_server::auth::{TokenRequest, mint_hs256};
 use opshost_server::{Authenticator, HttpApi};
+use opshost_store_sqlite::SqliteStore;
 
 use crate::config::HostConfig;
 use crate::remote::Remote;
@@ -57,7 +60,8 @@ struct Connection {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve a deployment over HTTP (loopback unless the config says otherwise).
+    /// Serve a deployment over HTTP (loopback unless the config says otherwise), keeping
+    /// operations in the SQLite store and resuming what a previous run left unfinished.
     Serve {
         /// The host config (TOML): deployment, `[server]` and `[auth]`.
         #[arg(short, long)]
@@ -65,6 +69,12 @@ enum Command {
         /// Listen address, overriding `[server] listen` (port 0 picks a free port).
         #[arg(long)]
         listen: Option<std::net::SocketAddr>,
+        /// The SQLite store's directory, overriding `[store] data_dir` (default `./data`).
+        #[arg(long, conflicts_with = "memory")]
+        data_dir: Option<PathBuf>,
+        /// Keep operations in memory only (lost when the host stops).
+        #[arg(long)]
+        memory: bool,
     },
     /// Start an operation and print its snapshot (or watch it with `--watch`).
     Start {
@@ -192,7 +202,12 @@ async fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> Result<u8> {
     match cli.command {
-        Command::Serve { config, listen } => serve(&config, listen).await,
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+            memory,
+        } => serve(&config, listen, data_dir, memory).await,
         Command::Token {
             sub,
             tenant,
@@ -280,13 +295,42 @@ async fn run(cli: Cli) -> Result<u8> {
     }
 }
 
-async fn serve(path: &std::path::Path, listen: Option<std::net::SocketAddr>) -> Result<u8> {
+async fn serve(
+    path: &std::path::Path,
+    listen: Option<std::net::SocketAddr>,
+    data_dir: Option<PathBuf>,
+    memory: bool,
+) -> Result<u8> {
     let mut config = HostConfig::from_path(path)?;
     if let Some(listen) = listen {
         config.server.listen = listen;
     }
+    if let Some(data_dir) = data_dir {
+        config.store.data_dir = data_dir;
+    }
     let auth = Authenticator::from_config(&config.auth)?;
-    let host = WasmHost::from_config(&config.deployment)?;
+    let store: Arc<dyn OperationStore> = if memory {
+        Arc::new(MemoryStore::new())
+    } else {
+        Arc::new(SqliteStore::open(&config.store.data_dir)?)
+    };
+    let host = WasmHost::from_config_with_store(&config.deployment, store)?;
+    host.recover()
+        .await
+        .context("cannot recover the operations of the previous run")?;
+    let runtime = host.runtime().clone();
+    let (retention, interval) = (config.store.retention(), config.store.purge_interval());
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        loop {
+            ticks.tick().await;
+            match runtime.purge_expired(retention).await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "purged expired operations"),
+                Err(error) => tracing::warn!(%error, "retention purge failed"),
+            }
+        }
+    });
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;

@@ -24,16 +24,18 @@ fn opshost() -> Command {
     command
 }
 
-/// `opshost serve` on an ephemeral port, killed when dropped.
+/// `opshost serve` on an ephemeral port with its own data directory, killed when dropped.
 struct Serve {
     child: Child,
     url: String,
+    _data: tempfile::TempDir,
 }
 
 impl Serve {
     fn start() -> Self {
         let wasm = root().join("target/wasm32-wasip2/release/orders_process.wasm");
         assert!(wasm.exists(), "build the guests first: ./dev guests");
+        let data = tempfile::tempdir().expect("a data directory");
         let mut child = opshost()
             .args([
                 "serve",
@@ -42,6 +44,8 @@ impl Serve {
                 "--listen",
                 "127.0.0.1:0",
             ])
+            .arg("--data-dir")
+            .arg(data.path())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -56,7 +60,11 @@ impl Serve {
             .strip_prefix("opshost listening on ")
             .unwrap_or_else(|| panic!("unexpected first line: {line}"))
             .to_owned();
-        Self { child, url }
+        Self {
+            child,
+            url,
+            _data: data,
+        }
     }
 
     /// Runs a caller command against this server with `token`.
@@ -170,10 +178,9 @@ fn an_unreachable_host_exits_4() {
     assert_eq!(output.status.code(), Some(4), "{}", text(&output.stderr));
 }
 
-#[test]
-fn serve_refuses_to_start_without_a_token_key() {
-    let output = opshost()
-        .env_remove("OPSHOST_JWT_SECRET")
+/// `opshost serve` on `data_dir` that is expected to refuse to start: its exit code and stderr.
+fn serve_refusal(command: &mut Command, data_dir: &std::path::Path) -> (Option<i32>, String) {
+    let output = command
         .args([
             "serve",
             "--config",
@@ -181,12 +188,40 @@ fn serve_refuses_to_start_without_a_token_key() {
             "--listen",
             "127.0.0.1:0",
         ])
+        .arg("--data-dir")
+        .arg(data_dir)
         .output()
         .expect("opshost runs");
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        text(&output.stderr).contains("OPSHOST_JWT_SECRET"),
-        "{}",
-        text(&output.stderr)
-    );
+    (output.status.code(), text(&output.stderr))
+}
+
+#[test]
+fn serve_refuses_to_start_without_a_token_key() {
+    let data = tempfile::tempdir().unwrap();
+    let (code, stderr) = serve_refusal(opshost().env_remove("OPSHOST_JWT_SECRET"), data.path());
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("OPSHOST_JWT_SECRET"), "{stderr}");
+}
+
+#[test]
+fn serve_refuses_a_data_directory_that_is_a_file() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let (code, stderr) = serve_refusal(&mut opshost(), file.path());
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("data directory"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn serve_refuses_a_corrupt_database() {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::write(
+        data.path().join("opshost.sqlite3"),
+        "this is not a SQLite database, it is a text file that took its place".repeat(100),
+    )
+    .unwrap();
+    let (code, stderr) = serve_refusal(&mut opshost(), data.path());
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("opshost.sqlite3"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }

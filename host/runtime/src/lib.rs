@@ -24,8 +24,8 @@ pub use opshost_api::{
 };
 pub use router::{RequestContext, Router};
 pub use runtime::{
-    Acceptance, InMemoryOperationRuntime, OperationHandler, OperationRuntime, RuntimeConfig,
-    SignalWait,
+    Acceptance, InMemoryOperationRuntime, OperationHandler, OperationRuntime, Recovery,
+    RestartPolicy, RuntimeConfig, SignalWait,
 };
 pub use store::{ListFilter, Owner, Page, SignalRecord};
 pub use typed::Operations;

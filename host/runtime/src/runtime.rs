@@ -43,6 +43,35 @@ impl Default for RuntimeConfig {
     }
 }
 
+/// What a host does with an operation it finds unfinished when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartPolicy {
+    /// Run its handler again with `attempt + 1`; once `max_attempts` ran, fail it.
+    Retry {
+        /// Attempts in all, the first included.
+        max_attempts: u32,
+    },
+    /// Fail it with `HostRestarted`.
+    Fail,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        Self::Retry { max_attempts: 3 }
+    }
+}
+
+/// What [`OperationRuntime::recover`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Operations whose handler runs again.
+    pub retried: usize,
+    /// Operations failed with `HostRestarted`.
+    pub failed: usize,
+    /// Operations whose cancel request was pending: now `cancelled`.
+    pub cancelled: usize,
+}
+
 /// Runs accepted operations of one operation name: a wasm component or native code.
 ///
 /// The runtime spawns [`OperationHandler::run`] on its own task once the operation is accepted
@@ -256,6 +285,89 @@ impl OperationRuntime {
         });
         self.register_handler(&id, Some(task.abort_handle()));
         let _ = registered.send(());
+    }
+
+    /// Resumes what a previous run of the host left unfinished: an operation with a pending
+    /// cancel request ends `cancelled`; the others run again from their handler with
+    /// `attempt + 1` (event `Restarted`) or fail with `HostRestarted`, as `policy` says for
+    /// their operation. Call it once at start, after the handlers are set.
+    pub async fn recover(
+        &self,
+        policy: impl Fn(&str) -> RestartPolicy,
+    ) -> Result<Recovery, ServerError> {
+        let mut report = Recovery::default();
+        for stored in self.inner.store.unfinished().await? {
+            let id = stored.snapshot.id.clone();
+            let attempt = stored.snapshot.attempt;
+            let outcome = if stored.snapshot.cancel_requested {
+                report.cancelled += 1;
+                self.cancelled(
+                    &id,
+                    "cancelled: the host restarted while the cancel was pending",
+                )
+                .await
+            } else {
+                let handler = lock(&self.inner.handlers)
+                    .get(&stored.snapshot.operation)
+                    .cloned();
+                match (policy(&stored.snapshot.operation), handler) {
+                    (RestartPolicy::Retry { max_attempts }, Some(handler))
+                        if attempt < max_attempts =>
+                    {
+                        report.retried += 1;
+                        self.restart(handler, stored).await
+                    }
+                    (policy, _) => {
+                        report.failed += 1;
+                        let message = match policy {
+                            RestartPolicy::Retry { max_attempts } => format!(
+                                "the host restarted during attempt {attempt} of {max_attempts}"
+                            ),
+                            RestartPolicy::Fail => {
+                                "the host restarted while the operation ran (on_restart = fail)"
+                                    .to_owned()
+                            }
+                        };
+                        self.fail(&id, ErrorInfo::new(ErrorCode::HostRestarted, message))
+                            .await
+                    }
+                }
+            };
+            match outcome {
+                Ok(_) | Err(ServerError::OperationTerminal { .. }) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        if report != Recovery::default() {
+            tracing::info!(?report, "recovered unfinished operations");
+        }
+        Ok(report)
+    }
+
+    async fn restart(
+        &self,
+        handler: Arc<dyn OperationHandler>,
+        stored: StoredOperation,
+    ) -> Result<Snapshot, ServerError> {
+        let snapshot = self
+            .transition_from(stored.snapshot, |current| {
+                non_terminal(current)?;
+                let mut snapshot = next(current, OperationState::Pending);
+                snapshot.attempt = current.attempt + 1;
+                Ok(Some((EventKind::Restarted, snapshot)))
+            })
+            .await?;
+        self.launch(handler, snapshot.clone(), stored.input);
+        Ok(snapshot)
+    }
+
+    /// Purges terminal operations completed more than `retention` ago; returns how many.
+    pub async fn purge_expired(&self, retention: Duration) -> Result<u64, ServerError> {
+        let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+        let cutoff = Utc::now()
+            .checked_sub_signed(retention)
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+        Ok(self.inner.store.purge(cutoff).await?)
     }
 
     /// How many operations have a handler running on this host.

@@ -7,6 +7,8 @@
 //! [[handlers]]
 //! operation = "Orders.Process"
 //! component = "target/wasm32-wasip2/release/orders_process.wasm"
+//! on_restart = "retry"   # or "fail"; what a restarted host does with unfinished runs
+//! max_attempts = 3
 //! ```
 //!
 //! Relative paths are resolved against the config file's directory.
@@ -14,6 +16,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use opshost_runtime::RestartPolicy;
 use serde::Deserialize;
 
 use crate::error::SandboxError;
@@ -43,6 +46,49 @@ pub struct HandlerConfig {
     pub operation: String,
     /// The component file (`.wasm`).
     pub component: PathBuf,
+    /// What a restarted host does with this operation's unfinished runs.
+    #[serde(default)]
+    pub on_restart: OnRestart,
+    /// Attempts in all (the first included) when `on_restart = "retry"`.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+}
+
+/// `on_restart` of a handler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnRestart {
+    /// Run the handler again with `attempt + 1`.
+    #[default]
+    Retry,
+    /// Fail the operation with `HostRestarted`.
+    Fail,
+}
+
+impl HandlerConfig {
+    /// A handler with the default restart policy (retry, 3 attempts).
+    pub fn new(operation: impl Into<String>, component: impl Into<PathBuf>) -> Self {
+        Self {
+            operation: operation.into(),
+            component: component.into(),
+            on_restart: OnRestart::default(),
+            max_attempts: default_max_attempts(),
+        }
+    }
+
+    /// The runtime's restart policy for this handler.
+    pub fn restart_policy(&self) -> RestartPolicy {
+        match self.on_restart {
+            OnRestart::Retry => RestartPolicy::Retry {
+                max_attempts: self.max_attempts.max(1),
+            },
+            OnRestart::Fail => RestartPolicy::Fail,
+        }
+    }
+}
+
+fn default_max_attempts() -> u32 {
+    3
 }
 
 fn default_grace_ms() -> u64 {

@@ -1,12 +1,15 @@
 //! [`WasmHost`]: compiled handlers and the task that runs each operation.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
 use opshost_api::{ErrorCode, ErrorInfo, Snapshot};
 use opshost_contract::Contract;
 use opshost_runtime::store::{MemoryStore, OperationStore};
-use opshost_runtime::{OperationHandler, OperationRuntime, Owner, RuntimeConfig, ServerError};
+use opshost_runtime::{
+    OperationHandler, OperationRuntime, Owner, Recovery, RestartPolicy, RuntimeConfig, ServerError,
+};
 use serde_json::Value;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, Store, UpdateDeadline};
@@ -23,6 +26,7 @@ use crate::{engine, grants};
 #[derive(Clone)]
 pub struct WasmHost {
     runtime: OperationRuntime,
+    policies: Arc<HashMap<String, RestartPolicy>>,
 }
 
 impl WasmHost {
@@ -76,12 +80,34 @@ impl WasmHost {
                 }),
             );
         }
-        Ok(Self { runtime })
+        let policies = config
+            .handlers
+            .iter()
+            .map(|handler| (handler.operation.clone(), handler.restart_policy()))
+            .collect();
+        Ok(Self {
+            runtime,
+            policies: Arc::new(policies),
+        })
     }
 
     /// The runtime the host drives; use it to get, wait, watch, cancel and signal.
     pub fn runtime(&self) -> &OperationRuntime {
         &self.runtime
+    }
+
+    /// Resumes the operations a previous run left unfinished, each as its handler's
+    /// `on_restart` says (operations without a handler here fail with `HostRestarted`).
+    pub async fn recover(&self) -> Result<Recovery, ServerError> {
+        let policies = Arc::clone(&self.policies);
+        self.runtime
+            .recover(move |operation| {
+                policies
+                    .get(operation)
+                    .copied()
+                    .unwrap_or(RestartPolicy::Fail)
+            })
+            .await
     }
 
     /// Accepts an operation with no owner and, when newly accepted, runs its handler in the

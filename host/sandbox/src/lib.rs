@@ -14,6 +14,6 @@ mod error;
 pub mod grants;
 mod host;
 
-pub use config::{DeploymentConfig, HandlerConfig};
+pub use config::{DeploymentConfig, HandlerConfig, OnRestart};
 pub use error::SandboxError;
 pub use host::WasmHost;
