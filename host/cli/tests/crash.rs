@@ -1,0 +1,170 @@
+//! Crash recovery with real processes: `opshost serve` on SQLite is killed with SIGKILL while
+//! hundreds of Orders.Process operations run, then started again on the same data directory.
+//! Every accepted operation must reach exactly one terminal state, with revisions that never go
+//! backwards, and those caught mid-run must have run again with `attempt` 2.
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use opshost_api::{EventKind, OperationState};
+use opshost_client::{Client, ListQuery, StartOptions};
+use serde_json::json;
+
+const SECRET: &str = "opshost-crash-test-secret-0123456789";
+const OPERATIONS: usize = 300;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn opshost() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_opshost"));
+    command.env("OPSHOST_JWT_SECRET", SECRET);
+    command
+}
+
+/// A host config serving Orders.Process with room for every operation at once.
+fn write_config(dir: &Path) -> PathBuf {
+    let wasm = root().join("target/wasm32-wasip2/release/orders_process.wasm");
+    assert!(wasm.exists(), "build the guests first: ./dev guests");
+    let contract = root().join("contracts/orders_service.manifest.json");
+    let config = format!(
+        "contract = {contract:?}\nmax_active_operations = 2000\n\n\
+         [[handlers]]\noperation = \"Orders.Process\"\ncomponent = {wasm:?}\n\n\
+         [server]\nmax_in_flight = 4096\n\n[auth]\nhs256_secret_env = \"OPSHOST_JWT_SECRET\"\n",
+    );
+    let path = dir.join("host.toml");
+    std::fs::write(&path, config).expect("config written");
+    path
+}
+
+/// Starts `opshost serve`; answers the process and its URL.
+fn serve(config: &Path, data: &Path) -> (Child, String) {
+    let mut child = opshost()
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("opshost serve starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("serve prints its address");
+    let url = line
+        .trim()
+        .strip_prefix("opshost listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .to_owned();
+    (child, url)
+}
+
+fn token() -> String {
+    let output = opshost()
+        .args(["token", "--scope", "orders.write", "--scope", "orders.read"])
+        .output()
+        .expect("opshost token runs");
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
+
+fn order(n: usize) -> serde_json::Value {
+    json!({ "orderId": format!("ord_{n}"), "lineItems": [{ "sku": "A", "quantity": 1, "unitPriceCents": 100 }] })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_killed_mid_run_loses_nothing_and_finishes_everything_once() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let data = dir.path().join("data");
+    let config = write_config(dir.path());
+    let token = token();
+
+    let (mut first, url) = serve(&config, &data);
+    let client = Client::connect(&url, token.clone())
+        .await
+        .expect("first host answers");
+    let accepted: Vec<String> = futures::stream::iter(0..OPERATIONS)
+        .map(|n| {
+            let client = client.clone();
+            async move {
+                client
+                    .start("Orders.Process", &order(n), &StartOptions::default())
+                    .await
+                    .map(|snapshot| snapshot.id)
+            }
+        })
+        .buffer_unordered(32)
+        .try_collect()
+        .await
+        .expect("every start is accepted");
+    // Let the first steps run, then kill the host without warning.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    first.kill().expect("SIGKILL");
+    first.wait().expect("the first host is gone");
+
+    let (mut second, url) = serve(&config, &data);
+    let client = Client::connect(&url, token)
+        .await
+        .expect("second host answers");
+    let check = async {
+        let mut restarted = 0;
+        for id in &accepted {
+            let terminal = client.wait(id).await.expect("the operation survived");
+            assert_eq!(
+                terminal.state,
+                OperationState::Completed,
+                "{id}: {terminal:?}"
+            );
+            let events: Vec<_> = client
+                .watch(id, Some(0))
+                .try_collect()
+                .await
+                .expect("its history");
+            let revisions: Vec<u64> = events.iter().map(|e| e.snapshot().revision).collect();
+            assert_eq!(
+                revisions,
+                (1..=revisions.len() as u64).collect::<Vec<_>>(),
+                "{id}: revisions increase one by one"
+            );
+            let terminals = events.iter().filter(|e| e.snapshot().is_terminal()).count();
+            assert_eq!(terminals, 1, "{id}: exactly one terminal event");
+            if events.iter().any(|e| e.kind() == EventKind::Restarted) {
+                restarted += 1;
+                assert_eq!(terminal.attempt, 2, "{id}");
+            }
+        }
+        restarted
+    };
+    let restarted = tokio::time::timeout(Duration::from_secs(120), check)
+        .await
+        .expect("every operation ends within 2 minutes of the restart");
+    assert!(restarted > 0, "the kill caught operations mid-run");
+
+    let mut listed = BTreeSet::new();
+    let mut after = None;
+    loop {
+        let page = client
+            .list(&ListQuery {
+                after: after.clone(),
+                limit: Some(100),
+                ..ListQuery::default()
+            })
+            .await
+            .expect("a page");
+        listed.extend(page.items.into_iter().map(|s| s.id));
+        match page.next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    let accepted: BTreeSet<String> = accepted.into_iter().collect();
+    assert_eq!(listed, accepted, "no operation lost, none invented");
+    second.kill().ok();
+    second.wait().ok();
+}
