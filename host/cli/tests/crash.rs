@@ -1,7 +1,8 @@
 //! Crash recovery with real processes: `opshost serve` on SQLite is killed with SIGKILL while
 //! hundreds of Orders.Process operations run, then started again on the same data directory.
 //! Every accepted operation must reach exactly one terminal state, with revisions that never go
-//! backwards, and those caught mid-run must have run again with `attempt` 2.
+//! backwards, and those caught mid-run must have run again with `attempt` 2. A client watching
+//! through the restart reconnects and resumes from its last revision with no gap.
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
@@ -42,10 +43,16 @@ fn write_config(dir: &Path) -> PathBuf {
     path
 }
 
-/// Starts `opshost serve`; answers the process and its URL.
-fn serve(config: &Path, data: &Path) -> (Child, String) {
+/// A loopback address that was free a moment ago, so both hosts serve at the same URL.
+fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    listener.local_addr().expect("its address").to_string()
+}
+
+/// Starts `opshost serve` on `address`; answers the process and its URL.
+fn serve(config: &Path, data: &Path, address: &str) -> (Child, String) {
     let mut child = opshost()
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .args(["serve", "--listen", address, "--config"])
         .arg(config)
         .arg("--data-dir")
         .arg(data)
@@ -85,7 +92,8 @@ async fn a_host_killed_mid_run_loses_nothing_and_finishes_everything_once() {
     let config = write_config(dir.path());
     let token = token();
 
-    let (mut first, url) = serve(&config, &data);
+    let address = free_address();
+    let (mut first, url) = serve(&config, &data, &address);
     let client = Client::connect(&url, token.clone())
         .await
         .expect("first host answers");
@@ -103,12 +111,16 @@ async fn a_host_killed_mid_run_loses_nothing_and_finishes_everything_once() {
         .try_collect()
         .await
         .expect("every start is accepted");
+    let watcher = {
+        let events = client.watch(&accepted[OPERATIONS - 1], None);
+        tokio::spawn(events.try_collect::<Vec<_>>())
+    };
     // Let the first steps run, then kill the host without warning.
     tokio::time::sleep(Duration::from_millis(400)).await;
     first.kill().expect("SIGKILL");
     first.wait().expect("the first host is gone");
 
-    let (mut second, url) = serve(&config, &data);
+    let (mut second, url) = serve(&config, &data, &address);
     let client = Client::connect(&url, token)
         .await
         .expect("second host answers");
@@ -145,6 +157,20 @@ async fn a_host_killed_mid_run_loses_nothing_and_finishes_everything_once() {
         .await
         .expect("every operation ends within 2 minutes of the restart");
     assert!(restarted > 0, "the kill caught operations mid-run");
+
+    let watched = watcher
+        .await
+        .expect("the watcher ran")
+        .expect("the watch survived the restart");
+    let revisions: Vec<u64> = watched.iter().map(|e| e.snapshot().revision).collect();
+    let first_seen = revisions[0];
+    assert_eq!(
+        revisions,
+        (first_seen..first_seen + revisions.len() as u64).collect::<Vec<_>>(),
+        "the watch resumed with no gap and no repeat"
+    );
+    assert!(watched.iter().any(|e| e.kind() == EventKind::Restarted));
+    assert_eq!(watched.last().map(|e| e.kind()), Some(EventKind::Completed));
 
     let mut listed = BTreeSet::new();
     let mut after = None;

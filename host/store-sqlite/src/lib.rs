@@ -9,6 +9,12 @@
 //!   read while the writer commits.
 //! - **Migrations** are embedded and applied in order, tracked by `PRAGMA user_version`.
 //!
+//! - **Cache.** The current state of every unfinished operation, and of the last few thousand
+//!   that ended, is also kept in memory, so the runtime's reads of running operations (and a
+//!   waiter's read of the result) never touch the disk. Only the writer thread changes it,
+//!   after the commit; it is filled from the database at open, for recovery. This holds
+//!   because one host owns the file.
+//!
 //! Doorbells ring after the commit that made a change visible, so a woken watcher always reads
 //! it.
 
@@ -58,7 +64,65 @@ pub struct SqliteStore {
     path: PathBuf,
     writer: Writer,
     readers: Mutex<Vec<Connection>>,
-    bells: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
+    shared: Arc<Shared>,
+}
+
+/// What the writer thread changes after each commit and the store's readers see.
+#[derive(Default)]
+pub(crate) struct Shared {
+    /// Doorbells by operation id.
+    pub(crate) bells: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// Operations as last committed: every unfinished one, and the latest finished ones.
+    pub(crate) cache: Mutex<Cache>,
+}
+
+/// Finished operations kept in the cache.
+const FINISHED_CACHED: usize = 4096;
+
+/// See [`Shared::cache`].
+#[derive(Default)]
+pub(crate) struct Cache {
+    entries: HashMap<String, StoredOperation>,
+    finished: std::collections::VecDeque<String>,
+}
+
+impl Cache {
+    fn get(&self, id: &str) -> Option<StoredOperation> {
+        self.entries.get(id).cloned()
+    }
+
+    pub(crate) fn created(&mut self, stored: StoredOperation) {
+        self.entries.insert(stored.snapshot.id.clone(), stored);
+    }
+
+    pub(crate) fn updated(&mut self, snapshot: Snapshot) {
+        let terminal = snapshot.is_terminal();
+        let id = snapshot.id.clone();
+        match self.entries.get_mut(&id) {
+            Some(stored) => stored.snapshot = snapshot,
+            // Not cached (a finished operation evicted earlier): the database answers.
+            None => return,
+        }
+        if terminal {
+            self.finished.push_back(id);
+            while self.finished.len() > FINISHED_CACHED {
+                if let Some(old) = self.finished.pop_front() {
+                    self.entries.remove(&old);
+                }
+            }
+        }
+    }
+
+    pub(crate) fn purged(&mut self, cutoff: DateTime<Utc>) {
+        self.entries.retain(|_, stored| {
+            stored
+                .snapshot
+                .completed_at
+                .is_none_or(|completed| completed >= cutoff)
+        });
+        let entries = &self.entries;
+        self.finished.retain(|id| entries.contains_key(id));
+    }
 }
 
 /// The database file inside a data directory.
@@ -82,13 +146,20 @@ impl SqliteStore {
             path: path.clone(),
             message,
         })?;
-        let bells: Arc<Mutex<HashMap<String, watch::Sender<u64>>>> = Arc::default();
-        let writer = Writer::start(connection, Arc::clone(&bells));
+        let shared = Arc::new(Shared::default());
+        let unfinished = unfinished(&connection).map_err(database)?;
+        {
+            let mut cache = lock(&shared.cache);
+            for stored in unfinished {
+                cache.created(stored);
+            }
+        }
+        let writer = Writer::start(connection, Arc::clone(&shared));
         Ok(Self {
             path,
             writer,
             readers: Mutex::new(Vec::new()),
-            bells,
+            shared,
         })
     }
 
@@ -106,11 +177,15 @@ impl SqliteStore {
         let pooled = lock(&self.readers).pop();
         let connection = match pooled {
             Some(connection) => connection,
-            None => Connection::open_with_flags(
-                &self.path,
-                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-            )
-            .map_err(failed)?,
+            None => {
+                let connection = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map_err(failed)?;
+                connection.execute_batch(schema::SETTINGS).map_err(failed)?;
+                connection
+            }
         };
         let (connection, result) = tokio::task::spawn_blocking(move || {
             let result = read(&connection);
@@ -158,6 +233,14 @@ fn stored_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredOperation>
 
 const SELECT_STORED: &str = "SELECT snapshot, input, tenant, subject FROM operations";
 
+fn unfinished(db: &Connection) -> rusqlite::Result<Vec<StoredOperation>> {
+    let mut statement = db.prepare_cached(&format!(
+        "{SELECT_STORED} WHERE state IN ('pending', 'running') ORDER BY created_at, id"
+    ))?;
+    let rows = statement.query_map([], stored_from_row)?;
+    rows.collect()
+}
+
 #[async_trait]
 impl OperationStore for SqliteStore {
     async fn create(&self, operation: StoredOperation) -> Result<CreateOutcome, StoreError> {
@@ -168,6 +251,9 @@ impl OperationStore for SqliteStore {
     }
 
     async fn load(&self, id: &str) -> Result<Option<StoredOperation>, StoreError> {
+        if let Some(stored) = lock(&self.shared.cache).get(id) {
+            return Ok(Some(stored));
+        }
         let id = id.to_owned();
         self.read(move |db| {
             db.query_row(
@@ -298,14 +384,7 @@ impl OperationStore for SqliteStore {
     }
 
     async fn unfinished(&self) -> Result<Vec<StoredOperation>, StoreError> {
-        self.read(|db| {
-            let mut statement = db.prepare_cached(&format!(
-                "{SELECT_STORED} WHERE state IN ('pending', 'running') ORDER BY created_at, id"
-            ))?;
-            let rows = statement.query_map([], stored_from_row)?;
-            rows.collect()
-        })
-        .await
+        self.read(unfinished).await
     }
 
     async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
@@ -316,7 +395,7 @@ impl OperationStore for SqliteStore {
     }
 
     fn subscribe(&self, id: &str) -> watch::Receiver<u64> {
-        lock(&self.bells)
+        lock(&self.shared.bells)
             .entry(id.to_owned())
             .or_insert_with(|| watch::channel(0).0)
             .subscribe()

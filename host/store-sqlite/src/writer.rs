@@ -1,7 +1,7 @@
 //! The writer thread: group commit of every queued write, one savepoint per write.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use opshost_api::{EventKind, OperationState, Snapshot};
@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use serde_json::Value;
 use tokio::sync::{oneshot, watch};
 
-use crate::{SELECT_STORED, decode, stored_from_row};
+use crate::{Cache, SELECT_STORED, Shared, decode, lock, stored_from_row};
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -38,15 +38,16 @@ pub(crate) enum Written {
     Purged(u64),
 }
 
-/// What a committed write does to the doorbells.
+/// What a committed write changes in memory: the cache and the doorbells.
 enum Ring {
     None,
-    Changed(String),
-    Terminal(String),
+    Purged(DateTime<Utc>),
+    Created(StoredOperation),
+    Updated(Snapshot),
+    Signalled(String),
 }
 
 type Reply = oneshot::Sender<Result<Written, StoreError>>;
-type Bells = Arc<Mutex<HashMap<String, watch::Sender<u64>>>>;
 
 /// The handle to the writer thread; the thread ends when the handle is dropped.
 pub(crate) struct Writer {
@@ -54,11 +55,11 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn start(connection: Connection, bells: Bells) -> Self {
+    pub(crate) fn start(connection: Connection, shared: Arc<Shared>) -> Self {
         let (jobs, queue) = mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("opshost-sqlite-writer".into())
-            .spawn(move || run(connection, queue, bells));
+            .spawn(move || run(connection, queue, shared));
         if let Err(error) = spawned {
             tracing::error!(%error, "cannot start the SQLite writer thread");
         }
@@ -76,7 +77,7 @@ impl Writer {
     }
 }
 
-fn run(mut db: Connection, queue: mpsc::Receiver<(Write, Reply)>, bells: Bells) {
+fn run(mut db: Connection, queue: mpsc::Receiver<(Write, Reply)>, shared: Arc<Shared>) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -87,12 +88,11 @@ fn run(mut db: Connection, queue: mpsc::Receiver<(Write, Reply)>, bells: Bells) 
         }
         let (writes, replies): (Vec<Write>, Vec<Reply>) = batch.into_iter().unzip();
         let outcomes = commit(&mut db, writes);
-        let mut bells = bells
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut cache = lock(&shared.cache);
+        let mut bells = lock(&shared.bells);
         for (outcome, reply) in outcomes.into_iter().zip(replies) {
             let answer = outcome.map(|(written, ring)| {
-                ring_bell(&mut bells, ring);
+                publish(&mut cache, &mut bells, ring);
                 written
             });
             let _ = reply.send(answer);
@@ -100,11 +100,26 @@ fn run(mut db: Connection, queue: mpsc::Receiver<(Write, Reply)>, bells: Bells) 
     }
 }
 
-fn ring_bell(bells: &mut HashMap<String, watch::Sender<u64>>, ring: Ring) {
+/// Makes a committed write visible: the cache first, then the doorbell.
+fn publish(cache: &mut Cache, bells: &mut HashMap<String, watch::Sender<u64>>, ring: Ring) {
     let (id, terminal) = match ring {
         Ring::None => return,
-        Ring::Changed(id) => (id, false),
-        Ring::Terminal(id) => (id, true),
+        Ring::Purged(cutoff) => {
+            cache.purged(cutoff);
+            return;
+        }
+        Ring::Created(stored) => {
+            let id = stored.snapshot.id.clone();
+            cache.created(stored);
+            (id, false)
+        }
+        Ring::Updated(snapshot) => {
+            let id = snapshot.id.clone();
+            let terminal = snapshot.is_terminal();
+            cache.updated(snapshot);
+            (id, terminal)
+        }
+        Ring::Signalled(id) => (id, false),
     };
     if let Some(bell) = bells.get(&id) {
         if bell.receiver_count() == 0 {
@@ -121,41 +136,60 @@ fn ring_bell(bells: &mut HashMap<String, watch::Sender<u64>>, ring: Ring) {
 
 type Outcome = Result<(Written, Ring), StoreError>;
 
-/// Applies every write in one transaction, each in a savepoint; commits once.
+/// Applies every write in one transaction and commits once.
+///
+/// Writes check before they change anything, so a refused write (conflict, terminal) changes
+/// nothing. Should one fail in SQLite itself, the batch is rolled back and applied again with a
+/// savepoint per write, so that the failure stays its own.
 fn commit(db: &mut Connection, writes: Vec<Write>) -> Vec<Outcome> {
-    let count = writes.len();
-    let all_failed = |message: String| {
-        (0..count)
-            .map(|_| Err(StoreError(message.clone())))
-            .collect::<Vec<Outcome>>()
-    };
-    let mut tx = match db.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(error) => return all_failed(format!("sqlite: cannot begin: {error}")),
-    };
-    let mut outcomes = Vec::with_capacity(count);
-    for write in writes {
-        outcomes.push(apply_in_savepoint(&mut tx, write));
-    }
-    match tx.commit() {
-        Ok(()) => outcomes,
-        Err(error) => all_failed(format!("sqlite: commit failed: {error}")),
+    match commit_batch(db, &writes, false) {
+        Ok(outcomes) if outcomes.iter().all(Result::is_ok) => outcomes,
+        Ok(_) => commit_batch(db, &writes, true).unwrap_or_else(|error| all_failed(&writes, error)),
+        Err(error) => all_failed(&writes, error),
     }
 }
 
-fn apply_in_savepoint(tx: &mut Transaction<'_>, write: Write) -> Outcome {
-    let savepoint = tx
-        .savepoint()
-        .map_err(|e| StoreError(format!("sqlite: {e}")))?;
-    match apply(&savepoint, write) {
-        Ok(outcome) => {
-            savepoint
-                .commit()
-                .map_err(|e| StoreError(format!("sqlite: {e}")))?;
-            Ok(outcome)
+fn all_failed(writes: &[Write], error: StoreError) -> Vec<Outcome> {
+    writes
+        .iter()
+        .map(|_| Err(StoreError(error.0.clone())))
+        .collect()
+}
+
+/// One transaction over `writes`; with `isolated`, each write in its own savepoint. Without,
+/// the transaction is rolled back as soon as a write fails.
+fn commit_batch(
+    db: &mut Connection,
+    writes: &[Write],
+    isolated: bool,
+) -> Result<Vec<Outcome>, StoreError> {
+    let mut tx = db
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(|e| StoreError(format!("sqlite: cannot begin: {e}")))?;
+    let mut outcomes = Vec::with_capacity(writes.len());
+    for write in writes {
+        let outcome = if isolated {
+            apply_in_savepoint(&mut tx, write)
+        } else {
+            apply(&tx, write)
+        };
+        if !isolated && outcome.is_err() {
+            // Dropping the transaction rolls it back.
+            outcomes.push(outcome);
+            return Ok(outcomes);
         }
-        Err(error) => Err(error),
+        outcomes.push(outcome);
     }
+    tx.commit()
+        .map_err(|e| StoreError(format!("sqlite: commit failed: {e}")))?;
+    Ok(outcomes)
+}
+
+fn apply_in_savepoint(tx: &mut Transaction<'_>, write: &Write) -> Outcome {
+    let savepoint = tx.savepoint().map_err(sql)?;
+    let outcome = apply(&savepoint, write)?;
+    savepoint.commit().map_err(sql)?;
+    Ok(outcome)
 }
 
 fn timestamp(at: DateTime<Utc>) -> String {
@@ -170,13 +204,13 @@ fn sql(error: rusqlite::Error) -> StoreError {
     StoreError(format!("sqlite: {error}"))
 }
 
-fn apply(db: &Connection, write: Write) -> Outcome {
+fn apply(db: &Connection, write: &Write) -> Outcome {
     match write {
         Write::Create(operation) => create(db, operation),
-        Write::Update(next, kind) => update(db, next, kind),
-        Write::Signal { id, name, payload } => signal(db, &id, &name, &payload),
-        Write::Purge(cutoff) => {
-            let cutoff = timestamp(cutoff);
+        Write::Update(next, kind) => update(db, next, *kind),
+        Write::Signal { id, name, payload } => signal(db, id, name, payload),
+        Write::Purge(at) => {
+            let cutoff = timestamp(*at);
             let expired =
                 "SELECT id FROM operations WHERE completed_at IS NOT NULL AND completed_at < ?1";
             db.execute(
@@ -195,19 +229,19 @@ fn apply(db: &Connection, write: Write) -> Outcome {
                     params![cutoff],
                 )
                 .map_err(sql)?;
-            Ok((Written::Purged(purged as u64), Ring::None))
+            Ok((Written::Purged(purged as u64), Ring::Purged(*at)))
         }
     }
 }
 
-fn create(db: &Connection, operation: StoredOperation) -> Outcome {
+fn create(db: &Connection, operation: &StoredOperation) -> Outcome {
     let existing = db
-        .query_row(
-            &format!("{SELECT_STORED} WHERE id = ?1"),
-            params![operation.snapshot.id],
-            stored_from_row,
-        )
-        .optional()
+        .prepare_cached(&format!("{SELECT_STORED} WHERE id = ?1"))
+        .and_then(|mut select| {
+            select
+                .query_row(params![operation.snapshot.id], stored_from_row)
+                .optional()
+        })
         .map_err(sql)?;
     if let Some(existing) = existing {
         return Ok((
@@ -240,7 +274,7 @@ fn create(db: &Connection, operation: StoredOperation) -> Outcome {
     insert_event(db, snapshot, EventKind::Accepted, &text)?;
     Ok((
         Written::Created(CreateOutcome::Created(operation.snapshot.clone())),
-        Ring::Changed(operation.snapshot.id),
+        Ring::Created(operation.clone()),
     ))
 }
 
@@ -258,29 +292,33 @@ fn insert_event(
     Ok(())
 }
 
-fn update(db: &Connection, next: Snapshot, kind: EventKind) -> Outcome {
-    let current: Option<String> = db
-        .prepare_cached("SELECT snapshot FROM operations WHERE id = ?1")
+fn update(db: &Connection, next: &Snapshot, kind: EventKind) -> Outcome {
+    let revision: Option<u64> = db
+        .prepare_cached("SELECT revision FROM operations WHERE id = ?1")
         .and_then(|mut select| {
             select
                 .query_row(params![next.id], |row| row.get(0))
                 .optional()
         })
         .map_err(sql)?;
-    let Some(current) = current else {
+    let Some(revision) = revision else {
         return Err(StoreError(format!(
             "update of unknown operation `{}`",
             next.id
         )));
     };
-    let current: Snapshot = decode(&current).map_err(sql)?;
-    if current.revision + 1 != next.revision {
+    if revision + 1 != next.revision {
+        let current: String = db
+            .prepare_cached("SELECT snapshot FROM operations WHERE id = ?1")
+            .and_then(|mut select| select.query_row(params![next.id], |row| row.get(0)))
+            .map_err(sql)?;
+        let current: Snapshot = decode(&current).map_err(sql)?;
         return Ok((
             Written::Updated(UpdateOutcome::Conflict(current)),
             Ring::None,
         ));
     }
-    let text = json(&next)?;
+    let text = json(next)?;
     db.prepare_cached(
         "UPDATE operations SET state = ?2, revision = ?3, completed_at = ?4, snapshot = ?5 WHERE id = ?1",
     )
@@ -294,13 +332,11 @@ fn update(db: &Connection, next: Snapshot, kind: EventKind) -> Outcome {
         ])
     })
     .map_err(sql)?;
-    insert_event(db, &next, kind, &text)?;
-    let ring = if next.is_terminal() {
-        Ring::Terminal(next.id.clone())
-    } else {
-        Ring::Changed(next.id.clone())
-    };
-    Ok((Written::Updated(UpdateOutcome::Updated(next)), ring))
+    insert_event(db, next, kind, &text)?;
+    Ok((
+        Written::Updated(UpdateOutcome::Updated(next.clone())),
+        Ring::Updated(next.clone()),
+    ))
 }
 
 fn signal(db: &Connection, id: &str, name: &str, payload: &Value) -> Outcome {
@@ -332,6 +368,6 @@ fn signal(db: &Connection, id: &str, name: &str, payload: &Value) -> Outcome {
         .map_err(sql)?;
     Ok((
         Written::Signal(SignalOutcome::Appended(sequence)),
-        Ring::Changed(id.to_owned()),
+        Ring::Signalled(id.to_owned()),
     ))
 }

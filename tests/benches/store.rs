@@ -1,0 +1,174 @@
+//! Start→terminal throughput and latency on the SQLite store against the in-memory store,
+//! measured in the same run.
+//!
+//! - `trivial`: a native handler that marks the operation started and completes it (three
+//!   durable writes per operation: accept, started, completed) — the store's own cost.
+//! - `wasm`: the real test guest (`scenario: complete`: started, progress, completed).
+//!
+//! Each mode runs `BENCH_OPS` operations (default 4000) from `BENCH_CONCURRENCY` closed-loop
+//! callers (default 64), each starting an operation and waiting for its terminal snapshot.
+//! `BENCH_ONLY=trivial|wasm` runs one kind. `cargo bench -p opshost-tests --bench store` (or
+//! `./dev bench`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use opshost_api::Snapshot;
+use opshost_contract::Contract;
+use opshost_runtime::store::{MemoryStore, OperationStore};
+use opshost_runtime::{OperationHandler, OperationRuntime, Owner, RuntimeConfig};
+use opshost_sandbox::WasmHost;
+use opshost_store_sqlite::SqliteStore;
+use opshost_tests::{root, testing_deployment};
+use serde_json::{Value, json};
+
+fn env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Marks the operation started and completes it at once.
+struct Trivial;
+
+impl OperationHandler for Trivial {
+    fn run(
+        &self,
+        runtime: OperationRuntime,
+        snapshot: Snapshot,
+        _input: Option<Value>,
+    ) -> BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let id = snapshot.id;
+            if let Err(error) = runtime.started(&id).await {
+                panic!("started: {error}");
+            }
+            if let Err(error) = runtime.complete(&id, json!({ "note": "done" })).await {
+                panic!("complete: {error}");
+            }
+        })
+    }
+}
+
+fn trivial_runtime(store: Arc<dyn OperationStore>) -> OperationRuntime {
+    let contract = Contract::from_path(root().join("contracts/testing.manifest.json"))
+        .unwrap_or_else(|e| panic!("testing manifest: {e}"));
+    let runtime = OperationRuntime::with_contract(contract, store, RuntimeConfig::default());
+    runtime.set_handler("Testing.Scenario", Arc::new(Trivial));
+    runtime
+}
+
+fn wasm_runtime(store: Arc<dyn OperationStore>) -> (WasmHost, OperationRuntime) {
+    let host = WasmHost::from_config_with_store(&testing_deployment(Duration::from_secs(5)), store)
+        .unwrap_or_else(|e| panic!("testing deployment: {e}"));
+    let runtime = host.runtime().clone();
+    (host, runtime)
+}
+
+#[derive(Clone, Copy)]
+struct Figures {
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn measure(runtime: &OperationRuntime, operations: usize, concurrency: usize) -> Figures {
+    let per_caller = (operations / concurrency).max(1);
+    let started = Instant::now();
+    let callers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let runtime = runtime.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_caller);
+                for _ in 0..per_caller {
+                    let begun = Instant::now();
+                    let owner = Owner {
+                        tenant: "bench".into(),
+                        subject: "bench".into(),
+                    };
+                    let accepted = runtime
+                        .start(
+                            owner,
+                            "Testing.Scenario",
+                            None,
+                            json!({ "scenario": "complete" }),
+                        )
+                        .await
+                        .unwrap_or_else(|e| panic!("start: {e}"));
+                    let terminal = runtime
+                        .wait(&accepted.snapshot.id, None)
+                        .await
+                        .unwrap_or_else(|e| panic!("wait: {e}"));
+                    assert!(terminal.is_terminal());
+                    latencies.push(begun.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(per_caller * concurrency);
+    for caller in callers {
+        latencies.extend(caller.await.unwrap_or_else(|e| panic!("caller: {e}")));
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    Figures {
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
+
+fn report(name: &str, figures: &Figures, baseline: &Figures) {
+    println!(
+        "{:<16} {:>10.0} {:>10.0} {:>10.0} {:>10.2}",
+        name,
+        figures.per_second,
+        figures.p50.as_secs_f64() * 1e6,
+        figures.p99.as_secs_f64() * 1e6,
+        figures.per_second / baseline.per_second
+    );
+}
+
+#[tokio::main]
+async fn main() {
+    let operations = env("BENCH_OPS", 4000);
+    let concurrency = env("BENCH_CONCURRENCY", 64).max(1);
+    println!(
+        "{operations} operations per mode from {concurrency} closed-loop callers (start, then wait)"
+    );
+    println!(
+        "{:<16} {:>10} {:>10} {:>10} {:>10}",
+        "mode", "ops/s", "p50 µs", "p99 µs", "vs memory"
+    );
+    let only = std::env::var("BENCH_ONLY").ok();
+    for kind in ["trivial", "wasm"] {
+        if only.as_deref().is_some_and(|only| only != kind) {
+            continue;
+        }
+        let mut baseline = None;
+        for store_name in ["memory", "sqlite"] {
+            let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("temporary directory: {e}"));
+            let store: Arc<dyn OperationStore> = match store_name {
+                "memory" => Arc::new(MemoryStore::new()),
+                _ => Arc::new(
+                    SqliteStore::open(dir.path()).unwrap_or_else(|e| panic!("sqlite store: {e}")),
+                ),
+            };
+            let (_host, runtime) = match kind {
+                "trivial" => (None, trivial_runtime(store)),
+                _ => {
+                    let (host, runtime) = wasm_runtime(store);
+                    (Some(host), runtime)
+                }
+            };
+            measure(&runtime, operations / 10, concurrency).await;
+            let figures = measure(&runtime, operations, concurrency).await;
+            let base = *baseline.get_or_insert(figures);
+            report(&format!("{kind} {store_name}"), &figures, &base);
+        }
+    }
+}
