@@ -7,6 +7,7 @@
 //!   savepoint so that one failing write never undoes another; one fsync covers the batch.
 //! - **Readers** use a small pool of read-only connections on blocking threads; WAL lets them
 //!   read while the writer commits.
+//! - **Checkpoints** run on a thread of their own, never inside a commit.
 //! - **Migrations** are embedded and applied in order, tracked by `PRAGMA user_version`.
 //!
 //! - **Cache.** The current state of every unfinished operation, and of the last few thousand
@@ -18,6 +19,7 @@
 //! Doorbells ring after the commit that made a change visible, so a woken watcher always reads
 //! it.
 
+mod checkpoint;
 mod schema;
 mod writer;
 
@@ -36,6 +38,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::checkpoint::Checkpointer;
 use crate::writer::{Write, Writer, Written};
 
 /// Why a store cannot be opened.
@@ -63,6 +66,7 @@ pub enum OpenError {
 pub struct SqliteStore {
     path: PathBuf,
     writer: Writer,
+    _checkpointer: Checkpointer,
     readers: Mutex<Vec<Connection>>,
     shared: Arc<Shared>,
 }
@@ -154,10 +158,15 @@ impl SqliteStore {
                 cache.created(stored);
             }
         }
+        connection
+            .execute_batch("PRAGMA wal_autocheckpoint = 0;")
+            .map_err(database)?;
+        let checkpointer = Checkpointer::start(&path).map_err(database)?;
         let writer = Writer::start(connection, Arc::clone(&shared));
         Ok(Self {
             path,
             writer,
+            _checkpointer: checkpointer,
             readers: Mutex::new(Vec::new()),
             shared,
         })
