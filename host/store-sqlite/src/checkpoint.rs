@@ -19,6 +19,8 @@ impl Checkpointer {
     pub(crate) fn start(path: &Path) -> rusqlite::Result<Self> {
         let connection = Connection::open(path)?;
         connection.busy_timeout(Duration::from_secs(5))?;
+        // A checkpoint syncs the WAL before copying it and the database after.
+        connection.execute_batch("PRAGMA synchronous = FULL;")?;
         let (stop, stopped) = mpsc::channel::<()>();
         let spawned = std::thread::Builder::new()
             .name("opshost-sqlite-checkpoint".into())

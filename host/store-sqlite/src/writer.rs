@@ -1,6 +1,17 @@
-//! The writer thread: group commit of every queued write, one savepoint per write.
+//! The write path: group commit in two stages on two threads.
+//!
+//! 1. The **writer** drains the queue of writes into one transaction and commits it with
+//!    `synchronous = OFF`: the WAL frames reach the OS, not yet the disk.
+//! 2. The **syncer** takes every batch committed so far, makes the WAL durable with one
+//!    `fdatasync`, and only then publishes the batches (cache, doorbells) and answers their
+//!    callers, in commit order. Meanwhile the writer already commits the next batch.
+//!
+//! No caller is answered, and no cached snapshot or doorbell shows a change, before it is on
+//! disk. Should a sync fail, every later write is refused: the store is poisoned.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
 use std::sync::{Arc, mpsc};
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -55,13 +66,21 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
-    pub(crate) fn start(connection: Connection, shared: Arc<Shared>) -> Self {
+    pub(crate) fn start(connection: Connection, wal: PathBuf, shared: Arc<Shared>) -> Self {
         let (jobs, queue) = mpsc::channel();
-        let spawned = std::thread::Builder::new()
-            .name("opshost-sqlite-writer".into())
-            .spawn(move || run(connection, queue, shared));
-        if let Err(error) = spawned {
-            tracing::error!(%error, "cannot start the SQLite writer thread");
+        let (committed, to_sync) = mpsc::channel();
+        let threads = [
+            std::thread::Builder::new()
+                .name("opshost-sqlite-writer".into())
+                .spawn(move || run(connection, queue, committed)),
+            std::thread::Builder::new()
+                .name("opshost-sqlite-sync".into())
+                .spawn(move || sync(to_sync, wal, shared)),
+        ];
+        for spawned in threads {
+            if let Err(error) = spawned {
+                tracing::error!(%error, "cannot start an SQLite store thread");
+            }
         }
         Self { jobs }
     }
@@ -77,7 +96,14 @@ impl Writer {
     }
 }
 
-fn run(mut db: Connection, queue: mpsc::Receiver<(Write, Reply)>, shared: Arc<Shared>) {
+/// A committed batch waiting for its sync: each write's outcome and its caller.
+type Committed = Vec<(Outcome, Reply)>;
+
+fn run(
+    mut db: Connection,
+    queue: mpsc::Receiver<(Write, Reply)>,
+    committed: mpsc::Sender<Committed>,
+) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -88,16 +114,51 @@ fn run(mut db: Connection, queue: mpsc::Receiver<(Write, Reply)>, shared: Arc<Sh
         }
         let (writes, replies): (Vec<Write>, Vec<Reply>) = batch.into_iter().unzip();
         let outcomes = commit(&mut db, writes);
+        if committed
+            .send(outcomes.into_iter().zip(replies).collect())
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn sync(to_sync: mpsc::Receiver<Committed>, wal: PathBuf, shared: Arc<Shared>) {
+    let mut file: Option<File> = None;
+    let mut poisoned: Option<String> = None;
+    while let Ok(first) = to_sync.recv() {
+        let mut batches = vec![first];
+        while let Ok(more) = to_sync.try_recv() {
+            batches.push(more);
+        }
+        if poisoned.is_none()
+            && let Err(error) = sync_wal(&mut file, &wal)
+        {
+            tracing::error!(%error, wal = %wal.display(), "cannot make the WAL durable; refusing all further writes");
+            poisoned = Some(format!("sqlite: the WAL could not be synced: {error}"));
+        }
         let mut cache = lock(&shared.cache);
         let mut bells = lock(&shared.bells);
-        for (outcome, reply) in outcomes.into_iter().zip(replies) {
-            let answer = outcome.map(|(written, ring)| {
-                publish(&mut cache, &mut bells, ring);
-                written
-            });
+        for (outcome, reply) in batches.into_iter().flatten() {
+            let answer = match &poisoned {
+                Some(reason) => Err(StoreError(reason.clone())),
+                None => outcome.map(|(written, ring)| {
+                    publish(&mut cache, &mut bells, ring);
+                    written
+                }),
+            };
             let _ = reply.send(answer);
         }
     }
+}
+
+/// `fdatasync` of the WAL file: every frame written so far is on disk afterwards.
+fn sync_wal(file: &mut Option<File>, wal: &PathBuf) -> std::io::Result<()> {
+    let file = match file {
+        Some(file) => file,
+        None => file.insert(File::open(wal)?),
+    };
+    file.sync_data()
 }
 
 /// Makes a committed write visible: the cache first, then the doorbell.
