@@ -244,11 +244,13 @@ fn stored_from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<StoredOperation>
     })
 }
 
-const SELECT_STORED: &str = "SELECT snapshot, input, tenant, subject FROM operations";
+/// Operations with their current snapshot (`o` is the operation row, `e` its current event).
+const SELECT_STORED: &str = "SELECT e.snapshot, o.input, o.tenant, o.subject FROM operations o \
+     JOIN events e ON e.id = o.id AND e.revision = o.revision";
 
 fn unfinished(db: &Connection) -> rusqlite::Result<Vec<StoredOperation>> {
     let mut statement = db.prepare_cached(&format!(
-        "{SELECT_STORED} WHERE state IN ('pending', 'running') ORDER BY created_at, id"
+        "{SELECT_STORED} WHERE o.state IN ('pending', 'running') ORDER BY o.created_at, o.id"
     ))?;
     let rows = statement.query_map([], stored_from_row)?;
     rows.collect()
@@ -270,7 +272,7 @@ impl OperationStore for SqliteStore {
         let id = id.to_owned();
         self.read(move |db| {
             db.query_row(
-                &format!("{SELECT_STORED} WHERE id = ?1"),
+                &format!("{SELECT_STORED} WHERE o.id = ?1"),
                 params![id],
                 stored_from_row,
             )
@@ -362,10 +364,11 @@ impl OperationStore for SqliteStore {
         let filter = filter.clone();
         self.read(move |db| {
             let mut statement = db.prepare_cached(
-                "SELECT snapshot FROM operations
-                 WHERE (?1 IS NULL OR tenant = ?1) AND (?2 IS NULL OR operation = ?2)
-                   AND (?3 IS NULL OR state = ?3) AND (?4 IS NULL OR id > ?4)
-                 ORDER BY id LIMIT ?5",
+                "SELECT e.snapshot FROM operations o
+                 JOIN events e ON e.id = o.id AND e.revision = o.revision
+                 WHERE (?1 IS NULL OR o.tenant = ?1) AND (?2 IS NULL OR o.operation = ?2)
+                   AND (?3 IS NULL OR o.state = ?3) AND (?4 IS NULL OR o.id > ?4)
+                 ORDER BY o.id LIMIT ?5",
             )?;
             let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX - 1) + 1;
             let rows = statement.query_map(

@@ -5,7 +5,8 @@ use rusqlite::Connection;
 
 /// Each entry migrates from `user_version = index` to `index + 1`.
 const MIGRATIONS: &[&str] = &[
-    // 1: operations, their event logs and their signals.
+    // 1: operations (owner, input, current revision), their event logs (one snapshot per
+    // revision: the current snapshot is the event at the current revision) and their signals.
     "CREATE TABLE operations (
          id           TEXT PRIMARY KEY,
          operation    TEXT NOT NULL,
@@ -15,7 +16,6 @@ const MIGRATIONS: &[&str] = &[
          subject      TEXT NOT NULL,
          created_at   TEXT NOT NULL,
          completed_at TEXT,
-         snapshot     TEXT NOT NULL,
          input        TEXT
      );
      CREATE INDEX operations_by_tenant ON operations (tenant, id);

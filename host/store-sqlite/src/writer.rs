@@ -137,16 +137,26 @@ fn sync(to_sync: mpsc::Receiver<Committed>, wal: PathBuf, shared: Arc<Shared>) {
             tracing::error!(%error, wal = %wal.display(), "cannot make the WAL durable; refusing all further writes");
             poisoned = Some(format!("sqlite: the WAL could not be synced: {error}"));
         }
-        let mut cache = lock(&shared.cache);
-        let mut bells = lock(&shared.bells);
-        for (outcome, reply) in batches.into_iter().flatten() {
-            let answer = match &poisoned {
-                Some(reason) => Err(StoreError(reason.clone())),
-                None => outcome.map(|(written, ring)| {
-                    publish(&mut cache, &mut bells, ring);
-                    written
-                }),
-            };
+        let answers: Vec<(Result<Written, StoreError>, Reply)> = {
+            let mut cache = lock(&shared.cache);
+            let mut bells = lock(&shared.bells);
+            batches
+                .into_iter()
+                .flatten()
+                .map(|(outcome, reply)| {
+                    let answer = match &poisoned {
+                        Some(reason) => Err(StoreError(reason.clone())),
+                        None => outcome.map(|(written, ring)| {
+                            publish(&mut cache, &mut bells, ring);
+                            written
+                        }),
+                    };
+                    (answer, reply)
+                })
+                .collect()
+        };
+        // Callers are woken outside the locks their tasks are about to take.
+        for (answer, reply) in answers {
             let _ = reply.send(answer);
         }
     }
@@ -297,7 +307,7 @@ fn apply(db: &Connection, write: &Write) -> Outcome {
 
 fn create(db: &Connection, operation: &StoredOperation) -> Outcome {
     let existing = db
-        .prepare_cached(&format!("{SELECT_STORED} WHERE id = ?1"))
+        .prepare_cached(&format!("{SELECT_STORED} WHERE o.id = ?1"))
         .and_then(|mut select| {
             select
                 .query_row(params![operation.snapshot.id], stored_from_row)
@@ -314,8 +324,8 @@ fn create(db: &Connection, operation: &StoredOperation) -> Outcome {
     let text = json(snapshot)?;
     let input = operation.input.as_ref().map(json).transpose()?;
     db.prepare_cached(
-        "INSERT INTO operations (id, operation, state, revision, tenant, subject, created_at, completed_at, snapshot, input)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO operations (id, operation, state, revision, tenant, subject, created_at, completed_at, input)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )
     .and_then(|mut insert| {
         insert.execute(params![
@@ -327,7 +337,6 @@ fn create(db: &Connection, operation: &StoredOperation) -> Outcome {
             operation.owner.subject,
             timestamp(snapshot.created_at),
             snapshot.completed_at.map(timestamp),
-            text,
             input
         ])
     })
@@ -370,7 +379,10 @@ fn update(db: &Connection, next: &Snapshot, kind: EventKind) -> Outcome {
     };
     if revision + 1 != next.revision {
         let current: String = db
-            .prepare_cached("SELECT snapshot FROM operations WHERE id = ?1")
+            .prepare_cached(
+                "SELECT e.snapshot FROM operations o
+                 JOIN events e ON e.id = o.id AND e.revision = o.revision WHERE o.id = ?1",
+            )
             .and_then(|mut select| select.query_row(params![next.id], |row| row.get(0)))
             .map_err(sql)?;
         let current: Snapshot = decode(&current).map_err(sql)?;
@@ -381,15 +393,14 @@ fn update(db: &Connection, next: &Snapshot, kind: EventKind) -> Outcome {
     }
     let text = json(next)?;
     db.prepare_cached(
-        "UPDATE operations SET state = ?2, revision = ?3, completed_at = ?4, snapshot = ?5 WHERE id = ?1",
+        "UPDATE operations SET state = ?2, revision = ?3, completed_at = ?4 WHERE id = ?1",
     )
     .and_then(|mut statement| {
         statement.execute(params![
             next.id,
             next.state.as_str(),
             next.revision,
-            next.completed_at.map(timestamp),
-            text
+            next.completed_at.map(timestamp)
         ])
     })
     .map_err(sql)?;
