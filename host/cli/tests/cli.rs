@@ -1,28 +1,12 @@
 //! The `opshost` command as a shell user drives it: `serve` in one process, `token`, `start`,
 //! `watch`, `get`, `list` and `cancel` in others, over real HTTP on 127.0.0.1.
 
-use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+mod common;
 
+use std::process::{Child, Command, Output};
+
+use common::{opshost, root, token};
 use serde_json::Value;
-
-const SECRET: &str = "opshost-cli-test-secret-0123456789";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn opshost() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_opshost"));
-    command
-        .env("OPSHOST_JWT_SECRET", SECRET)
-        .current_dir(root());
-    command
-        .env_remove("OPSHOST_URL")
-        .env_remove("OPSHOST_TOKEN");
-    command
-}
 
 /// `opshost serve` on an ephemeral port with its own data directory, killed when dropped.
 struct Serve {
@@ -33,33 +17,9 @@ struct Serve {
 
 impl Serve {
     fn start() -> Self {
-        let wasm = root().join("target/wasm32-wasip2/release/orders_process.wasm");
-        assert!(wasm.exists(), "build the guests first: ./dev guests");
         let data = tempfile::tempdir().expect("a data directory");
-        let mut child = opshost()
-            .args([
-                "serve",
-                "--config",
-                "contracts/orders.deploy.toml",
-                "--listen",
-                "127.0.0.1:0",
-            ])
-            .arg("--data-dir")
-            .arg(data.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("opshost serve starts");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut line = String::new();
-        BufReader::new(stdout)
-            .read_line(&mut line)
-            .expect("serve prints its address");
-        let url = line
-            .trim()
-            .strip_prefix("opshost listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-            .to_owned();
+        let config = root().join("contracts/orders.deploy.toml");
+        let (child, url) = common::serve(&config, data.path(), "127.0.0.1:0");
         Self {
             child,
             url,
@@ -82,17 +42,6 @@ impl Drop for Serve {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn token(scopes: &[&str]) -> String {
-    let mut command = opshost();
-    command.args(["token", "--sub", "cli", "--tenant", "acme"]);
-    for scope in scopes {
-        command.args(["--scope", scope]);
-    }
-    let output = command.output().expect("opshost token runs");
-    assert!(output.status.success(), "{}", text(&output.stderr));
-    text(&output.stdout).trim().to_owned()
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -4,34 +4,24 @@
 //! backwards, and those caught mid-run must have run again with `attempt` 2. A client watching
 //! through the restart reconnects and resumes from its last revision with no gap.
 
+mod common;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
+
+use common::{root, token};
 
 use futures::{StreamExt, TryStreamExt};
 use opshost_api::{EventKind, OperationState};
 use opshost_client::{Client, ListQuery, StartOptions};
 use serde_json::json;
 
-const SECRET: &str = "opshost-crash-test-secret-0123456789";
 const OPERATIONS: usize = 300;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn opshost() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_opshost"));
-    command.env("OPSHOST_JWT_SECRET", SECRET);
-    command
-}
 
 /// A host config serving Orders.Process with room for every operation at once.
 fn write_config(dir: &Path) -> PathBuf {
     let wasm = root().join("target/wasm32-wasip2/release/orders_process.wasm");
-    assert!(wasm.exists(), "build the guests first: ./dev guests");
     let contract = root().join("contracts/orders_service.manifest.json");
     let config = format!(
         "contract = {contract:?}\nmax_active_operations = 2000\n\n\
@@ -49,38 +39,6 @@ fn free_address() -> String {
     listener.local_addr().expect("its address").to_string()
 }
 
-/// Starts `opshost serve` on `address`; answers the process and its URL.
-fn serve(config: &Path, data: &Path, address: &str) -> (Child, String) {
-    let mut child = opshost()
-        .args(["serve", "--listen", address, "--config"])
-        .arg(config)
-        .arg("--data-dir")
-        .arg(data)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("opshost serve starts");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("serve prints its address");
-    let url = line
-        .trim()
-        .strip_prefix("opshost listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
-        .to_owned();
-    (child, url)
-}
-
-fn token() -> String {
-    let output = opshost()
-        .args(["token", "--scope", "orders.write", "--scope", "orders.read"])
-        .output()
-        .expect("opshost token runs");
-    String::from_utf8_lossy(&output.stdout).trim().to_owned()
-}
-
 fn order(n: usize) -> serde_json::Value {
     json!({ "orderId": format!("ord_{n}"), "lineItems": [{ "sku": "A", "quantity": 1, "unitPriceCents": 100 }] })
 }
@@ -90,10 +48,10 @@ async fn a_host_killed_mid_run_loses_nothing_and_finishes_everything_once() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let data = dir.path().join("data");
     let config = write_config(dir.path());
-    let token = token();
+    let token = token(&["orders.write", "orders.read"]);
 
     let address = free_address();
-    let (mut first, url) = serve(&config, &data, &address);
+    let (mut first, url) = common::serve(&config, &data, &address);
     let client = Client::connect(&url, token.clone())
         .await
         .expect("first host answers");
@@ -120,7 +78,7 @@ async fn a_host_killed_mid_run_loses_nothing_and_finishes_everything_once() {
     first.kill().expect("SIGKILL");
     first.wait().expect("the first host is gone");
 
-    let (mut second, url) = serve(&config, &data, &address);
+    let (mut second, url) = common::serve(&config, &data, &address);
     let client = Client::connect(&url, token)
         .await
         .expect("second host answers");

@@ -1,0 +1,70 @@
+//! Shared by the command-line tests: the `opshost` binary, `serve` as a child process, tokens.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The HS256 secret every test host and token uses.
+pub const SECRET: &str = "opshost-cli-test-secret-0123456789";
+
+/// The repository's root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The `opshost` binary, run from the repository's root with the test secret and no
+/// `OPSHOST_URL`/`OPSHOST_TOKEN` from the environment.
+pub fn opshost() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_opshost"));
+    command
+        .env("OPSHOST_JWT_SECRET", SECRET)
+        .env_remove("OPSHOST_URL")
+        .env_remove("OPSHOST_TOKEN")
+        .current_dir(root());
+    command
+}
+
+/// Starts `opshost serve --config config --data-dir data --listen listen`; answers the process
+/// and the URL it prints.
+pub fn serve(config: &Path, data: &Path, listen: &str) -> (Child, String) {
+    let wasm = root().join("target/wasm32-wasip2/release/orders_process.wasm");
+    assert!(wasm.exists(), "build the guests first: ./dev guests");
+    let mut child = opshost()
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .args(["--listen", listen])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("opshost serve starts");
+    let stdout = child.stdout.take().expect("piped stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("serve prints its address");
+    let url = line
+        .trim()
+        .strip_prefix("opshost listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+        .to_owned();
+    (child, url)
+}
+
+/// A token minted by `opshost token` for tenant `acme` with `scopes`.
+pub fn token(scopes: &[&str]) -> String {
+    let mut command = opshost();
+    command.args(["token", "--sub", "cli", "--tenant", "acme"]);
+    for scope in scopes {
+        command.args(["--scope", scope]);
+    }
+    let output = command.output().expect("opshost token runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_owned()
+}
