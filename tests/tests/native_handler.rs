@@ -8,6 +8,7 @@ use opshost_api::{ErrorCode, EventKind, OperationState};
 use opshost_runtime::{
     InMemoryOperationRuntime, OperationFailure, RequestContext, Router, ServerError,
 };
+use opshost_tests::net::{TestServer, token};
 use orders_participant::operations::OrdersProcess;
 use orders_participant::{
     LineItem, ProcessOrderProgress, ProcessOrderRequest, ProcessOrderResult,
@@ -328,4 +329,73 @@ async fn cancel_wakes_a_native_handler_that_then_acknowledges() {
     handler.await.unwrap();
     assert_eq!(terminal.state, OperationState::Cancelled);
     assert_eq!(terminal.error.unwrap().message, "cancelled by caller");
+}
+
+fn keyboard() -> ProcessOrderRequest {
+    ProcessOrderRequest {
+        order_id: "ord_native_http".into(),
+        line_items: vec![LineItem {
+            sku: "KB-ERGO-01".into(),
+            quantity: 2,
+            unit_price_cents: 12900,
+        }],
+    }
+}
+
+#[tokio::test]
+async fn a_native_handler_registered_with_serve_is_started_over_http() {
+    let runtime = InMemoryOperationRuntime::new("orders-service");
+    runtime
+        .operation::<OrdersProcess>()
+        .serve(|control, input| async move {
+            control.started().await?;
+            control
+                .progress(ProcessOrderProgress {
+                    step: "queued".into(),
+                    message: "Fulfillment started".into(),
+                    completed: 0,
+                    total: 1,
+                })
+                .await?;
+            control.complete(run_fulfillment(input).await?).await?;
+            Ok(())
+        });
+    let server = TestServer::start(&runtime).await;
+    let client =
+        orders_participant::connect_service(&server.url, token(&["orders.write", "orders.read"]))
+            .await
+            .unwrap();
+    let op_ref = client
+        .orders()
+        .operation::<OrdersProcess>()
+        .start(keyboard())
+        .await
+        .unwrap();
+    let terminal = op_ref.wait().await.unwrap();
+    assert_eq!(terminal.state, OperationState::Completed);
+    assert_eq!(terminal.output.unwrap().total_cents, 2 * 12900);
+    assert_eq!(terminal.progress.unwrap().step, "queued");
+}
+
+#[tokio::test]
+async fn a_served_native_handler_that_returns_early_fails_its_operation() {
+    let runtime = InMemoryOperationRuntime::new("orders-service");
+    let operations = runtime.operation::<OrdersProcess>();
+    operations.serve(|control, _input| async move {
+        control.started().await?;
+        Ok(())
+    });
+    let owner = opshost_runtime::Owner::default();
+    let accepted = runtime
+        .start(
+            owner,
+            "Orders.Process",
+            None,
+            serde_json::to_value(keyboard()).unwrap(),
+        )
+        .await
+        .unwrap();
+    let terminal = operations.wait(&accepted.snapshot.id).await.unwrap();
+    assert_eq!(terminal.state, OperationState::Failed);
+    assert_eq!(terminal.error.unwrap().code, ErrorCode::HandlerNonTerminal);
 }

@@ -1,14 +1,18 @@
 //! The typed embedding API: one handle per operation, with the facade's Rust types.
 
+use std::future::Future;
 use std::marker::PhantomData;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
-use opshost_api::{Operation, OperationEvent, OperationSnapshot, Signal};
+use opshost_api::{Operation, OperationEvent, OperationSnapshot, Signal, Snapshot};
+use serde_json::Value;
 
 use crate::control::OperationControl;
 use crate::error::ServerError;
-use crate::runtime::OperationRuntime;
+use crate::runtime::{OperationHandler, OperationRuntime};
 
 /// The runtime's handle for operation `Op`: accept, control, get, wait, watch, cancel, signal.
 pub struct Operations<Op: Operation> {
@@ -28,6 +32,22 @@ impl<Op: Operation> Operations<Op> {
             runtime,
             marker: PhantomData,
         }
+    }
+
+    /// Runs `handler` for every operation of `Op` started through [`OperationRuntime::start`]
+    /// (for example over HTTP): it gets the operation's control handle and its decoded input,
+    /// and must end the operation. Returning an error fails it with that error; returning while
+    /// it is still non-terminal fails it with `HandlerNonTerminal`, as for a wasm guest.
+    pub fn serve<F, Fut>(&self, handler: F)
+    where
+        F: Fn(OperationControl<Op>, Op::Input) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), ServerError>> + Send + 'static,
+    {
+        let native = Native::<Op, F> {
+            handler,
+            marker: PhantomData,
+        };
+        self.runtime.set_handler(Op::NAME, Arc::new(native));
     }
 
     /// Accepts the operation under a handler-chosen id, with no stored input.
@@ -126,5 +146,48 @@ impl<Op: Operation> Operations<Op> {
     ) -> Result<u64, ServerError> {
         let payload = serde_json::to_value(input)?;
         self.runtime.signal(id.as_ref(), S::NAME, payload).await
+    }
+}
+
+/// A native handler registered with [`Operations::serve`].
+struct Native<Op, F> {
+    handler: F,
+    marker: PhantomData<fn() -> Op>,
+}
+
+impl<Op, F, Fut> OperationHandler for Native<Op, F>
+where
+    Op: Operation,
+    F: Fn(OperationControl<Op>, Op::Input) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), ServerError>> + Send + 'static,
+{
+    fn run(
+        &self,
+        runtime: OperationRuntime,
+        snapshot: Snapshot,
+        input: Option<Value>,
+    ) -> BoxFuture<'static, ()> {
+        let id = snapshot.id;
+        let input = serde_json::from_value::<Op::Input>(input.unwrap_or(Value::Null));
+        let work = input
+            .map(|input| (self.handler)(OperationControl::new(runtime.clone(), id.clone()), input));
+        Box::pin(async move {
+            let error = match work {
+                Err(error) => ServerError::from(error),
+                Ok(work) => match (work.await, runtime.get(&id).await) {
+                    (_, Ok(current)) if current.is_terminal() => return,
+                    (Err(error), _) => error,
+                    (Ok(()), Ok(current)) => ServerError::HandlerNonTerminal {
+                        id: id.clone(),
+                        state: current.state,
+                    },
+                    (Ok(()), Err(error)) => error,
+                },
+            };
+            match runtime.fail(&id, error.to_info()).await {
+                Ok(_) | Err(ServerError::OperationTerminal { .. }) => {}
+                Err(error) => tracing::error!(%id, %error, "cannot record handler failure"),
+            }
+        })
     }
 }
