@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use opshost_api::Snapshot;
+use opshost_api::{ErrorInfo, OperationState, Snapshot};
 use opshost_contract::Contract;
 use opshost_runtime::store::{MemoryStore, OperationStore};
 use opshost_runtime::{OperationHandler, OperationRuntime, Owner, RuntimeConfig};
@@ -39,15 +39,15 @@ impl OperationHandler for Trivial {
         runtime: OperationRuntime,
         snapshot: Snapshot,
         _input: Option<Value>,
-    ) -> BoxFuture<'static, ()> {
+    ) -> BoxFuture<'static, Result<(), ErrorInfo>> {
         Box::pin(async move {
             let id = snapshot.id;
-            if let Err(error) = runtime.started(&id).await {
-                panic!("started: {error}");
-            }
-            if let Err(error) = runtime.complete(&id, json!({ "note": "done" })).await {
-                panic!("complete: {error}");
-            }
+            runtime.started(&id).await.map_err(|e| e.to_info())?;
+            runtime
+                .complete(&id, json!({ "note": "done" }))
+                .await
+                .map_err(|e| e.to_info())?;
+            Ok(())
         })
     }
 }
@@ -101,7 +101,7 @@ async fn measure(runtime: &OperationRuntime, operations: usize, concurrency: usi
                         .wait(&accepted.snapshot.id, None)
                         .await
                         .unwrap_or_else(|e| panic!("wait: {e}"));
-                    assert!(terminal.is_terminal());
+                    assert_eq!(terminal.state, OperationState::Completed, "{terminal:?}");
                     latencies.push(begun.elapsed());
                 }
                 latencies

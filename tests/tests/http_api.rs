@@ -75,6 +75,21 @@ impl Api {
         response.json().await.unwrap()
     }
 
+    /// A `Testing.Scenario` run to completion inline (`Prefer: wait`): its terminal snapshot.
+    async fn completed(&self) -> Value {
+        let response = self
+            .post("/v1/operations/Testing.Scenario")
+            .header("prefer", "wait=20")
+            .json(&json!({ "scenario": "complete" }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let snapshot: Value = response.json().await.unwrap();
+        assert_eq!(snapshot["state"], "completed");
+        snapshot
+    }
+
     /// Every SSE message of a watch until the server closes it.
     async fn events(&self, request: reqwest::RequestBuilder) -> Vec<eventsource_stream::Event> {
         let response = request.send().await.unwrap();
@@ -319,14 +334,7 @@ async fn list_filters_by_operation_and_state_and_pages() {
     let api = Api::testing().await;
     let mut ids = Vec::new();
     for _ in 0..3 {
-        let response = api
-            .post("/v1/operations/Testing.Scenario")
-            .header("prefer", "wait=20")
-            .json(&json!({ "scenario": "complete" }))
-            .send()
-            .await
-            .unwrap();
-        let snapshot: Value = response.json().await.unwrap();
+        let snapshot = api.completed().await;
         ids.push(snapshot["id"].as_str().unwrap().to_owned());
     }
     api.start("Testing.Scenario", json!({ "scenario": "await-cancel" }))
@@ -496,16 +504,7 @@ async fn schema_invalid_input_lists_each_issue_with_its_json_pointer() {
 #[tokio::test]
 async fn a_signal_after_the_terminal_state_is_a_409() {
     let api = Api::testing().await;
-    let done: Value = api
-        .post("/v1/operations/Testing.Scenario")
-        .header("prefer", "wait=20")
-        .json(&json!({ "scenario": "complete" }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let done = api.completed().await;
     let id = done["id"].as_str().unwrap();
     let response = api
         .post(&format!("/v1/operations/{id}/signals/Note"))
@@ -658,14 +657,7 @@ async fn the_openapi_document_describes_every_route_and_the_contract_schemas() {
 #[tokio::test]
 async fn metrics_count_operations_by_state_and_time_them() {
     let api = Api::testing().await;
-    let response = api
-        .post("/v1/operations/Testing.Scenario")
-        .header("prefer", "wait=20")
-        .json(&json!({ "scenario": "complete" }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
+    api.completed().await;
     let timed = "opshost_operation_duration_seconds_count{operation=\"Testing.Scenario\",state=\"completed\"} 1";
     let mut text = String::new();
     // Latencies arrive through the runtime's event feed, a moment after the change itself.
@@ -691,4 +683,19 @@ async fn metrics_count_operations_by_state_and_time_them() {
     );
     assert!(text.contains("opshost_active_handlers 0"), "{text}");
     assert!(text.contains("opshost_http_requests_total{method=\"POST\",route=\"/v1/operations/{key}\",status=\"200\"} 1"), "{text}");
+}
+
+#[tokio::test]
+async fn a_last_event_id_that_is_not_a_revision_is_a_400() {
+    let api = Api::testing().await;
+    let id = api.completed().await["id"].as_str().unwrap().to_owned();
+    let response = api
+        .get(&format!("/v1/operations/{id}/events"))
+        .header("last-event-id", "yesterday")
+        .send()
+        .await
+        .unwrap();
+    let (status, error) = api.error(response).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error["message"].as_str().unwrap().contains("Last-Event-ID"));
 }

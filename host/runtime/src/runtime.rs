@@ -74,17 +74,19 @@ pub struct Recovery {
 
 /// Runs accepted operations of one operation name: a wasm component or native code.
 ///
-/// The runtime spawns [`OperationHandler::run`] on its own task once the operation is accepted
-/// and fails the operation if the task is aborted by a cancel; the handler reports through the
-/// runtime it is given.
+/// The runtime spawns [`OperationHandler::run`] on its own task once the operation is accepted;
+/// the handler reports through the runtime it is given. When `run` returns, the runtime holds
+/// the attach rule for every kind of handler: an error fails the operation with it, and an
+/// operation still non-terminal fails with `HandlerNonTerminal`.
 pub trait OperationHandler: Send + Sync + 'static {
-    /// Drives operation `snapshot` (accepted with `input`) to a terminal state.
+    /// Drives operation `snapshot` (accepted with `input`) to a terminal state, or answers the
+    /// failure to record.
     fn run(
         &self,
         runtime: OperationRuntime,
         snapshot: Snapshot,
         input: Option<Value>,
-    ) -> BoxFuture<'static, ()>;
+    ) -> BoxFuture<'static, Result<(), ErrorInfo>>;
 }
 
 /// What a wait for the next signal ended with.
@@ -281,10 +283,35 @@ impl OperationRuntime {
         let task = tokio::spawn(async move {
             // Run only once cancel can find the task, so a fast handler cannot finish first.
             let _ = gate.await;
-            handler.run(runtime, snapshot, input).await
+            let id = snapshot.id.clone();
+            let outcome = handler.run(runtime.clone(), snapshot, input).await;
+            runtime.handler_returned(&id, outcome).await;
         });
         self.register_handler(&id, Some(task.abort_handle()));
         let _ = registered.send(());
+    }
+
+    /// The attach rule, once a handler's `run` returned.
+    async fn handler_returned(&self, id: &str, outcome: Result<(), ErrorInfo>) {
+        let error = match outcome {
+            Err(error) => error,
+            Ok(()) => match self.get(id).await {
+                Ok(current) if current.is_terminal() => return,
+                Ok(current) => ServerError::HandlerNonTerminal {
+                    id: id.to_owned(),
+                    state: current.state,
+                }
+                .to_info(),
+                Err(error) => {
+                    tracing::error!(%id, %error, "cannot read operation after its handler returned");
+                    return;
+                }
+            },
+        };
+        match self.fail(id, error).await {
+            Ok(_) | Err(ServerError::OperationTerminal { .. }) => {}
+            Err(error) => tracing::error!(%id, %error, "cannot record handler failure"),
+        }
     }
 
     /// Resumes what a previous run of the host left unfinished: an operation with a pending

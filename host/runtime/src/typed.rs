@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::{Stream, StreamExt};
-use opshost_api::{Operation, OperationEvent, OperationSnapshot, Signal, Snapshot};
+use opshost_api::{ErrorInfo, Operation, OperationEvent, OperationSnapshot, Signal, Snapshot};
 use serde_json::Value;
 
 use crate::control::OperationControl;
@@ -36,8 +36,9 @@ impl<Op: Operation> Operations<Op> {
 
     /// Runs `handler` for every operation of `Op` started through [`OperationRuntime::start`]
     /// (for example over HTTP): it gets the operation's control handle and its decoded input,
-    /// and must end the operation. Returning an error fails it with that error; returning while
-    /// it is still non-terminal fails it with `HandlerNonTerminal`, as for a wasm guest.
+    /// and must end the operation. The runtime's attach rule applies as for a wasm guest: an
+    /// error fails the operation with it, returning while non-terminal fails it with
+    /// `HandlerNonTerminal`.
     pub fn serve<F, Fut>(&self, handler: F)
     where
         F: Fn(OperationControl<Op>, Op::Input) -> Fut + Send + Sync + 'static,
@@ -166,27 +167,14 @@ where
         runtime: OperationRuntime,
         snapshot: Snapshot,
         input: Option<Value>,
-    ) -> BoxFuture<'static, ()> {
-        let id = snapshot.id;
-        let input = serde_json::from_value::<Op::Input>(input.unwrap_or(Value::Null));
-        let work = input
-            .map(|input| (self.handler)(OperationControl::new(runtime.clone(), id.clone()), input));
+    ) -> BoxFuture<'static, Result<(), ErrorInfo>> {
+        let control = OperationControl::new(runtime, snapshot.id);
+        let work = serde_json::from_value::<Op::Input>(input.unwrap_or(Value::Null))
+            .map(|input| (self.handler)(control, input));
         Box::pin(async move {
-            let error = match work {
-                Err(error) => ServerError::from(error),
-                Ok(work) => match (work.await, runtime.get(&id).await) {
-                    (_, Ok(current)) if current.is_terminal() => return,
-                    (Err(error), _) => error,
-                    (Ok(()), Ok(current)) => ServerError::HandlerNonTerminal {
-                        id: id.clone(),
-                        state: current.state,
-                    },
-                    (Ok(()), Err(error)) => error,
-                },
-            };
-            match runtime.fail(&id, error.to_info()).await {
-                Ok(_) | Err(ServerError::OperationTerminal { .. }) => {}
-                Err(error) => tracing::error!(%id, %error, "cannot record handler failure"),
+            match work {
+                Ok(work) => work.await.map_err(|error| error.to_info()),
+                Err(error) => Err(ServerError::from(error).to_info()),
             }
         })
     }

@@ -138,19 +138,10 @@ impl OperationHandler for WasmHandler {
         runtime: OperationRuntime,
         snapshot: Snapshot,
         input: Option<Value>,
-    ) -> BoxFuture<'static, ()> {
+    ) -> BoxFuture<'static, Result<(), ErrorInfo>> {
         let engine = self.engine.clone();
         let pre = self.pre.clone();
-        Box::pin(async move {
-            let id = snapshot.id.clone();
-            let outcome = invoke(&engine, &pre, &runtime, snapshot, input).await;
-            if let Some(error) = failure(&runtime, &id, outcome).await {
-                match runtime.fail(&id, error).await {
-                    Ok(_) | Err(ServerError::OperationTerminal { .. }) => {}
-                    Err(error) => tracing::error!(%id, %error, "cannot record handler failure"),
-                }
-            }
-        })
+        Box::pin(async move { failure(invoke(&engine, &pre, &runtime, snapshot, input).await) })
     }
 }
 
@@ -178,31 +169,18 @@ async fn invoke(
     handler.call_handle(&mut store, &invocation).await
 }
 
-/// The failure to record once the guest returned, if any.
-async fn failure(runtime: &OperationRuntime, id: &str, outcome: Outcome) -> Option<ErrorInfo> {
+/// What the guest's return means for its operation: a guest error or a trap is its failure.
+fn failure(outcome: Outcome) -> Result<(), ErrorInfo> {
     match outcome {
-        Ok(Ok(())) => match runtime.get(id).await {
-            Ok(current) if current.is_terminal() => None,
-            Ok(current) => Some(
-                ServerError::HandlerNonTerminal {
-                    id: id.to_owned(),
-                    state: current.state,
-                }
-                .to_info(),
-            ),
-            Err(error) => {
-                tracing::error!(%id, %error, "cannot read operation after its handler returned");
-                None
-            }
-        },
-        Ok(Err(failure)) => Some(ErrorInfo {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(failure)) => Err(ErrorInfo {
             code: ErrorCode::HandlerFailed,
             message: failure.message,
             details: failure
                 .details
                 .and_then(|text| serde_json::from_str(&text).ok()),
         }),
-        Err(trap) => Some(ErrorInfo::new(
+        Err(trap) => Err(ErrorInfo::new(
             ErrorCode::HandlerTrapped,
             format!("handler trapped: {}", trap_message(&trap)),
         )),
