@@ -7,7 +7,8 @@
 //!
 //! Each mode runs `BENCH_OPS` operations (default 4000) from `BENCH_CONCURRENCY` closed-loop
 //! callers (default 64), each starting an operation and waiting for its terminal snapshot.
-//! `BENCH_ONLY=trivial|wasm` runs one kind. `cargo bench -p opshost-tests --bench store` (or
+//! `BENCH_ONLY=trivial|wasm` runs one kind. After each SQLite run it prints the WAL's size,
+//! which checkpoints keep bounded under load. `cargo bench -p opshost-tests --bench store` (or
 //! `./dev bench`).
 
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use opshost_contract::Contract;
 use opshost_runtime::store::{MemoryStore, OperationStore};
 use opshost_runtime::{OperationHandler, OperationRuntime, Owner, RuntimeConfig};
 use opshost_sandbox::WasmHost;
-use opshost_store_sqlite::SqliteStore;
+use opshost_store_sqlite::{DATABASE_FILE, SqliteStore};
 use opshost_tests::{root, testing_deployment};
 use serde_json::{Value, json};
 
@@ -158,6 +159,7 @@ async fn main() {
                     SqliteStore::open(dir.path()).unwrap_or_else(|e| panic!("sqlite store: {e}")),
                 ),
             };
+            let wal = dir.path().join(format!("{DATABASE_FILE}-wal"));
             let (_host, runtime) = match kind {
                 "trivial" => (None, trivial_runtime(store)),
                 _ => {
@@ -169,6 +171,13 @@ async fn main() {
             let figures = measure(&runtime, operations, concurrency).await;
             let base = *baseline.get_or_insert(figures);
             report(&format!("{kind} {store_name}"), &figures, &base);
+            if let Ok(meta) = std::fs::metadata(&wal) {
+                println!(
+                    "{:<16} WAL file {:.1} MiB",
+                    "",
+                    meta.len() as f64 / 1048576.0
+                );
+            }
         }
     }
 }

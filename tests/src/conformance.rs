@@ -4,7 +4,10 @@
 //!
 //! Create-if-absent (also under races), compare-and-set on the revision, ordered revisions
 //! under concurrent writers, resume of the event log from a revision, sequenced signals,
-//! filtered paging, recovery listing, retention purge and the doorbell.
+//! filtered paging, recovery listing, retention purge and the doorbell. A store may answer
+//! `started` and `progress` before readers see them (see `must_be_durable`): tests that read
+//! those back call `flush` first, and one test checks that a terminal change, once answered,
+//! is shown with everything before it.
 
 use std::sync::Arc;
 
@@ -260,6 +263,7 @@ pub async fn concurrent_writers_leave_gapless_increasing_revisions(store: Arc<dy
     for writer in writers {
         writer.await.unwrap();
     }
+    store.flush().await.unwrap();
     let revisions: Vec<u64> = store
         .events_after("busy", 0)
         .await
@@ -285,6 +289,7 @@ pub async fn the_event_log_resumes_exactly_after_a_revision(store: Arc<dyn Opera
             .await
             .unwrap();
     }
+    store.flush().await.unwrap();
     let after_three: Vec<u64> = store
         .events_after("log", 3)
         .await
@@ -297,6 +302,41 @@ pub async fn the_event_log_resumes_exactly_after_a_revision(store: Arc<dyn Opera
     assert_eq!(first.kind(), EventKind::Accepted);
     assert!(store.events_after("log", 6).await.unwrap().is_empty());
     assert!(store.events_after("missing", 0).await.unwrap().is_empty());
+}
+
+/// See the module docs.
+pub async fn a_terminal_change_is_shown_with_every_change_before_it_once_answered(
+    store: Arc<dyn OperationStore>,
+) {
+    let mut current = snapshot("ordered", "Op");
+    store.create(stored(current.clone(), None)).await.unwrap();
+    for kind in [EventKind::Started, EventKind::Progress, EventKind::Progress] {
+        current = next(&current, OperationState::Running);
+        store.update(current.clone(), kind).await.unwrap();
+    }
+    let done = next(&current, OperationState::Completed);
+    store
+        .update(done.clone(), EventKind::Completed)
+        .await
+        .unwrap();
+    assert_eq!(store.load("ordered").await.unwrap().unwrap().snapshot, done);
+    let kinds: Vec<EventKind> = store
+        .events_after("ordered", 0)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.kind())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            EventKind::Accepted,
+            EventKind::Started,
+            EventKind::Progress,
+            EventKind::Progress,
+            EventKind::Completed
+        ]
+    );
 }
 
 /// See the module docs.
@@ -410,6 +450,12 @@ macro_rules! store_conformance {
         async fn the_event_log_resumes_exactly_after_a_revision() {
             let (store, _guard) = $make.await;
             $crate::conformance::the_event_log_resumes_exactly_after_a_revision(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_terminal_change_is_shown_with_every_change_before_it_once_answered() {
+            let (store, _guard) = $make.await;
+            $crate::conformance::a_terminal_change_is_shown_with_every_change_before_it_once_answered(store)
+                .await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn unfinished_lists_every_non_terminal_operation() {

@@ -114,6 +114,9 @@ pub struct Acceptance {
 struct Live {
     cancel: CancellationToken,
     task: Mutex<Option<AbortHandle>>,
+    /// The newest snapshot written here. It may be ahead of what the store shows readers:
+    /// a store answers `started` and `progress` before they are durable.
+    latest: Mutex<Option<Snapshot>>,
 }
 
 struct Inner {
@@ -295,7 +298,7 @@ impl OperationRuntime {
     async fn handler_returned(&self, id: &str, outcome: Result<(), ErrorInfo>) {
         let error = match outcome {
             Err(error) => error,
-            Ok(()) => match self.get(id).await {
+            Ok(()) => match self.current(id).await {
                 Ok(current) if current.is_terminal() => return,
                 Ok(current) => ServerError::HandlerNonTerminal {
                     id: id.to_owned(),
@@ -621,7 +624,7 @@ impl OperationRuntime {
 
     /// Records a progress payload, validated against the progress schema.
     pub async fn progress(&self, id: &str, progress: Value) -> Result<Snapshot, ServerError> {
-        let snapshot = self.get(id).await?;
+        let snapshot = self.current(id).await?;
         match &self.spec(&snapshot.operation)?.progress {
             Some(schema) => check(
                 schema,
@@ -646,7 +649,7 @@ impl OperationRuntime {
 
     /// Completes the operation with an output, validated against the output schema.
     pub async fn complete(&self, id: &str, output: Value) -> Result<Snapshot, ServerError> {
-        let snapshot = self.get(id).await?;
+        let snapshot = self.current(id).await?;
         let schema = &self.spec(&snapshot.operation)?.output;
         check(
             schema,
@@ -661,7 +664,7 @@ impl OperationRuntime {
 
     /// Fails the operation with `error`.
     pub async fn fail(&self, id: &str, error: ErrorInfo) -> Result<Snapshot, ServerError> {
-        let current = self.get(id).await?;
+        let current = self.current(id).await?;
         self.finish(current, EventKind::Failed, |snapshot| {
             snapshot.error = Some(error.clone())
         })
@@ -671,7 +674,7 @@ impl OperationRuntime {
     /// Ends the operation `cancelled` (after a cancel request was honoured or enforced).
     pub async fn cancelled(&self, id: &str, message: &str) -> Result<Snapshot, ServerError> {
         let error = ErrorInfo::new(ErrorCode::Cancelled, message);
-        let current = self.get(id).await?;
+        let current = self.current(id).await?;
         self.finish(current, EventKind::Cancelled, |snapshot| {
             snapshot.error = Some(error.clone())
         })
@@ -853,8 +856,19 @@ impl OperationRuntime {
         id: &str,
         change: impl Fn(&Snapshot) -> Result<Option<(EventKind, Snapshot)>, ServerError>,
     ) -> Result<Snapshot, ServerError> {
-        let current = self.get(id).await?;
+        let current = self.current(id).await?;
         self.transition_from(current, change).await
+    }
+
+    /// The snapshot to change next: the store's, or the newer one written here and not
+    /// durable yet.
+    async fn current(&self, id: &str) -> Result<Snapshot, ServerError> {
+        let stored = self.get(id).await?;
+        let written = self
+            .running(id)
+            .and_then(|live| lock(&live.latest).clone())
+            .filter(|written| written.revision > stored.revision);
+        Ok(written.unwrap_or(stored))
     }
 
     /// Applies `change` starting from `current`, re-reading only on a revision conflict.
@@ -869,6 +883,9 @@ impl OperationRuntime {
             };
             match self.inner.store.update(snapshot, kind).await? {
                 UpdateOutcome::Updated(snapshot) => {
+                    if let Some(live) = self.running(&snapshot.id) {
+                        *lock(&live.latest) = Some(snapshot.clone());
+                    }
                     self.publish(kind, &snapshot);
                     return Ok(snapshot);
                 }

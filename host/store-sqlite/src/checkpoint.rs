@@ -1,6 +1,6 @@
 //! WAL checkpoints off the write path: the writer connection never checkpoints
 //! (`wal_autocheckpoint = 0`); this thread copies committed WAL frames into the database file
-//! every 200 ms with its own connection (`PASSIVE`: it never blocks the writer or readers).
+//! every 200 ms with its own connection, and restarts the WAL so that it stays small.
 
 use std::path::Path;
 use std::sync::mpsc;
@@ -26,9 +26,7 @@ impl Checkpointer {
             .name("opshost-sqlite-checkpoint".into())
             .spawn(move || {
                 while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(INTERVAL) {
-                    if let Err(error) =
-                        connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
+                    if let Err(error) = checkpoint(&connection) {
                         tracing::warn!(%error, "WAL checkpoint failed");
                     }
                 }
@@ -38,4 +36,13 @@ impl Checkpointer {
         }
         Ok(Self { _stop: stop })
     }
+}
+
+/// Copies the WAL into the database without blocking anyone (`PASSIVE`), then finishes the
+/// last frames with `RESTART`, which holds off the writer only for those, so that the next
+/// commit writes the WAL from its beginning again. Without the restart a store under steady
+/// load never catches up: the WAL grows without bound, and every sync of it gets slower.
+fn checkpoint(connection: &Connection) -> rusqlite::Result<()> {
+    connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+    connection.query_row("PRAGMA wal_checkpoint(RESTART)", [], |_| Ok(()))
 }

@@ -259,7 +259,7 @@ fn unfinished(db: &Connection) -> rusqlite::Result<Vec<StoredOperation>> {
 #[async_trait]
 impl OperationStore for SqliteStore {
     async fn create(&self, operation: StoredOperation) -> Result<CreateOutcome, StoreError> {
-        match self.write(Write::Create(operation)).await? {
+        match self.write(Write::create(operation)?).await? {
             Written::Created(outcome) => Ok(outcome),
             other => Err(unexpected(other)),
         }
@@ -282,7 +282,7 @@ impl OperationStore for SqliteStore {
     }
 
     async fn update(&self, next: Snapshot, kind: EventKind) -> Result<UpdateOutcome, StoreError> {
-        match self.write(Write::Update(next, kind)).await? {
+        match self.write(Write::update(next, kind)?).await? {
             Written::Updated(outcome) => Ok(outcome),
             other => Err(unexpected(other)),
         }
@@ -418,6 +418,13 @@ impl OperationStore for SqliteStore {
     async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
         match self.write(Write::Purge(cutoff)).await? {
             Written::Purged(count) => Ok(count),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        match self.write(Write::Flush).await? {
+            Written::Flushed => Ok(()),
             other => Err(unexpected(other)),
         }
     }

@@ -36,7 +36,7 @@ const MIGRATIONS: &[&str] = &[
      ) WITHOUT ROWID;",
 ];
 
-/// Per-connection settings: every commit synced, a 64 MiB page cache, reads through mmap.
+/// Per-connection settings: every commit synced, an 8 MiB page cache, temporary tables in memory.
 pub(crate) const SETTINGS: &str = "PRAGMA synchronous = FULL; PRAGMA cache_size = -8192; \
      PRAGMA temp_store = MEMORY;";
 

@@ -6,8 +6,11 @@
 //!    `fdatasync`, and only then publishes the batches (cache, doorbells) and answers their
 //!    callers, in commit order. Meanwhile the writer already commits the next batch.
 //!
-//! No caller is answered, and no cached snapshot or doorbell shows a change, before it is on
-//! disk. Should a sync fail, every later write is refused: the store is poisoned.
+//! No cached snapshot or doorbell shows a change before it is on disk, and no caller is
+//! answered before, except for the changes that need not be durable
+//! ([`must_be_durable`]): the writer answers those as soon as they are committed, so that a
+//! handler's `started` or `progress` costs no sync. Should a sync fail, every later write is
+//! refused: the store is poisoned.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -17,7 +20,7 @@ use std::sync::{Arc, mpsc};
 use chrono::{DateTime, SecondsFormat, Utc};
 use opshost_api::{EventKind, OperationState, Snapshot};
 use opshost_runtime::store::{
-    CreateOutcome, SignalOutcome, StoreError, StoredOperation, UpdateOutcome,
+    CreateOutcome, SignalOutcome, StoreError, StoredOperation, UpdateOutcome, must_be_durable,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde_json::Value;
@@ -28,16 +31,27 @@ use crate::{Cache, SELECT_STORED, Shared, decode, lock, stored_from_row};
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
 
-/// A change to make durable.
+/// A change to make durable. Snapshots arrive already encoded: the caller's thread does the
+/// JSON work, the one writer thread only the SQL.
 pub(crate) enum Write {
-    Create(StoredOperation),
-    Update(Snapshot, EventKind),
+    Create {
+        operation: StoredOperation,
+        snapshot: String,
+        input: Option<String>,
+    },
+    Update {
+        next: Snapshot,
+        kind: EventKind,
+        snapshot: String,
+    },
     Signal {
         id: String,
         name: String,
         payload: Value,
     },
     Purge(DateTime<Utc>),
+    /// Changes nothing; answered once everything before it is durable.
+    Flush,
 }
 
 /// The outcome of one [`Write`], sent once its transaction committed.
@@ -47,6 +61,7 @@ pub(crate) enum Written {
     Updated(UpdateOutcome),
     Signal(SignalOutcome),
     Purged(u64),
+    Flushed,
 }
 
 /// What a committed write changes in memory: the cache and the doorbells.
@@ -56,6 +71,34 @@ enum Ring {
     Created(StoredOperation),
     Updated(Snapshot),
     Signalled(String),
+}
+
+impl Write {
+    /// Creates `operation` unless its id exists.
+    pub(crate) fn create(operation: StoredOperation) -> Result<Self, StoreError> {
+        Ok(Self::Create {
+            snapshot: json(&operation.snapshot)?,
+            input: operation.input.as_ref().map(json).transpose()?,
+            operation,
+        })
+    }
+
+    /// Moves an operation to `next`, if its stored revision is the one before.
+    pub(crate) fn update(next: Snapshot, kind: EventKind) -> Result<Self, StoreError> {
+        Ok(Self::Update {
+            snapshot: json(&next)?,
+            next,
+            kind,
+        })
+    }
+
+    /// Whether the caller waits for the sync, or only for the commit.
+    fn answered_once_durable(&self) -> bool {
+        match self {
+            Self::Update { kind, .. } => must_be_durable(*kind),
+            _ => true,
+        }
+    }
 }
 
 type Reply = oneshot::Sender<Result<Written, StoreError>>;
@@ -96,8 +139,15 @@ impl Writer {
     }
 }
 
-/// A committed batch waiting for its sync: each write's outcome and its caller.
-type Committed = Vec<(Outcome, Reply)>;
+/// A committed write waiting for the sync: its caller, or only its change to publish when
+/// the caller was answered at commit.
+enum Pending {
+    Waiting(Box<Outcome>, Reply),
+    Answered(Box<Ring>),
+}
+
+/// A committed batch waiting for its sync.
+type Committed = Vec<Pending>;
 
 fn run(
     mut db: Connection,
@@ -113,11 +163,21 @@ fn run(
             }
         }
         let (writes, replies): (Vec<Write>, Vec<Reply>) = batch.into_iter().unzip();
+        let durable: Vec<bool> = writes.iter().map(Write::answered_once_durable).collect();
         let outcomes = commit(&mut db, writes);
-        if committed
-            .send(outcomes.into_iter().zip(replies).collect())
-            .is_err()
-        {
+        let pending = outcomes
+            .into_iter()
+            .zip(replies)
+            .zip(durable)
+            .map(|((outcome, reply), durable)| match outcome {
+                Ok((written, ring)) if !durable => {
+                    let _ = reply.send(Ok(written));
+                    Pending::Answered(Box::new(ring))
+                }
+                outcome => Pending::Waiting(Box::new(outcome), reply),
+            })
+            .collect();
+        if committed.send(pending).is_err() {
             return;
         }
     }
@@ -143,15 +203,22 @@ fn sync(to_sync: mpsc::Receiver<Committed>, wal: PathBuf, shared: Arc<Shared>) {
             batches
                 .into_iter()
                 .flatten()
-                .map(|(outcome, reply)| {
-                    let answer = match &poisoned {
-                        Some(reason) => Err(StoreError(reason.clone())),
-                        None => outcome.map(|(written, ring)| {
+                .filter_map(|pending| match (pending, &poisoned) {
+                    (Pending::Answered(_), Some(_)) => None,
+                    (Pending::Answered(ring), None) => {
+                        publish(&mut cache, &mut bells, *ring);
+                        None
+                    }
+                    (Pending::Waiting(_, reply), Some(reason)) => {
+                        Some((Err(StoreError(reason.clone())), reply))
+                    }
+                    (Pending::Waiting(outcome, reply), None) => Some((
+                        (*outcome).map(|(written, ring)| {
                             publish(&mut cache, &mut bells, ring);
                             written
                         }),
-                    };
-                    (answer, reply)
+                        reply,
+                    )),
                 })
                 .collect()
         };
@@ -277,9 +344,18 @@ fn sql(error: rusqlite::Error) -> StoreError {
 
 fn apply(db: &Connection, write: &Write) -> Outcome {
     match write {
-        Write::Create(operation) => create(db, operation),
-        Write::Update(next, kind) => update(db, next, *kind),
+        Write::Create {
+            operation,
+            snapshot,
+            input,
+        } => create(db, operation, snapshot, input.as_deref()),
+        Write::Update {
+            next,
+            kind,
+            snapshot,
+        } => update(db, next, *kind, snapshot),
         Write::Signal { id, name, payload } => signal(db, id, name, payload),
+        Write::Flush => Ok((Written::Flushed, Ring::None)),
         Write::Purge(at) => {
             let cutoff = timestamp(*at);
             let expired =
@@ -305,45 +381,45 @@ fn apply(db: &Connection, write: &Write) -> Outcome {
     }
 }
 
-fn create(db: &Connection, operation: &StoredOperation) -> Outcome {
-    let existing = db
-        .prepare_cached(&format!("{SELECT_STORED} WHERE o.id = ?1"))
-        .and_then(|mut select| {
-            select
-                .query_row(params![operation.snapshot.id], stored_from_row)
-                .optional()
+fn create(
+    db: &Connection,
+    operation: &StoredOperation,
+    text: &str,
+    input: Option<&str>,
+) -> Outcome {
+    let snapshot = &operation.snapshot;
+    let inserted = db
+        .prepare_cached(
+            "INSERT INTO operations (id, operation, state, revision, tenant, subject, created_at, completed_at, input)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) ON CONFLICT (id) DO NOTHING",
+        )
+        .and_then(|mut insert| {
+            insert.execute(params![
+                snapshot.id,
+                snapshot.operation,
+                snapshot.state.as_str(),
+                snapshot.revision,
+                operation.owner.tenant,
+                operation.owner.subject,
+                timestamp(snapshot.created_at),
+                snapshot.completed_at.map(timestamp),
+                input
+            ])
         })
         .map_err(sql)?;
-    if let Some(existing) = existing {
+    if inserted == 0 {
+        let existing = db
+            .prepare_cached(&format!("{SELECT_STORED} WHERE o.id = ?1"))
+            .and_then(|mut select| select.query_row(params![snapshot.id], stored_from_row))
+            .map_err(sql)?;
         return Ok((
             Written::Created(CreateOutcome::Existing(existing)),
             Ring::None,
         ));
     }
-    let snapshot = &operation.snapshot;
-    let text = json(snapshot)?;
-    let input = operation.input.as_ref().map(json).transpose()?;
-    db.prepare_cached(
-        "INSERT INTO operations (id, operation, state, revision, tenant, subject, created_at, completed_at, input)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )
-    .and_then(|mut insert| {
-        insert.execute(params![
-            snapshot.id,
-            snapshot.operation,
-            snapshot.state.as_str(),
-            snapshot.revision,
-            operation.owner.tenant,
-            operation.owner.subject,
-            timestamp(snapshot.created_at),
-            snapshot.completed_at.map(timestamp),
-            input
-        ])
-    })
-    .map_err(sql)?;
-    insert_event(db, snapshot, EventKind::Accepted, &text)?;
+    insert_event(db, snapshot, EventKind::Accepted, text)?;
     Ok((
-        Written::Created(CreateOutcome::Created(operation.snapshot.clone())),
+        Written::Created(CreateOutcome::Created(snapshot.clone())),
         Ring::Created(operation.clone()),
     ))
 }
@@ -362,49 +438,47 @@ fn insert_event(
     Ok(())
 }
 
-fn update(db: &Connection, next: &Snapshot, kind: EventKind) -> Outcome {
-    let revision: Option<u64> = db
-        .prepare_cached("SELECT revision FROM operations WHERE id = ?1")
-        .and_then(|mut select| {
-            select
-                .query_row(params![next.id], |row| row.get(0))
-                .optional()
+fn update(db: &Connection, next: &Snapshot, kind: EventKind, text: &str) -> Outcome {
+    // Compare-and-set in one statement: only the revision before `next` moves.
+    let moved = db
+        .prepare_cached(
+            "UPDATE operations SET state = ?2, revision = ?3, completed_at = ?4
+             WHERE id = ?1 AND revision = ?3 - 1",
+        )
+        .and_then(|mut statement| {
+            statement.execute(params![
+                next.id,
+                next.state.as_str(),
+                next.revision,
+                next.completed_at.map(timestamp)
+            ])
         })
         .map_err(sql)?;
-    let Some(revision) = revision else {
-        return Err(StoreError(format!(
-            "update of unknown operation `{}`",
-            next.id
-        )));
-    };
-    if revision + 1 != next.revision {
-        let current: String = db
+    if moved == 0 {
+        let current: Option<String> = db
             .prepare_cached(
                 "SELECT e.snapshot FROM operations o
                  JOIN events e ON e.id = o.id AND e.revision = o.revision WHERE o.id = ?1",
             )
-            .and_then(|mut select| select.query_row(params![next.id], |row| row.get(0)))
+            .and_then(|mut select| {
+                select
+                    .query_row(params![next.id], |row| row.get(0))
+                    .optional()
+            })
             .map_err(sql)?;
+        let Some(current) = current else {
+            return Err(StoreError(format!(
+                "update of unknown operation `{}`",
+                next.id
+            )));
+        };
         let current: Snapshot = decode(&current).map_err(sql)?;
         return Ok((
             Written::Updated(UpdateOutcome::Conflict(current)),
             Ring::None,
         ));
     }
-    let text = json(next)?;
-    db.prepare_cached(
-        "UPDATE operations SET state = ?2, revision = ?3, completed_at = ?4 WHERE id = ?1",
-    )
-    .and_then(|mut statement| {
-        statement.execute(params![
-            next.id,
-            next.state.as_str(),
-            next.revision,
-            next.completed_at.map(timestamp)
-        ])
-    })
-    .map_err(sql)?;
-    insert_event(db, next, kind, &text)?;
+    insert_event(db, next, kind, text)?;
     Ok((
         Written::Updated(UpdateOutcome::Updated(next.clone())),
         Ring::Updated(next.clone()),

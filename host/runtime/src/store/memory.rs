@@ -253,6 +253,10 @@ impl OperationStore for MemoryStore {
         Ok((before - state.entries.len()) as u64)
     }
 
+    async fn flush(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
     fn subscribe(&self, id: &str) -> watch::Receiver<u64> {
         let mut state = self
             .state

@@ -112,6 +112,14 @@ pub struct StateCount {
     pub count: u64,
 }
 
+/// Whether an update of `kind` must be durable before [`OperationStore::update`] answers.
+/// Everything a caller asked for (cancel), every terminal snapshot and every restart is; a
+/// handler's own reports (started, progress) need not be, as re-running the handler after a
+/// crash reports them again.
+pub fn must_be_durable(kind: EventKind) -> bool {
+    !matches!(kind, EventKind::Started | EventKind::Progress)
+}
+
 /// Durable home of operations, their event logs and their signals.
 #[async_trait]
 pub trait OperationStore: Send + Sync + 'static {
@@ -122,6 +130,12 @@ pub trait OperationStore: Send + Sync + 'static {
     async fn load(&self, id: &str) -> Result<Option<StoredOperation>, StoreError>;
 
     /// Writes `next` if the stored revision is `next.revision - 1`, appending an event of `kind`.
+    ///
+    /// A change that [`must_be_durable`] returns only once it is durable. Any other change
+    /// (started, progress) may return once it is ordered before every later write to the
+    /// store, before it is durable: a crash may lose it, never a later write without it. Either
+    /// way, readers ([`OperationStore::load`], [`OperationStore::events_after`], doorbells) see
+    /// a change only once it is durable.
     async fn update(&self, next: Snapshot, kind: EventKind) -> Result<UpdateOutcome, StoreError>;
 
     /// Events with a revision above `after`, oldest first.
@@ -150,6 +164,9 @@ pub trait OperationStore: Send + Sync + 'static {
     /// Deletes terminal operations (with their events and signals) completed before `cutoff`;
     /// returns how many. Never touches a non-terminal operation.
     async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Returns once every write answered so far is durable and shown to readers.
+    async fn flush(&self) -> Result<(), StoreError>;
 
     /// A doorbell for one operation: its value changes after every write to it, and its sender
     /// closes once the operation is terminal.
