@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
@@ -11,7 +12,14 @@ use crate::error::{ContractError, ManifestIssue};
 use crate::schema::PayloadSchema;
 use crate::strict_json;
 
-const TOP_KEYS: &[&str] = &["$schema", "service", "description", "schemas", "operations"];
+const TOP_KEYS: &[&str] = &[
+    "$schema",
+    "service",
+    "description",
+    "schemas",
+    "operations",
+    "queues",
+];
 const OPERATION_KEYS: &[&str] = &[
     "version",
     "description",
@@ -25,6 +33,16 @@ const OPERATION_KEYS: &[&str] = &[
 const CAPABILITY_KEYS: &[&str] = &["call", "observe", "cancel", "control"];
 const PAYLOAD_KEYS: &[&str] = &["schema", "description"];
 const SIGNAL_KEYS: &[&str] = &["input", "description"];
+const QUEUE_KEYS: &[&str] = &[
+    "description",
+    "payload",
+    "progress",
+    "result",
+    "maxAttempts",
+    "backoff",
+    "timeoutMs",
+];
+const BACKOFF_KEYS: &[&str] = &["initialMs", "maxMs"];
 
 /// A loaded, validated contract: one service, its schemas and its operations.
 #[derive(Debug, Clone)]
@@ -33,6 +51,33 @@ pub struct Contract {
     manifest: Arc<Value>,
     schemas: BTreeMap<String, Value>,
     operations: BTreeMap<String, OperationSpec>,
+    queues: BTreeMap<String, QueueSpec>,
+}
+
+/// A job queue of a contract: what its jobs carry and how failed attempts are retried.
+///
+/// ```json
+/// "queues": { "fulfillment": { "payload": { "schema": "FulfillmentJob" },
+///     "maxAttempts": 5, "backoff": { "initialMs": 1000, "maxMs": 60000 }, "timeoutMs": 30000 } }
+/// ```
+#[derive(Debug, Clone)]
+pub struct QueueSpec {
+    /// Queue name, e.g. `fulfillment`.
+    pub name: String,
+    /// Payload schema, checked at enqueue.
+    pub payload: PayloadSchema,
+    /// Progress schema; `None` accepts any JSON progress.
+    pub progress: Option<PayloadSchema>,
+    /// Result schema; `None` accepts any JSON result.
+    pub result: Option<PayloadSchema>,
+    /// Attempts before a job is `dead` (default 3).
+    pub max_attempts: u32,
+    /// Delay before the first retry (default 1 s); doubled on each retry, with jitter.
+    pub backoff_initial: Duration,
+    /// Longest delay between attempts (default 5 min).
+    pub backoff_max: Duration,
+    /// Longest one attempt may run (default 5 min).
+    pub timeout: Duration,
 }
 
 /// One operation of a contract, with schemas compiled and capability defaults resolved.
@@ -111,6 +156,16 @@ impl Contract {
     pub fn operation(&self, name: &str) -> Option<&OperationSpec> {
         self.operations.get(name)
     }
+
+    /// All job queues by name.
+    pub fn queues(&self) -> &BTreeMap<String, QueueSpec> {
+        &self.queues
+    }
+
+    /// One job queue by name.
+    pub fn queue(&self, name: &str) -> Option<&QueueSpec> {
+        self.queues.get(name)
+    }
 }
 
 #[derive(Default)]
@@ -174,11 +229,16 @@ impl Loader {
                 BTreeMap::new()
             }
         };
+        let queues = match top.get("queues") {
+            Some(value) => self.queues(value),
+            None => BTreeMap::new(),
+        };
         Some(Contract {
             service,
             manifest: Arc::new(root.clone()),
             schemas,
             operations,
+            queues,
         })
     }
 
@@ -450,6 +510,81 @@ impl Loader {
             }
         }
         signals
+    }
+}
+
+impl Loader {
+    fn queues(&mut self, value: &Value) -> BTreeMap<String, QueueSpec> {
+        let mut queues = BTreeMap::new();
+        let Some(object) = value.as_object() else {
+            self.issue("/queues", "expected an object of queue name → queue");
+            return queues;
+        };
+        for (name, entry) in object {
+            let path = pointer("/queues", name);
+            if !is_operation_name(name) {
+                self.issue(
+                    &path,
+                    "queue names are dot-separated identifiers, e.g. `fulfillment`",
+                );
+            }
+            if let Some(spec) = self.queue(name, entry, &path) {
+                queues.insert(name.clone(), spec);
+            }
+        }
+        queues
+    }
+
+    fn queue(&mut self, name: &str, value: &Value, path: &str) -> Option<QueueSpec> {
+        let entry = self.object(value, path, QUEUE_KEYS)?;
+        let payload = self.required_payload(entry, "payload", path);
+        let progress = entry
+            .get("progress")
+            .and_then(|v| self.payload(v, &pointer(path, "progress")));
+        let result = entry
+            .get("result")
+            .and_then(|v| self.payload(v, &pointer(path, "result")));
+        let max_attempts = self.count(entry.get("maxAttempts"), &pointer(path, "maxAttempts"), 3);
+        let timeout = self.millis(entry.get("timeoutMs"), &pointer(path, "timeoutMs"), 300_000);
+        let backoff_path = pointer(path, "backoff");
+        let backoff = entry
+            .get("backoff")
+            .and_then(|v| self.object(v, &backoff_path, BACKOFF_KEYS));
+        let field = |key: &str| backoff.and_then(|b| b.get(key));
+        let (initial, max) = (field("initialMs"), field("maxMs"));
+        let backoff_initial = self.millis(initial, &pointer(&backoff_path, "initialMs"), 1_000);
+        let backoff_max = self.millis(max, &pointer(&backoff_path, "maxMs"), 300_000);
+        if backoff_max < backoff_initial {
+            self.issue(&backoff_path, "`maxMs` is below `initialMs`");
+        }
+        Some(QueueSpec {
+            name: name.to_owned(),
+            payload: payload?,
+            progress,
+            result,
+            max_attempts: u32::try_from(max_attempts).unwrap_or(u32::MAX),
+            backoff_initial,
+            backoff_max,
+            timeout,
+        })
+    }
+
+    /// A positive integer, or `default` when absent.
+    fn count(&mut self, value: Option<&Value>, path: &str, default: u64) -> u64 {
+        match value {
+            None => default,
+            Some(v) => match v.as_u64() {
+                Some(n) if n >= 1 && n <= u64::from(u32::MAX) => n,
+                _ => {
+                    self.issue(path, format!("expected a whole number from 1 up, got {v}"));
+                    default
+                }
+            },
+        }
+    }
+
+    fn millis(&mut self, value: Option<&Value>, path: &str, default: u64) -> Duration {
+        Duration::from_millis(self.count(value, path, default))
     }
 }
 

@@ -194,3 +194,54 @@ fn missing_required_keys_are_named() {
         "{found:?}"
     );
 }
+
+fn with_queues(queues: Value) -> String {
+    let mut manifest: Value = serde_json::from_str(&manifest(json!({}))).unwrap();
+    manifest["queues"] = queues;
+    manifest.to_string()
+}
+
+#[test]
+fn a_queue_takes_its_schemas_and_retry_policy_with_defaults() {
+    let contract = Contract::from_json(&with_queues(json!({
+        "work": { "payload": { "schema": "In" }, "result": { "schema": "Out" },
+                  "maxAttempts": 5, "backoff": { "initialMs": 50, "maxMs": 400 }, "timeoutMs": 2000 },
+        "plain": { "payload": { "schema": "In" } }
+    })))
+    .unwrap();
+    let work = contract.queue("work").unwrap();
+    assert_eq!(work.max_attempts, 5);
+    assert_eq!(work.backoff_initial.as_millis(), 50);
+    assert_eq!(work.backoff_max.as_millis(), 400);
+    assert_eq!(work.timeout.as_millis(), 2000);
+    assert!(work.result.is_some());
+    assert!(work.payload.validate(&json!({ "n": "x" })).is_err());
+    let plain = contract.queue("plain").unwrap();
+    assert_eq!(plain.max_attempts, 3);
+    assert_eq!(plain.backoff_initial.as_millis(), 1000);
+    assert!(plain.result.is_none() && plain.progress.is_none());
+}
+
+#[test]
+fn bad_queue_settings_are_reported_at_their_paths() {
+    let found = issues(&with_queues(json!({
+        "work": { "payload": { "schema": "Nope" }, "maxAttempts": 0,
+                  "backoff": { "initialMs": 500, "maxMs": 100, "factor": 2 }, "timeoutMs": "1s" },
+        "bad name": { "payload": { "schema": "In" } },
+        "nopayload": {}
+    })));
+    for expected in [
+        "/queues/work/payload/schema/$ref: unknown schema `Nope` in `$ref`",
+        "/queues/work/maxAttempts: expected a whole number from 1 up, got 0",
+        "/queues/work/backoff/factor: unknown key `factor` (expected one of: initialMs, maxMs)",
+        "/queues/work/backoff: `maxMs` is below `initialMs`",
+        "/queues/work/timeoutMs: expected a whole number from 1 up, got \"1s\"",
+        "/queues/bad name: queue names are dot-separated identifiers, e.g. `fulfillment`",
+        "/queues/nopayload: missing required key `payload`",
+    ] {
+        assert!(
+            found.iter().any(|issue| issue == expected),
+            "missing `{expected}` in {found:#?}"
+        );
+    }
+}
