@@ -107,4 +107,5 @@ fn deployment(
 }
 
 pub mod conformance;
+pub mod job_conformance;
 pub mod net;

@@ -51,7 +51,8 @@ async fn an_unfinished_operation_runs_again_with_the_next_attempt() {
         Recovery {
             retried: 1,
             failed: 0,
-            cancelled: 0
+            cancelled: 0,
+            owned_by_jobs: 0
         }
     );
     let terminal = second.runtime().wait(&id, None).await.unwrap();

@@ -35,6 +35,8 @@ pub enum ErrorCode {
     Cancelled,
     /// An internal error of the host (store, engine).
     Internal,
+    /// No job has the given id.
+    JobNotFound,
 }
 
 impl ErrorCode {
@@ -56,6 +58,7 @@ impl ErrorCode {
             Self::HandlerFailed => "HandlerFailed",
             Self::Cancelled => "Cancelled",
             Self::Internal => "Internal",
+            Self::JobNotFound => "JobNotFound",
         }
     }
 }

@@ -90,6 +90,18 @@ impl<Op: Operation> OperationControl<Op> {
             .typed()?)
     }
 
+    /// Hands the operation's terminal path to a new job on `queue` with `payload`; returns
+    /// the job's id. The handler may then return with the operation open: the job's worker
+    /// resumes this control by id and ends the operation.
+    pub async fn hand_off(
+        &self,
+        queue: &str,
+        payload: impl serde::Serialize,
+    ) -> Result<String, ServerError> {
+        let payload = serde_json::to_value(payload)?;
+        self.runtime.hand_off(&self.id, queue, payload).await
+    }
+
     /// Runs service-owned `work` that must drive the operation to a terminal state.
     ///
     /// When `work` fails the operation is failed with its error; when it returns while the

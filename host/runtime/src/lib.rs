@@ -11,6 +11,7 @@
 
 mod control;
 mod error;
+mod handoff;
 mod router;
 mod runtime;
 pub mod store;
@@ -18,6 +19,7 @@ mod typed;
 
 pub use control::{OperationControl, OperationFailure};
 pub use error::ServerError;
+pub use handoff::JobHandOff;
 pub use opshost_api::{
     ErrorCode, ErrorInfo, EventKind, Operation, OperationEvent, OperationSnapshot, OperationState,
     Signal, Snapshot,

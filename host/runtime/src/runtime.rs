@@ -18,6 +18,7 @@ use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ServerError;
+use crate::handoff::JobHandOff;
 use crate::store::{
     CreateOutcome, ListFilter, MemoryStore, OperationStore, Owner, Page, SignalOutcome,
     SignalRecord, StateCount, StoredOperation, UpdateOutcome,
@@ -70,6 +71,8 @@ pub struct Recovery {
     pub failed: usize,
     /// Operations whose cancel request was pending: now `cancelled`.
     pub cancelled: usize,
+    /// Operations left to the job that owns their terminal path.
+    pub owned_by_jobs: usize,
 }
 
 /// Runs accepted operations of one operation name: a wasm component or native code.
@@ -117,6 +120,8 @@ struct Live {
     /// The newest snapshot written here. It may be ahead of what the store shows readers:
     /// a store answers `started` and `progress` before they are durable.
     latest: Mutex<Option<Snapshot>>,
+    /// Set once the handler handed the terminal path to a job.
+    handed_off: std::sync::atomic::AtomicBool,
 }
 
 struct Inner {
@@ -127,6 +132,7 @@ struct Inner {
     live: Mutex<HashMap<String, Arc<Live>>>,
     handlers: Mutex<HashMap<String, Arc<dyn OperationHandler>>>,
     feed: broadcast::Sender<OperationEvent>,
+    jobs: OnceLock<Arc<dyn JobHandOff>>,
 }
 
 /// The operation runtime of one service. Cheap to clone; clones share everything.
@@ -184,6 +190,7 @@ impl OperationRuntime {
                 live: Mutex::new(HashMap::new()),
                 handlers: Mutex::new(HashMap::new()),
                 feed: broadcast::channel(FEED_CAPACITY).0,
+                jobs: OnceLock::new(),
             }),
         }
     }
@@ -245,6 +252,43 @@ impl OperationRuntime {
         lock(&self.inner.handlers).insert(operation.to_owned(), handler);
     }
 
+    /// Connects the jobs service, so that handlers can hand their terminal path to a job.
+    /// The first call wins.
+    pub fn set_jobs(&self, jobs: Arc<dyn JobHandOff>) {
+        if self.inner.jobs.set(jobs).is_err() {
+            tracing::warn!("a jobs service is already connected to this runtime");
+        }
+    }
+
+    /// Hands the terminal path of operation `id` to a new job on `queue` whose payload is
+    /// `payload`; returns the job's id. The handler may then return with the operation still
+    /// open: the job's worker resumes its control by id. Cancelling the operation cancels the
+    /// job; the job's death fails the operation.
+    pub async fn hand_off(
+        &self,
+        id: &str,
+        queue: &str,
+        payload: Value,
+    ) -> Result<String, ServerError> {
+        let Some(jobs) = self.inner.jobs.get() else {
+            return Err(ServerError::invalid(format!(
+                "cannot hand operation `{id}` to queue `{queue}`: this host runs no jobs"
+            )));
+        };
+        non_terminal(&self.current(id).await?)?;
+        let job = jobs.enqueue_owned(id, queue, payload).await?;
+        self.mark_handed_off(id);
+        Ok(job)
+    }
+
+    fn mark_handed_off(&self, id: &str) {
+        let mut live = lock(&self.inner.live);
+        live.entry(id.to_owned())
+            .or_default()
+            .handed_off
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Accepts an operation for `owner` and, when newly accepted, runs its handler on a task
     /// of its own. Refused with `Overloaded` when `max_active` operations already run here.
     pub async fn start(
@@ -296,6 +340,12 @@ impl OperationRuntime {
 
     /// The attach rule, once a handler's `run` returned.
     async fn handler_returned(&self, id: &str, outcome: Result<(), ErrorInfo>) {
+        let handed_off = self
+            .running(id)
+            .is_some_and(|live| live.handed_off.load(std::sync::atomic::Ordering::SeqCst));
+        if handed_off && outcome.is_ok() {
+            return;
+        }
         let error = match outcome {
             Err(error) => error,
             Ok(()) => match self.current(id).await {
@@ -329,8 +379,19 @@ impl OperationRuntime {
         for stored in self.inner.store.unfinished().await? {
             let id = stored.snapshot.id.clone();
             let attempt = stored.snapshot.attempt;
-            let outcome = if stored.snapshot.cancel_requested {
+            let owned = match self.inner.jobs.get() {
+                Some(jobs) => jobs.owns(&id).await?,
+                None => false,
+            };
+            let outcome = if owned && !stored.snapshot.cancel_requested {
+                report.owned_by_jobs += 1;
+                self.mark_handed_off(&id);
+                continue;
+            } else if stored.snapshot.cancel_requested {
                 report.cancelled += 1;
+                if owned && let Some(jobs) = self.inner.jobs.get() {
+                    jobs.cancel_owned(&id).await?;
+                }
                 self.cancelled(
                     &id,
                     "cancelled: the host restarted while the cancel was pending",
@@ -731,6 +792,9 @@ impl OperationRuntime {
         let live = self.running(id);
         if let Some(live) = &live {
             live.cancel.cancel();
+        }
+        if let Some(jobs) = self.inner.jobs.get() {
+            jobs.cancel_owned(id).await?;
         }
         let waited = self.wait(id, Some(self.inner.config.cancel_grace)).await?;
         if waited.is_terminal() {

@@ -10,6 +10,7 @@
 //! - **Readers** use a small pool of read-only connections on blocking threads; WAL lets them
 //!   read while the writer commits.
 //! - **Checkpoints** run on a thread of their own, never inside a commit.
+//! - **Jobs** live in the same file and go through the same writer (see `jobs`).
 //! - **Migrations** are embedded and applied in order, tracked by `PRAGMA user_version`.
 //!
 //! - **Cache.** The current state of every unfinished operation, and of the last few thousand
@@ -22,6 +23,7 @@
 //! it.
 
 mod checkpoint;
+mod jobs;
 mod schema;
 mod writer;
 

@@ -26,6 +26,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use serde_json::Value;
 use tokio::sync::{oneshot, watch};
 
+use crate::jobs::{self, JobWrite, JobWritten};
 use crate::{Cache, SELECT_STORED, Shared, decode, lock, stored_from_row};
 
 /// Most writes committed in one transaction.
@@ -52,6 +53,8 @@ pub(crate) enum Write {
     Purge(DateTime<Utc>),
     /// Changes nothing; answered once everything before it is durable.
     Flush,
+    /// A change to the jobs table.
+    Job(JobWrite),
 }
 
 /// The outcome of one [`Write`], sent once its transaction committed.
@@ -62,6 +65,7 @@ pub(crate) enum Written {
     Signal(SignalOutcome),
     Purged(u64),
     Flushed,
+    Job(JobWritten),
 }
 
 /// What a committed write changes in memory: the cache and the doorbells.
@@ -96,6 +100,7 @@ impl Write {
     fn answered_once_durable(&self) -> bool {
         match self {
             Self::Update { kind, .. } => must_be_durable(*kind),
+            Self::Job(write) => write.must_be_durable(),
             _ => true,
         }
     }
@@ -356,6 +361,10 @@ fn apply(db: &Connection, write: &Write) -> Outcome {
         } => update(db, next, *kind, snapshot),
         Write::Signal { id, name, payload } => signal(db, id, name, payload),
         Write::Flush => Ok((Written::Flushed, Ring::None)),
+        Write::Job(write) => Ok((
+            Written::Job(jobs::apply(db, write).map_err(sql)?),
+            Ring::None,
+        )),
         Write::Purge(at) => {
             let cutoff = timestamp(*at);
             let expired =

@@ -1,0 +1,308 @@
+//! [`Jobs`]: enqueue, operate and run the queues of one service's contract.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::future::BoxFuture;
+use opshost_api::{ErrorCode, ErrorInfo};
+use opshost_contract::{Contract, QueueSpec};
+use opshost_runtime::{JobHandOff, OperationRuntime, ServerError};
+use serde_json::Value;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::JobError;
+use crate::model::{CancelOutcome, JobFilter, JobPage, JobRecord, JobState};
+use crate::store::JobStore;
+
+/// How workers hold and look for jobs.
+#[derive(Debug, Clone)]
+pub struct JobsConfig {
+    /// How long a lease lasts without a heartbeat (the visibility timeout). Workers renew it
+    /// every third of that; a worker that dies has its job redelivered once it runs out.
+    pub lease: Duration,
+    /// Longest an idle worker sleeps before it looks for due jobs again (jobs enqueued on this
+    /// host wake it at once).
+    pub poll: Duration,
+}
+
+impl Default for JobsConfig {
+    fn default() -> Self {
+        Self {
+            lease: Duration::from_secs(30),
+            poll: Duration::from_secs(1),
+        }
+    }
+}
+
+/// How to enqueue a job.
+#[derive(Debug, Clone, Default)]
+pub struct EnqueueOptions {
+    /// The job's id (a fresh ULID when `None`); enqueueing an existing id returns that job.
+    pub id: Option<String>,
+    /// The operation whose terminal path the job owns.
+    pub operation: Option<String>,
+    /// How long to wait before the first attempt.
+    pub delay: Duration,
+}
+
+/// The jobs of one service. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Jobs {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) runtime: OperationRuntime,
+    pub(crate) contract: Arc<Contract>,
+    pub(crate) store: Arc<dyn JobStore>,
+    pub(crate) config: JobsConfig,
+    wake: Mutex<HashMap<String, Arc<Notify>>>,
+    running: Mutex<HashMap<String, CancellationToken>>,
+    pub(crate) stop: CancellationToken,
+}
+
+impl Jobs {
+    /// The jobs of `runtime`'s contract, kept in `store`. Connects to the runtime so that its
+    /// handlers can hand operations to jobs.
+    pub fn new(
+        runtime: &OperationRuntime,
+        store: Arc<dyn JobStore>,
+        config: JobsConfig,
+    ) -> Result<Self, JobError> {
+        let contract = runtime
+            .contract()
+            .cloned()
+            .ok_or_else(|| JobError::UnknownQueue("(the runtime has no contract)".into()))?;
+        let jobs = Self {
+            inner: Arc::new(Inner {
+                runtime: runtime.clone(),
+                contract: Arc::new(contract),
+                store,
+                config,
+                wake: Mutex::default(),
+                running: Mutex::default(),
+                stop: CancellationToken::new(),
+            }),
+        };
+        runtime.set_jobs(Arc::new(Port(Arc::downgrade(&jobs.inner))));
+        Ok(jobs)
+    }
+
+    /// The runtime whose operations jobs may own.
+    pub fn runtime(&self) -> &OperationRuntime {
+        &self.inner.runtime
+    }
+
+    /// The declaration of `queue`.
+    pub fn queue(&self, queue: &str) -> Result<&QueueSpec, JobError> {
+        self.inner
+            .contract
+            .queue(queue)
+            .ok_or_else(|| JobError::UnknownQueue(queue.to_owned()))
+    }
+
+    /// Enqueues a job on `queue`, its payload checked against the queue's schema.
+    pub async fn enqueue(&self, queue: &str, payload: Value) -> Result<JobRecord, JobError> {
+        self.enqueue_with(queue, payload, EnqueueOptions::default())
+            .await
+    }
+
+    /// Enqueues a job with options: a chosen id, an owned operation, a delay.
+    pub async fn enqueue_with(
+        &self,
+        queue: &str,
+        payload: Value,
+        options: EnqueueOptions,
+    ) -> Result<JobRecord, JobError> {
+        let spec = self.queue(queue)?;
+        spec.payload
+            .validate(&payload)
+            .map_err(|issues| JobError::Invalid {
+                what: "payload",
+                queue: queue.to_owned(),
+                issues,
+            })?;
+        let now = Utc::now();
+        let delay = chrono::Duration::from_std(options.delay).unwrap_or(chrono::Duration::MAX);
+        let job = JobRecord {
+            id: options.id.unwrap_or_else(|| ulid::Ulid::new().to_string()),
+            queue: queue.to_owned(),
+            state: JobState::Queued,
+            payload,
+            progress: None,
+            result: None,
+            error: None,
+            attempt: 0,
+            max_attempts: spec.max_attempts,
+            operation: options.operation,
+            cancel_requested: false,
+            run_at: now.checked_add_signed(delay).unwrap_or(now),
+            lease_until: None,
+            created_at: now,
+            updated_at: now,
+        };
+        let stored = self.inner.store.enqueue(job).await?;
+        self.inner.wake(queue).notify_one();
+        Ok(stored)
+    }
+
+    /// One job.
+    pub async fn get(&self, id: &str) -> Result<JobRecord, JobError> {
+        self.inner
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| JobError::NotFound(id.to_owned()))
+    }
+
+    /// Jobs by queue and state, by id, `filter.limit` per page.
+    pub async fn list(&self, filter: &JobFilter) -> Result<JobPage, JobError> {
+        Ok(self.inner.store.list(filter).await?)
+    }
+
+    /// Cancels a job: at once when it has not started (an operation it owns ends
+    /// `cancelled`), otherwise its worker is told and the attempt ends `cancelled` when the
+    /// worker stops. A final job is returned unchanged.
+    pub async fn cancel(&self, id: &str) -> Result<JobRecord, JobError> {
+        match self.inner.store.cancel(id, Utc::now()).await? {
+            None => Err(JobError::NotFound(id.to_owned())),
+            Some(CancelOutcome::Cancelled(job)) => {
+                self.inner.settle(&job).await;
+                Ok(job)
+            }
+            Some(CancelOutcome::Requested(job)) => {
+                if let Some(token) = lock(&self.inner.running).get(id) {
+                    token.cancel();
+                }
+                Ok(job)
+            }
+            Some(CancelOutcome::Final(job)) => Ok(job),
+        }
+    }
+
+    /// Queues a dead or cancelled job again with a fresh set of attempts.
+    pub async fn retry(&self, id: &str) -> Result<JobRecord, JobError> {
+        let job = self
+            .inner
+            .store
+            .retry(id, Utc::now())
+            .await?
+            .ok_or_else(|| JobError::NotFound(id.to_owned()))?;
+        if job.state != JobState::Queued || job.attempt != 0 {
+            return Err(JobError::WrongState {
+                id: id.to_owned(),
+                state: job.state.as_str(),
+                message: "only a dead or cancelled job can be retried".into(),
+            });
+        }
+        self.inner.wake(&job.queue).notify_one();
+        Ok(job)
+    }
+
+    /// Stops every worker of this service after its current attempt's next step; their
+    /// leased jobs are redelivered once the leases run out.
+    pub fn stop(&self) {
+        self.inner.stop.cancel();
+    }
+}
+
+impl Inner {
+    pub(crate) fn wake(&self, queue: &str) -> Arc<Notify> {
+        Arc::clone(lock(&self.wake).entry(queue.to_owned()).or_default())
+    }
+
+    pub(crate) fn track(&self, id: &str, token: CancellationToken) {
+        lock(&self.running).insert(id.to_owned(), token);
+    }
+
+    pub(crate) fn untrack(&self, id: &str) {
+        lock(&self.running).remove(id);
+    }
+
+    /// What a final job means for the operation it owns: a dead job fails it with the job's
+    /// last error, a cancelled one cancels it.
+    pub(crate) async fn settle(&self, job: &JobRecord) {
+        let Some(operation) = &job.operation else {
+            return;
+        };
+        let outcome = match job.state {
+            JobState::Dead => {
+                let error = job.error.clone().unwrap_or_else(|| {
+                    ErrorInfo::new(ErrorCode::HandlerFailed, format!("job `{}` died", job.id))
+                });
+                self.runtime.fail(operation, error).await
+            }
+            JobState::Cancelled => {
+                self.runtime
+                    .cancelled(operation, &format!("job `{}` was cancelled", job.id))
+                    .await
+            }
+            _ => return,
+        };
+        match outcome {
+            Ok(_) | Err(ServerError::OperationTerminal { .. }) => {}
+            Err(error) => {
+                tracing::error!(job = %job.id, %operation, %error, "cannot settle the operation of a final job");
+            }
+        }
+    }
+}
+
+/// The runtime's view of the jobs service. Weak, so that the runtime and the jobs service do
+/// not keep each other alive.
+struct Port(Weak<Inner>);
+
+impl Port {
+    fn jobs(&self) -> Result<Jobs, ServerError> {
+        self.0
+            .upgrade()
+            .map(|inner| Jobs { inner })
+            .ok_or_else(|| ServerError::Failed("the jobs service has stopped".into()))
+    }
+}
+
+impl JobHandOff for Port {
+    fn enqueue_owned<'a>(
+        &'a self,
+        operation_id: &'a str,
+        queue: &'a str,
+        payload: Value,
+    ) -> BoxFuture<'a, Result<String, ServerError>> {
+        Box::pin(async move {
+            let options = EnqueueOptions {
+                operation: Some(operation_id.to_owned()),
+                ..EnqueueOptions::default()
+            };
+            let job = self.jobs()?.enqueue_with(queue, payload, options).await?;
+            Ok(job.id)
+        })
+    }
+
+    fn owns<'a>(&'a self, operation_id: &'a str) -> BoxFuture<'a, Result<bool, ServerError>> {
+        Box::pin(async move {
+            let jobs = self.jobs()?;
+            let owner = jobs.inner.store.owner_of(operation_id).await;
+            Ok(owner.map_err(JobError::from)?.is_some())
+        })
+    }
+
+    fn cancel_owned<'a>(&'a self, operation_id: &'a str) -> BoxFuture<'a, Result<(), ServerError>> {
+        Box::pin(async move {
+            let jobs = self.jobs()?;
+            let owner = jobs.inner.store.owner_of(operation_id).await;
+            if let Some(job) = owner.map_err(JobError::from)? {
+                jobs.cancel(&job.id).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

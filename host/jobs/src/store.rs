@@ -1,0 +1,355 @@
+//! The durable queue: what a job store must do, and the in-memory store.
+//!
+//! Every call is atomic. Attempts are fenced by their number: a worker whose lease expired
+//! and was taken by another can neither renew nor finish the job any more.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use opshost_api::{ErrorCode, ErrorInfo};
+use serde_json::Value;
+
+use crate::error::JobStoreError;
+use crate::model::{CancelOutcome, Finish, Heartbeat, JobFilter, JobPage, JobRecord, JobState};
+
+/// Durable home of jobs.
+#[async_trait]
+pub trait JobStore: Send + Sync + 'static {
+    /// Stores a new job; a job with the same id is kept and returned instead.
+    async fn enqueue(&self, job: JobRecord) -> Result<JobRecord, JobStoreError>;
+
+    /// Leases the job of `queue` due first at `now` (queued and due, or running with an
+    /// expired lease) until `until`, starting its next attempt. A job whose lease expired
+    /// during its last attempt becomes `dead` (`HostRestarted`) and is returned so, for the
+    /// caller to settle what it owned.
+    async fn lease(
+        &self,
+        queue: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Option<JobRecord>, JobStoreError>;
+
+    /// Extends the lease of `attempt` to `until`.
+    async fn heartbeat(
+        &self,
+        id: &str,
+        attempt: u32,
+        until: DateTime<Utc>,
+    ) -> Result<Heartbeat, JobStoreError>;
+
+    /// Records progress of `attempt`.
+    async fn progress(
+        &self,
+        id: &str,
+        attempt: u32,
+        progress: Value,
+        now: DateTime<Utc>,
+    ) -> Result<Heartbeat, JobStoreError>;
+
+    /// Ends `attempt` as `finish` says; `None` when the lease is lost.
+    async fn finish(
+        &self,
+        id: &str,
+        attempt: u32,
+        finish: Finish,
+        now: DateTime<Utc>,
+    ) -> Result<Option<JobRecord>, JobStoreError>;
+
+    /// Cancels a job that has not started, or records the request for its worker; `None`
+    /// when no job has this id.
+    async fn cancel(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<CancelOutcome>, JobStoreError>;
+
+    /// Queues a dead or cancelled job again with a fresh set of attempts; any other job is
+    /// returned unchanged. `None` when no job has this id.
+    async fn retry(&self, id: &str, now: DateTime<Utc>)
+    -> Result<Option<JobRecord>, JobStoreError>;
+
+    /// One job.
+    async fn get(&self, id: &str) -> Result<Option<JobRecord>, JobStoreError>;
+
+    /// Jobs by filter, by id.
+    async fn list(&self, filter: &JobFilter) -> Result<JobPage, JobStoreError>;
+
+    /// The unfinished job that owns operation `operation_id`, if any.
+    async fn owner_of(&self, operation_id: &str) -> Result<Option<JobRecord>, JobStoreError>;
+
+    /// When the next job of `queue` becomes due (a queued job's `runAt`, a running job's
+    /// lease end), if any job may become due.
+    async fn next_due(&self, queue: &str) -> Result<Option<DateTime<Utc>>, JobStoreError>;
+}
+
+/// The error a job gets when its lease ran out during its last attempt.
+pub fn lease_expired(job: &JobRecord) -> ErrorInfo {
+    ErrorInfo::new(
+        ErrorCode::HostRestarted,
+        format!(
+            "the worker of attempt {} of {} stopped (its lease expired)",
+            job.attempt, job.max_attempts
+        ),
+    )
+}
+
+/// Applies `finish` to a running job (shared by the stores so that they agree).
+pub fn apply_finish(job: &mut JobRecord, finish: Finish, now: DateTime<Utc>) {
+    job.lease_until = None;
+    job.updated_at = now;
+    match finish {
+        Finish::Completed(result) => {
+            job.state = JobState::Completed;
+            job.result = Some(result);
+        }
+        Finish::Retry { error, at } => {
+            job.state = JobState::Queued;
+            job.error = Some(error);
+            job.run_at = at;
+        }
+        Finish::Dead(error) => {
+            job.state = JobState::Dead;
+            job.error = Some(error);
+        }
+        Finish::Cancelled(error) => {
+            job.state = JobState::Cancelled;
+            job.error = Some(error);
+        }
+    }
+}
+
+/// The shared rules of every store, as changes to one record, so that the stores agree.
+pub mod rules {
+    use super::*;
+
+    /// When `job` is due for a lease: a queued job from `runAt`, a running one once its lease
+    /// ran out; a final job never.
+    pub fn due_at(job: &JobRecord) -> Option<DateTime<Utc>> {
+        match job.state {
+            JobState::Queued => Some(job.run_at),
+            JobState::Running => job.lease_until,
+            _ => None,
+        }
+    }
+
+    /// Leases a due job: its next attempt starts, or it dies when its last one expired.
+    pub fn lease(job: &mut JobRecord, now: DateTime<Utc>, until: DateTime<Utc>) {
+        job.updated_at = now;
+        if job.state == JobState::Running && job.attempt >= job.max_attempts {
+            let error = lease_expired(job);
+            apply_finish(job, Finish::Dead(error), now);
+        } else {
+            job.state = JobState::Running;
+            job.attempt += 1;
+            job.lease_until = Some(until);
+        }
+    }
+
+    /// Whether `attempt` still holds the job's lease.
+    pub fn holds(job: &JobRecord, attempt: u32) -> bool {
+        job.state == JobState::Running && job.attempt == attempt
+    }
+
+    /// Cancels the job, or records the request for its worker.
+    pub fn cancel(job: &mut JobRecord, now: DateTime<Utc>) -> CancelOutcome {
+        match job.state {
+            JobState::Queued => {
+                let error = ErrorInfo::new(ErrorCode::Cancelled, "cancelled before it ran");
+                apply_finish(job, Finish::Cancelled(error), now);
+                CancelOutcome::Cancelled(job.clone())
+            }
+            JobState::Running => {
+                job.cancel_requested = true;
+                job.updated_at = now;
+                CancelOutcome::Requested(job.clone())
+            }
+            _ => CancelOutcome::Final(job.clone()),
+        }
+    }
+
+    /// Queues a dead or cancelled job again with a fresh set of attempts; whether it did.
+    pub fn retry(job: &mut JobRecord, now: DateTime<Utc>) -> bool {
+        if !matches!(job.state, JobState::Dead | JobState::Cancelled) {
+            return false;
+        }
+        job.state = JobState::Queued;
+        job.attempt = 0;
+        job.cancel_requested = false;
+        job.run_at = now;
+        job.updated_at = now;
+        true
+    }
+}
+
+/// Jobs in memory, for tests and the in-memory host.
+#[derive(Default)]
+pub struct MemoryJobStore {
+    jobs: Mutex<BTreeMap<String, JobRecord>>,
+}
+
+impl MemoryJobStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn jobs(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, JobRecord>> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl JobStore for MemoryJobStore {
+    async fn enqueue(&self, job: JobRecord) -> Result<JobRecord, JobStoreError> {
+        Ok(self.jobs().entry(job.id.clone()).or_insert(job).clone())
+    }
+
+    async fn lease(
+        &self,
+        queue: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<Option<JobRecord>, JobStoreError> {
+        let mut jobs = self.jobs();
+        let first = jobs
+            .values()
+            .filter(|job| job.queue == queue)
+            .filter_map(|job| {
+                rules::due_at(job)
+                    .filter(|at| *at <= now)
+                    .map(|at| (at, job.id.clone()))
+            })
+            .min();
+        let Some((_, id)) = first else {
+            return Ok(None);
+        };
+        let Some(job) = jobs.get_mut(&id) else {
+            return Ok(None);
+        };
+        rules::lease(job, now, until);
+        Ok(Some(job.clone()))
+    }
+
+    async fn heartbeat(
+        &self,
+        id: &str,
+        attempt: u32,
+        until: DateTime<Utc>,
+    ) -> Result<Heartbeat, JobStoreError> {
+        Ok(match self.jobs().get_mut(id) {
+            Some(job) if rules::holds(job, attempt) => {
+                job.lease_until = Some(until);
+                Heartbeat::Held {
+                    cancel_requested: job.cancel_requested,
+                }
+            }
+            _ => Heartbeat::Lost,
+        })
+    }
+
+    async fn progress(
+        &self,
+        id: &str,
+        attempt: u32,
+        progress: Value,
+        now: DateTime<Utc>,
+    ) -> Result<Heartbeat, JobStoreError> {
+        Ok(match self.jobs().get_mut(id) {
+            Some(job) if rules::holds(job, attempt) => {
+                job.progress = Some(progress);
+                job.updated_at = now;
+                Heartbeat::Held {
+                    cancel_requested: job.cancel_requested,
+                }
+            }
+            _ => Heartbeat::Lost,
+        })
+    }
+
+    async fn finish(
+        &self,
+        id: &str,
+        attempt: u32,
+        finish: Finish,
+        now: DateTime<Utc>,
+    ) -> Result<Option<JobRecord>, JobStoreError> {
+        Ok(match self.jobs().get_mut(id) {
+            Some(job) if rules::holds(job, attempt) => {
+                apply_finish(job, finish, now);
+                Some(job.clone())
+            }
+            _ => None,
+        })
+    }
+
+    async fn cancel(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<CancelOutcome>, JobStoreError> {
+        let mut jobs = self.jobs();
+        let Some(job) = jobs.get_mut(id) else {
+            return Ok(None);
+        };
+        Ok(Some(rules::cancel(job, now)))
+    }
+
+    async fn retry(
+        &self,
+        id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<JobRecord>, JobStoreError> {
+        let mut jobs = self.jobs();
+        let Some(job) = jobs.get_mut(id) else {
+            return Ok(None);
+        };
+        rules::retry(job, now);
+        Ok(Some(job.clone()))
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<JobRecord>, JobStoreError> {
+        Ok(self.jobs().get(id).cloned())
+    }
+
+    async fn list(&self, filter: &JobFilter) -> Result<JobPage, JobStoreError> {
+        let jobs = self.jobs();
+        let limit = filter.limit.max(1);
+        let mut items: Vec<JobRecord> = jobs
+            .values()
+            .filter(|job| filter.queue.as_ref().is_none_or(|q| &job.queue == q))
+            .filter(|job| filter.state.is_none_or(|s| job.state == s))
+            .filter(|job| filter.after.as_ref().is_none_or(|after| &job.id > after))
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        let next = (items.len() > limit).then(|| {
+            items.truncate(limit);
+            items.last().map(|job| job.id.clone())
+        });
+        Ok(JobPage {
+            items,
+            next: next.flatten(),
+        })
+    }
+
+    async fn owner_of(&self, operation_id: &str) -> Result<Option<JobRecord>, JobStoreError> {
+        Ok(self
+            .jobs()
+            .values()
+            .find(|job| !job.state.is_final() && job.operation.as_deref() == Some(operation_id))
+            .cloned())
+    }
+
+    async fn next_due(&self, queue: &str) -> Result<Option<DateTime<Utc>>, JobStoreError> {
+        Ok(self
+            .jobs()
+            .values()
+            .filter(|job| job.queue == queue)
+            .filter_map(rules::due_at)
+            .min())
+    }
+}

@@ -1,0 +1,28 @@
+//! Hand-off of an operation's terminal path to a job.
+//!
+//! A handler may end its part early and leave the operation to durable background work: it
+//! enqueues a job that carries the operation id, returns, and the operation stays open without
+//! tripping the attach rule. The runtime knows jobs only through this port, which the jobs
+//! service implements, so that data still flows one way (runtime → jobs → store).
+
+use futures::future::BoxFuture;
+use serde_json::Value;
+
+use crate::error::ServerError;
+
+/// The jobs service, as the runtime sees it.
+pub trait JobHandOff: Send + Sync + 'static {
+    /// Durably enqueues a job on `queue` that owns operation `operation_id`; returns its id.
+    fn enqueue_owned<'a>(
+        &'a self,
+        operation_id: &'a str,
+        queue: &'a str,
+        payload: Value,
+    ) -> BoxFuture<'a, Result<String, ServerError>>;
+
+    /// Whether an unfinished job owns operation `operation_id` (recovery leaves it to the job).
+    fn owns<'a>(&'a self, operation_id: &'a str) -> BoxFuture<'a, Result<bool, ServerError>>;
+
+    /// Cancels the unfinished job that owns operation `operation_id`, if any.
+    fn cancel_owned<'a>(&'a self, operation_id: &'a str) -> BoxFuture<'a, Result<(), ServerError>>;
+}

@@ -1,0 +1,24 @@
+//! The job store conformance suite (`opshost_tests::job_conformance`) on every backend.
+
+use std::sync::Arc;
+
+use opshost_jobs::{JobStore, MemoryJobStore};
+use opshost_store_sqlite::SqliteStore;
+
+async fn memory() -> (Arc<dyn JobStore>, ()) {
+    (Arc::new(MemoryJobStore::new()), ())
+}
+
+async fn sqlite() -> (Arc<dyn JobStore>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let store = SqliteStore::open(dir.path()).expect("the store opens");
+    (Arc::new(store), dir)
+}
+
+mod memory {
+    opshost_tests::job_store_conformance!(super::memory());
+}
+
+mod sqlite {
+    opshost_tests::job_store_conformance!(super::sqlite());
+}
