@@ -108,4 +108,5 @@ fn deployment(
 
 pub mod conformance;
 pub mod job_conformance;
+pub mod jobs;
 pub mod net;

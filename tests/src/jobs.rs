@@ -1,0 +1,60 @@
+//! Jobs on SQLite for the jobs tests and the `job_host` binary: the testing contract's
+//! runtime and jobs on one file, and a native `Testing.Scenario` handler that hands its
+//! operation to a `testing.owned` job.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opshost_contract::Contract;
+use opshost_jobs::{Jobs, JobsConfig};
+use opshost_runtime::store::OperationStore;
+use opshost_runtime::{OperationRuntime, RuntimeConfig};
+use opshost_store_sqlite::SqliteStore;
+use serde_json::json;
+use testing_participant::ScenarioProgress;
+use testing_participant::operations::TestingScenario;
+
+use crate::root;
+
+/// Short leases, so that a dead worker's job comes back within a second.
+pub const CONFIG: JobsConfig = JobsConfig {
+    lease: Duration::from_millis(900),
+    poll: Duration::from_millis(50),
+};
+
+/// A runtime of the testing contract and its jobs, both on one SQLite file in `dir`.
+pub fn host(dir: &Path) -> (OperationRuntime, Jobs) {
+    let store = Arc::new(SqliteStore::open(dir).expect("the store opens"));
+    let contract = Contract::from_path(root().join("contracts/testing.manifest.json"))
+        .expect("the testing manifest loads");
+    let operations: Arc<dyn OperationStore> = store.clone();
+    let config = RuntimeConfig {
+        cancel_grace: Duration::from_secs(2),
+        ..RuntimeConfig::default()
+    };
+    let runtime = OperationRuntime::with_contract(contract, operations, config);
+    let jobs = Jobs::new(&runtime, store, CONFIG).expect("the jobs service starts");
+    (runtime, jobs)
+}
+
+/// Serves `Testing.Scenario` with a native handler that reports 10 %, then hands the
+/// operation to a `testing.owned` job whose behaviour follows the input's scenario (`fail`,
+/// `await-cancel`, otherwise `finish-operation`).
+pub fn hand_off_handler(runtime: &OperationRuntime) {
+    runtime
+        .operation::<TestingScenario>()
+        .serve(|control, input| async move {
+            control.started().await?;
+            control.progress(ScenarioProgress { percent: 10 }).await?;
+            let behaviour = match input.scenario.to_string().as_str() {
+                "fail" => "fail",
+                "await-cancel" => "await-cancel",
+                _ => "finish-operation",
+            };
+            control
+                .hand_off("testing.owned", json!({ "behaviour": behaviour }))
+                .await?;
+            Ok(())
+        });
+}
