@@ -3,7 +3,7 @@
 //! Every call is atomic. Attempts are fenced by their number: a worker whose lease expired
 //! and was taken by another can neither renew nor finish the job any more.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -183,10 +183,41 @@ pub mod rules {
     }
 }
 
-/// Jobs in memory, for tests and the in-memory host.
+/// Jobs in memory, for tests and the in-memory host. Due jobs are indexed by queue and
+/// time, so that a lease costs the same with a thousand finished jobs as with none.
 #[derive(Default)]
 pub struct MemoryJobStore {
-    jobs: Mutex<BTreeMap<String, JobRecord>>,
+    state: Mutex<Jobs>,
+}
+
+#[derive(Default)]
+struct Jobs {
+    by_id: BTreeMap<String, JobRecord>,
+    due: BTreeSet<(String, DateTime<Utc>, String)>,
+}
+
+fn due_key(job: &JobRecord) -> Option<(String, DateTime<Utc>, String)> {
+    rules::due_at(job).map(|at| (job.queue.clone(), at, job.id.clone()))
+}
+
+impl Jobs {
+    /// Changes job `id` with `change`, keeping the due index in step.
+    fn change<R>(&mut self, id: &str, change: impl FnOnce(&mut JobRecord) -> R) -> Option<R> {
+        let job = self.by_id.get_mut(id)?;
+        if let Some(key) = due_key(job) {
+            self.due.remove(&key);
+        }
+        let result = change(job);
+        if let Some(key) = due_key(job) {
+            self.due.insert(key);
+        }
+        Some(result)
+    }
+
+    fn first_due(&self, queue: &str) -> Option<&(String, DateTime<Utc>, String)> {
+        let from = (queue.to_owned(), DateTime::<Utc>::MIN_UTC, String::new());
+        self.due.range(from..).next().filter(|(q, _, _)| q == queue)
+    }
 }
 
 impl MemoryJobStore {
@@ -195,17 +226,39 @@ impl MemoryJobStore {
         Self::default()
     }
 
-    fn jobs(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, JobRecord>> {
-        self.jobs
+    fn jobs(&self) -> std::sync::MutexGuard<'_, Jobs> {
+        self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
+/// The answer to a heartbeat or progress of `attempt`, after `change` when it holds.
+fn beat(jobs: &mut Jobs, id: &str, attempt: u32, change: impl FnOnce(&mut JobRecord)) -> Heartbeat {
+    jobs.change(id, |job| {
+        if !rules::holds(job, attempt) {
+            return Heartbeat::Lost;
+        }
+        change(job);
+        Heartbeat::Held {
+            cancel_requested: job.cancel_requested,
+        }
+    })
+    .unwrap_or(Heartbeat::Lost)
+}
+
 #[async_trait]
 impl JobStore for MemoryJobStore {
     async fn enqueue(&self, job: JobRecord) -> Result<JobRecord, JobStoreError> {
-        Ok(self.jobs().entry(job.id.clone()).or_insert(job).clone())
+        let mut jobs = self.jobs();
+        if let Some(existing) = jobs.by_id.get(&job.id) {
+            return Ok(existing.clone());
+        }
+        if let Some(key) = due_key(&job) {
+            jobs.due.insert(key);
+        }
+        jobs.by_id.insert(job.id.clone(), job.clone());
+        Ok(job)
     }
 
     async fn lease(
@@ -215,23 +268,16 @@ impl JobStore for MemoryJobStore {
         until: DateTime<Utc>,
     ) -> Result<Option<JobRecord>, JobStoreError> {
         let mut jobs = self.jobs();
-        let first = jobs
-            .values()
-            .filter(|job| job.queue == queue)
-            .filter_map(|job| {
-                rules::due_at(job)
-                    .filter(|at| *at <= now)
-                    .map(|at| (at, job.id.clone()))
-            })
-            .min();
-        let Some((_, id)) = first else {
+        let Some((_, at, id)) = jobs.first_due(queue).cloned() else {
             return Ok(None);
         };
-        let Some(job) = jobs.get_mut(&id) else {
+        if at > now {
             return Ok(None);
-        };
-        rules::lease(job, now, until);
-        Ok(Some(job.clone()))
+        }
+        Ok(jobs.change(&id, |job| {
+            rules::lease(job, now, until);
+            job.clone()
+        }))
     }
 
     async fn heartbeat(
@@ -240,15 +286,9 @@ impl JobStore for MemoryJobStore {
         attempt: u32,
         until: DateTime<Utc>,
     ) -> Result<Heartbeat, JobStoreError> {
-        Ok(match self.jobs().get_mut(id) {
-            Some(job) if rules::holds(job, attempt) => {
-                job.lease_until = Some(until);
-                Heartbeat::Held {
-                    cancel_requested: job.cancel_requested,
-                }
-            }
-            _ => Heartbeat::Lost,
-        })
+        Ok(beat(&mut self.jobs(), id, attempt, |job| {
+            job.lease_until = Some(until)
+        }))
     }
 
     async fn progress(
@@ -258,16 +298,10 @@ impl JobStore for MemoryJobStore {
         progress: Value,
         now: DateTime<Utc>,
     ) -> Result<Heartbeat, JobStoreError> {
-        Ok(match self.jobs().get_mut(id) {
-            Some(job) if rules::holds(job, attempt) => {
-                job.progress = Some(progress);
-                job.updated_at = now;
-                Heartbeat::Held {
-                    cancel_requested: job.cancel_requested,
-                }
-            }
-            _ => Heartbeat::Lost,
-        })
+        Ok(beat(&mut self.jobs(), id, attempt, |job| {
+            job.progress = Some(progress);
+            job.updated_at = now;
+        }))
     }
 
     async fn finish(
@@ -277,13 +311,15 @@ impl JobStore for MemoryJobStore {
         finish: Finish,
         now: DateTime<Utc>,
     ) -> Result<Option<JobRecord>, JobStoreError> {
-        Ok(match self.jobs().get_mut(id) {
-            Some(job) if rules::holds(job, attempt) => {
-                apply_finish(job, finish, now);
-                Some(job.clone())
-            }
-            _ => None,
-        })
+        Ok(self
+            .jobs()
+            .change(id, |job| {
+                rules::holds(job, attempt).then(|| {
+                    apply_finish(job, finish, now);
+                    job.clone()
+                })
+            })
+            .flatten())
     }
 
     async fn cancel(
@@ -291,11 +327,7 @@ impl JobStore for MemoryJobStore {
         id: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<CancelOutcome>, JobStoreError> {
-        let mut jobs = self.jobs();
-        let Some(job) = jobs.get_mut(id) else {
-            return Ok(None);
-        };
-        Ok(Some(rules::cancel(job, now)))
+        Ok(self.jobs().change(id, |job| rules::cancel(job, now)))
     }
 
     async fn retry(
@@ -303,26 +335,27 @@ impl JobStore for MemoryJobStore {
         id: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<JobRecord>, JobStoreError> {
-        let mut jobs = self.jobs();
-        let Some(job) = jobs.get_mut(id) else {
-            return Ok(None);
-        };
-        rules::retry(job, now);
-        Ok(Some(job.clone()))
+        Ok(self.jobs().change(id, |job| {
+            rules::retry(job, now);
+            job.clone()
+        }))
     }
 
     async fn get(&self, id: &str) -> Result<Option<JobRecord>, JobStoreError> {
-        Ok(self.jobs().get(id).cloned())
+        Ok(self.jobs().by_id.get(id).cloned())
     }
 
     async fn list(&self, filter: &JobFilter) -> Result<JobPage, JobStoreError> {
         let jobs = self.jobs();
         let limit = filter.limit.max(1);
+        let from = filter.after.clone().unwrap_or_default();
         let mut items: Vec<JobRecord> = jobs
-            .values()
+            .by_id
+            .range(from..)
+            .map(|(_, job)| job)
+            .filter(|job| filter.after.as_ref().is_none_or(|after| &job.id > after))
             .filter(|job| filter.queue.as_ref().is_none_or(|q| &job.queue == q))
             .filter(|job| filter.state.is_none_or(|s| job.state == s))
-            .filter(|job| filter.after.as_ref().is_none_or(|after| &job.id > after))
             .take(limit + 1)
             .cloned()
             .collect();
@@ -337,19 +370,16 @@ impl JobStore for MemoryJobStore {
     }
 
     async fn owner_of(&self, operation_id: &str) -> Result<Option<JobRecord>, JobStoreError> {
-        Ok(self
-            .jobs()
-            .values()
-            .find(|job| !job.state.is_final() && job.operation.as_deref() == Some(operation_id))
+        let jobs = self.jobs();
+        Ok(jobs
+            .due
+            .iter()
+            .filter_map(|(_, _, id)| jobs.by_id.get(id))
+            .find(|job| job.operation.as_deref() == Some(operation_id))
             .cloned())
     }
 
     async fn next_due(&self, queue: &str) -> Result<Option<DateTime<Utc>>, JobStoreError> {
-        Ok(self
-            .jobs()
-            .values()
-            .filter(|job| job.queue == queue)
-            .filter_map(rules::due_at)
-            .min())
+        Ok(self.jobs().first_due(queue).map(|(_, at, _)| *at))
     }
 }
