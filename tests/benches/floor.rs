@@ -72,6 +72,9 @@ impl opshost::operation::control::Host for Bare {
     async fn sleep(&mut self, _ms: u64) -> Result<(), ControlError> {
         Ok(())
     }
+    async fn hand_off(&mut self, _queue: String, _payload: String) -> Result<String, ControlError> {
+        Ok(String::new())
+    }
 }
 
 struct Stats {

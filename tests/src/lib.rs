@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use opshost_sandbox::{DeploymentConfig, HandlerConfig, WasmHost};
+use opshost_sandbox::{DeploymentConfig, HandlerConfig, JobsSettings, WasmHost, WorkerConfig};
 
 /// The repository's root.
 pub fn root() -> PathBuf {
@@ -71,6 +71,25 @@ pub fn testing_deployment(cancel_grace: Duration) -> DeploymentConfig {
     )
 }
 
+/// [`testing_deployment`] plus the test-worker guest on both testing queues, with short
+/// leases.
+pub fn testing_jobs_deployment(cancel_grace: Duration) -> DeploymentConfig {
+    let mut config = testing_deployment(cancel_grace);
+    config.workers = ["testing.work", "testing.owned"]
+        .into_iter()
+        .map(|queue| WorkerConfig {
+            queue: queue.into(),
+            component: guest("test_worker"),
+            concurrency: 2,
+        })
+        .collect();
+    config.jobs = JobsSettings {
+        lease_ms: 900,
+        poll_ms: 50,
+    };
+    config
+}
+
 fn host_with(
     manifest: &str,
     operation: &str,
@@ -103,6 +122,8 @@ fn deployment(
         cancel_grace_ms: u64::try_from(cancel_grace.as_millis()).unwrap_or(u64::MAX),
         max_active_operations,
         handlers: vec![HandlerConfig::new(operation, guest(component))],
+        workers: Vec::new(),
+        jobs: Default::default(),
     }
 }
 

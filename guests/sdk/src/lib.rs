@@ -12,6 +12,9 @@
 //! }
 //! opshost_guest::export_handler!(Process);
 //! ```
+//!
+//! A job worker (the `worker` world) implements [`JobWorker`] and is exported with
+//! [`export_worker!`]; [`JobContext::control`] resumes the operation the job owns.
 
 use std::marker::PhantomData;
 use std::time::Duration;
@@ -27,6 +30,22 @@ pub mod bindings {
         pub_export_macro: true,
         export_macro_name: "export_raw",
         default_bindings_module: "opshost_guest::bindings",
+    });
+}
+
+#[doc(hidden)]
+#[allow(clippy::too_many_arguments)]
+pub mod worker_bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "worker",
+        pub_export_macro: true,
+        export_macro_name: "export_worker_raw",
+        default_bindings_module: "opshost_guest::worker_bindings",
+        with: {
+            "opshost:operation/types@0.1.0": crate::bindings::opshost::operation::types,
+            "opshost:operation/control@0.1.0": crate::bindings::opshost::operation::control,
+        },
     });
 }
 
@@ -191,6 +210,105 @@ impl<Op: Operation> Context<Op> {
             u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
         )?)
     }
+
+    /// Hands the operation's terminal path to a new job on `queue`; returns the job's id.
+    /// The handler may then return `Ok` with the operation still open.
+    pub fn hand_off<P: serde::Serialize>(
+        &self,
+        queue: &str,
+        payload: &P,
+    ) -> Result<String, HostError> {
+        Ok(control::hand_off(queue, &encode(payload)?)?)
+    }
+}
+
+/// One attempt of one job, as a [`JobWorker`] gets it.
+pub struct JobContext {
+    invocation: types::JobInvocation,
+}
+
+impl JobContext {
+    /// The job's id.
+    pub fn id(&self) -> &str {
+        &self.invocation.job_id
+    }
+
+    /// This attempt's number, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.invocation.attempt
+    }
+
+    /// The payload, decoded.
+    pub fn payload<T: serde::de::DeserializeOwned>(&self) -> Result<T, HandlerError> {
+        serde_json::from_str(&self.invocation.payload).map_err(|e| {
+            HandlerError::new(format!("payload of job {} does not decode: {e}", self.id()))
+        })
+    }
+
+    /// The operation whose terminal path the job owns, if any.
+    pub fn operation_id(&self) -> Option<&str> {
+        self.invocation.operation_id.as_deref()
+    }
+
+    /// Reports the job's progress.
+    pub fn progress<T: serde::Serialize>(&self, progress: &T) -> Result<(), HostError> {
+        Ok(worker_bindings::opshost::operation::job::progress(
+            &encode(progress)?,
+        )?)
+    }
+
+    /// Whether cancellation of the job, or of the operation it owns, was requested.
+    pub fn cancel_requested(&self) -> bool {
+        worker_bindings::opshost::operation::job::cancel_requested()
+    }
+
+    /// The control of the operation the job owns, typed as `Op`.
+    pub fn control<Op: Operation>(&self) -> Result<Context<Op>, HostError> {
+        match self.operation_id() {
+            Some(id) => Ok(self.context(id.to_owned())),
+            None => Err(HostError::Internal(format!(
+                "job {} owns no operation",
+                self.id()
+            ))),
+        }
+    }
+
+    /// Resumes the control of operation `id` of this service, typed as `Op`.
+    pub fn resume<Op: Operation>(&self, id: &str) -> Result<Context<Op>, HostError> {
+        worker_bindings::opshost::operation::job::resume(id)?;
+        Ok(self.context(id.to_owned()))
+    }
+
+    fn context<Op: Operation>(&self, id: String) -> Context<Op> {
+        Context {
+            id,
+            attempt: self.attempt(),
+            marker: PhantomData,
+        }
+    }
+}
+
+/// A worker for the jobs of one queue.
+pub trait JobWorker {
+    /// The job's result, checked against the queue's result schema.
+    type Output: serde::Serialize;
+
+    /// Works one attempt; an error fails the attempt (retried until the queue's attempts run
+    /// out).
+    fn run(job: &JobContext) -> Result<Self::Output, HandlerError>;
+}
+
+#[doc(hidden)]
+pub fn dispatch_job<W: JobWorker>(
+    invocation: types::JobInvocation,
+) -> Result<String, types::Failure> {
+    let failure = |message: String| types::Failure {
+        message,
+        details: None,
+    };
+    let job = JobContext { invocation };
+    let output = W::run(&job).map_err(|e| failure(e.message))?;
+    serde_json::to_string(&output).map_err(|e| failure(format!("result does not encode: {e}")))
 }
 
 /// A handler for operation [`OperationHandler::Operation`].
@@ -231,6 +349,25 @@ pub fn dispatch<H: OperationHandler>(invocation: Invocation) -> Result<(), types
         marker: PhantomData,
     };
     H::handle(&ctx, input).map_err(|e| failure(e.message))
+}
+
+/// Exports `$worker` (a [`JobWorker`]) as the component's `run` function.
+#[macro_export]
+macro_rules! export_worker {
+    ($worker:ty) => {
+        struct __OpshostWorkerExport;
+        impl $crate::worker_bindings::Guest for __OpshostWorkerExport {
+            fn run(
+                invocation: $crate::bindings::opshost::operation::types::JobInvocation,
+            ) -> ::std::result::Result<
+                ::std::string::String,
+                $crate::bindings::opshost::operation::types::Failure,
+            > {
+                $crate::dispatch_job::<$worker>(invocation)
+            }
+        }
+        $crate::worker_bindings::export_worker_raw!(__OpshostWorkerExport with_types_in $crate::worker_bindings);
+    };
 }
 
 /// Exports `$handler` (an [`OperationHandler`]) as the component's `handle` function.

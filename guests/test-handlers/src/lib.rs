@@ -71,6 +71,15 @@ impl OperationHandler for Scenarios {
                 }
                 done(ctx, "echoed", texts)
             }
+            Scenario::HandOff => {
+                ctx.progress(&ScenarioProgress { percent: 10 })?;
+                let behaviour = input.job.as_deref().unwrap_or("finish-operation");
+                ctx.hand_off(
+                    "testing.owned",
+                    &serde_json::json!({ "behaviour": behaviour }),
+                )?;
+                Ok(())
+            }
         }
     }
 }

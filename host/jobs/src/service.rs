@@ -252,15 +252,13 @@ impl Inner {
 }
 
 /// The runtime's view of the jobs service. Weak, so that the runtime and the jobs service do
-/// not keep each other alive.
+/// not keep each other alive: the service lives as long as a [`Jobs`] handle or a worker.
+/// Once it is gone no job can own an operation any more, and nothing is left to cancel.
 struct Port(Weak<Inner>);
 
 impl Port {
-    fn jobs(&self) -> Result<Jobs, ServerError> {
-        self.0
-            .upgrade()
-            .map(|inner| Jobs { inner })
-            .ok_or_else(|| ServerError::Failed("the jobs service has stopped".into()))
+    fn jobs(&self) -> Option<Jobs> {
+        self.0.upgrade().map(|inner| Jobs { inner })
     }
 }
 
@@ -276,14 +274,21 @@ impl JobHandOff for Port {
                 operation: Some(operation_id.to_owned()),
                 ..EnqueueOptions::default()
             };
-            let job = self.jobs()?.enqueue_with(queue, payload, options).await?;
+            let Some(jobs) = self.jobs() else {
+                return Err(ServerError::Failed(format!(
+                    "cannot hand operation `{operation_id}` to queue `{queue}`: the jobs service has stopped"
+                )));
+            };
+            let job = jobs.enqueue_with(queue, payload, options).await?;
             Ok(job.id)
         })
     }
 
     fn owns<'a>(&'a self, operation_id: &'a str) -> BoxFuture<'a, Result<bool, ServerError>> {
         Box::pin(async move {
-            let jobs = self.jobs()?;
+            let Some(jobs) = self.jobs() else {
+                return Ok(false);
+            };
             let owner = jobs.inner.store.owner_of(operation_id).await;
             Ok(owner.map_err(JobError::from)?.is_some())
         })
@@ -291,7 +296,9 @@ impl JobHandOff for Port {
 
     fn cancel_owned<'a>(&'a self, operation_id: &'a str) -> BoxFuture<'a, Result<(), ServerError>> {
         Box::pin(async move {
-            let jobs = self.jobs()?;
+            let Some(jobs) = self.jobs() else {
+                return Ok(());
+            };
             let owner = jobs.inner.store.owner_of(operation_id).await;
             if let Some(job) = owner.map_err(JobError::from)? {
                 jobs.cancel(&job.id).await?;

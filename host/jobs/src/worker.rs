@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::future::BoxFuture;
-use opshost_api::{ErrorCode, ErrorInfo, Operation};
+use opshost_api::{ErrorCode, ErrorInfo, Operation, OperationState};
 use opshost_contract::QueueSpec;
 use opshost_runtime::OperationControl;
 use serde::Serialize;
@@ -114,6 +114,11 @@ impl Job {
     /// Resolves when cancellation of the job is requested.
     pub async fn cancelled(&self) {
         self.cancel.cancelled().await
+    }
+
+    /// A token that fires when cancellation of the job is requested.
+    pub fn cancellation(&self) -> CancellationToken {
+        self.cancel.clone()
     }
 }
 
@@ -247,7 +252,9 @@ impl Jobs {
                 ),
             ),
         };
-        let finish = if cancel.is_cancelled() {
+        let finish = if let Some(finish) = self.settled_by_operation(&record, &failure).await {
+            finish
+        } else if cancel.is_cancelled() {
             Finish::Cancelled(ErrorInfo {
                 code: ErrorCode::Cancelled,
                 ..failure
@@ -261,6 +268,26 @@ impl Jobs {
             Finish::Dead(failure)
         };
         self.finish(&record, finish).await;
+    }
+
+    /// How a failed attempt ends when the operation the job owns is already terminal (the
+    /// worker ended it, or a caller cancelled it meanwhile): never with a retry.
+    async fn settled_by_operation(
+        &self,
+        record: &JobRecord,
+        failure: &ErrorInfo,
+    ) -> Option<Finish> {
+        let operation = record.operation.as_ref()?;
+        let snapshot = self.inner.runtime.get(operation).await.ok()?;
+        match snapshot.state {
+            OperationState::Completed => Some(Finish::Completed(Value::Null)),
+            OperationState::Cancelled => Some(Finish::Cancelled(ErrorInfo {
+                code: ErrorCode::Cancelled,
+                ..failure.clone()
+            })),
+            OperationState::Failed => Some(Finish::Dead(failure.clone())),
+            OperationState::Pending | OperationState::Running => None,
+        }
     }
 
     async fn finish(&self, record: &JobRecord, finish: Finish) {

@@ -1,4 +1,5 @@
-//! Host bindings of the `handler` world in `wit/`.
+//! Host bindings of the `handler` and `worker` worlds in `wit/`; the worker's shared
+//! interfaces are the handler's.
 
 wasmtime::component::bindgen!({
     path: "../../wit",
@@ -6,3 +7,17 @@ wasmtime::component::bindgen!({
     imports: { default: async },
     exports: { default: async },
 });
+
+/// The `worker` world.
+pub mod worker {
+    wasmtime::component::bindgen!({
+        path: "../../wit",
+        world: "worker",
+        imports: { default: async },
+        exports: { default: async },
+        with: {
+            "opshost:operation/types": super::opshost::operation::types,
+            "opshost:operation/control": super::opshost::operation::control,
+        },
+    });
+}

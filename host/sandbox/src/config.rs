@@ -9,6 +9,15 @@
 //! component = "target/wasm32-wasip2/release/orders_process.wasm"
 //! on_restart = "retry"   # or "fail"; what a restarted host does with unfinished runs
 //! max_attempts = 3
+//!
+//! [[workers]]
+//! queue = "fulfillment"
+//! component = "target/wasm32-wasip2/release/orders_fulfillment.wasm"
+//! concurrency = 4
+//!
+//! [jobs]
+//! lease_ms = 30000   # a dead worker's job comes back after this
+//! poll_ms = 1000
 //! ```
 //!
 //! Relative paths are resolved against the config file's directory.
@@ -16,6 +25,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use opshost_jobs::JobsConfig;
 use opshost_runtime::RestartPolicy;
 use serde::Deserialize;
 
@@ -36,6 +46,68 @@ pub struct DeploymentConfig {
     /// One entry per operation served by a component.
     #[serde(default)]
     pub handlers: Vec<HandlerConfig>,
+    /// One entry per job queue worked by a component.
+    #[serde(default)]
+    pub workers: Vec<WorkerConfig>,
+    /// How workers hold and look for jobs.
+    #[serde(default)]
+    pub jobs: JobsSettings,
+}
+
+/// One job queue and the component that works it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// The queue's name in the contract.
+    pub queue: String,
+    /// The component file (`.wasm`), exporting the `worker` world.
+    pub component: PathBuf,
+    /// Jobs of this queue run at once on this host.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+}
+
+/// The `[jobs]` table.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobsSettings {
+    /// Lease (visibility timeout) of a running job, renewed every third of it.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+    /// Longest an idle worker waits before it looks for due jobs again.
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+}
+
+impl Default for JobsSettings {
+    fn default() -> Self {
+        Self {
+            lease_ms: default_lease_ms(),
+            poll_ms: default_poll_ms(),
+        }
+    }
+}
+
+impl JobsSettings {
+    /// The jobs service's configuration.
+    pub fn config(&self) -> JobsConfig {
+        JobsConfig {
+            lease: Duration::from_millis(self.lease_ms.max(30)),
+            poll: Duration::from_millis(self.poll_ms.max(1)),
+        }
+    }
+}
+
+fn default_concurrency() -> usize {
+    4
+}
+
+fn default_lease_ms() -> u64 {
+    30_000
+}
+
+fn default_poll_ms() -> u64 {
+    1_000
 }
 
 /// One operation and the component that handles it.
@@ -122,6 +194,9 @@ impl DeploymentConfig {
         config.contract = base.join(&config.contract);
         for handler in &mut config.handlers {
             handler.component = base.join(&handler.component);
+        }
+        for worker in &mut config.workers {
+            worker.component = base.join(&worker.component);
         }
         Ok(config)
     }

@@ -1,26 +1,31 @@
-//! The `opshost:operation/control` imports, bound to the one operation a store handles.
+//! The `opshost:operation/control` and `opshost:operation/job` imports, bound to the one
+//! operation a store handles (a handler's, or the one a worker's job owns or resumed).
 //!
-//! Each call goes through the [`OperationRuntime`], so guests get the same validation and
-//! state rules as native handlers; a refused call returns a `control-error` and leaves the
-//! operation unchanged.
+//! Each call goes through the [`OperationRuntime`] (and for jobs the [`Job`] handle), so
+//! guests get the same validation and state rules as native code; a refused call returns a
+//! `control-error` and leaves the operation unchanged.
 
 use std::time::Duration;
 
 use opshost_api::{ErrorCode, ErrorInfo};
+use opshost_jobs::{Job, WorkerError};
 use opshost_runtime::{OperationRuntime, ServerError, SignalWait};
+use tokio_util::sync::CancellationToken;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::opshost::operation::control::Host;
 use crate::bindings::opshost::operation::types::{self, ControlError, Failure, Signal};
+use crate::bindings::worker::opshost::operation::job;
 
-/// Per-store state: WASI, and the operation this store is bound to.
+/// Per-store state: WASI, the operation this store is bound to, and a worker's job.
 pub struct OperationState {
     wasi: WasiCtx,
     table: ResourceTable,
     runtime: OperationRuntime,
-    id: String,
+    id: Option<String>,
     signal_cursor: u64,
+    job: Option<Job>,
 }
 
 impl OperationState {
@@ -30,9 +35,35 @@ impl OperationState {
             wasi,
             table: ResourceTable::new(),
             runtime,
-            id,
+            id: Some(id),
             signal_cursor: 0,
+            job: None,
         }
+    }
+
+    /// State of a worker running `job`, bound to the operation it owns, if any.
+    pub fn for_job(runtime: OperationRuntime, job: Job, wasi: WasiCtx) -> Self {
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            runtime,
+            id: job.operation_id().map(str::to_owned),
+            signal_cursor: 0,
+            job: Some(job),
+        }
+    }
+
+    fn id(&self) -> Result<String, ControlError> {
+        self.id.clone().ok_or_else(|| {
+            ControlError::Internal(
+                "no operation is bound: this job owns none (call `job.resume` first)".into(),
+            )
+        })
+    }
+
+    /// Fires when the job (if any) is cancelled; never otherwise.
+    fn job_cancellation(&self) -> CancellationToken {
+        self.job.as_ref().map(Job::cancellation).unwrap_or_default()
     }
 }
 
@@ -64,7 +95,7 @@ impl types::Host for OperationState {}
 impl Host for OperationState {
     async fn started(&mut self) -> Result<(), ControlError> {
         self.runtime
-            .started(&self.id)
+            .started(&self.id()?)
             .await
             .map(drop)
             .map_err(control_error)
@@ -73,7 +104,7 @@ impl Host for OperationState {
     async fn progress(&mut self, payload: String) -> Result<(), ControlError> {
         let value = json(&payload, "progress")?;
         self.runtime
-            .progress(&self.id, value)
+            .progress(&self.id()?, value)
             .await
             .map(drop)
             .map_err(control_error)
@@ -82,7 +113,7 @@ impl Host for OperationState {
     async fn complete(&mut self, output: String) -> Result<(), ControlError> {
         let value = json(&output, "output")?;
         self.runtime
-            .complete(&self.id, value)
+            .complete(&self.id()?, value)
             .await
             .map(drop)
             .map_err(control_error)
@@ -99,24 +130,28 @@ impl Host for OperationState {
             details,
         };
         self.runtime
-            .fail(&self.id, error)
+            .fail(&self.id()?, error)
             .await
             .map(drop)
             .map_err(control_error)
     }
 
     async fn cancel_requested(&mut self) -> bool {
-        self.runtime.cancellation(&self.id).is_cancelled()
+        let Some(id) = self.id.clone() else {
+            return self.job.as_ref().is_some_and(Job::is_cancelled);
+        };
+        self.job.as_ref().is_some_and(Job::is_cancelled)
+            || self.runtime.cancellation(&id).is_cancelled()
             || self
                 .runtime
-                .get(&self.id)
+                .get(&id)
                 .await
                 .is_ok_and(|s| s.cancel_requested)
     }
 
     async fn acknowledge_cancel(&mut self) -> Result<(), ControlError> {
         self.runtime
-            .cancelled(&self.id, "cancelled by caller")
+            .cancelled(&self.id()?, "cancelled by caller")
             .await
             .map(drop)
             .map_err(control_error)
@@ -127,11 +162,13 @@ impl Host for OperationState {
         timeout_ms: Option<u64>,
     ) -> Result<Option<Signal>, ControlError> {
         let timeout = timeout_ms.map(Duration::from_millis);
-        match self
-            .runtime
-            .next_signal(&self.id, self.signal_cursor, timeout)
-            .await
-        {
+        let id = self.id()?;
+        let job = self.job_cancellation();
+        let waited = tokio::select! {
+            waited = self.runtime.next_signal(&id, self.signal_cursor, timeout) => waited,
+            _ = job.cancelled() => Ok(SignalWait::Cancelled),
+        };
+        match waited {
             Ok(SignalWait::Signal(signal)) => {
                 self.signal_cursor = signal.sequence;
                 Ok(Some(Signal {
@@ -147,13 +184,53 @@ impl Host for OperationState {
     }
 
     async fn sleep(&mut self, ms: u64) -> Result<(), ControlError> {
-        let token = self.runtime.cancellation(&self.id);
-        if token.is_cancelled() {
-            return Err(ControlError::Cancelled);
-        }
+        let token = match &self.id {
+            Some(id) => self.runtime.cancellation(id),
+            None => CancellationToken::new(),
+        };
+        let job = self.job_cancellation();
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(()),
+            biased;
             _ = token.cancelled() => Err(ControlError::Cancelled),
+            _ = job.cancelled() => Err(ControlError::Cancelled),
+            _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(()),
         }
+    }
+
+    async fn hand_off(&mut self, queue: String, payload: String) -> Result<String, ControlError> {
+        let value = json(&payload, "job payload")?;
+        self.runtime
+            .hand_off(&self.id()?, &queue, value)
+            .await
+            .map_err(control_error)
+    }
+}
+
+impl job::Host for OperationState {
+    async fn progress(&mut self, payload: String) -> Result<(), ControlError> {
+        let value = json(&payload, "job progress")?;
+        let Some(job) = &self.job else {
+            return Err(ControlError::Internal("this store runs no job".into()));
+        };
+        job.progress(value)
+            .await
+            .map_err(|WorkerError(error)| match error.code {
+                ErrorCode::InvalidInput => ControlError::InvalidPayload(error.message),
+                _ => ControlError::Internal(error.message),
+            })
+    }
+
+    async fn cancel_requested(&mut self) -> bool {
+        Host::cancel_requested(self).await
+    }
+
+    async fn resume(&mut self, operation_id: String) -> Result<(), ControlError> {
+        self.runtime
+            .get(&operation_id)
+            .await
+            .map_err(control_error)?;
+        self.id = Some(operation_id);
+        self.signal_cursor = 0;
+        Ok(())
     }
 }

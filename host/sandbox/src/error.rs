@@ -22,6 +22,15 @@ pub enum SandboxError {
         /// The operation named by the config.
         operation: String,
     },
+    /// A worker names a queue the contract does not declare.
+    #[error("worker for `{queue}`: the contract declares no such queue")]
+    UnknownQueue {
+        /// The queue named by the config.
+        queue: String,
+    },
+    /// The jobs service could not start.
+    #[error("jobs: {0}")]
+    Jobs(#[from] opshost_jobs::JobError),
     /// A component could not be read, compiled or linked.
     #[error("component {path}: {message}")]
     Component {
