@@ -25,14 +25,26 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
-/// A host serving `Orders.Process` with the orders-process guest.
+/// A host serving `Orders.Process` as the guide shapes it: the orders-process guest hands
+/// each order to a `fulfillment` job, worked by the orders-fulfillment guest. Call it within
+/// a tokio runtime (the worker starts at once).
 pub fn orders_host(cancel_grace: Duration) -> WasmHost {
-    host(
+    let mut config = deployment(
         "orders_service.manifest.json",
         "Orders.Process",
         "orders_process",
         cancel_grace,
-    )
+        None,
+    );
+    config.workers = vec![WorkerConfig {
+        queue: "fulfillment".into(),
+        component: guest("orders_fulfillment"),
+        concurrency: 16,
+    }];
+    match WasmHost::from_config(&config) {
+        Ok(host) => host,
+        Err(error) => panic!("cannot load the orders deployment: {error}"),
+    }
 }
 
 /// A host serving `Testing.Scenario` with the test-handlers guest.

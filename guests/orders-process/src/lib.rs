@@ -1,81 +1,16 @@
-//! `Orders.Process` as a wasm component: four steps with real work between them, each
-//! reported as progress. Honours cancel (releases what it reserved, then acknowledges) and the
-//! `Expedite` signal (shorter waits, expedited shipping).
+//! `Orders.Process` as a wasm component, in the shape of the user's guide (step 3): the
+//! handler marks the operation started, reports "queued" and hands fulfilment to a
+//! `fulfillment` job, whose worker (`orders-fulfillment`) reports the steps and ends the
+//! operation.
 
-use std::time::Duration;
-
-use opshost_guest::{Context, HandlerError, HostError, OperationHandler, export_handler};
+use opshost_guest::{Context, HandlerError, OperationHandler, export_handler};
 use orders_participant::operations::OrdersProcess;
-use orders_participant::signals::OrdersProcessExpedite;
-use orders_participant::{
-    LineItem, ProcessOrderProgress, ProcessOrderRequest, ProcessOrderResult,
-    ProcessOrderResultStatus,
-};
+use orders_participant::{FulfillmentJob, ProcessOrderProgress, ProcessOrderRequest};
 
-const STEPS: [(&str, &str); 4] = [
-    ("reserving", "Reserving stock"),
-    ("charging", "Charging payment"),
-    ("packing", "Packing items"),
-    ("shipping", "Handing over to the carrier"),
-];
-const STEP_TIME: Duration = Duration::from_millis(300);
-const EXPEDITED_STEP_TIME: Duration = Duration::from_millis(30);
+/// Steps the fulfillment worker reports after "queued".
+const STEPS: u64 = 4;
 
 struct Process;
-
-struct Order {
-    expedited: bool,
-    total_cents: u64,
-    tracking: u64,
-}
-
-impl Order {
-    /// The work of one step: a real computation over the order.
-    fn work(&mut self, step: usize, items: &[LineItem]) {
-        for item in items {
-            self.tracking = fnv(self.tracking, item.sku.as_bytes());
-            self.tracking = fnv(
-                self.tracking,
-                &(item.quantity * (step as u64 + 1)).to_le_bytes(),
-            );
-        }
-        if step == 1 {
-            self.total_cents = items.iter().map(|i| i.quantity * i.unit_price_cents).sum();
-        }
-    }
-
-    /// Waits out the step, taking any `Expedite` signal that arrives meanwhile.
-    fn wait(&mut self, ctx: &Context<OrdersProcess>) -> Result<(), HostError> {
-        let step_time = if self.expedited {
-            EXPEDITED_STEP_TIME
-        } else {
-            STEP_TIME
-        };
-        if let Some(signal) = ctx.next_signal(Some(step_time))?
-            && signal.decode::<OrdersProcessExpedite>().is_some()
-        {
-            self.expedited = true;
-        }
-        Ok(())
-    }
-}
-
-fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
-    for byte in bytes {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(0x100_0000_01b3);
-    }
-    hash
-}
-
-fn progress(step: &str, message: &str, completed: u64) -> ProcessOrderProgress {
-    ProcessOrderProgress {
-        step: step.into(),
-        message: message.into(),
-        completed,
-        total: STEPS.len() as u64,
-    }
-}
 
 impl OperationHandler for Process {
     type Operation = OrdersProcess;
@@ -85,36 +20,13 @@ impl OperationHandler for Process {
         input: ProcessOrderRequest,
     ) -> Result<(), HandlerError> {
         ctx.started()?;
-        ctx.progress(&progress("queued", "Fulfillment started", 0))?;
-        let mut order = Order {
-            expedited: false,
-            total_cents: 0,
-            tracking: fnv(0xcbf2_9ce4_8422_2325, input.order_id.as_bytes()),
-        };
-        for (index, (step, message)) in STEPS.iter().enumerate() {
-            match order.wait(ctx) {
-                Ok(()) => {}
-                Err(HostError::Cancelled) => {
-                    ctx.progress(&progress(
-                        "cleanup",
-                        "Releasing reserved stock",
-                        index as u64,
-                    ))?;
-                    ctx.acknowledge_cancel()?;
-                    return Ok(());
-                }
-                Err(other) => return Err(other.into()),
-            }
-            order.work(index, &input.line_items);
-            ctx.progress(&progress(step, message, index as u64 + 1))?;
-        }
-        ctx.complete(&ProcessOrderResult {
-            order_id: input.order_id,
-            status: ProcessOrderResultStatus::Shipped,
-            total_cents: order.total_cents,
-            tracking_number: format!("TRK{:016X}", order.tracking),
-            expedited: order.expedited,
+        ctx.progress(&ProcessOrderProgress {
+            step: "queued".into(),
+            message: "Fulfillment started".into(),
+            completed: 0,
+            total: STEPS,
         })?;
+        ctx.hand_off("fulfillment", &FulfillmentJob { order: input })?;
         Ok(())
     }
 }

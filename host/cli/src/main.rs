@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use opshost_runtime::store::{MemoryStore, OperationStore};
+use opshost_jobs::MemoryJobStore;
+use opshost_runtime::store::MemoryStore;
 use opshost_sandbox::WasmHost;
 use opshost_server::auth::{TokenRequest, mint_hs256};
 use opshost_server::{Authenticator, HttpApi};
@@ -309,12 +310,16 @@ async fn serve(
         config.store.data_dir = data_dir;
     }
     let auth = Authenticator::from_config(&config.auth)?;
-    let store: Arc<dyn OperationStore> = if memory {
-        Arc::new(MemoryStore::new())
+    let host = if memory {
+        WasmHost::from_config_with_stores(
+            &config.deployment,
+            Arc::new(MemoryStore::new()),
+            Arc::new(MemoryJobStore::new()),
+        )?
     } else {
-        Arc::new(SqliteStore::open(&config.store.data_dir)?)
+        let store = Arc::new(SqliteStore::open(&config.store.data_dir)?);
+        WasmHost::from_config_with_stores(&config.deployment, store.clone(), store)?
     };
-    let host = WasmHost::from_config_with_store(&config.deployment, store)?;
     host.recover()
         .await
         .context("cannot recover the operations of the previous run")?;

@@ -162,6 +162,11 @@ impl SqliteStore {
                 cache.created(stored);
             }
         }
+        // One host owns the file: the leases of a previous run are void, so its jobs are due
+        // again at once instead of after their leases run out.
+        connection
+            .execute("UPDATE jobs SET due_at = 0 WHERE state = 'running'", [])
+            .map_err(database)?;
         // Durability comes from the syncer's fdatasync of the WAL, not from each commit.
         connection
             .execute_batch("PRAGMA wal_autocheckpoint = 0; PRAGMA synchronous = OFF;")

@@ -1,0 +1,119 @@
+//! The `fulfillment` job worker: it resumes the `Orders.Process` operation the job owns and
+//! drives it to its end in four steps with real work between them, each reported as
+//! progress. Honours cancel (releases what it reserved, then acknowledges) and the `Expedite`
+//! signal (shorter waits, expedited shipping). A redelivered job starts the steps again.
+
+use std::time::Duration;
+
+use opshost_guest::{Context, HandlerError, HostError, JobContext, JobWorker, export_worker};
+use orders_participant::operations::OrdersProcess;
+use orders_participant::signals::OrdersProcessExpedite;
+use orders_participant::{
+    FulfillmentJob, LineItem, ProcessOrderProgress, ProcessOrderResult, ProcessOrderResultStatus,
+};
+
+const STEPS: [(&str, &str); 4] = [
+    ("reserving", "Reserving stock"),
+    ("charging", "Charging payment"),
+    ("packing", "Packing items"),
+    ("shipping", "Handing over to the carrier"),
+];
+const STEP_TIME: Duration = Duration::from_millis(300);
+const EXPEDITED_STEP_TIME: Duration = Duration::from_millis(30);
+
+struct Fulfillment;
+
+struct Order {
+    expedited: bool,
+    total_cents: u64,
+    tracking: u64,
+}
+
+impl Order {
+    /// The work of one step: a real computation over the order.
+    fn work(&mut self, step: usize, items: &[LineItem]) {
+        for item in items {
+            self.tracking = fnv(self.tracking, item.sku.as_bytes());
+            self.tracking = fnv(
+                self.tracking,
+                &(item.quantity * (step as u64 + 1)).to_le_bytes(),
+            );
+        }
+        if step == 1 {
+            self.total_cents = items.iter().map(|i| i.quantity * i.unit_price_cents).sum();
+        }
+    }
+
+    /// Waits out the step, taking any `Expedite` signal that arrives meanwhile.
+    fn wait(&mut self, ctx: &Context<OrdersProcess>) -> Result<(), HostError> {
+        let step_time = if self.expedited {
+            EXPEDITED_STEP_TIME
+        } else {
+            STEP_TIME
+        };
+        if let Some(signal) = ctx.next_signal(Some(step_time))?
+            && signal.decode::<OrdersProcessExpedite>().is_some()
+        {
+            self.expedited = true;
+        }
+        Ok(())
+    }
+}
+
+fn fnv(mut hash: u64, bytes: &[u8]) -> u64 {
+    for byte in bytes {
+        hash ^= u64::from(*byte);
+        hash = hash.wrapping_mul(0x100_0000_01b3);
+    }
+    hash
+}
+
+fn progress(step: &str, message: &str, completed: u64) -> ProcessOrderProgress {
+    ProcessOrderProgress {
+        step: step.into(),
+        message: message.into(),
+        completed,
+        total: STEPS.len() as u64,
+    }
+}
+
+impl JobWorker for Fulfillment {
+    type Output = ();
+
+    fn run(job: &JobContext) -> Result<(), HandlerError> {
+        let FulfillmentJob { order: input } = job.payload()?;
+        let ctx = job.control::<OrdersProcess>()?;
+        let mut order = Order {
+            expedited: false,
+            total_cents: 0,
+            tracking: fnv(0xcbf2_9ce4_8422_2325, input.order_id.as_bytes()),
+        };
+        for (index, (step, message)) in STEPS.iter().enumerate() {
+            match order.wait(&ctx) {
+                Ok(()) => {}
+                Err(HostError::Cancelled) => {
+                    ctx.progress(&progress(
+                        "cleanup",
+                        "Releasing reserved stock",
+                        index as u64,
+                    ))?;
+                    ctx.acknowledge_cancel()?;
+                    return Ok(());
+                }
+                Err(other) => return Err(other.into()),
+            }
+            order.work(index, &input.line_items);
+            ctx.progress(&progress(step, message, index as u64 + 1))?;
+        }
+        ctx.complete(&ProcessOrderResult {
+            order_id: input.order_id,
+            status: ProcessOrderResultStatus::Shipped,
+            total_cents: order.total_cents,
+            tracking_number: format!("TRK{:016X}", order.tracking),
+            expedited: order.expedited,
+        })?;
+        Ok(())
+    }
+}
+
+export_worker!(Fulfillment);
