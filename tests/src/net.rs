@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use opshost_jobs::Jobs;
 use opshost_runtime::OperationRuntime;
 use opshost_server::auth::{TokenRequest, mint_hs256};
 use opshost_server::{AuthConfig, Authenticator, HttpApi, ServerConfig};
@@ -100,11 +101,23 @@ impl TestServer {
 
     /// Serves `runtime` with the test keys and `config` (its `listen` is ignored).
     pub async fn start_with(runtime: &OperationRuntime, config: ServerConfig) -> Self {
+        Self::serve(runtime, None, config).await
+    }
+
+    /// Serves `runtime` and, for operators, its `jobs`, with the test keys.
+    pub async fn start_with_jobs(runtime: &OperationRuntime, jobs: &Jobs) -> Self {
+        Self::serve(runtime, Some(jobs.clone()), ServerConfig::default()).await
+    }
+
+    async fn serve(runtime: &OperationRuntime, jobs: Option<Jobs>, config: ServerConfig) -> Self {
         let auth = Authenticator::from_config(&auth_config())
             .unwrap_or_else(|e| panic!("test auth config: {e}"));
         let listener = bind().await;
         let url = format!("http://{}", local(&listener));
-        let api = HttpApi::new(runtime.clone(), auth, config);
+        let mut api = HttpApi::new(runtime.clone(), auth, config);
+        if let Some(jobs) = jobs {
+            api = api.with_jobs(jobs);
+        }
         let task = tokio::spawn(async move {
             if let Err(error) = api.serve(listener).await {
                 panic!("test server failed: {error}");

@@ -6,9 +6,11 @@
 //! `wasm32-wasip2` guests.
 
 mod error;
+mod job;
 mod operation;
 mod snapshot;
 
 pub use error::{ErrorCode, ErrorInfo};
+pub use job::{JobPage, JobRecord, JobState};
 pub use operation::{Operation, Signal};
 pub use snapshot::{EventKind, OperationEvent, OperationSnapshot, OperationState, Snapshot};

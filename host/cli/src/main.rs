@@ -156,6 +156,14 @@ enum Command {
         #[arg(long)]
         limit: Option<usize>,
     },
+    /// Operate the service's jobs (needs the host's admin capability, `opshost.admin` by
+    /// default): `opshost jobs --url U --token T list|get|retry|cancel`.
+    Jobs {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(subcommand)]
+        action: JobsAction,
+    },
     /// Mint an HS256 development token.
     Token {
         /// Subject (`sub`).
@@ -181,6 +189,41 @@ enum Command {
         /// Where to write the Rust source.
         #[arg(short, long)]
         out: PathBuf,
+    },
+}
+
+/// `opshost jobs ...`.
+#[derive(Subcommand)]
+enum JobsAction {
+    /// List jobs, tab-separated: id, queue, state, attempt/max, owned operation.
+    List {
+        /// Only this queue.
+        #[arg(long)]
+        queue: Option<String>,
+        /// Only this state (queued, running, completed, dead, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        /// Start after this id (a previous page's `next`).
+        #[arg(long)]
+        after: Option<String>,
+        /// Page size.
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Print one job.
+    Get {
+        /// Job id.
+        id: String,
+    },
+    /// Queue a dead or cancelled job again with fresh attempts.
+    Retry {
+        /// Job id.
+        id: String,
+    },
+    /// Cancel a job (a running one is asked to stop).
+    Cancel {
+        /// Job id.
+        id: String,
     },
 }
 
@@ -293,6 +336,20 @@ async fn run(cli: Cli) -> Result<u8> {
                 .list(operation, state, after, limit)
                 .await
         }
+        Command::Jobs { connection, action } => {
+            let remote = Remote::new(&connection.url, &connection.token)?;
+            match action {
+                JobsAction::List {
+                    queue,
+                    state,
+                    after,
+                    limit,
+                } => remote.jobs(queue, state, after, limit).await,
+                JobsAction::Get { id } => remote.job(&id).await,
+                JobsAction::Retry { id } => remote.retry_job(&id).await,
+                JobsAction::Cancel { id } => remote.cancel_job(&id).await,
+            }
+        }
     }
 }
 
@@ -341,7 +398,8 @@ async fn serve(
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let address = listener.local_addr()?;
     println!("opshost listening on http://{address}");
-    let api = HttpApi::new(host.runtime().clone(), auth, config.server);
+    let api =
+        HttpApi::new(host.runtime().clone(), auth, config.server).with_jobs(host.jobs().clone());
     tokio::select! {
         served = api.serve(listener) => served?,
         _ = tokio::signal::ctrl_c() => eprintln!("shutting down"),

@@ -1,4 +1,5 @@
-//! The caller commands: start, get, wait, watch, cancel, signal and list over the HTTP client.
+//! The caller commands (start, get, wait, watch, cancel, signal, list) and the operator's
+//! `jobs` commands over the HTTP client.
 //!
 //! Snapshots go to stdout as JSON (a watched operation's output alone), everything meant for a
 //! person to stderr, so `opshost start ... | jq .id` works.
@@ -8,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use futures::StreamExt;
 use opshost_api::{EventKind, OperationState, Snapshot};
-use opshost_client::{Client, ClientError, ListQuery, StartOptions};
+use opshost_client::{Client, ClientError, JobQuery, JobState, ListQuery, StartOptions};
 use serde_json::Value;
 
 use crate::exit;
@@ -113,6 +114,60 @@ impl Remote {
         Ok(exit::OK)
     }
 
+    pub async fn jobs(
+        &self,
+        queue: Option<String>,
+        state: Option<String>,
+        after: Option<String>,
+        limit: Option<usize>,
+    ) -> Result<u8> {
+        let state = match state {
+            Some(name) => Some(JobState::from_name(&name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--state `{name}` is not one of queued, running, completed, dead, cancelled"
+                )
+            })?),
+            None => None,
+        };
+        let query = JobQuery {
+            queue,
+            state,
+            after,
+            limit,
+        };
+        let page = self.client.jobs(&query).await?;
+        for job in &page.items {
+            println!(
+                "{}\t{}\t{}\t{}/{}\t{}",
+                job.id,
+                job.queue,
+                job.state.as_str(),
+                job.attempt,
+                job.max_attempts,
+                job.operation.as_deref().unwrap_or("-")
+            );
+        }
+        if let Some(next) = page.next {
+            eprintln!("more: --after {next}");
+        }
+        Ok(exit::OK)
+    }
+
+    pub async fn job(&self, id: &str) -> Result<u8> {
+        print_json(&self.client.job(id).await?)?;
+        Ok(exit::OK)
+    }
+
+    pub async fn retry_job(&self, id: &str) -> Result<u8> {
+        print_json(&self.client.retry_job(id).await?)?;
+        Ok(exit::OK)
+    }
+
+    pub async fn cancel_job(&self, id: &str) -> Result<u8> {
+        print_json(&self.client.cancel_job(id).await?)?;
+        Ok(exit::OK)
+    }
+
     pub async fn list(
         &self,
         operation: Option<String>,
@@ -157,8 +212,8 @@ impl Remote {
     }
 }
 
-fn print_json(snapshot: &Snapshot) -> Result<()> {
-    println!("{}", serde_json::to_string_pretty(snapshot)?);
+fn print_json(value: &impl serde::Serialize) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! The `opshost` command as a shell user drives it: `serve` in one process, `token`, `start`,
-//! `watch`, `get`, `list` and `cancel` in others, over real HTTP on 127.0.0.1.
+//! `watch`, `get`, `list`, `cancel` and the operator's `jobs` in others, over real HTTP on
+//! 127.0.0.1.
 
 mod common;
 
@@ -173,4 +174,40 @@ fn serve_refuses_a_corrupt_database() {
     assert_eq!(code, Some(2));
     assert!(stderr.contains("opshost.sqlite3"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn an_operator_lists_the_fulfillment_job_of_an_order_and_others_are_refused() {
+    let serve = Serve::start();
+    let caller = token(&["orders.write", "orders.read"]);
+    let started = serve.call(&caller, START);
+    let id = json(&started)["id"].as_str().expect("an id").to_owned();
+    let admin = token(&["opshost.admin"]);
+    let jobs = |token: &str, args: &[&str]| {
+        opshost()
+            .args(["jobs", "--url", &serve.url, "--token", token])
+            .args(args)
+            .output()
+            .expect("opshost runs")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let line = loop {
+        let listed = jobs(&admin, &["list", "--queue", "fulfillment"]);
+        assert!(listed.status.success(), "{}", text(&listed.stderr));
+        if let Some(line) = text(&listed.stdout).lines().find(|l| l.ends_with(&id)) {
+            break line.to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "no job owns {id}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let job_id = line.split('\t').next().expect("a job id");
+    let shown = jobs(&admin, &["get", job_id]);
+    assert_eq!(json(&shown)["operation"], id.as_str());
+    let denied = jobs(&caller, &["list"]);
+    assert_eq!(denied.status.code(), Some(3));
+    assert!(
+        text(&denied.stderr).contains("MissingCapability"),
+        "{}",
+        text(&denied.stderr)
+    );
 }

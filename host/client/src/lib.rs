@@ -21,7 +21,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 pub use error::ClientError;
-pub use opshost_api::{ErrorCode, OperationEvent};
+pub use opshost_api::{ErrorCode, JobPage, JobRecord, JobState, OperationEvent};
 pub use watch::{EventStream, TypedEventStream};
 
 /// Options of a start request.
@@ -41,6 +41,19 @@ pub struct ListQuery {
     pub operation: Option<String>,
     /// Only this state.
     pub state: Option<OperationState>,
+    /// The previous page's `next`.
+    pub after: Option<String>,
+    /// Page size.
+    pub limit: Option<usize>,
+}
+
+/// Filters of [`Client::jobs`] (an operator's call).
+#[derive(Debug, Clone, Default)]
+pub struct JobQuery {
+    /// Only this queue.
+    pub queue: Option<String>,
+    /// Only this state.
+    pub state: Option<JobState>,
     /// The previous page's `next`.
     pub after: Option<String>,
     /// Page size.
@@ -208,6 +221,41 @@ impl Client {
     /// The contract manifest the host serves.
     pub async fn contract(&self) -> Result<Value, ClientError> {
         send(self.request(Method::GET, "/v1/contract")).await
+    }
+
+    /// One page of the service's jobs (needs the host's admin capability).
+    pub async fn jobs(&self, query: &JobQuery) -> Result<JobPage, ClientError> {
+        let mut params: Vec<(&str, String)> = Vec::new();
+        if let Some(queue) = &query.queue {
+            params.push(("queue", queue.clone()));
+        }
+        if let Some(state) = query.state {
+            params.push(("state", state.as_str().to_owned()));
+        }
+        if let Some(after) = &query.after {
+            params.push(("after", after.clone()));
+        }
+        if let Some(limit) = query.limit {
+            params.push(("limit", limit.to_string()));
+        }
+        send(self.request(Method::GET, "/v1/jobs").query(&params)).await
+    }
+
+    /// One job (needs the host's admin capability).
+    pub async fn job(&self, id: &str) -> Result<JobRecord, ClientError> {
+        send(self.request(Method::GET, &format!("/v1/jobs/{}", segment(id)))).await
+    }
+
+    /// Queues a dead or cancelled job again (needs the host's admin capability).
+    pub async fn retry_job(&self, id: &str) -> Result<JobRecord, ClientError> {
+        let path = format!("/v1/jobs/{}/retry", segment(id));
+        send(self.request(Method::POST, &path)).await
+    }
+
+    /// Cancels a job (needs the host's admin capability).
+    pub async fn cancel_job(&self, id: &str) -> Result<JobRecord, ClientError> {
+        let path = format!("/v1/jobs/{}/cancel", segment(id));
+        send(self.request(Method::POST, &path)).await
     }
 }
 

@@ -34,13 +34,14 @@ use crate::openapi;
 
 pub(crate) struct Shared {
     pub(crate) runtime: OperationRuntime,
+    pub(crate) jobs: Option<opshost_jobs::Jobs>,
     pub(crate) auth: Authenticator,
     pub(crate) config: ServerConfig,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) in_flight: Semaphore,
 }
 
-type AppState = Arc<Shared>;
+pub(crate) type AppState = Arc<Shared>;
 
 pub(crate) fn router(shared: AppState) -> Router {
     // Short requests count against `max_in_flight`; waits and watches hold no permit.
@@ -50,6 +51,7 @@ pub(crate) fn router(shared: AppState) -> Router {
         .route("/v1/operations/{id}/cancel", post(cancel))
         .route("/v1/operations/{id}/signals/{signal}", post(signal))
         .route("/v1/contract", get(contract))
+        .merge(crate::admin::routes())
         .route_layer(middleware::from_fn_with_state(shared.clone(), admit));
     Router::new()
         .merge(admitted)
@@ -105,7 +107,7 @@ async fn record(State(shared): State<AppState>, request: Request, next: Next) ->
 }
 
 /// The authenticated caller of a request.
-struct Caller(Principal);
+pub(crate) struct Caller(pub(crate) Principal);
 
 impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;

@@ -1,6 +1,6 @@
 //! The opshost HTTP API (SPEC §6): JSON routes under `/v1`, watch as Server-Sent Events,
 //! bearer JWT authentication with per-action capability checks, the contract, an OpenAPI 3.1
-//! document, health and Prometheus metrics.
+//! document, health and Prometheus metrics; for operators, the jobs under `/v1/jobs`.
 //!
 //! Data flows one way: request → [`auth`] (who is calling) → capability and tenant checks →
 //! the [`OperationRuntime`] → store and handlers; changes come back through the runtime's
@@ -19,6 +19,7 @@
 //! # }
 //! ```
 
+mod admin;
 pub mod auth;
 mod error;
 mod http;
@@ -29,6 +30,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use opshost_jobs::Jobs;
 use opshost_runtime::OperationRuntime;
 use serde::Deserialize;
 use tokio::net::TcpListener;
@@ -53,6 +55,8 @@ pub struct ServerConfig {
     pub max_in_flight: usize,
     /// Largest page of a listing.
     pub page_limit: usize,
+    /// The capability the operator routes (`/v1/jobs`) require.
+    pub admin_capability: String,
 }
 
 impl Default for ServerConfig {
@@ -64,6 +68,7 @@ impl Default for ServerConfig {
             keep_alive_secs: 15,
             max_in_flight: 1024,
             page_limit: 100,
+            admin_capability: "opshost.admin".into(),
         }
     }
 }
@@ -78,9 +83,10 @@ impl ServerConfig {
     }
 }
 
-/// The HTTP API over one runtime.
+/// The HTTP API over one runtime (and its jobs, for operators).
 pub struct HttpApi {
     runtime: OperationRuntime,
+    jobs: Option<Jobs>,
     auth: Authenticator,
     config: ServerConfig,
 }
@@ -90,9 +96,17 @@ impl HttpApi {
     pub fn new(runtime: OperationRuntime, auth: Authenticator, config: ServerConfig) -> Self {
         Self {
             runtime,
+            jobs: None,
             auth,
             config,
         }
+    }
+
+    /// Also serves the operator routes over `jobs` (list, get, retry, cancel), to callers
+    /// with the `admin_capability`.
+    pub fn with_jobs(mut self, jobs: Jobs) -> Self {
+        self.jobs = Some(jobs);
+        self
     }
 
     /// The axum router, e.g. to nest in a service's own router. Must be called within a tokio
@@ -103,6 +117,7 @@ impl HttpApi {
         http::router(Arc::new(http::Shared {
             in_flight: tokio::sync::Semaphore::new(self.config.max_in_flight.max(1)),
             runtime: self.runtime,
+            jobs: self.jobs,
             auth: self.auth,
             config: self.config,
             metrics,

@@ -209,6 +209,39 @@ fn generic_paths() -> Map<String, Value> {
         "summary": "The contract manifest served",
         "responses": { "200": { "description": "Manifest", "content": { "application/json": { "schema": { "type": "object" } } } }, "401": error_response() }
     } }));
+    paths.insert("/v1/jobs".into(), json!({ "get": {
+        "operationId": "listJobs",
+        "summary": "Operators: the service's jobs, ordered by id (needs the admin capability)",
+        "parameters": [
+            { "name": "queue", "in": "query", "schema": { "type": "string" } },
+            { "name": "state", "in": "query", "schema": { "type": "string", "enum": ["queued", "running", "completed", "dead", "cancelled"] } },
+            { "name": "after", "in": "query", "schema": { "type": "string" }, "description": "The previous page's `next`" },
+            { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1 } }
+        ],
+        "responses": with_errors(json!({ "200": response("A page of jobs", json!({ "type": "object" })) }))
+    } }));
+    for (path, method, operation_id, summary) in [
+        ("/v1/jobs/{id}", "get", "getJob", "Operators: one job"),
+        (
+            "/v1/jobs/{id}/retry",
+            "post",
+            "retryJob",
+            "Operators: queue a dead or cancelled job again",
+        ),
+        (
+            "/v1/jobs/{id}/cancel",
+            "post",
+            "cancelJob",
+            "Operators: cancel a job (a running one is asked to stop)",
+        ),
+    ] {
+        paths.insert(path.into(), json!({ method: {
+            "operationId": operation_id,
+            "summary": summary,
+            "parameters": [id_parameter()],
+            "responses": with_errors(json!({ "200": response("The job", json!({ "type": "object" })), "409": error_response() }))
+        } }));
+    }
     for (path, summary, content) in [
         ("/healthz", "Liveness", "application/json"),
         (
@@ -238,7 +271,8 @@ fn host_schemas() -> Map<String, Value> {
                     "OperationNotFound", "OperationAlreadyExists", "OperationTerminal",
                     "OperationUnsupportedControl", "InvalidInput", "Unauthenticated",
                     "MissingCapability", "LimitExceeded", "HandlerTrapped", "HandlerNonTerminal",
-                    "HostRestarted", "Overloaded", "HandlerFailed", "Cancelled", "Internal"
+                    "HostRestarted", "Overloaded", "HandlerFailed", "Cancelled", "Internal",
+                    "JobNotFound"
                 ] },
                 "message": { "type": "string" },
                 "details": {}
