@@ -1,8 +1,9 @@
 //! The embedded SQLite store: the default of `opshost serve`.
 //!
-//! - **Durable before acknowledged.** Every write (accept, transition, signal) is on disk before
-//!   its future resolves, and before any reader of this store can see it through the cache or
-//!   a doorbell.
+//! - **Durable before acknowledged.** Every write (accept, transition, signal, job change) is on
+//!   disk before its future resolves, and before any reader of this store can see it through
+//!   the cache or a doorbell; only a handler's `started` and `progress` and a job's lease,
+//!   heartbeat and progress are answered at commit, before their sync (see `writer`).
 //! - **Group commit, pipelined.** One writer thread owns the write connection and commits every
 //!   queued write in one transaction; a sync thread makes whole runs of such commits durable
 //!   with one `fdatasync` of the WAL while the writer goes on (see `writer`). A write that fails
