@@ -83,11 +83,11 @@ pub fn testing_deployment(cancel_grace: Duration) -> DeploymentConfig {
     )
 }
 
-/// [`testing_deployment`] plus the test-worker guest on both testing queues, with short
+/// [`testing_deployment`] plus the test-worker guest on every testing queue, with short
 /// leases.
 pub fn testing_jobs_deployment(cancel_grace: Duration) -> DeploymentConfig {
     let mut config = testing_deployment(cancel_grace);
-    config.workers = ["testing.work", "testing.owned"]
+    config.workers = ["testing.work", "testing.owned", "testing.quick"]
         .into_iter()
         .map(|queue| WorkerConfig {
             queue: queue.into(),

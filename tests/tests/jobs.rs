@@ -129,6 +129,29 @@ async fn an_operator_retries_a_dead_job_with_fresh_attempts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_past_the_queue_timeout_is_stopped_and_fails_with_limit_exceeded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_runtime, jobs) = host(dir.path());
+    jobs.worker("testing.quick", 1, |_job| async move {
+        std::future::pending::<Result<Value, WorkerError>>().await
+    })
+    .unwrap();
+    let job = jobs
+        .enqueue("testing.quick", json!({ "behaviour": "hang" }))
+        .await
+        .unwrap();
+    let dead = final_state(&jobs, &job.id).await;
+    assert_eq!((dead.state, dead.attempt), (JobState::Dead, 1));
+    let error = dead.error.unwrap();
+    assert_eq!(error.code, ErrorCode::LimitExceeded);
+    assert!(
+        error.message.contains("timeoutMs (300 ms)"),
+        "{}",
+        error.message
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_payload_is_refused_at_enqueue_with_its_schema_issues() {
     let dir = tempfile::tempdir().unwrap();
     let (_runtime, jobs) = host(dir.path());
@@ -367,7 +390,7 @@ async fn a_job_whose_operation_already_ended_is_done_without_running_its_worker(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_worker_process_has_its_job_redelivered_once_the_lease_runs_out() {
+async fn a_job_of_a_killed_host_process_runs_again_when_the_host_comes_back() {
     use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_job_host"))
@@ -391,13 +414,13 @@ async fn a_killed_worker_process_has_its_job_redelivered_once_the_lease_runs_out
 
     let (runtime, jobs) = host(dir.path());
     hand_off_handler(&runtime);
-    owned_worker(&jobs, Arc::default());
     let report = runtime
         .recover(|_| opshost_runtime::RestartPolicy::Retry { max_attempts: 3 })
         .await
         .unwrap();
     assert_eq!(report.owned_by_jobs, 1, "{report:?}");
     assert_eq!(report.retried, 0, "the job, not the handler, finishes it");
+    owned_worker(&jobs, Arc::default());
     let terminal = runtime
         .wait(&id, Some(Duration::from_secs(15)))
         .await
@@ -407,4 +430,47 @@ async fn a_killed_worker_process_has_its_job_redelivered_once_the_lease_runs_out
     let job = owning_job(&jobs, &id).await;
     let job = final_state(&jobs, &job.id).await;
     assert_eq!((job.state, job.attempt), (JobState::Completed, 2));
+}
+
+#[test]
+fn a_job_whose_worker_vanished_is_redelivered_once_its_lease_runs_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn opshost_jobs::JobStore> = Arc::new(opshost_jobs::MemoryJobStore::new());
+    let runtime = |store: &Arc<dyn opshost_jobs::JobStore>| {
+        let (operations, _) = host(dir.path());
+        Jobs::new(&operations, Arc::clone(store), opshost_tests::jobs::CONFIG).unwrap()
+    };
+    // The first worker runs on a tokio runtime of its own, which is then dropped with every
+    // task on it, as a process that dies mid-job.
+    let doomed = tokio::runtime::Runtime::new().unwrap();
+    let started = Arc::new(std::sync::Barrier::new(2));
+    let id = doomed.block_on(async {
+        let jobs = runtime(&store);
+        let running = Arc::clone(&started);
+        jobs.worker("testing.work", 1, move |_job| {
+            running.wait();
+            std::future::pending::<Result<Value, WorkerError>>()
+        })
+        .unwrap();
+        let job = jobs
+            .enqueue("testing.work", json!({ "behaviour": "hang" }))
+            .await
+            .unwrap();
+        job.id
+    });
+    started.wait();
+    doomed.shutdown_background();
+
+    let survivor = tokio::runtime::Runtime::new().unwrap();
+    survivor.block_on(async {
+        let jobs = runtime(&store);
+        assert_eq!(jobs.get(&id).await.unwrap().state, JobState::Running);
+        jobs.worker("testing.work", 1, |job| async move {
+            Ok::<_, WorkerError>(json!({ "text": format!("attempt {}", job.attempt()) }))
+        })
+        .unwrap();
+        let done = final_state(&jobs, &id).await;
+        assert_eq!((done.state, done.attempt), (JobState::Completed, 2));
+        assert_eq!(done.result, Some(json!({ "text": "attempt 2" })));
+    });
 }

@@ -97,6 +97,31 @@ async fn a_trapping_wasm_worker_fails_each_attempt_until_the_job_is_dead() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spinning_wasm_worker_is_stopped_at_the_queue_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = host(dir.path());
+    let job = host
+        .jobs()
+        .enqueue("testing.quick", json!({ "behaviour": "hang" }))
+        .await
+        .unwrap();
+    let dead = final_state(host.jobs(), &job.id).await;
+    assert_eq!(dead.state, JobState::Dead);
+    assert_eq!(dead.error.unwrap().code, ErrorCode::LimitExceeded);
+    let next = host
+        .jobs()
+        .enqueue("testing.quick", json!({ "behaviour": "complete", "n": 1 }))
+        .await
+        .unwrap();
+    let done = final_state(host.jobs(), &next.id).await;
+    assert_eq!(
+        done.state,
+        JobState::Completed,
+        "the worker slot is free again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wasm_handler_hands_its_operation_to_a_wasm_worker_that_completes_it() {
     let dir = tempfile::tempdir().unwrap();
     let host = host(dir.path());

@@ -77,6 +77,7 @@ impl WasmHost {
         let runtime = OperationRuntime::with_contract(contract, store, runtime_config);
         let jobs = Jobs::new(&runtime, job_store, config.jobs.config())?;
         let engine = engine::new_engine()?;
+        let mut compiled = Compiled::default();
         let mut linker = Linker::<OperationState>::new(&engine);
         let link_error = |e: wasmtime::Error| SandboxError::Engine(e.to_string());
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link_error)?;
@@ -88,8 +89,9 @@ impl WasmHost {
                 path: path.clone(),
                 message: format!("{e:#}"),
             };
-            let component =
-                Component::from_file(&engine, &handler.component).map_err(component_error)?;
+            let component = compiled
+                .load(&engine, &handler.component)
+                .map_err(component_error)?;
             let pre = linker
                 .instantiate_pre(&component)
                 .map_err(component_error)?;
@@ -113,8 +115,9 @@ impl WasmHost {
                 path: path.clone(),
                 message: format!("{e:#}"),
             };
-            let component =
-                Component::from_file(&engine, &worker.component).map_err(component_error)?;
+            let component = compiled
+                .load(&engine, &worker.component)
+                .map_err(component_error)?;
             let pre = worker_linker
                 .instantiate_pre(&component)
                 .map_err(component_error)?;
@@ -179,6 +182,22 @@ impl WasmHost {
             .start(Owner::default(), operation, id, input)
             .await?
             .snapshot)
+    }
+}
+
+/// Components compiled so far by file: a file named by several handlers or workers is
+/// compiled once.
+#[derive(Default)]
+struct Compiled(HashMap<std::path::PathBuf, Component>);
+
+impl Compiled {
+    fn load(&mut self, engine: &Engine, path: &std::path::Path) -> wasmtime::Result<Component> {
+        if let Some(component) = self.0.get(path) {
+            return Ok(component.clone());
+        }
+        let component = Component::from_file(engine, path)?;
+        self.0.insert(path.to_path_buf(), component.clone());
+        Ok(component)
     }
 }
 
