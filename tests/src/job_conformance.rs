@@ -4,7 +4,7 @@
 //!
 //! Create-if-absent, leases in due order, lease expiry (redelivery, or `dead` after the last
 //! attempt), fencing by attempt, the ends of an attempt, cancel and retry, listing, owners and
-//! the next due time, and concurrent leases.
+//! the next due time, retention, and concurrent leases.
 
 use std::sync::Arc;
 
@@ -265,6 +265,26 @@ pub async fn list_filters_and_pages_and_owner_of_finds_the_unfinished_owner(
 }
 
 /// See the module docs.
+pub async fn purge_removes_only_final_jobs_older_than_the_cutoff(store: Arc<dyn JobStore>) {
+    for id in ["old-done", "new-done", "old-queued", "old-running"] {
+        store.enqueue(job(id, id, 0)).await.unwrap();
+    }
+    for (id, at_ms) in [("old-done", 10), ("new-done", 5000)] {
+        lease(&store, id, 0).await.unwrap();
+        store
+            .finish(id, 1, Finish::Completed(json!(null)), at(at_ms))
+            .await
+            .unwrap();
+    }
+    lease(&store, "old-running", 0).await.unwrap();
+    assert_eq!(store.purge(at(1000)).await.unwrap(), 1);
+    assert_eq!(store.get("old-done").await.unwrap(), None);
+    for id in ["new-done", "old-queued", "old-running"] {
+        assert!(store.get(id).await.unwrap().is_some(), "{id} is kept");
+    }
+}
+
+/// See the module docs.
 pub async fn concurrent_leases_never_hand_one_job_to_two_workers(store: Arc<dyn JobStore>) {
     for n in 0..20 {
         store
@@ -307,6 +327,7 @@ macro_rules! job_store_conformance {
             cancel_ends_a_waiting_job_and_asks_a_running_one,
             retry_requeues_only_dead_or_cancelled_jobs,
             list_filters_and_pages_and_owner_of_finds_the_unfinished_owner,
+            purge_removes_only_final_jobs_older_than_the_cutoff,
             concurrent_leases_never_hand_one_job_to_two_workers
         );
     };

@@ -380,7 +380,7 @@ async fn serve(
     host.recover()
         .await
         .context("cannot recover the operations of the previous run")?;
-    let runtime = host.runtime().clone();
+    let (runtime, jobs) = (host.runtime().clone(), host.jobs().clone());
     let (retention, interval) = (config.store.retention(), config.store.purge_interval());
     tokio::spawn(async move {
         let mut ticks = tokio::time::interval(interval);
@@ -390,6 +390,11 @@ async fn serve(
                 Ok(0) => {}
                 Ok(purged) => tracing::info!(purged, "purged expired operations"),
                 Err(error) => tracing::warn!(%error, "retention purge failed"),
+            }
+            match jobs.purge_expired(retention).await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "purged expired jobs"),
+                Err(error) => tracing::warn!(%error, "job retention purge failed"),
             }
         }
     });

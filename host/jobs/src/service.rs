@@ -202,6 +202,15 @@ impl Jobs {
         Ok(job)
     }
 
+    /// Deletes final jobs last changed more than `retention` ago; returns how many.
+    pub async fn purge_expired(&self, retention: Duration) -> Result<u64, JobError> {
+        let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+        let cutoff = Utc::now()
+            .checked_sub_signed(retention)
+            .unwrap_or(chrono::DateTime::<Utc>::MIN_UTC);
+        Ok(self.inner.store.purge(cutoff).await?)
+    }
+
     /// Stops every worker of this service after its current attempt's next step; their
     /// leased jobs are redelivered once the leases run out.
     pub fn stop(&self) {

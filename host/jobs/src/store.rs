@@ -70,6 +70,10 @@ pub trait JobStore: Send + Sync + 'static {
     async fn retry(&self, id: &str, now: DateTime<Utc>)
     -> Result<Option<JobRecord>, JobStoreError>;
 
+    /// Deletes final jobs (completed, dead, cancelled) last changed before `cutoff`; returns
+    /// how many. Never touches a queued or running job.
+    async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64, JobStoreError>;
+
     /// One job.
     async fn get(&self, id: &str) -> Result<Option<JobRecord>, JobStoreError>;
 
@@ -339,6 +343,14 @@ impl JobStore for MemoryJobStore {
             rules::retry(job, now);
             job.clone()
         }))
+    }
+
+    async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64, JobStoreError> {
+        let mut jobs = self.jobs();
+        let before = jobs.by_id.len();
+        jobs.by_id
+            .retain(|_, job| !job.state.is_final() || job.updated_at >= cutoff);
+        Ok((before - jobs.by_id.len()) as u64)
     }
 
     async fn get(&self, id: &str) -> Result<Option<JobRecord>, JobStoreError> {

@@ -50,6 +50,7 @@ pub(crate) enum JobWrite {
         id: String,
         now: DateTime<Utc>,
     },
+    Purge(DateTime<Utc>),
 }
 
 /// The outcome of a [`JobWrite`].
@@ -58,6 +59,7 @@ pub(crate) enum JobWritten {
     Record(Option<JobRecord>),
     Beat(Heartbeat),
     Cancel(Option<CancelOutcome>),
+    Purged(u64),
 }
 
 impl JobWrite {
@@ -87,14 +89,16 @@ fn save(db: &Connection, job: &JobRecord) -> rusqlite::Result<()> {
     let record = serde_json::to_string(job)
         .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
     db.prepare_cached(
-        "INSERT INTO jobs (id, queue, state, due_at, operation, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT (id) DO UPDATE SET state = ?3, due_at = ?4, record = ?6",
+        "INSERT INTO jobs (id, queue, state, due_at, updated_ms, operation, record)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT (id) DO UPDATE SET state = ?3, due_at = ?4, updated_ms = ?5, record = ?7",
     )?
     .execute(params![
         job.id,
         job.queue,
         job.state.as_str(),
         rules::due_at(job).map(millis),
+        millis(job.updated_at),
         job.operation,
         record
     ])?;
@@ -181,6 +185,10 @@ pub(crate) fn apply(db: &Connection, write: &JobWrite) -> rusqlite::Result<JobWr
             }
             None => None,
         }),
+        JobWrite::Purge(cutoff) => JobWritten::Purged(
+            db.prepare_cached("DELETE FROM jobs WHERE due_at IS NULL AND updated_ms < ?1")?
+                .execute(params![millis(*cutoff)])? as u64,
+        ),
         JobWrite::Retry { id, now } => JobWritten::Record(match load(db, id)? {
             Some(mut job) => {
                 if rules::retry(&mut job, *now) {
@@ -308,6 +316,13 @@ impl JobStore for SqliteStore {
     ) -> Result<Option<JobRecord>, JobStoreError> {
         let id = id.to_owned();
         self.job_record(JobWrite::Retry { id, now }).await
+    }
+
+    async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64, JobStoreError> {
+        match self.job_write(JobWrite::Purge(cutoff)).await? {
+            JobWritten::Purged(count) => Ok(count),
+            other => Err(JobStoreError(format!("unexpected answer {other:?}"))),
+        }
     }
 
     async fn get(&self, id: &str) -> Result<Option<JobRecord>, JobStoreError> {

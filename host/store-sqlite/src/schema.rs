@@ -35,15 +35,16 @@ const MIGRATIONS: &[&str] = &[
          PRIMARY KEY (id, sequence)
      ) WITHOUT ROWID;",
     // 2: jobs. The record is JSON (the stores share their rules as changes to it); the
-    // columns beside it are what leases and listings look up. `due_at` (Unix ms) is when a
-    // queued job may run or a running job's lease ends; final jobs have none.
+    // columns beside it are what leases, listings and retention look up. `due_at` (Unix ms) is
+    // when a queued job may run or a running job's lease ends; final jobs have none.
     "CREATE TABLE jobs (
-         id        TEXT PRIMARY KEY,
-         queue     TEXT NOT NULL,
-         state     TEXT NOT NULL,
-         due_at    INTEGER,
-         operation TEXT,
-         record    TEXT NOT NULL
+         id         TEXT PRIMARY KEY,
+         queue      TEXT NOT NULL,
+         state      TEXT NOT NULL,
+         due_at     INTEGER,
+         updated_ms INTEGER NOT NULL,
+         operation  TEXT,
+         record     TEXT NOT NULL
      ) WITHOUT ROWID;
      CREATE INDEX jobs_due ON jobs (queue, due_at) WHERE due_at IS NOT NULL;
      CREATE INDEX jobs_by_operation ON jobs (operation) WHERE operation IS NOT NULL AND due_at IS NOT NULL;",
