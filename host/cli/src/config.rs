@@ -16,7 +16,7 @@
 //!
 //! [store]
 //! data_dir = "data"          # the SQLite store; relative to the working directory
-//! retention_days = 7         # terminal operations are purged after this long
+//! retention_days = 7         # terminal operations and final jobs are purged after this long
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -33,7 +33,7 @@ use serde::Deserialize;
 pub struct StoreConfig {
     /// The SQLite store's directory.
     pub data_dir: PathBuf,
-    /// Terminal operations are purged this many days after they ended.
+    /// Terminal operations and final jobs are purged this many days after they ended.
     pub retention_days: f64,
     /// How often the purge runs, in seconds.
     pub purge_interval_secs: u64,
