@@ -15,6 +15,9 @@ pub enum JobError {
     /// The contract declares no such queue.
     #[error("unknown queue `{0}`")]
     UnknownQueue(String),
+    /// The runtime was built without a contract, so it declares no queues.
+    #[error("the runtime has no contract (build it with `OperationRuntime::with_contract`)")]
+    NoContract,
     /// No job has this id.
     #[error("job `{0}` not found")]
     NotFound(String),
@@ -50,9 +53,10 @@ impl JobError {
     /// The stable code of this error.
     pub fn code(&self) -> ErrorCode {
         match self {
-            Self::UnknownQueue(_) | Self::Invalid { .. } | Self::WrongState { .. } => {
-                ErrorCode::InvalidInput
-            }
+            Self::UnknownQueue(_)
+            | Self::NoContract
+            | Self::Invalid { .. }
+            | Self::WrongState { .. } => ErrorCode::InvalidInput,
             Self::NotFound(_) => ErrorCode::JobNotFound,
             Self::LeaseLost(_) | Self::Store(_) => ErrorCode::Internal,
         }

@@ -46,8 +46,7 @@ pub enum CancelOutcome {
     Final(JobRecord),
 }
 
-/// Filters and paging for [`crate::JobStore::list`]: newest id first is not promised; ids
-/// ascend.
+/// Filters and paging for [`crate::JobStore::list`], which lists jobs by id, ascending.
 #[derive(Debug, Clone, Default)]
 pub struct JobFilter {
     /// Only this queue.

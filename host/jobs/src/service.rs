@@ -72,10 +72,7 @@ impl Jobs {
         store: Arc<dyn JobStore>,
         config: JobsConfig,
     ) -> Result<Self, JobError> {
-        let contract = runtime
-            .contract()
-            .cloned()
-            .ok_or_else(|| JobError::UnknownQueue("(the runtime has no contract)".into()))?;
+        let contract = runtime.contract().cloned().ok_or(JobError::NoContract)?;
         let jobs = Self {
             inner: Arc::new(Inner {
                 runtime: runtime.clone(),

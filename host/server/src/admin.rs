@@ -28,7 +28,9 @@ impl From<JobError> for ApiError {
         let status = match &error {
             JobError::NotFound(_) => StatusCode::NOT_FOUND,
             JobError::WrongState { .. } => StatusCode::CONFLICT,
-            JobError::UnknownQueue(_) | JobError::Invalid { .. } => StatusCode::BAD_REQUEST,
+            JobError::UnknownQueue(_) | JobError::NoContract | JobError::Invalid { .. } => {
+                StatusCode::BAD_REQUEST
+            }
             JobError::LeaseLost(_) | JobError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let info = error.to_info();
