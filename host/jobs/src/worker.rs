@@ -230,6 +230,12 @@ impl Jobs {
             return;
         };
         let failure = match outcome {
+            Ok(Err(joined)) if joined.is_cancelled() => {
+                // The tokio runtime is shutting down under the worker: the attempt did not
+                // fail, it stopped with its host; the lease running out hands the job on.
+                tracing::warn!(job = %record.id, "worker stopped with its runtime");
+                return;
+            }
             Ok(Ok(Ok(result))) => match check_result(&spec, &result) {
                 Ok(()) => {
                     self.finish(&record, Finish::Completed(result)).await;
