@@ -1,13 +1,13 @@
 //! Jobs on SQLite for the jobs tests and the `job_host` binary: the testing contract's
-//! runtime and jobs on one file, and a native `Testing.Scenario` handler that hands its
-//! operation to a `testing.owned` job.
+//! runtime and jobs on one file, a native `Testing.Scenario` handler that hands its
+//! operation to a `testing.owned` job, and waits on jobs.
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use opshost_contract::Contract;
-use opshost_jobs::{Jobs, JobsConfig};
+use opshost_jobs::{JobRecord, Jobs, JobsConfig};
 use opshost_runtime::store::OperationStore;
 use opshost_runtime::{OperationRuntime, RuntimeConfig};
 use opshost_store_sqlite::SqliteStore;
@@ -57,4 +57,34 @@ pub fn hand_off_handler(runtime: &OperationRuntime) {
                 .await?;
             Ok(())
         });
+}
+
+/// The job once it is final (completed, dead or cancelled); panics after 20 s.
+pub async fn final_state(jobs: &Jobs, id: &str) -> JobRecord {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let job = jobs.get(id).await.expect("the job exists");
+        if job.state.is_final() {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "job {id} still {:?}", job.state);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The job that owns `operation`, once there is one; panics after 10 s.
+pub async fn owning_job(jobs: &Jobs, operation: &str) -> JobRecord {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let page = jobs.list(&Default::default()).await.expect("jobs list");
+        if let Some(job) = page
+            .items
+            .into_iter()
+            .find(|job| job.operation.as_deref() == Some(operation))
+        {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "no job owns {operation}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -6,24 +6,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use opshost_api::{ErrorCode, OperationState};
-use opshost_jobs::{EnqueueOptions, JobError, JobRecord, JobState, Jobs, WorkerError};
+use opshost_jobs::{EnqueueOptions, JobError, JobState, Jobs, WorkerError};
 use opshost_runtime::{OperationRuntime, Owner};
-use opshost_tests::jobs::{hand_off_handler, host};
+use opshost_tests::jobs::{final_state, hand_off_handler, host, owning_job};
 use serde_json::{Value, json};
 use testing_participant::operations::TestingScenario;
 use testing_participant::{ScenarioProgress, ScenarioResult};
-
-async fn final_state(jobs: &Jobs, id: &str) -> JobRecord {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let job = jobs.get(id).await.expect("the job exists");
-        if job.state.is_final() {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "job {id} still {:?}", job.state);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
 
 fn owner() -> Owner {
     Owner {
@@ -271,22 +259,6 @@ async fn start(runtime: &OperationRuntime, scenario: &str) -> String {
         .unwrap()
         .snapshot
         .id
-}
-
-async fn owning_job(jobs: &Jobs, operation: &str) -> JobRecord {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let page = jobs.list(&Default::default()).await.unwrap();
-        if let Some(job) = page
-            .items
-            .into_iter()
-            .find(|job| job.operation.as_deref() == Some(operation))
-        {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "no job owns {operation}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

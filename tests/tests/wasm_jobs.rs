@@ -5,10 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use opshost_api::{ErrorCode, OperationState};
-use opshost_jobs::{JobRecord, JobState, Jobs};
+use opshost_jobs::JobState;
 use opshost_runtime::Owner;
 use opshost_sandbox::WasmHost;
 use opshost_store_sqlite::SqliteStore;
+use opshost_tests::jobs::{final_state, owning_job};
 use opshost_tests::testing_jobs_deployment;
 use serde_json::{Value, json};
 
@@ -22,18 +23,6 @@ fn host(dir: &std::path::Path) -> WasmHost {
     .expect("the deployment loads")
 }
 
-async fn final_state(jobs: &Jobs, id: &str) -> JobRecord {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let job = jobs.get(id).await.expect("the job exists");
-        if job.state.is_final() {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "job {id} still {:?}", job.state);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 async fn hand_off(host: &WasmHost, job: &str) -> String {
     let owner = Owner::default();
     let input = json!({ "scenario": "hand-off", "job": job });
@@ -43,22 +32,6 @@ async fn hand_off(host: &WasmHost, job: &str) -> String {
         .await
         .expect("the operation starts");
     accepted.snapshot.id
-}
-
-async fn owning_job(jobs: &Jobs, operation: &str) -> JobRecord {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let page = jobs.list(&Default::default()).await.expect("jobs list");
-        if let Some(job) = page
-            .items
-            .into_iter()
-            .find(|job| job.operation.as_deref() == Some(operation))
-        {
-            return job;
-        }
-        assert!(Instant::now() < deadline, "no job owns {operation}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -187,6 +187,19 @@ pub mod rules {
     }
 }
 
+/// A page of at most `limit` jobs from `items` (fetched with one more than `limit`, to learn
+/// whether a next page exists).
+pub fn page(mut items: Vec<JobRecord>, limit: usize) -> JobPage {
+    let next = (items.len() > limit).then(|| {
+        items.truncate(limit);
+        items.last().map(|job| job.id.clone())
+    });
+    JobPage {
+        items,
+        next: next.flatten(),
+    }
+}
+
 /// Jobs in memory, for tests and the in-memory host. Due jobs are indexed by queue and
 /// time, so that a lease costs the same with a thousand finished jobs as with none.
 #[derive(Default)]
@@ -361,7 +374,7 @@ impl JobStore for MemoryJobStore {
         let jobs = self.jobs();
         let limit = filter.limit.max(1);
         let from = filter.after.clone().unwrap_or_default();
-        let mut items: Vec<JobRecord> = jobs
+        let items: Vec<JobRecord> = jobs
             .by_id
             .range(from..)
             .map(|(_, job)| job)
@@ -371,14 +384,7 @@ impl JobStore for MemoryJobStore {
             .take(limit + 1)
             .cloned()
             .collect();
-        let next = (items.len() > limit).then(|| {
-            items.truncate(limit);
-            items.last().map(|job| job.id.clone())
-        });
-        Ok(JobPage {
-            items,
-            next: next.flatten(),
-        })
+        Ok(page(items, limit))
     }
 
     async fn owner_of(&self, operation_id: &str) -> Result<Option<JobRecord>, JobStoreError> {

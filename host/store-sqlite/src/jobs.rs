@@ -7,7 +7,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
-use opshost_jobs::store::{JobStore, apply_finish, rules};
+use opshost_jobs::store::{JobStore, apply_finish, page, rules};
 use opshost_jobs::{
     CancelOutcome, Finish, Heartbeat, JobFilter, JobPage, JobRecord, JobStoreError,
 };
@@ -333,7 +333,7 @@ impl JobStore for SqliteStore {
     async fn list(&self, filter: &JobFilter) -> Result<JobPage, JobStoreError> {
         let filter = filter.clone();
         let limit = filter.limit.max(1);
-        let mut items: Vec<JobRecord> = self
+        let items: Vec<JobRecord> = self
             .read(move |db| {
                 let mut statement = db.prepare_cached(
                     "SELECT record FROM jobs WHERE (?1 IS NULL OR queue = ?1)
@@ -353,14 +353,7 @@ impl JobStore for SqliteStore {
             })
             .await
             .map_err(failed)?;
-        let next = (items.len() > limit).then(|| {
-            items.truncate(limit);
-            items.last().map(|job| job.id.clone())
-        });
-        Ok(JobPage {
-            items,
-            next: next.flatten(),
-        })
+        Ok(page(items, limit))
     }
 
     async fn owner_of(&self, operation_id: &str) -> Result<Option<JobRecord>, JobStoreError> {
