@@ -1,12 +1,10 @@
 //! The operator routes under `/v1/jobs` through the real client: list, get, retry and
 //! cancel, only for callers with the admin capability.
 
-use std::time::{Duration, Instant};
-
 use opshost_api::ErrorCode;
 use opshost_client::{Client, ClientError, JobQuery, JobState};
 use opshost_jobs::{Jobs, WorkerError};
-use opshost_tests::jobs::host;
+use opshost_tests::jobs::{final_state, host};
 use opshost_tests::net::{TestServer, token};
 use serde_json::{Value, json};
 
@@ -24,11 +22,7 @@ async fn dead_job(jobs: &Jobs) -> String {
         .enqueue("testing.work", json!({ "behaviour": "fail" }))
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while jobs.get(&job.id).await.unwrap().state != JobState::Dead {
-        assert!(Instant::now() < deadline, "the job never died");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    assert_eq!(final_state(jobs, &job.id).await.state, JobState::Dead);
     job.id
 }
 

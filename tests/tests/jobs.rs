@@ -446,3 +446,40 @@ fn a_job_whose_worker_vanished_is_redelivered_once_its_lease_runs_out() {
         assert_eq!(done.result, Some(json!({ "text": "attempt 2" })));
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hand_off_to_an_unknown_queue_or_with_a_bad_payload_is_refused_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (runtime, jobs) = host(dir.path());
+    let id = "refused-hand-off".to_owned();
+    runtime
+        .accept_as(owner(), "Testing.Scenario", Some(id.clone()), None)
+        .await
+        .unwrap();
+    let unknown = runtime
+        .hand_off(&id, "no.such.queue", json!({ "behaviour": "complete" }))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), ErrorCode::InvalidInput);
+    assert!(unknown.to_string().contains("no.such.queue"), "{unknown}");
+    let invalid = runtime
+        .hand_off(&id, "testing.owned", json!({ "behaviour": 5 }))
+        .await
+        .unwrap_err();
+    let opshost_runtime::ServerError::InvalidInput { issues, .. } = &invalid else {
+        panic!("expected schema issues, got {invalid}");
+    };
+    assert_eq!(issues[0].pointer, "/behaviour");
+    assert!(
+        jobs.list(&Default::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    let snapshot = runtime.get(&id).await.unwrap();
+    assert_eq!(
+        (snapshot.state, snapshot.revision),
+        (OperationState::Pending, 1)
+    );
+}

@@ -87,6 +87,10 @@ impl From<JobError> for ServerError {
                 message: format!("{what} of queue `{queue}`"),
                 issues,
             },
+            JobError::UnknownQueue(_) | JobError::NoContract => ServerError::InvalidInput {
+                message: error.to_string(),
+                issues: Vec::new(),
+            },
             other => ServerError::Failed(other.to_string()),
         }
     }

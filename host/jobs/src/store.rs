@@ -156,6 +156,21 @@ pub mod rules {
         job.state == JobState::Running && job.attempt == attempt
     }
 
+    /// A heartbeat or progress of `attempt`: `change` applies only while it holds the lease.
+    pub fn beat(
+        job: &mut JobRecord,
+        attempt: u32,
+        change: impl FnOnce(&mut JobRecord),
+    ) -> Heartbeat {
+        if !holds(job, attempt) {
+            return Heartbeat::Lost;
+        }
+        change(job);
+        Heartbeat::Held {
+            cancel_requested: job.cancel_requested,
+        }
+    }
+
     /// Cancels the job, or records the request for its worker.
     pub fn cancel(job: &mut JobRecord, now: DateTime<Utc>) -> CancelOutcome {
         match job.state {
@@ -252,16 +267,8 @@ impl MemoryJobStore {
 
 /// The answer to a heartbeat or progress of `attempt`, after `change` when it holds.
 fn beat(jobs: &mut Jobs, id: &str, attempt: u32, change: impl FnOnce(&mut JobRecord)) -> Heartbeat {
-    jobs.change(id, |job| {
-        if !rules::holds(job, attempt) {
-            return Heartbeat::Lost;
-        }
-        change(job);
-        Heartbeat::Held {
-            cancel_requested: job.cancel_requested,
-        }
-    })
-    .unwrap_or(Heartbeat::Lost)
+    jobs.change(id, |job| rules::beat(job, attempt, change))
+        .unwrap_or(Heartbeat::Lost)
 }
 
 #[async_trait]

@@ -105,6 +105,23 @@ fn save(db: &Connection, job: &JobRecord) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// A heartbeat or progress of `attempt` on job `id`, saved only while it holds the lease.
+fn beat(
+    db: &Connection,
+    id: &str,
+    attempt: u32,
+    change: impl FnOnce(&mut JobRecord),
+) -> rusqlite::Result<Heartbeat> {
+    let Some(mut job) = load(db, id)? else {
+        return Ok(Heartbeat::Lost);
+    };
+    let beat = rules::beat(&mut job, attempt, change);
+    if beat != Heartbeat::Lost {
+        save(db, &job)?;
+    }
+    Ok(beat)
+}
+
 /// Applies `write` on the writer's transaction.
 pub(crate) fn apply(db: &Connection, write: &JobWrite) -> rusqlite::Result<JobWritten> {
     Ok(match write {
@@ -136,32 +153,20 @@ pub(crate) fn apply(db: &Connection, write: &JobWrite) -> rusqlite::Result<JobWr
                 None => None,
             })
         }
-        JobWrite::Heartbeat { id, attempt, until } => JobWritten::Beat(match load(db, id)? {
-            Some(mut job) if rules::holds(&job, *attempt) => {
-                job.lease_until = Some(*until);
-                save(db, &job)?;
-                Heartbeat::Held {
-                    cancel_requested: job.cancel_requested,
-                }
-            }
-            _ => Heartbeat::Lost,
-        }),
+        JobWrite::Heartbeat { id, attempt, until } => {
+            JobWritten::Beat(beat(db, id, *attempt, |job| {
+                job.lease_until = Some(*until)
+            })?)
+        }
         JobWrite::Progress {
             id,
             attempt,
             progress,
             now,
-        } => JobWritten::Beat(match load(db, id)? {
-            Some(mut job) if rules::holds(&job, *attempt) => {
-                job.progress = Some(progress.clone());
-                job.updated_at = *now;
-                save(db, &job)?;
-                Heartbeat::Held {
-                    cancel_requested: job.cancel_requested,
-                }
-            }
-            _ => Heartbeat::Lost,
-        }),
+        } => JobWritten::Beat(beat(db, id, *attempt, |job| {
+            job.progress = Some(progress.clone());
+            job.updated_at = *now;
+        })?),
         JobWrite::Finish {
             id,
             attempt,
