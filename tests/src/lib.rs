@@ -34,17 +34,13 @@ pub fn orders_host(cancel_grace: Duration) -> WasmHost {
         "Orders.Process",
         "orders_process",
         cancel_grace,
-        None,
     );
-    config.workers = vec![WorkerConfig {
-        queue: "fulfillment".into(),
-        component: guest("orders_fulfillment"),
-        concurrency: 16,
-    }];
-    match WasmHost::from_config(&config) {
-        Ok(host) => host,
-        Err(error) => panic!("cannot load the orders deployment: {error}"),
-    }
+    config.workers = vec![WorkerConfig::new(
+        "fulfillment",
+        guest("orders_fulfillment"),
+        16,
+    )];
+    load(&config)
 }
 
 /// A host serving `Testing.Scenario` with the test-handlers guest.
@@ -57,19 +53,29 @@ pub fn testing_host(cancel_grace: Duration) -> WasmHost {
     )
 }
 
-/// A host serving `Testing.Scenario` that refuses starts while `max_active` operations run.
-pub fn testing_host_limited(cancel_grace: Duration, max_active: usize) -> WasmHost {
-    host_with(
-        "testing.manifest.json",
-        "Testing.Scenario",
-        "test_handlers",
-        cancel_grace,
-        Some(max_active),
-    )
+/// A host serving `Testing.Scenario` that runs `concurrency` handlers at once and lets
+/// `backlog` accepted operations wait for a slot.
+pub fn testing_host_limited(
+    cancel_grace: Duration,
+    concurrency: usize,
+    backlog: usize,
+) -> WasmHost {
+    let mut config = testing_deployment(cancel_grace);
+    config.max_concurrent_operations = concurrency;
+    config.max_backlog = backlog;
+    load(&config)
+}
+
+/// Loads `config` on the in-memory stores, or panics with why it cannot.
+pub fn load(config: &DeploymentConfig) -> WasmHost {
+    match WasmHost::from_config(config) {
+        Ok(host) => host,
+        Err(error) => panic!("cannot load the test deployment: {error}"),
+    }
 }
 
 fn host(manifest: &str, operation: &str, component: &str, cancel_grace: Duration) -> WasmHost {
-    host_with(manifest, operation, component, cancel_grace, None)
+    load(&deployment(manifest, operation, component, cancel_grace))
 }
 
 /// The deployment of `Testing.Scenario` with the test-handlers guest.
@@ -79,7 +85,6 @@ pub fn testing_deployment(cancel_grace: Duration) -> DeploymentConfig {
         "Testing.Scenario",
         "test_handlers",
         cancel_grace,
-        None,
     )
 }
 
@@ -89,11 +94,7 @@ pub fn testing_jobs_deployment(cancel_grace: Duration) -> DeploymentConfig {
     let mut config = testing_deployment(cancel_grace);
     config.workers = ["testing.work", "testing.owned", "testing.quick"]
         .into_iter()
-        .map(|queue| WorkerConfig {
-            queue: queue.into(),
-            component: guest("test_worker"),
-            concurrency: 2,
-        })
+        .map(|queue| WorkerConfig::new(queue, guest("test_worker"), 2))
         .collect();
     config.jobs = JobsSettings {
         lease_ms: 900,
@@ -102,41 +103,16 @@ pub fn testing_jobs_deployment(cancel_grace: Duration) -> DeploymentConfig {
     config
 }
 
-fn host_with(
-    manifest: &str,
-    operation: &str,
-    component: &str,
-    cancel_grace: Duration,
-    max_active_operations: Option<usize>,
-) -> WasmHost {
-    let config = deployment(
-        manifest,
-        operation,
-        component,
-        cancel_grace,
-        max_active_operations,
-    );
-    match WasmHost::from_config(&config) {
-        Ok(host) => host,
-        Err(error) => panic!("cannot load the test deployment: {error}"),
-    }
-}
-
 fn deployment(
     manifest: &str,
     operation: &str,
     component: &str,
     cancel_grace: Duration,
-    max_active_operations: Option<usize>,
 ) -> DeploymentConfig {
-    DeploymentConfig {
-        contract: root().join("contracts").join(manifest),
-        cancel_grace_ms: u64::try_from(cancel_grace.as_millis()).unwrap_or(u64::MAX),
-        max_active_operations,
-        handlers: vec![HandlerConfig::new(operation, guest(component))],
-        workers: Vec::new(),
-        jobs: Default::default(),
-    }
+    let mut config = DeploymentConfig::new(root().join("contracts").join(manifest));
+    config.cancel_grace_ms = u64::try_from(cancel_grace.as_millis()).unwrap_or(u64::MAX);
+    config.handlers = vec![HandlerConfig::new(operation, guest(component))];
+    config
 }
 
 pub mod conformance;

@@ -518,8 +518,8 @@ async fn a_signal_after_the_terminal_state_is_a_409() {
 }
 
 #[tokio::test]
-async fn starts_beyond_max_active_operations_are_429_with_retry_after() {
-    let host = testing_host_limited(Duration::from_millis(200), 1);
+async fn starts_beyond_the_handler_slots_and_backlog_are_429_with_retry_after() {
+    let host = testing_host_limited(Duration::from_millis(200), 1, 0);
     let api = Api::new(host.runtime(), TESTING, ServerConfig::default()).await;
     let running = api
         .start("Testing.Scenario", json!({ "scenario": "await-cancel" }))

@@ -71,6 +71,78 @@ impl OperationHandler for Scenarios {
                 }
                 done(ctx, "echoed", texts)
             }
+            Scenario::MemoryBomb => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![7; 1 << 20]);
+                    std::hint::black_box(&hoard);
+                }
+            }
+            Scenario::Recursion => {
+                deeper(0);
+                Err(HandlerError::new("the recursion ended"))
+            }
+            Scenario::Unreachable => core::arch::wasm32::unreachable(),
+            Scenario::ProgressFlood => {
+                let count = input.count.unwrap_or(1000);
+                for n in 0..count {
+                    ctx.progress(&ScenarioProgress {
+                        percent: n * 100 / count.max(1),
+                    })?;
+                }
+                ctx.progress(&ScenarioProgress { percent: 100 })?;
+                done(
+                    ctx,
+                    format!("sent {} progress events", count + 1),
+                    Vec::new(),
+                )
+            }
+            Scenario::OversizedOutput => done(ctx, "x".repeat(2 << 20), Vec::new()),
+            Scenario::DoubleComplete => {
+                done(ctx, "first", Vec::new())?;
+                match ctx.complete(&ScenarioResult {
+                    note: "second".into(),
+                    signals: Vec::new(),
+                }) {
+                    Err(HostError::Terminal(_)) => Ok(()),
+                    other => Err(HandlerError::new(format!(
+                        "a second complete was not refused: {other:?}"
+                    ))),
+                }
+            }
+            Scenario::CompleteAfterFail => {
+                ctx.fail("failed on purpose")?;
+                match ctx.complete(&ScenarioResult {
+                    note: "after fail".into(),
+                    signals: Vec::new(),
+                }) {
+                    Err(HostError::Terminal(_)) => Ok(()),
+                    other => Err(HandlerError::new(format!(
+                        "complete after fail was not refused: {other:?}"
+                    ))),
+                }
+            }
+            Scenario::ReadFile => {
+                let path = input.path.unwrap_or_default();
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => done(ctx, text, Vec::new()),
+                    Err(error) => Err(HandlerError::new(format!("cannot read {path}: {error}"))),
+                }
+            }
+            Scenario::WriteFile => {
+                let path = input.path.unwrap_or_default();
+                match std::fs::write(&path, "written by the guest") {
+                    Ok(()) => done(ctx, format!("wrote {path}"), Vec::new()),
+                    Err(error) => Err(HandlerError::new(format!("cannot write {path}: {error}"))),
+                }
+            }
+            Scenario::ReadEnv => {
+                let name = input.path.unwrap_or_default();
+                match std::env::var(&name) {
+                    Ok(value) => done(ctx, value, Vec::new()),
+                    Err(error) => Err(HandlerError::new(format!("{name}: {error}"))),
+                }
+            }
             Scenario::HandOff => {
                 ctx.progress(&ScenarioProgress { percent: 10 })?;
                 let behaviour = input.job.as_deref().unwrap_or("finish-operation");
@@ -82,6 +154,12 @@ impl OperationHandler for Scenarios {
             }
         }
     }
+}
+
+/// Recurses without end, through a pointer the compiler cannot see through.
+fn deeper(depth: u64) -> u64 {
+    let next: fn(u64) -> u64 = std::hint::black_box(deeper);
+    next(depth + 1).wrapping_add(depth)
 }
 
 export_handler!(Scenarios);

@@ -375,6 +375,10 @@ async fn serve(
         )?
     } else {
         let store = Arc::new(SqliteStore::open(&config.store.data_dir)?);
+        let engine = &mut config.deployment.engine;
+        if engine.cache_dir.is_none() {
+            engine.cache_dir = Some(config.store.data_dir.join("compiled"));
+        }
         WasmHost::from_config_with_stores(&config.deployment, store.clone(), store)?
     };
     host.recover()

@@ -28,7 +28,7 @@ fn write_config(dir: &Path) -> PathBuf {
     let worker = root().join("target/wasm32-wasip2/release/orders_fulfillment.wasm");
     let contract = root().join("contracts/orders_service.manifest.json");
     let config = format!(
-        "contract = {contract:?}\nmax_active_operations = 2000\n\n\
+        "contract = {contract:?}\nmax_concurrent_operations = 2000\n\n\
          [[handlers]]\noperation = \"Orders.Process\"\ncomponent = {wasm:?}\n\n\
          [[workers]]\nqueue = \"fulfillment\"\ncomponent = {worker:?}\nconcurrency = 64\n\n\
          [server]\nmax_in_flight = 4096\n\n[auth]\nhs256_secret_env = \"OPSHOST_JWT_SECRET\"\n",

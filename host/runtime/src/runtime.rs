@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -30,17 +31,54 @@ use crate::typed::Operations;
 pub struct RuntimeConfig {
     /// How long a cancelled handler has to clean up before it is stopped by force.
     pub cancel_grace: Duration,
-    /// How many operations may run on this host at once; further starts are refused with
-    /// `Overloaded`. `None` means no limit.
-    pub max_active: Option<usize>,
+    /// How many handlers run on this host at once; further accepted operations wait as
+    /// `pending` for a slot. `None` means no limit.
+    pub concurrency: Option<usize>,
+    /// How many accepted operations may wait for a slot; further starts are refused with
+    /// `Overloaded`.
+    pub backlog: usize,
+    /// Largest input or signal payload a caller may send, in bytes of JSON.
+    pub max_payload_bytes: usize,
 }
 
 impl Default for RuntimeConfig {
+    /// A 5 s cancel grace, no concurrency limit, a backlog of 10,000 and 1 MiB payloads.
     fn default() -> Self {
         Self {
             cancel_grace: Duration::from_secs(5),
-            max_active: None,
+            concurrency: None,
+            backlog: 10_000,
+            max_payload_bytes: 1 << 20,
         }
+    }
+}
+
+/// Handler slots: a semaphore of `concurrency` permits, and how many launched handlers wait.
+struct Slots {
+    permits: Arc<tokio::sync::Semaphore>,
+    waiting: Arc<AtomicUsize>,
+    backlog: usize,
+}
+
+/// A launched handler waiting for a slot: counted in [`Slots::waiting`] until dropped.
+struct Queued {
+    permits: Arc<tokio::sync::Semaphore>,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl Queued {
+    fn new(slots: &Slots) -> Self {
+        slots.waiting.fetch_add(1, Ordering::SeqCst);
+        Self {
+            permits: Arc::clone(&slots.permits),
+            waiting: Arc::clone(&slots.waiting),
+        }
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -133,6 +171,7 @@ struct Inner {
     handlers: Mutex<HashMap<String, Arc<dyn OperationHandler>>>,
     feed: broadcast::Sender<OperationEvent>,
     jobs: OnceLock<Arc<dyn JobHandOff>>,
+    slots: Option<Slots>,
 }
 
 /// The operation runtime of one service. Cheap to clone; clones share everything.
@@ -181,12 +220,18 @@ impl OperationRuntime {
         if let Some(contract) = contract {
             let _ = cell.set(contract);
         }
+        let slots = config.concurrency.map(|concurrency| Slots {
+            permits: Arc::new(tokio::sync::Semaphore::new(concurrency)),
+            waiting: Default::default(),
+            backlog: config.backlog,
+        });
         Self {
             inner: Arc::new(Inner {
                 service,
                 contract: cell,
                 store,
                 config,
+                slots,
                 live: Mutex::new(HashMap::new()),
                 handlers: Mutex::new(HashMap::new()),
                 feed: broadcast::channel(FEED_CAPACITY).0,
@@ -286,11 +331,12 @@ impl OperationRuntime {
         live.entry(id.to_owned())
             .or_default()
             .handed_off
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+            .store(true, Ordering::SeqCst);
     }
 
     /// Accepts an operation for `owner` and, when newly accepted, runs its handler on a task
-    /// of its own. Refused with `Overloaded` when `max_active` operations already run here.
+    /// of its own once a slot is free. Refused with `Overloaded` when every slot is taken and
+    /// the backlog of waiting operations is full.
     pub async fn start(
         &self,
         owner: Owner,
@@ -306,13 +352,17 @@ impl OperationRuntime {
                 action: "start (no handler deployed)".into(),
             });
         };
-        if let Some(max) = self.inner.config.max_active
-            && self.active_handlers() >= max
-        {
-            return Err(ServerError::Overloaded {
-                message: format!("{max} operations are already running on this host"),
-                retry_after: Duration::from_secs(1),
-            });
+        if let Some(slots) = &self.inner.slots {
+            let waiting = slots.waiting.load(Ordering::SeqCst);
+            if slots.permits.available_permits() == 0 && waiting >= slots.backlog {
+                return Err(ServerError::Overloaded {
+                    message: format!(
+                        "every handler slot is taken and {waiting} accepted operations already wait (max_backlog {})",
+                        slots.backlog
+                    ),
+                    retry_after: Duration::from_secs(1),
+                });
+            }
         }
         let acceptance = self
             .accept_as(owner, operation, id, Some(input.clone()))
@@ -327,9 +377,30 @@ impl OperationRuntime {
         let id = snapshot.id.clone();
         let runtime = self.clone();
         let (registered, gate) = tokio::sync::oneshot::channel::<()>();
+        let queued = self.inner.slots.as_ref().map(Queued::new);
         let task = tokio::spawn(async move {
             // Run only once cancel can find the task, so a fast handler cannot finish first.
             let _ = gate.await;
+            let _permit = match queued {
+                Some(queued) => {
+                    let cancel = runtime.cancellation(&snapshot.id);
+                    tokio::select! {
+                        biased;
+                        permit = Arc::clone(&queued.permits).acquire_owned() => permit.ok(),
+                        _ = cancel.cancelled() => {
+                            drop(queued);
+                            let ended = runtime
+                                .cancelled(&snapshot.id, "cancelled while waiting for a handler slot")
+                                .await;
+                            if let Err(error) = ended {
+                                tracing::debug!(id = %snapshot.id, %error, "cancel of a waiting operation");
+                            }
+                            return;
+                        }
+                    }
+                }
+                None => None,
+            };
             let id = snapshot.id.clone();
             let outcome = handler.run(runtime.clone(), snapshot, input).await;
             runtime.handler_returned(&id, outcome).await;
@@ -342,7 +413,7 @@ impl OperationRuntime {
     async fn handler_returned(&self, id: &str, outcome: Result<(), ErrorInfo>) {
         let handed_off = self
             .running(id)
-            .is_some_and(|live| live.handed_off.load(std::sync::atomic::Ordering::SeqCst));
+            .is_some_and(|live| live.handed_off.load(Ordering::SeqCst));
         if handed_off && outcome.is_ok() {
             return;
         }
@@ -461,6 +532,20 @@ impl OperationRuntime {
         Ok(self.inner.store.purge(cutoff).await?)
     }
 
+    /// Refuses a caller's payload larger than `max_payload_bytes` of JSON.
+    fn check_size(&self, value: &Value, what: &str) -> Result<(), ServerError> {
+        let limit = self.inner.config.max_payload_bytes;
+        let mut count = ByteCount(0);
+        serde_json::to_writer(&mut count, value)?;
+        if count.0 > limit {
+            return Err(ServerError::LimitExceeded {
+                limit: "max_payload_bytes".into(),
+                message: format!("{what} is {} bytes of JSON, more than {limit}", count.0),
+            });
+        }
+        Ok(())
+    }
+
     /// How many operations have a handler running on this host.
     pub fn active_handlers(&self) -> usize {
         lock(&self.inner.live).len()
@@ -506,6 +591,7 @@ impl OperationRuntime {
     ) -> Result<Acceptance, ServerError> {
         let spec = self.spec(operation)?;
         if let Some(input) = &input {
+            self.check_size(input, &format!("input of {operation}"))?;
             check(&spec.input, input, &format!("input of {operation}"))?;
         }
         let id = id.unwrap_or_else(|| ulid::Ulid::new().to_string());
@@ -685,11 +771,29 @@ impl OperationRuntime {
 
     /// Records a progress payload, validated against the progress schema.
     pub async fn progress(&self, id: &str, progress: Value) -> Result<Snapshot, ServerError> {
+        let snapshot = self.check_progress(id, &progress).await?;
+        self.transition_from(snapshot, |current| {
+            non_terminal(current)?;
+            let mut snapshot = next(current, OperationState::Running);
+            snapshot.progress = Some(progress.clone());
+            Ok(Some((EventKind::Progress, snapshot)))
+        })
+        .await
+    }
+
+    /// Checks a progress payload as [`OperationRuntime::progress`] would, without recording
+    /// it; returns the current snapshot.
+    pub async fn check_progress(
+        &self,
+        id: &str,
+        progress: &Value,
+    ) -> Result<Snapshot, ServerError> {
         let snapshot = self.current(id).await?;
+        non_terminal(&snapshot)?;
         match &self.spec(&snapshot.operation)?.progress {
             Some(schema) => check(
                 schema,
-                &progress,
+                progress,
                 &format!("progress of {}", snapshot.operation),
             )?,
             None => {
@@ -699,13 +803,7 @@ impl OperationRuntime {
                 )));
             }
         }
-        self.transition_from(snapshot, |current| {
-            non_terminal(current)?;
-            let mut snapshot = next(current, OperationState::Running);
-            snapshot.progress = Some(progress.clone());
-            Ok(Some((EventKind::Progress, snapshot)))
-        })
-        .await
+        Ok(snapshot)
     }
 
     /// Completes the operation with an output, validated against the output schema.
@@ -828,11 +926,9 @@ impl OperationRuntime {
                 snapshot.operation
             )));
         };
-        check(
-            &signal.input,
-            &payload,
-            &format!("signal {name} of {}", snapshot.operation),
-        )?;
+        let what = format!("signal {name} of {}", snapshot.operation);
+        self.check_size(&payload, &what)?;
+        check(&signal.input, &payload, &what)?;
         match self.inner.store.append_signal(id, name, payload).await? {
             SignalOutcome::Appended(sequence) => Ok(sequence),
             SignalOutcome::Terminal(state) => Err(ServerError::OperationTerminal {
@@ -972,6 +1068,20 @@ fn next(current: &Snapshot, state: OperationState) -> Snapshot {
     snapshot.state = state;
     snapshot.updated_at = Utc::now();
     snapshot
+}
+
+/// Counts the bytes written to it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0 += bytes.len();
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 fn non_terminal(current: &Snapshot) -> Result<(), ServerError> {

@@ -3,12 +3,27 @@
 //! ```toml
 //! contract = "contracts/orders_service.manifest.json"
 //! cancel_grace_ms = 5000
+//! max_concurrent_operations = 256   # handlers running at once; later starts wait as pending
+//! max_backlog = 10000               # pending starts beyond this are refused as overloaded
+//!
+//! [engine]
+//! cache_dir = "data/compiled"   # precompiled components, keyed by sha256 and engine
+//!
+//! [limits]   # defaults for every handler and worker
+//! memory_mb = 64
+//! cpu_ms = 30000
+//! deadline_ms = 86400000
+//! progress_per_second = 20
+//! max_payload_bytes = 1048576
 //!
 //! [[handlers]]
 //! operation = "Orders.Process"
 //! component = "target/wasm32-wasip2/release/orders_process.wasm"
+//! sha256 = "…"           # optional: refuse any other file
 //! on_restart = "retry"   # or "fail"; what a restarted host does with unfinished runs
 //! max_attempts = 3
+//! limits = { memory_mb = 32 }
+//! grants = { env = { REGION = "eu" }, dirs = [{ host = "catalog", guest = "/catalog" }] }
 //!
 //! [[workers]]
 //! queue = "fulfillment"
@@ -30,6 +45,8 @@ use opshost_runtime::RestartPolicy;
 use serde::Deserialize;
 
 use crate::error::SandboxError;
+use crate::grants::Grants;
+use crate::limits::LimitsTable;
 
 /// A deployment: one contract and the components that handle its operations.
 #[derive(Debug, Clone, Deserialize)]
@@ -40,9 +57,19 @@ pub struct DeploymentConfig {
     /// Grace period for a cancelled handler before it is stopped by force.
     #[serde(default = "default_grace_ms")]
     pub cancel_grace_ms: u64,
-    /// How many operations may run at once; further starts are refused as overloaded.
+    /// How many handlers run at once; further accepted operations wait as `pending`.
+    #[serde(default = "default_concurrency_limit")]
+    pub max_concurrent_operations: usize,
+    /// How many accepted operations may wait for a slot; further starts are refused with
+    /// `Overloaded`.
+    #[serde(default = "default_backlog")]
+    pub max_backlog: usize,
+    /// Engine settings.
     #[serde(default)]
-    pub max_active_operations: Option<usize>,
+    pub engine: EngineSettings,
+    /// Default limits of every handler and worker.
+    #[serde(default)]
+    pub limits: LimitsTable,
     /// One entry per operation served by a component.
     #[serde(default)]
     pub handlers: Vec<HandlerConfig>,
@@ -65,6 +92,42 @@ pub struct WorkerConfig {
     /// Jobs of this queue run at once on this host.
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// The component's sha256 (hex); any other file is refused.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Overrides of the deployment's limits.
+    #[serde(default)]
+    pub limits: LimitsTable,
+    /// What the component may reach through WASI.
+    #[serde(default)]
+    pub grants: Grants,
+}
+
+impl WorkerConfig {
+    /// A worker of `queue` with `concurrency` slots, default limits and no grants.
+    pub fn new(
+        queue: impl Into<String>,
+        component: impl Into<PathBuf>,
+        concurrency: usize,
+    ) -> Self {
+        Self {
+            queue: queue.into(),
+            component: component.into(),
+            concurrency,
+            sha256: None,
+            limits: LimitsTable::default(),
+            grants: Grants::default(),
+        }
+    }
+}
+
+/// The `[engine]` table.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSettings {
+    /// Where compiled components are cached; none means compile at every start.
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// The `[jobs]` table.
@@ -102,6 +165,14 @@ fn default_concurrency() -> usize {
     4
 }
 
+fn default_concurrency_limit() -> usize {
+    256
+}
+
+fn default_backlog() -> usize {
+    10_000
+}
+
 fn default_lease_ms() -> u64 {
     30_000
 }
@@ -124,6 +195,15 @@ pub struct HandlerConfig {
     /// Attempts in all (the first included) when `on_restart = "retry"`.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// The component's sha256 (hex); any other file is refused.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Overrides of the deployment's limits.
+    #[serde(default)]
+    pub limits: LimitsTable,
+    /// What the component may reach through WASI.
+    #[serde(default)]
+    pub grants: Grants,
 }
 
 /// `on_restart` of a handler.
@@ -145,6 +225,9 @@ impl HandlerConfig {
             component: component.into(),
             on_restart: OnRestart::default(),
             max_attempts: default_max_attempts(),
+            sha256: None,
+            limits: LimitsTable::default(),
+            grants: Grants::default(),
         }
     }
 
@@ -168,6 +251,21 @@ fn default_grace_ms() -> u64 {
 }
 
 impl DeploymentConfig {
+    /// A deployment of `contract` with no components and every default.
+    pub fn new(contract: impl Into<PathBuf>) -> Self {
+        Self {
+            contract: contract.into(),
+            cancel_grace_ms: default_grace_ms(),
+            max_concurrent_operations: default_concurrency_limit(),
+            max_backlog: default_backlog(),
+            engine: EngineSettings::default(),
+            limits: LimitsTable::default(),
+            handlers: Vec::new(),
+            workers: Vec::new(),
+            jobs: JobsSettings::default(),
+        }
+    }
+
     /// Reads a config file, resolving relative paths against its directory.
     pub fn from_path(path: impl AsRef<Path>) -> Result<Self, SandboxError> {
         let path = path.as_ref();
@@ -194,9 +292,14 @@ impl DeploymentConfig {
         config.contract = base.join(&config.contract);
         for handler in &mut config.handlers {
             handler.component = base.join(&handler.component);
+            handler.grants.resolve(base);
         }
         for worker in &mut config.workers {
             worker.component = base.join(&worker.component);
+            worker.grants.resolve(base);
+        }
+        if let Some(dir) = &mut config.engine.cache_dir {
+            *dir = base.join(&*dir);
         }
         Ok(config)
     }

@@ -3,9 +3,14 @@
 //!
 //! Each call goes through the [`OperationRuntime`] (and for jobs the [`Job`] handle), so
 //! guests get the same validation and state rules as native code; a refused call returns a
-//! `control-error` and leaves the operation unchanged.
+//! `control-error` and leaves the operation unchanged. Two limits are enforced here: payload
+//! sizes (a breach fails the run with `LimitExceeded`) and the progress rate (progress faster
+//! than it is coalesced: the latest is recorded when the rate allows).
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use opshost_api::{ErrorCode, ErrorInfo};
 use opshost_jobs::{Job, WorkerError};
@@ -17,8 +22,14 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::bindings::opshost::operation::control::Host;
 use crate::bindings::opshost::operation::types::{self, ControlError, Failure, Signal};
 use crate::bindings::worker::opshost::operation::job;
+use crate::limits::{LimitBreach, Limits, StoreLimits};
 
-/// Per-store state: WASI, the operation this store is bound to, and a worker's job.
+fn lock(gate: &Mutex<ProgressGate>) -> std::sync::MutexGuard<'_, ProgressGate> {
+    gate.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Per-store state: WASI, limits, the operation this store is bound to, and a worker's job.
 pub struct OperationState {
     wasi: WasiCtx,
     table: ResourceTable,
@@ -26,11 +37,22 @@ pub struct OperationState {
     id: Option<String>,
     signal_cursor: u64,
     job: Option<Job>,
+    limits: StoreLimits,
+    breach: Option<LimitBreach>,
+    progress: Arc<Mutex<ProgressGate>>,
+}
+
+/// Progress recorded last, and the latest one waiting for the rate to allow it.
+#[derive(Default)]
+struct ProgressGate {
+    last: Option<Instant>,
+    pending: Option<serde_json::Value>,
+    scheduled: bool,
 }
 
 impl OperationState {
     /// State bound to operation `id`.
-    pub fn new(runtime: OperationRuntime, id: String, wasi: WasiCtx) -> Self {
+    pub fn new(runtime: OperationRuntime, id: String, wasi: WasiCtx, limits: Limits) -> Self {
         Self {
             wasi,
             table: ResourceTable::new(),
@@ -38,19 +60,101 @@ impl OperationState {
             id: Some(id),
             signal_cursor: 0,
             job: None,
+            limits: StoreLimits::new(limits),
+            breach: None,
+            progress: Default::default(),
         }
     }
 
     /// State of a worker running `job`, bound to the operation it owns, if any.
-    pub fn for_job(runtime: OperationRuntime, job: Job, wasi: WasiCtx) -> Self {
+    pub fn for_job(runtime: OperationRuntime, job: Job, wasi: WasiCtx, limits: Limits) -> Self {
         Self {
-            wasi,
-            table: ResourceTable::new(),
-            runtime,
             id: job.operation_id().map(str::to_owned),
-            signal_cursor: 0,
             job: Some(job),
+            ..Self::new(runtime, String::new(), wasi, limits)
         }
+    }
+
+    /// This store's memory and CPU accounting.
+    pub fn limits_mut(&mut self) -> &mut StoreLimits {
+        &mut self.limits
+    }
+
+    /// The limit a control call ran into, if any: it decides how the run ends.
+    pub fn breach(&self) -> Option<&LimitBreach> {
+        self.breach.as_ref()
+    }
+
+    /// Refuses a payload beyond the size limit. A handler's operation fails at once; a
+    /// worker's attempt fails when it returns.
+    async fn check_payload(&mut self, what: &str, text: &str) -> Result<(), ControlError> {
+        let Err(breach) = self.limits.limits().check_payload(what, text.len()) else {
+            return Ok(());
+        };
+        let message = breach.to_string();
+        if self.job.is_none()
+            && let Some(id) = &self.id
+        {
+            let error = breach.to_server_error().to_info();
+            if let Err(failed) = self.runtime.fail(id, error).await {
+                tracing::debug!(%id, %failed, "cannot fail the operation for its payload");
+            }
+        }
+        self.breach = Some(breach);
+        Err(ControlError::LimitExceeded(message))
+    }
+
+    /// Records `value` now if the rate allows, else keeps it as the latest waiting one, to be
+    /// recorded by a timer once the interval since the last one has passed.
+    async fn gated_progress(
+        &mut self,
+        id: String,
+        value: serde_json::Value,
+    ) -> Result<(), ControlError> {
+        let interval = self.limits.limits().progress_interval();
+        let now = Instant::now();
+        let due = {
+            let mut gate = lock(&self.progress);
+            let due = !gate.scheduled && gate.last.is_none_or(|last| now >= last + interval);
+            if due {
+                gate.last = Some(now);
+            }
+            due
+        };
+        if due {
+            return self
+                .runtime
+                .progress(&id, value)
+                .await
+                .map(drop)
+                .map_err(control_error);
+        }
+        self.runtime
+            .check_progress(&id, &value)
+            .await
+            .map_err(control_error)?;
+        let mut gate = lock(&self.progress);
+        gate.pending = Some(value);
+        if !gate.scheduled {
+            gate.scheduled = true;
+            let at = gate.last.map_or(now, |last| last + interval);
+            let (gate, runtime) = (Arc::clone(&self.progress), self.runtime.clone());
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at).await;
+                let pending = {
+                    let mut gate = lock(&gate);
+                    gate.scheduled = false;
+                    gate.last = Some(Instant::now());
+                    gate.pending.take()
+                };
+                if let Some(value) = pending
+                    && let Err(error) = runtime.progress(&id, value).await
+                {
+                    tracing::debug!(%id, %error, "coalesced progress not recorded");
+                }
+            });
+        }
+        Ok(())
     }
 
     fn id(&self) -> Result<String, ControlError> {
@@ -102,15 +206,14 @@ impl Host for OperationState {
     }
 
     async fn progress(&mut self, payload: String) -> Result<(), ControlError> {
+        self.check_payload("progress", &payload).await?;
         let value = json(&payload, "progress")?;
-        self.runtime
-            .progress(&self.id()?, value)
-            .await
-            .map(drop)
-            .map_err(control_error)
+        let id = self.id()?;
+        self.gated_progress(id, value).await
     }
 
     async fn complete(&mut self, output: String) -> Result<(), ControlError> {
+        self.check_payload("output", &output).await?;
         let value = json(&output, "output")?;
         self.runtime
             .complete(&self.id()?, value)
@@ -121,7 +224,10 @@ impl Host for OperationState {
 
     async fn fail(&mut self, failure: Failure) -> Result<(), ControlError> {
         let details = match failure.details {
-            Some(text) => Some(json(&text, "failure details")?),
+            Some(text) => {
+                self.check_payload("failure details", &text).await?;
+                Some(json(&text, "failure details")?)
+            }
             None => None,
         };
         let error = ErrorInfo {
@@ -198,6 +304,7 @@ impl Host for OperationState {
     }
 
     async fn hand_off(&mut self, queue: String, payload: String) -> Result<String, ControlError> {
+        self.check_payload("job payload", &payload).await?;
         let value = json(&payload, "job payload")?;
         self.runtime
             .hand_off(&self.id()?, &queue, value)
@@ -208,6 +315,7 @@ impl Host for OperationState {
 
 impl job::Host for OperationState {
     async fn progress(&mut self, payload: String) -> Result<(), ControlError> {
+        self.check_payload("job progress", &payload).await?;
         let value = json(&payload, "job progress")?;
         let Some(job) = &self.job else {
             return Err(ControlError::Internal("this store runs no job".into()));

@@ -39,6 +39,22 @@ pub enum SandboxError {
         /// What failed.
         message: String,
     },
+    /// A component imports interfaces its grants do not cover.
+    #[error("component {path} imports what it was not granted: {}", .imports.join(", "))]
+    UngrantedImports {
+        /// The component file.
+        path: String,
+        /// Every offending import.
+        imports: Vec<String>,
+    },
+    /// A grant cannot be given (e.g. a directory that does not exist).
+    #[error("component {path}: {message}")]
+    Grant {
+        /// The component file.
+        path: String,
+        /// What is wrong, naming the grant.
+        message: String,
+    },
     /// The wasmtime engine could not be created.
     #[error("wasmtime engine: {0}")]
     Engine(String),

@@ -2,6 +2,7 @@
 //! jobs service whose workers run each job attempt.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -19,10 +20,13 @@ use wasmtime::{Engine, Store, UpdateDeadline};
 use crate::bindings::opshost::operation::types::{Failure, Invocation, JobInvocation};
 use crate::bindings::worker::{Worker, WorkerPre};
 use crate::bindings::{Handler, HandlerPre};
+use crate::cache::ComponentLoader;
 use crate::config::DeploymentConfig;
 use crate::control::OperationState;
+use crate::engine::{self, Allocation, EngineShape};
 use crate::error::SandboxError;
-use crate::{engine, grants};
+use crate::grants::{self, Grants};
+use crate::limits::{LimitBreach, Limits, LimitsTable};
 
 /// Serves a contract's operations with wasm components: each component is compiled and linked
 /// once; each operation runs in a fresh `Store` on its own tokio task.
@@ -31,6 +35,7 @@ pub struct WasmHost {
     runtime: OperationRuntime,
     jobs: Jobs,
     policies: Arc<HashMap<String, RestartPolicy>>,
+    allocation: Allocation,
 }
 
 impl WasmHost {
@@ -48,8 +53,9 @@ impl WasmHost {
     }
 
     /// Loads a deployment on `operations` and `jobs` (the SQLite store is both): the
-    /// contract, then every component it names. Worker components start working their queues
-    /// at once (call this within a tokio runtime when the deployment has workers).
+    /// contract, then every component it names, each checked against its grants and pin.
+    /// Worker components start working their queues at once (call this within a tokio
+    /// runtime when the deployment has workers).
     pub fn from_config_with_stores(
         config: &DeploymentConfig,
         store: Arc<dyn OperationStore>,
@@ -63,10 +69,6 @@ impl WasmHost {
                 });
             }
         }
-        let runtime_config = RuntimeConfig {
-            cancel_grace: config.cancel_grace(),
-            max_active: config.max_active_operations,
-        };
         for worker in &config.workers {
             if contract.queue(&worker.queue).is_none() {
                 return Err(SandboxError::UnknownQueue {
@@ -74,34 +76,64 @@ impl WasmHost {
                 });
             }
         }
+        let defaults = Limits::resolve(&config.limits, &LimitsTable::default());
+        let runtime_config = RuntimeConfig {
+            cancel_grace: config.cancel_grace(),
+            concurrency: Some(config.max_concurrent_operations.max(1)),
+            backlog: config.max_backlog,
+            max_payload_bytes: defaults.max_payload_bytes,
+        };
         let runtime = OperationRuntime::with_contract(contract, store, runtime_config);
         let jobs = Jobs::new(&runtime, job_store, config.jobs.config())?;
-        let engine = engine::new_engine()?;
-        let mut compiled = Compiled::default();
+        let handler_limits: Vec<Limits> = config
+            .handlers
+            .iter()
+            .map(|handler| Limits::resolve(&config.limits, &handler.limits))
+            .collect();
+        let worker_limits: Vec<Limits> = config
+            .workers
+            .iter()
+            .map(|worker| Limits::resolve(&config.limits, &worker.limits))
+            .collect();
+        let worker_slots: usize = config.workers.iter().map(|w| w.concurrency).sum();
+        let slots = config.max_concurrent_operations.max(1) + worker_slots;
+        let shape = EngineShape {
+            slots: Some(u32::try_from(slots).unwrap_or(u32::MAX)),
+            max_memory_bytes: handler_limits
+                .iter()
+                .chain(&worker_limits)
+                .map(|limits| limits.memory_bytes)
+                .max()
+                .unwrap_or(defaults.memory_bytes),
+        };
+        let (engine, allocation) = engine::new_engine(shape)?;
+        tracing::info!(?allocation, "engine ready");
+        let mut loader = ComponentLoader::new(&engine, config.engine.cache_dir.clone());
         let mut linker = Linker::<OperationState>::new(&engine);
         let link_error = |e: wasmtime::Error| SandboxError::Engine(e.to_string());
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link_error)?;
         Handler::add_to_linker::<_, HasSelf<OperationState>>(&mut linker, |state| state)
             .map_err(link_error)?;
-        for handler in &config.handlers {
-            let path = handler.component.display().to_string();
-            let component_error = |e: wasmtime::Error| SandboxError::Component {
-                path: path.clone(),
-                message: format!("{e:#}"),
-            };
-            let component = compiled
-                .load(&engine, &handler.component)
-                .map_err(component_error)?;
+        for (handler, limits) in config.handlers.iter().zip(handler_limits) {
+            let component = load(
+                &mut loader,
+                &engine,
+                &handler.component,
+                handler.sha256.as_deref(),
+                &handler.grants,
+            )?;
             let pre = linker
                 .instantiate_pre(&component)
-                .map_err(component_error)?;
-            let pre = HandlerPre::new(pre).map_err(component_error)?;
-            tracing::info!(operation = %handler.operation, component = %path, "handler loaded");
+                .and_then(HandlerPre::new)
+                .map_err(|e| component_error(&handler.component, e))?;
+            tracing::info!(operation = %handler.operation, component = %handler.component.display(), "handler loaded");
             runtime.set_handler(
                 &handler.operation,
                 Arc::new(WasmHandler {
                     engine: engine.clone(),
                     pre,
+                    limits,
+                    grants: handler.grants.clone(),
                 }),
             );
         }
@@ -109,24 +141,25 @@ impl WasmHost {
         wasmtime_wasi::p2::add_to_linker_async(&mut worker_linker).map_err(link_error)?;
         Worker::add_to_linker::<_, HasSelf<OperationState>>(&mut worker_linker, |state| state)
             .map_err(link_error)?;
-        for worker in &config.workers {
-            let path = worker.component.display().to_string();
-            let component_error = |e: wasmtime::Error| SandboxError::Component {
-                path: path.clone(),
-                message: format!("{e:#}"),
-            };
-            let component = compiled
-                .load(&engine, &worker.component)
-                .map_err(component_error)?;
+        for (worker, limits) in config.workers.iter().zip(worker_limits) {
+            let component = load(
+                &mut loader,
+                &engine,
+                &worker.component,
+                worker.sha256.as_deref(),
+                &worker.grants,
+            )?;
             let pre = worker_linker
                 .instantiate_pre(&component)
-                .map_err(component_error)?;
-            let pre = WorkerPre::new(pre).map_err(component_error)?;
-            tracing::info!(queue = %worker.queue, component = %path, "worker loaded");
+                .and_then(WorkerPre::new)
+                .map_err(|e| component_error(&worker.component, e))?;
+            tracing::info!(queue = %worker.queue, component = %worker.component.display(), "worker loaded");
             let wasm = Arc::new(WasmWorker {
                 engine: engine.clone(),
                 pre,
                 runtime: runtime.clone(),
+                limits,
+                grants: worker.grants.clone(),
             });
             jobs.worker(&worker.queue, worker.concurrency, move |job| {
                 let wasm = Arc::clone(&wasm);
@@ -142,7 +175,14 @@ impl WasmHost {
             runtime,
             jobs,
             policies: Arc::new(policies),
+            allocation,
         })
+    }
+
+    /// How the engine allocates instances: pooled, or on demand when the pool could not be
+    /// reserved.
+    pub fn allocation(&self) -> Allocation {
+        self.allocation
     }
 
     /// The jobs service: enqueue, list, cancel and retry jobs.
@@ -185,19 +225,38 @@ impl WasmHost {
     }
 }
 
-/// Components compiled so far by file: a file named by several handlers or workers is
-/// compiled once.
-#[derive(Default)]
-struct Compiled(HashMap<std::path::PathBuf, Component>);
+/// Loads one component file: pinned digest, compiled (or cached) form, grants checked.
+fn load(
+    loader: &mut ComponentLoader,
+    engine: &Engine,
+    path: &Path,
+    pin: Option<&str>,
+    grants: &Grants,
+) -> Result<Component, SandboxError> {
+    let component = loader
+        .load(path, pin)
+        .map_err(|e| SandboxError::Component {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+    let imports = grants::ungranted_imports(engine, &component);
+    if !imports.is_empty() {
+        return Err(SandboxError::UngrantedImports {
+            path: path.display().to_string(),
+            imports,
+        });
+    }
+    grants.check().map_err(|message| SandboxError::Grant {
+        path: path.display().to_string(),
+        message,
+    })?;
+    Ok(component)
+}
 
-impl Compiled {
-    fn load(&mut self, engine: &Engine, path: &std::path::Path) -> wasmtime::Result<Component> {
-        if let Some(component) = self.0.get(path) {
-            return Ok(component.clone());
-        }
-        let component = Component::from_file(engine, path)?;
-        self.0.insert(path.to_path_buf(), component.clone());
-        Ok(component)
+fn component_error(path: &Path, error: wasmtime::Error) -> SandboxError {
+    SandboxError::Component {
+        path: path.display().to_string(),
+        message: format!("{error:#}"),
     }
 }
 
@@ -205,6 +264,8 @@ impl Compiled {
 struct WasmHandler {
     engine: Engine,
     pre: HandlerPre<OperationState>,
+    limits: Limits,
+    grants: Grants,
 }
 
 impl OperationHandler for WasmHandler {
@@ -216,32 +277,52 @@ impl OperationHandler for WasmHandler {
     ) -> BoxFuture<'static, Result<(), ErrorInfo>> {
         let engine = self.engine.clone();
         let pre = self.pre.clone();
-        Box::pin(async move { failure(invoke(&engine, &pre, &runtime, snapshot, input).await) })
+        let (limits, grants) = (self.limits, self.grants.clone());
+        Box::pin(async move {
+            let wasi = grants
+                .wasi_context()
+                .map_err(|message| ErrorInfo::new(ErrorCode::Internal, message))?;
+            let state = OperationState::new(runtime, snapshot.id.clone(), wasi, limits);
+            let mut store = sandboxed_store(&engine, state);
+            let invocation = Invocation {
+                operation_id: snapshot.id,
+                operation: snapshot.operation,
+                version: snapshot.version,
+                attempt: snapshot.attempt,
+                input: input.unwrap_or(Value::Null).to_string(),
+            };
+            let run = async {
+                let handler = pre.instantiate_async(&mut store).await?;
+                handler.call_handle(&mut store, &invocation).await
+            };
+            let outcome = match tokio::time::timeout(limits.deadline, run).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(LimitBreach::Deadline {
+                    limit: limits.deadline,
+                }
+                .into()),
+            };
+            match (store.data().breach(), outcome) {
+                (Some(breach), _) => Err(limit_exceeded(breach)),
+                (None, Ok(Ok(()))) => Ok(()),
+                (None, Ok(Err(failure))) => Err(guest_failure(failure)),
+                (None, Err(trap)) => Err(trapped("handler", &trap)),
+            }
+        })
     }
 }
 
-type Outcome = wasmtime::Result<Result<(), Failure>>;
-
-async fn invoke(
-    engine: &Engine,
-    pre: &HandlerPre<OperationState>,
-    runtime: &OperationRuntime,
-    snapshot: Snapshot,
-    input: Option<Value>,
-) -> Outcome {
-    let invocation = Invocation {
-        operation_id: snapshot.id.clone(),
-        operation: snapshot.operation,
-        version: snapshot.version,
-        attempt: snapshot.attempt,
-        input: input.unwrap_or(Value::Null).to_string(),
-    };
-    let state = OperationState::new(runtime.clone(), snapshot.id, grants::wasi_context());
+/// A store under its limits: memory counted across all memories, and a CPU tick counted (and
+/// tokio yielded to) at every epoch.
+fn sandboxed_store(engine: &Engine, state: OperationState) -> Store<OperationState> {
     let mut store = Store::new(engine, state);
+    store.limiter(|state| state.limits_mut());
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
-    let handler = pre.instantiate_async(&mut store).await?;
-    handler.call_handle(&mut store, &invocation).await
+    store.epoch_deadline_callback(|mut context| {
+        context.data_mut().limits_mut().tick()?;
+        Ok(UpdateDeadline::Yield(1))
+    });
+    store
 }
 
 /// One compiled worker component: each job attempt gets a fresh `Store`.
@@ -249,6 +330,8 @@ struct WasmWorker {
     engine: Engine,
     pre: WorkerPre<OperationState>,
     runtime: OperationRuntime,
+    limits: Limits,
+    grants: Grants,
 }
 
 impl WasmWorker {
@@ -260,15 +343,20 @@ impl WasmWorker {
             payload: job.payload_json().to_string(),
             operation_id: job.operation_id().map(str::to_owned),
         };
-        let state = OperationState::for_job(self.runtime.clone(), job, grants::wasi_context());
-        let mut store = Store::new(&self.engine, state);
-        store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+        let wasi = self
+            .grants
+            .wasi_context()
+            .map_err(|message| WorkerError(ErrorInfo::new(ErrorCode::Internal, message)))?;
+        let state = OperationState::for_job(self.runtime.clone(), job, wasi, self.limits);
+        let mut store = sandboxed_store(&self.engine, state);
         let outcome = async {
             let worker = self.pre.instantiate_async(&mut store).await?;
             worker.call_run(&mut store, &invocation).await
         }
         .await;
+        if let Some(breach) = store.data().breach() {
+            return Err(WorkerError(limit_exceeded(breach)));
+        }
         match outcome {
             Ok(Ok(result)) => serde_json::from_str(&result).map_err(|e| {
                 WorkerError(ErrorInfo::new(
@@ -282,13 +370,8 @@ impl WasmWorker {
     }
 }
 
-/// What the guest's return means for its operation: a guest error or a trap is its failure.
-fn failure(outcome: Outcome) -> Result<(), ErrorInfo> {
-    match outcome {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(failure)) => Err(guest_failure(failure)),
-        Err(trap) => Err(trapped("handler", &trap)),
-    }
+fn limit_exceeded(breach: &LimitBreach) -> ErrorInfo {
+    breach.to_server_error().to_info()
 }
 
 /// A guest's own failure: code `HandlerFailed`, its message and JSON details.
@@ -302,7 +385,11 @@ fn guest_failure(failure: Failure) -> ErrorInfo {
     }
 }
 
+/// A trap: `LimitExceeded` when a limit caused it, else `HandlerTrapped` with its message.
 fn trapped(who: &str, trap: &wasmtime::Error) -> ErrorInfo {
+    if let Some(breach) = LimitBreach::of_trap(trap) {
+        return limit_exceeded(breach);
+    }
     ErrorInfo::new(
         ErrorCode::HandlerTrapped,
         format!("{who} trapped: {}", trap_message(trap)),

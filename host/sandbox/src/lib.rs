@@ -1,20 +1,29 @@
 //! Runs operation handlers shipped as wasm components under wasmtime.
 //!
 //! - [`config`]: the deployment config (TOML) mapping operations to components.
-//! - [`engine`]: the one wasmtime `Engine` and its epoch ticker.
-//! - [`control`]: the `opshost:operation/control` and `job` imports, bound to one operation.
+//! - [`engine`]: the one wasmtime `Engine` (pooled when possible) and its epoch ticker.
+//! - [`cache`]: loading components: sha256 pins and the precompiled-component cache.
 //! - [`grants`]: what WASI a handler may use — nothing beyond WASI's defaults unless granted.
+//! - [`limits`]: memory, CPU, deadline, progress rate and payload size of each run.
+//! - [`control`]: the `opshost:operation/control` and `job` imports, bound to one operation.
 //! - [`WasmHost`]: compiles each component once, then runs every operation (and every job
 //!   attempt of a worker component) in a fresh `Store`.
 
 mod bindings;
+pub mod cache;
 pub mod config;
 pub mod control;
 pub mod engine;
 mod error;
 pub mod grants;
 mod host;
+pub mod limits;
 
-pub use config::{DeploymentConfig, HandlerConfig, JobsSettings, OnRestart, WorkerConfig};
+pub use config::{
+    DeploymentConfig, EngineSettings, HandlerConfig, JobsSettings, OnRestart, WorkerConfig,
+};
+pub use engine::Allocation;
 pub use error::SandboxError;
+pub use grants::{DirGrant, Grants};
 pub use host::WasmHost;
+pub use limits::{LimitBreach, Limits, LimitsTable};

@@ -1,0 +1,252 @@
+//! Per-operation limits: what one guest may use before its operation fails with
+//! `LimitExceeded` naming the limit.
+//!
+//! Three steps, as for grants: the deployment's `[limits]` table gives defaults and each
+//! handler's or worker's `limits` table overrides them field by field ([`LimitsTable`]); the
+//! result is resolved once per component ([`Limits`]); each store gets its own accounting
+//! ([`StoreLimits`]): every linear memory counted against `memory_mb`, and CPU time counted in
+//! epoch ticks the guest spent running. Payload sizes and the progress rate are checked by the
+//! control imports; the wall-clock deadline by the task running the store.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+use wasmtime::ResourceLimiter;
+
+use crate::engine::EPOCH_TICK;
+
+/// The `[limits]` table of a deployment, or a handler's or worker's override of it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsTable {
+    /// All linear memories of one store together, in MiB.
+    pub memory_mb: Option<u64>,
+    /// CPU time one run may spend in wasm, in milliseconds.
+    pub cpu_ms: Option<u64>,
+    /// Wall-clock time one handler run may take, in milliseconds.
+    pub deadline_ms: Option<u64>,
+    /// Progress events recorded per second; faster progress is coalesced to the latest.
+    pub progress_per_second: Option<u32>,
+    /// Largest input, progress, output, signal or job payload, in bytes of JSON.
+    pub max_payload_bytes: Option<usize>,
+}
+
+/// The limits of one component's runs, every field resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// All linear memories of one store together, in bytes.
+    pub memory_bytes: usize,
+    /// CPU time one run may spend in wasm.
+    pub cpu: Duration,
+    /// Wall-clock time one handler run may take.
+    pub deadline: Duration,
+    /// Progress events recorded per second.
+    pub progress_per_second: u32,
+    /// Largest payload, in bytes of JSON.
+    pub max_payload_bytes: usize,
+}
+
+impl Default for Limits {
+    /// 64 MiB, 30 s of CPU, a 24 h deadline, 20 progress events a second, 1 MiB payloads.
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 << 20,
+            cpu: Duration::from_secs(30),
+            deadline: Duration::from_secs(24 * 3600),
+            progress_per_second: 20,
+            max_payload_bytes: 1 << 20,
+        }
+    }
+}
+
+impl Limits {
+    /// `own` over `defaults` over the built-in defaults.
+    pub fn resolve(defaults: &LimitsTable, own: &LimitsTable) -> Self {
+        let base = Self::default();
+        Self {
+            memory_bytes: own
+                .memory_mb
+                .or(defaults.memory_mb)
+                .map_or(base.memory_bytes, |mb| (mb.max(1) as usize) << 20),
+            cpu: own
+                .cpu_ms
+                .or(defaults.cpu_ms)
+                .map_or(base.cpu, |ms| Duration::from_millis(ms.max(1))),
+            deadline: own
+                .deadline_ms
+                .or(defaults.deadline_ms)
+                .map_or(base.deadline, |ms| Duration::from_millis(ms.max(1))),
+            progress_per_second: own
+                .progress_per_second
+                .or(defaults.progress_per_second)
+                .map_or(base.progress_per_second, |rate| rate.max(1)),
+            max_payload_bytes: own
+                .max_payload_bytes
+                .or(defaults.max_payload_bytes)
+                .unwrap_or(base.max_payload_bytes),
+        }
+    }
+
+    /// The shortest time between two recorded progress events.
+    pub fn progress_interval(&self) -> Duration {
+        Duration::from_secs(1) / self.progress_per_second.max(1)
+    }
+
+    /// Refuses a payload larger than `max_payload_bytes`.
+    pub fn check_payload(&self, what: &str, bytes: usize) -> Result<(), LimitBreach> {
+        if bytes > self.max_payload_bytes {
+            return Err(LimitBreach::Payload {
+                what: what.to_owned(),
+                bytes,
+                limit: self.max_payload_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A limit a guest ran into: the trap (or refusal) that fails its operation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LimitBreach {
+    /// Linear memory would grow beyond `memory_mb`.
+    #[error(
+        "linear memory would grow to {desired} bytes, beyond the limit of {limit} bytes (limits.memory_mb)"
+    )]
+    Memory {
+        /// All memories together after the growth asked for.
+        desired: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Tables would grow beyond what the memory limit allows.
+    #[error(
+        "a table would grow to {desired} elements, beyond the limit of {limit} (limits.memory_mb)"
+    )]
+    Table {
+        /// Elements asked for.
+        desired: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The guest ran in wasm longer than `cpu_ms`.
+    #[error("the guest used more than {} ms of CPU time (limits.cpu_ms)", .limit.as_millis())]
+    Cpu {
+        /// The limit.
+        limit: Duration,
+    },
+    /// The run took longer than `deadline_ms`.
+    #[error("the run took longer than its deadline of {} ms (limits.deadline_ms)", .limit.as_millis())]
+    Deadline {
+        /// The limit.
+        limit: Duration,
+    },
+    /// A payload was larger than `max_payload_bytes`.
+    #[error(
+        "{what} of {bytes} bytes is larger than the limit of {limit} bytes (limits.max_payload_bytes)"
+    )]
+    Payload {
+        /// Which payload, e.g. `output`.
+        what: String,
+        /// Its size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
+
+impl LimitBreach {
+    /// The name of the limit, as in the deployment config.
+    pub fn limit(&self) -> &'static str {
+        match self {
+            Self::Memory { .. } | Self::Table { .. } => "memory_mb",
+            Self::Cpu { .. } => "cpu_ms",
+            Self::Deadline { .. } => "deadline_ms",
+            Self::Payload { .. } => "max_payload_bytes",
+        }
+    }
+
+    /// The breach as the runtime's error.
+    pub fn to_server_error(&self) -> opshost_runtime::ServerError {
+        opshost_runtime::ServerError::LimitExceeded {
+            limit: self.limit().to_owned(),
+            message: self.to_string(),
+        }
+    }
+
+    /// The breach behind a trap, if the trap is one.
+    pub fn of_trap(trap: &wasmtime::Error) -> Option<&Self> {
+        trap.chain().find_map(|cause| cause.downcast_ref::<Self>())
+    }
+}
+
+/// Table elements allowed per MiB of the memory limit (a pointer each).
+const TABLE_ELEMENTS_PER_MIB: usize = (1 << 20) / std::mem::size_of::<usize>();
+
+/// One store's accounting: memory across all its linear memories, and CPU ticks.
+#[derive(Debug)]
+pub struct StoreLimits {
+    limits: Limits,
+    memory: usize,
+    ticks: u32,
+}
+
+impl StoreLimits {
+    /// Fresh accounting under `limits`.
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            memory: 0,
+            ticks: 0,
+        }
+    }
+
+    /// The limits this store runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Called at each epoch tick the guest was running: counts it, and refuses once the CPU
+    /// budget is spent.
+    pub fn tick(&mut self) -> Result<(), LimitBreach> {
+        self.ticks = self.ticks.saturating_add(1);
+        if EPOCH_TICK * self.ticks > self.limits.cpu {
+            return Err(LimitBreach::Cpu {
+                limit: self.limits.cpu,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl ResourceLimiter for StoreLimits {
+    fn memory_growing(
+        &mut self,
+        current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let total = self.memory - current + desired;
+        if total > self.limits.memory_bytes {
+            return Err(LimitBreach::Memory {
+                desired: total,
+                limit: self.limits.memory_bytes,
+            }
+            .into());
+        }
+        self.memory = total;
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let limit = (self.limits.memory_bytes >> 20).max(1) * TABLE_ELEMENTS_PER_MIB;
+        if desired > limit {
+            return Err(LimitBreach::Table { desired, limit }.into());
+        }
+        Ok(true)
+    }
+}
