@@ -1,0 +1,180 @@
+//! Watch fan-out: 1,000 and 10,000 SSE watchers on one operation over loopback, and the
+//! delivery latency of each progress event to each watcher.
+//!
+//! The host serves the testing contract over HTTP; one operation is driven natively (no
+//! guest) so the figures are the event path's alone: store, doorbell, SSE encoding, socket.
+//! The watchers run in a child process (this binary again, `FANOUT_ROLE=watchers`), so each
+//! side stays within the machine's open-file limit. Latency is the watcher's wall clock at
+//! receipt minus the event's `updated_at`, both read from the same machine's clock.
+//!
+//! `cargo bench -p opshost-tests --bench fanout`. `FANOUT_WATCHERS=1000,10000` sets the
+//! runs, `FANOUT_EVENTS` the progress events per run (default 20, 100 ms apart).
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::StreamExt;
+use opshost_client::Client;
+use opshost_contract::Contract;
+use opshost_runtime::store::MemoryStore;
+use opshost_runtime::{OperationRuntime, Owner, RuntimeConfig};
+use opshost_server::ServerConfig;
+use opshost_tests::net::{TENANT, TestServer, token};
+use opshost_tests::root;
+use serde_json::json;
+
+fn env(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    if std::env::var("FANOUT_ROLE").as_deref() == Ok("watchers") {
+        runtime.block_on(watchers());
+    } else {
+        runtime.block_on(host());
+    }
+}
+
+/// The host side: serves one operation, starts the watchers, drives the progress.
+async fn host() {
+    let contract = Contract::from_path(root().join("contracts/testing.manifest.json"))
+        .unwrap_or_else(|e| panic!("testing manifest: {e}"));
+    let runtime = OperationRuntime::with_contract(
+        contract,
+        Arc::new(MemoryStore::new()),
+        RuntimeConfig::default(),
+    );
+    let config = ServerConfig {
+        max_in_flight: 100_000,
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_with(&runtime, config).await;
+    let events: usize = env("FANOUT_EVENTS", "20").parse().unwrap_or(20);
+    println!(
+        "{:>9} {:>7} {:>10} {:>10} {:>10} {:>12}",
+        "watchers", "events", "delivered", "p50 ms", "p99 ms", "max ms"
+    );
+    for count in env("FANOUT_WATCHERS", "1000,10000").split(',') {
+        let count: usize = count.trim().parse().expect("FANOUT_WATCHERS: numbers");
+        run(&runtime, &server.url, count, events).await;
+    }
+}
+
+async fn run(runtime: &OperationRuntime, url: &str, watchers: usize, events: usize) {
+    let owner = Owner {
+        tenant: TENANT.into(),
+        subject: "bench".into(),
+    };
+    let accepted = runtime
+        .accept_as(
+            owner,
+            "Testing.Scenario",
+            None,
+            Some(json!({ "scenario": "complete" })),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("accept: {e}"));
+    let id = accepted.snapshot.id;
+    runtime
+        .started(&id)
+        .await
+        .unwrap_or_else(|e| panic!("started: {e}"));
+    let exe = std::env::current_exe().expect("this bench's path");
+    let mut child = Command::new(exe)
+        .env("FANOUT_ROLE", "watchers")
+        .env("FANOUT_URL", url)
+        .env("FANOUT_ID", &id)
+        .env("FANOUT_COUNT", watchers.to_string())
+        .env("FANOUT_TOKEN", token(&["testing.run"]))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("the watcher process starts");
+    let mut lines = BufReader::new(child.stdout.take().expect("its stdout")).lines();
+    let ready = lines.next().and_then(Result::ok).unwrap_or_default();
+    assert_eq!(ready, "ready", "the watchers did not connect");
+    for percent in 1..=events {
+        runtime
+            .progress(&id, json!({ "percent": percent * 100 / events }))
+            .await
+            .unwrap_or_else(|e| panic!("progress: {e}"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    runtime
+        .complete(&id, json!({ "note": "done" }))
+        .await
+        .unwrap_or_else(|e| panic!("complete: {e}"));
+    let report = lines.next().and_then(Result::ok).unwrap_or_default();
+    let status = child.wait().expect("the watcher process ends");
+    assert!(status.success(), "watchers failed: {status}");
+    println!("{report}");
+}
+
+/// The watcher side: opens every watch, says `ready` once each has its first snapshot, then
+/// collects the latency of every progress event and prints one table row.
+async fn watchers() {
+    let url = env("FANOUT_URL", "");
+    let id = env("FANOUT_ID", "");
+    let count: usize = env("FANOUT_COUNT", "1000").parse().unwrap_or(1000);
+    let client = Client::new(&url, env("FANOUT_TOKEN", "")).expect("a client");
+    let (connected, mut ready) = tokio::sync::mpsc::channel::<()>(count);
+    let mut tasks = Vec::with_capacity(count);
+    for _ in 0..count {
+        let (client, id, connected) = (client.clone(), id.clone(), connected.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut stream = client.watch(&id, None);
+            let mut latencies = Vec::new();
+            let mut first = true;
+            while let Some(event) = stream.next().await {
+                let received = Utc::now();
+                let event = event.unwrap_or_else(|e| panic!("watch: {e}"));
+                if std::mem::take(&mut first) {
+                    let _ = connected.send(()).await;
+                    continue;
+                }
+                let snapshot = event.snapshot();
+                if snapshot.progress.is_some() && !snapshot.is_terminal() {
+                    let delay = received - snapshot.updated_at;
+                    latencies.push(delay.num_microseconds().unwrap_or(i64::MAX) as f64 / 1000.0);
+                }
+            }
+            latencies
+        }));
+        // Connect in waves so the listen backlog never overflows.
+        if tasks.len() % 256 == 0 {
+            for _ in 0..256 {
+                ready.recv().await;
+            }
+        }
+    }
+    for _ in 0..count % 256 {
+        ready.recv().await;
+    }
+    println!("ready");
+    std::io::stdout().flush().expect("stdout");
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.expect("a watcher task"));
+    }
+    all.sort_by(f64::total_cmp);
+    let at = |q: f64| {
+        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(f64::NAN)
+    };
+    let events = all.len() / count.max(1);
+    println!(
+        "{count:>9} {events:>7} {:>10} {:>10.1} {:>10.1} {:>12.1}",
+        all.len(),
+        at(0.50),
+        at(0.99),
+        all.last().copied().unwrap_or(0.0)
+    );
+}
