@@ -10,6 +10,9 @@
 //! `cargo bench -p opshost-tests --bench fanout`. `FANOUT_WATCHERS=1000,10000` sets the
 //! runs, `FANOUT_EVENTS` the progress events per run (default 20, 100 ms apart).
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::sync::Arc;

@@ -1,15 +1,21 @@
 //! Per-operation cost of the host against the wasmtime floor, measured in one run.
 //!
 //! - floor: bare wasmtime instantiating the test-handlers component (pre-linked once) in a
-//!   fresh store and calling `handle` for the `complete` scenario, with no-op control imports;
+//!   fresh store and calling `handle` for the `complete` scenario, with no-op control imports,
+//!   once with wasmtime's default settings and once with the host's own engine (pooled
+//!   instances reset in place, epoch interruption);
 //! - host: `WasmHost::start` + `wait` of the same scenario on the in-memory store (accept,
 //!   validation, a fresh store, real control imports, events).
 //!
 //! Run with `./dev bench`. Prints mean, p50 and p99 per operation and the ratio host/floor.
 //! `FLOOR_EPOCH=1` gives the floor's engine epoch interruption too, to isolate its cost.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::time::{Duration, Instant};
 
+use opshost_sandbox::engine::{EngineShape, new_engine};
 use opshost_tests::{guest, testing_host};
 use serde_json::json;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
@@ -98,11 +104,21 @@ fn wasm<T>(result: wasmtime::Result<T>) -> anyhow::Result<T> {
     result.map_err(|error| anyhow::anyhow!("{error:?}"))
 }
 
-async fn floor() -> anyhow::Result<Vec<Duration>> {
-    let mut config = Config::new();
-    config.wasm_component_model(true);
-    config.epoch_interruption(std::env::var_os("FLOOR_EPOCH").is_some());
-    let engine = wasm(Engine::new(&config))?;
+/// Bare wasmtime: the default engine settings (`pooled: false`) or the host's own engine
+/// (pooled instances reset in place, epoch interruption), without anything of the host above.
+async fn floor(pooled: bool) -> anyhow::Result<Vec<Duration>> {
+    let engine = if pooled {
+        let shape = EngineShape {
+            slots: Some(16),
+            max_memory_bytes: 64 << 20,
+        };
+        new_engine(shape)?.0
+    } else {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(std::env::var_os("FLOOR_EPOCH").is_some());
+        wasm(Engine::new(&config))?
+    };
     let mut linker = Linker::<Bare>::new(&engine);
     wasm(wasmtime_wasi::p2::add_to_linker_async(&mut linker))?;
     wasm(Handler::add_to_linker::<_, HasSelf<Bare>>(
@@ -161,7 +177,8 @@ async fn host() -> anyhow::Result<Vec<Duration>> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let floor = stats(floor().await?);
+    let floor_default = stats(floor(false).await?);
+    let floor_pooled = stats(floor(true).await?);
     let host = stats(host().await?);
     println!("trivial operation, {ITERATIONS} sequential runs each (after {WARMUP} warm-up)");
     println!(
@@ -169,7 +186,8 @@ async fn main() -> anyhow::Result<()> {
         "", "mean", "p50", "p99", "ops/s"
     );
     for (name, s) in [
-        ("floor: bare wasmtime inst+call", &floor),
+        ("floor: bare wasmtime inst+call", &floor_default),
+        ("floor: same, host's engine config", &floor_pooled),
         ("host: start -> terminal (memory)", &host),
     ] {
         println!(
@@ -181,10 +199,12 @@ async fn main() -> anyhow::Result<()> {
             1.0 / s.mean.as_secs_f64()
         );
     }
-    println!(
-        "ratio host/floor: mean {:.2}x, p50 {:.2}x",
-        host.mean.as_secs_f64() / floor.mean.as_secs_f64(),
-        host.p50.as_secs_f64() / floor.p50.as_secs_f64()
-    );
+    for (name, floor) in [("floor", &floor_default), ("pooled floor", &floor_pooled)] {
+        println!(
+            "ratio host/{name}: mean {:.2}x, p50 {:.2}x",
+            host.mean.as_secs_f64() / floor.mean.as_secs_f64(),
+            host.p50.as_secs_f64() / floor.p50.as_secs_f64()
+        );
+    }
     Ok(())
 }

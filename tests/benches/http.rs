@@ -14,6 +14,9 @@
 //! number of sequential operations per mode (default 400), `BENCH_CONCURRENCY` the callers of
 //! the throughput run (default 16).
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 

@@ -6,6 +6,9 @@
 //! the clock stops when no job is queued or running any more. `cargo bench -p opshost-tests
 //! --bench jobs`.
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -11,6 +11,9 @@
 //! which checkpoints keep bounded under load. `cargo bench -p opshost-tests --bench store` (or
 //! `./dev bench`).
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
