@@ -868,32 +868,11 @@ impl OperationRuntime {
     /// Requests cancellation, wakes the handler, waits the grace period for it to end, then
     /// stops it by force and ends the operation `cancelled`. Returns the terminal snapshot.
     pub async fn cancel(&self, id: &str) -> Result<Snapshot, ServerError> {
-        let snapshot = self.get(id).await?;
-        if !self.spec(&snapshot.operation)?.cancel {
-            return Err(ServerError::OperationUnsupportedControl {
-                operation: snapshot.operation,
-                action: "cancel".into(),
-            });
-        }
+        let snapshot = self.request_cancel(id).await?;
         if snapshot.is_terminal() {
             return Ok(snapshot);
         }
-        self.transition(id, |current| {
-            if current.is_terminal() || current.cancel_requested {
-                return Ok(None);
-            }
-            let mut snapshot = next(current, current.state);
-            snapshot.cancel_requested = true;
-            Ok(Some((EventKind::CancelRequested, snapshot)))
-        })
-        .await?;
         let live = self.running(id);
-        if let Some(live) = &live {
-            live.cancel.cancel();
-        }
-        if let Some(jobs) = self.inner.jobs.get() {
-            jobs.cancel_owned(id).await?;
-        }
         let waited = self.wait(id, Some(self.inner.config.cancel_grace)).await?;
         if waited.is_terminal() {
             return Ok(waited);
@@ -914,6 +893,38 @@ impl OperationRuntime {
             Err(ServerError::OperationTerminal { .. }) => self.get(id).await,
             Err(error) => Err(error),
         }
+    }
+
+    /// Records a cancel request and wakes the handler (and the job owning the operation),
+    /// without waiting for the operation to end. Returns the snapshot after the request.
+    pub async fn request_cancel(&self, id: &str) -> Result<Snapshot, ServerError> {
+        let snapshot = self.get(id).await?;
+        if !self.spec(&snapshot.operation)?.cancel {
+            return Err(ServerError::OperationUnsupportedControl {
+                operation: snapshot.operation,
+                action: "cancel".into(),
+            });
+        }
+        if snapshot.is_terminal() {
+            return Ok(snapshot);
+        }
+        let requested = self
+            .transition(id, |current| {
+                if current.is_terminal() || current.cancel_requested {
+                    return Ok(None);
+                }
+                let mut snapshot = next(current, current.state);
+                snapshot.cancel_requested = true;
+                Ok(Some((EventKind::CancelRequested, snapshot)))
+            })
+            .await?;
+        if let Some(live) = self.running(id) {
+            live.cancel.cancel();
+        }
+        if let Some(jobs) = self.inner.jobs.get() {
+            jobs.cancel_owned(id).await?;
+        }
+        Ok(requested)
     }
 
     /// Sends signal `name` to the operation; returns its sequence number.

@@ -22,11 +22,32 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use crate::bindings::opshost::operation::control::Host;
 use crate::bindings::opshost::operation::types::{self, ControlError, Failure, Signal};
 use crate::bindings::worker::opshost::operation::job;
+use crate::clock::{Clock, SystemClock};
+use crate::faults::{Fault, Faults, Import};
 use crate::limits::{LimitBreach, Limits, StoreLimits};
 
 fn lock(gate: &Mutex<ProgressGate>) -> std::sync::MutexGuard<'_, ProgressGate> {
     gate.lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// What every store of a host shares: its clock, and the faults a test injects.
+#[derive(Clone)]
+pub struct RunEnv {
+    /// Time for `sleep`, `next-signal` timeouts, deadlines and the WASI clocks.
+    pub clock: Arc<dyn Clock>,
+    /// Faults to inject into the control imports (tests only).
+    pub faults: Option<Arc<Faults>>,
+}
+
+impl Default for RunEnv {
+    /// The system clock and no faults.
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            faults: None,
+        }
+    }
 }
 
 /// Per-store state: WASI, limits, the operation this store is bound to, and a worker's job.
@@ -40,6 +61,7 @@ pub struct OperationState {
     limits: StoreLimits,
     breach: Option<LimitBreach>,
     progress: Arc<Mutex<ProgressGate>>,
+    env: RunEnv,
 }
 
 /// Progress recorded last, and the latest one waiting for the rate to allow it.
@@ -52,8 +74,15 @@ struct ProgressGate {
 
 impl OperationState {
     /// State bound to operation `id`.
-    pub fn new(runtime: OperationRuntime, id: String, wasi: WasiCtx, limits: Limits) -> Self {
+    pub fn new(
+        runtime: OperationRuntime,
+        id: String,
+        wasi: WasiCtx,
+        limits: Limits,
+        env: RunEnv,
+    ) -> Self {
         Self {
+            env,
             wasi,
             table: ResourceTable::new(),
             runtime,
@@ -67,11 +96,35 @@ impl OperationState {
     }
 
     /// State of a worker running `job`, bound to the operation it owns, if any.
-    pub fn for_job(runtime: OperationRuntime, job: Job, wasi: WasiCtx, limits: Limits) -> Self {
+    pub fn for_job(
+        runtime: OperationRuntime,
+        job: Job,
+        wasi: WasiCtx,
+        limits: Limits,
+        env: RunEnv,
+    ) -> Self {
         Self {
             id: job.operation_id().map(str::to_owned),
             job: Some(job),
-            ..Self::new(runtime, String::new(), wasi, limits)
+            ..Self::new(runtime, String::new(), wasi, limits, env)
+        }
+    }
+
+    /// Applies the fault planned for this call of `import`, if any.
+    async fn fault(&mut self, import: Import) -> Result<(), ControlError> {
+        let Some(fault) = self.env.faults.as_ref().and_then(|f| f.before(import)) else {
+            return Ok(());
+        };
+        match fault {
+            Fault::Refuse(message) => Err(ControlError::Internal(message)),
+            Fault::RequestCancel => {
+                let id = self.id()?;
+                self.runtime
+                    .request_cancel(&id)
+                    .await
+                    .map(drop)
+                    .map_err(control_error)
+            }
         }
     }
 
@@ -198,6 +251,7 @@ impl types::Host for OperationState {}
 
 impl Host for OperationState {
     async fn started(&mut self) -> Result<(), ControlError> {
+        self.fault(Import::Started).await?;
         self.runtime
             .started(&self.id()?)
             .await
@@ -206,6 +260,7 @@ impl Host for OperationState {
     }
 
     async fn progress(&mut self, payload: String) -> Result<(), ControlError> {
+        self.fault(Import::Progress).await?;
         self.check_payload("progress", &payload).await?;
         let value = json(&payload, "progress")?;
         let id = self.id()?;
@@ -213,6 +268,7 @@ impl Host for OperationState {
     }
 
     async fn complete(&mut self, output: String) -> Result<(), ControlError> {
+        self.fault(Import::Complete).await?;
         self.check_payload("output", &output).await?;
         let value = json(&output, "output")?;
         self.runtime
@@ -223,6 +279,7 @@ impl Host for OperationState {
     }
 
     async fn fail(&mut self, failure: Failure) -> Result<(), ControlError> {
+        self.fault(Import::Fail).await?;
         let details = match failure.details {
             Some(text) => {
                 self.check_payload("failure details", &text).await?;
@@ -267,12 +324,17 @@ impl Host for OperationState {
         &mut self,
         timeout_ms: Option<u64>,
     ) -> Result<Option<Signal>, ControlError> {
-        let timeout = timeout_ms.map(Duration::from_millis);
+        self.fault(Import::NextSignal).await?;
         let id = self.id()?;
         let job = self.job_cancellation();
+        let timeout: futures::future::BoxFuture<'static, ()> = match timeout_ms {
+            Some(ms) => self.env.clock.sleep(Duration::from_millis(ms)),
+            None => Box::pin(std::future::pending()),
+        };
         let waited = tokio::select! {
-            waited = self.runtime.next_signal(&id, self.signal_cursor, timeout) => waited,
+            waited = self.runtime.next_signal(&id, self.signal_cursor, None) => waited,
             _ = job.cancelled() => Ok(SignalWait::Cancelled),
+            _ = timeout => Ok(SignalWait::TimedOut),
         };
         match waited {
             Ok(SignalWait::Signal(signal)) => {
@@ -290,6 +352,7 @@ impl Host for OperationState {
     }
 
     async fn sleep(&mut self, ms: u64) -> Result<(), ControlError> {
+        self.fault(Import::Sleep).await?;
         let token = match &self.id {
             Some(id) => self.runtime.cancellation(id),
             None => CancellationToken::new(),
@@ -299,11 +362,12 @@ impl Host for OperationState {
             biased;
             _ = token.cancelled() => Err(ControlError::Cancelled),
             _ = job.cancelled() => Err(ControlError::Cancelled),
-            _ = tokio::time::sleep(Duration::from_millis(ms)) => Ok(()),
+            _ = self.env.clock.sleep(Duration::from_millis(ms)) => Ok(()),
         }
     }
 
     async fn hand_off(&mut self, queue: String, payload: String) -> Result<String, ControlError> {
+        self.fault(Import::HandOff).await?;
         self.check_payload("job payload", &payload).await?;
         let value = json(&payload, "job payload")?;
         self.runtime

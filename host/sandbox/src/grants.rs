@@ -12,11 +12,14 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
+
+use crate::clock::{Clock, SystemClock, WasiClock};
 
 /// Interface prefixes every component may import. Their content is empty unless granted:
 /// filesystem interfaces see only granted directories, `wasi:cli/environment` only granted
@@ -71,13 +74,16 @@ impl Grants {
 
     /// Checks every granted directory can be opened; the error names the one that cannot.
     pub fn check(&self) -> Result<(), String> {
-        self.wasi_context().map(drop)
+        self.wasi_context(Arc::new(SystemClock)).map(drop)
     }
 
-    /// The WASI context of one store: exactly these grants.
-    pub fn wasi_context(&self) -> Result<WasiCtx, String> {
+    /// The WASI context of one store: exactly these grants, and `clock`'s time.
+    pub fn wasi_context(&self, clock: Arc<dyn Clock>) -> Result<WasiCtx, String> {
         let mut builder = WasiCtxBuilder::new();
-        builder.allow_blocking_current_thread(false);
+        builder
+            .allow_blocking_current_thread(false)
+            .wall_clock(WasiClock(Arc::clone(&clock)))
+            .monotonic_clock(WasiClock(clock));
         for (name, value) in &self.env {
             builder.env(name, value);
         }

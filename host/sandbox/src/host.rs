@@ -22,7 +22,7 @@ use crate::bindings::worker::{Worker, WorkerPre};
 use crate::bindings::{Handler, HandlerPre};
 use crate::cache::ComponentLoader;
 use crate::config::DeploymentConfig;
-use crate::control::OperationState;
+use crate::control::{OperationState, RunEnv};
 use crate::engine::{self, Allocation, EngineShape};
 use crate::error::SandboxError;
 use crate::grants::{self, Grants};
@@ -60,6 +60,17 @@ impl WasmHost {
         config: &DeploymentConfig,
         store: Arc<dyn OperationStore>,
         job_store: Arc<dyn JobStore>,
+    ) -> Result<Self, SandboxError> {
+        Self::load(config, store, job_store, RunEnv::default())
+    }
+
+    /// [`WasmHost::from_config_with_stores`] with guests running in `env`: a virtual clock
+    /// and injected faults, for tests.
+    pub fn load(
+        config: &DeploymentConfig,
+        store: Arc<dyn OperationStore>,
+        job_store: Arc<dyn JobStore>,
+        env: RunEnv,
     ) -> Result<Self, SandboxError> {
         let contract = Contract::from_path(&config.contract)?;
         for handler in &config.handlers {
@@ -134,6 +145,7 @@ impl WasmHost {
                     pre,
                     limits,
                     grants: handler.grants.clone(),
+                    env: env.clone(),
                 }),
             );
         }
@@ -160,6 +172,7 @@ impl WasmHost {
                 runtime: runtime.clone(),
                 limits,
                 grants: worker.grants.clone(),
+                env: env.clone(),
             });
             jobs.worker(&worker.queue, worker.concurrency, move |job| {
                 let wasm = Arc::clone(&wasm);
@@ -266,6 +279,7 @@ struct WasmHandler {
     pre: HandlerPre<OperationState>,
     limits: Limits,
     grants: Grants,
+    env: RunEnv,
 }
 
 impl OperationHandler for WasmHandler {
@@ -277,12 +291,13 @@ impl OperationHandler for WasmHandler {
     ) -> BoxFuture<'static, Result<(), ErrorInfo>> {
         let engine = self.engine.clone();
         let pre = self.pre.clone();
-        let (limits, grants) = (self.limits, self.grants.clone());
+        let (limits, grants, env) = (self.limits, self.grants.clone(), self.env.clone());
         Box::pin(async move {
             let wasi = grants
-                .wasi_context()
+                .wasi_context(Arc::clone(&env.clock))
                 .map_err(|message| ErrorInfo::new(ErrorCode::Internal, message))?;
-            let state = OperationState::new(runtime, snapshot.id.clone(), wasi, limits);
+            let deadline = env.clock.sleep(limits.deadline);
+            let state = OperationState::new(runtime, snapshot.id.clone(), wasi, limits, env);
             let mut store = sandboxed_store(&engine, state);
             let invocation = Invocation {
                 operation_id: snapshot.id,
@@ -295,9 +310,9 @@ impl OperationHandler for WasmHandler {
                 let handler = pre.instantiate_async(&mut store).await?;
                 handler.call_handle(&mut store, &invocation).await
             };
-            let outcome = match tokio::time::timeout(limits.deadline, run).await {
-                Ok(outcome) => outcome,
-                Err(_) => Err(LimitBreach::Deadline {
+            let outcome = tokio::select! {
+                outcome = run => outcome,
+                () = deadline => Err(LimitBreach::Deadline {
                     limit: limits.deadline,
                 }
                 .into()),
@@ -332,6 +347,7 @@ struct WasmWorker {
     runtime: OperationRuntime,
     limits: Limits,
     grants: Grants,
+    env: RunEnv,
 }
 
 impl WasmWorker {
@@ -345,9 +361,15 @@ impl WasmWorker {
         };
         let wasi = self
             .grants
-            .wasi_context()
+            .wasi_context(Arc::clone(&self.env.clock))
             .map_err(|message| WorkerError(ErrorInfo::new(ErrorCode::Internal, message)))?;
-        let state = OperationState::for_job(self.runtime.clone(), job, wasi, self.limits);
+        let state = OperationState::for_job(
+            self.runtime.clone(),
+            job,
+            wasi,
+            self.limits,
+            self.env.clone(),
+        );
         let mut store = sandboxed_store(&self.engine, state);
         let outcome = async {
             let worker = self.pre.instantiate_async(&mut store).await?;

@@ -6,24 +6,31 @@
 //! - [`grants`]: what WASI a handler may use — nothing beyond WASI's defaults unless granted.
 //! - [`limits`]: memory, CPU, deadline, progress rate and payload size of each run.
 //! - [`control`]: the `opshost:operation/control` and `job` imports, bound to one operation.
+//! - [`clock`]: time as guests see it (system, or virtual in tests).
+//! - [`faults`]: faults a test injects into the control imports.
 //! - [`WasmHost`]: compiles each component once, then runs every operation (and every job
 //!   attempt of a worker component) in a fresh `Store`.
 
 mod bindings;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod engine;
 mod error;
+pub mod faults;
 pub mod grants;
 mod host;
 pub mod limits;
 
+pub use clock::{Clock, SystemClock, VirtualClock};
 pub use config::{
     DeploymentConfig, EngineSettings, HandlerConfig, JobsSettings, OnRestart, WorkerConfig,
 };
+pub use control::RunEnv;
 pub use engine::Allocation;
 pub use error::SandboxError;
+pub use faults::{Fault, Faults, Import};
 pub use grants::{DirGrant, Grants};
 pub use host::WasmHost;
 pub use limits::{LimitBreach, Limits, LimitsTable};

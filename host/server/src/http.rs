@@ -13,7 +13,6 @@ use axum::extract::{FromRequestParts, MatchedPath, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
-use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -39,6 +38,7 @@ pub(crate) struct Shared {
     pub(crate) config: ServerConfig,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) in_flight: Semaphore,
+    pub(crate) frames: crate::sse::Frames,
 }
 
 pub(crate) type AppState = Arc<Shared>;
@@ -322,7 +322,7 @@ async fn watch(
     Path(id): Path<String>,
     Query(query): Query<WatchQuery>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     shared.visible(&caller, &id, Action::Observe).await?;
     let last_event_id = match headers.get("last-event-id") {
         Some(value) => Some(
@@ -335,24 +335,47 @@ async fn watch(
         None => None,
     };
     let after = last_event_id.or(query.after);
-    let events = shared.runtime.watch(&id, after).map(|event| {
-        Ok(match event {
-            Ok(event) => {
-                let snapshot = event.snapshot();
-                Event::default()
-                    .event(event.kind().as_str())
-                    .id(snapshot.revision.to_string())
-                    .data(serde_json::to_string(snapshot).unwrap_or_default())
-            }
+    let frames = Arc::clone(&shared);
+    let events = shared
+        .runtime
+        .watch(&id, after)
+        .map(move |event| match event {
+            Ok(event) => frames.frames.frame(&event),
             Err(error) => {
                 let error = ApiError::from(error);
-                Event::default()
-                    .event("error")
-                    .data(json!({ "error": error.info() }).to_string())
+                crate::sse::error(&json!({ "error": error.info() }).to_string())
             }
-        })
-    });
-    Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(shared.config.keep_alive())))
+        });
+    let body = Body::from_stream(with_keep_alive(events, shared.config.keep_alive()));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+/// `events`, with a keep-alive comment every `interval`; ends with them. The ticker is
+/// not reset by events, so an event costs no timer work.
+fn with_keep_alive(
+    events: impl Stream<Item = axum::body::Bytes> + Send + 'static,
+    interval: Duration,
+) -> impl Stream<Item = Result<axum::body::Bytes, Infallible>> + Send + 'static {
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    futures::stream::unfold(
+        (Box::pin(events), ticks),
+        |(mut events, mut ticks)| async move {
+            let frame = tokio::select! {
+                biased;
+                frame = events.next() => frame?,
+                _ = ticks.tick() => crate::sse::keep_alive(),
+            };
+            Some((Ok(frame), (events, ticks)))
+        },
+    )
 }
 
 async fn cancel(

@@ -25,6 +25,7 @@ mod error;
 mod http;
 mod metrics;
 pub mod openapi;
+mod sse;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -121,6 +122,7 @@ impl HttpApi {
             auth: self.auth,
             config: self.config,
             metrics,
+            frames: Default::default(),
         }))
     }
 
