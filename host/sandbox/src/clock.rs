@@ -1,5 +1,5 @@
-//! Time as guests see it: the WASI clocks, the `sleep` and `next-signal` timeouts of the
-//! control imports, and the deadline of a run.
+//! Time as guests see it: the WASI clocks, and the `sleep` and `next-signal` timeouts of the
+//! control imports. The host's own limits (deadline, CPU, progress rate) keep real time.
 //!
 //! A host uses [`SystemClock`]. Tests use a [`VirtualClock`] that stands still until the test
 //! advances it, so a guest that sleeps for an hour or waits for a signal with a timeout is
@@ -19,8 +19,13 @@ pub trait Clock: Send + Sync + 'static {
     fn monotonic(&self) -> Duration;
     /// The wall clock, as a duration since the Unix epoch.
     fn wall(&self) -> Duration;
-    /// Completes once `duration` has passed on this clock.
+    /// Completes once `duration` has passed on this clock: a guest's wait.
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()>;
+    /// Completes once `duration` has passed on this clock: the host's own timer, which a test
+    /// does not wait for (e.g. recording coalesced progress).
+    fn timer(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        self.sleep(duration)
+    }
 }
 
 /// Real time: tokio's timers and the system clocks.
@@ -50,11 +55,17 @@ pub struct VirtualClock {
     state: Arc<Mutex<Virtual>>,
 }
 
+/// A waiting sleep: whom to wake, and whether a guest waits on it.
+struct Sleeper {
+    wake: oneshot::Sender<()>,
+    guest: bool,
+}
+
 #[derive(Default)]
 struct Virtual {
     elapsed: Duration,
     wall_start: Duration,
-    sleepers: BTreeMap<(Duration, u64), oneshot::Sender<()>>,
+    sleepers: BTreeMap<(Duration, u64), Sleeper>,
     next: u64,
 }
 
@@ -75,14 +86,42 @@ impl VirtualClock {
             let later = state.sleepers.split_off(&(now, u64::MAX));
             std::mem::replace(&mut state.sleepers, later)
         };
-        for (_, wake) in woken {
-            let _ = wake.send(());
+        for (_, sleeper) in woken {
+            let _ = sleeper.wake.send(());
         }
     }
 
-    /// How many sleeps are waiting for time to move.
+    /// Virtual time passed since the clock was made.
+    pub fn monotonic_elapsed(&self) -> Duration {
+        self.lock().elapsed
+    }
+
+    /// How many guest sleeps (and timed waits) are waiting for time to move.
     pub fn sleepers(&self) -> usize {
-        self.lock().sleepers.len()
+        self.lock().sleepers.values().filter(|s| s.guest).count()
+    }
+
+    fn register(&self, duration: Duration, guest: bool) -> BoxFuture<'static, ()> {
+        if duration.is_zero() {
+            return Box::pin(async {});
+        }
+        let (wake, woken) = oneshot::channel();
+        let key = {
+            let mut state = self.lock();
+            let at = state.elapsed + duration;
+            state.next += 1;
+            let key = (at, state.next);
+            state.sleepers.insert(key, Sleeper { wake, guest });
+            key
+        };
+        let registration = Registration {
+            state: Arc::clone(&self.state),
+            key,
+        };
+        Box::pin(async move {
+            let _registration = registration;
+            let _ = woken.await;
+        })
     }
 
     fn lock(&self) -> MutexGuard<'_, Virtual> {
@@ -101,20 +140,24 @@ impl Clock for VirtualClock {
     }
 
     fn sleep(&self, duration: Duration) -> BoxFuture<'static, ()> {
-        if duration.is_zero() {
-            return Box::pin(async {});
-        }
-        let (wake, woken) = oneshot::channel();
-        {
-            let mut state = self.lock();
-            let at = state.elapsed + duration;
-            state.next += 1;
-            let key = (at, state.next);
-            state.sleepers.insert(key, wake);
-        }
-        Box::pin(async move {
-            let _ = woken.await;
-        })
+        self.register(duration, true)
+    }
+
+    fn timer(&self, duration: Duration) -> BoxFuture<'static, ()> {
+        self.register(duration, false)
+    }
+}
+
+/// A sleep's place among the sleepers, given up when the sleep ends or is dropped.
+struct Registration {
+    state: Arc<Mutex<Virtual>>,
+    key: (Duration, u64),
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.sleepers.remove(&self.key);
     }
 }
 

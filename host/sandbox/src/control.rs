@@ -10,8 +10,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use opshost_api::{ErrorCode, ErrorInfo};
 use opshost_jobs::{Job, WorkerError};
 use opshost_runtime::{OperationRuntime, ServerError, SignalWait};
@@ -34,7 +32,7 @@ fn lock(gate: &Mutex<ProgressGate>) -> std::sync::MutexGuard<'_, ProgressGate> {
 /// What every store of a host shares: its clock, and the faults a test injects.
 #[derive(Clone)]
 pub struct RunEnv {
-    /// Time for `sleep`, `next-signal` timeouts, deadlines and the WASI clocks.
+    /// Time for `sleep`, `next-signal` timeouts and the WASI clocks.
     pub clock: Arc<dyn Clock>,
     /// Faults to inject into the control imports (tests only).
     pub faults: Option<Arc<Faults>>,
@@ -64,10 +62,11 @@ pub struct OperationState {
     env: RunEnv,
 }
 
-/// Progress recorded last, and the latest one waiting for the rate to allow it.
+/// Progress recorded last (on the run's clock), and the latest one waiting for the rate to
+/// allow it.
 #[derive(Default)]
 struct ProgressGate {
-    last: Option<Instant>,
+    last: Option<Duration>,
     pending: Option<serde_json::Value>,
     scheduled: bool,
 }
@@ -165,7 +164,8 @@ impl OperationState {
         value: serde_json::Value,
     ) -> Result<(), ControlError> {
         let interval = self.limits.limits().progress_interval();
-        let now = Instant::now();
+        let clock = Arc::clone(&self.env.clock);
+        let now = clock.monotonic();
         let due = {
             let mut gate = lock(&self.progress);
             let due = !gate.scheduled && gate.last.is_none_or(|last| now >= last + interval);
@@ -193,11 +193,11 @@ impl OperationState {
             let at = gate.last.map_or(now, |last| last + interval);
             let (gate, runtime) = (Arc::clone(&self.progress), self.runtime.clone());
             tokio::spawn(async move {
-                tokio::time::sleep_until(at).await;
+                clock.timer(at.saturating_sub(now)).await;
                 let pending = {
                     let mut gate = lock(&gate);
                     gate.scheduled = false;
-                    gate.last = Some(Instant::now());
+                    gate.last = Some(clock.monotonic());
                     gate.pending.take()
                 };
                 if let Some(value) = pending

@@ -296,7 +296,6 @@ impl OperationHandler for WasmHandler {
             let wasi = grants
                 .wasi_context(Arc::clone(&env.clock))
                 .map_err(|message| ErrorInfo::new(ErrorCode::Internal, message))?;
-            let deadline = env.clock.sleep(limits.deadline);
             let state = OperationState::new(runtime, snapshot.id.clone(), wasi, limits, env);
             let mut store = sandboxed_store(&engine, state);
             let invocation = Invocation {
@@ -310,9 +309,9 @@ impl OperationHandler for WasmHandler {
                 let handler = pre.instantiate_async(&mut store).await?;
                 handler.call_handle(&mut store, &invocation).await
             };
-            let outcome = tokio::select! {
-                outcome = run => outcome,
-                () = deadline => Err(LimitBreach::Deadline {
+            let outcome = match tokio::time::timeout(limits.deadline, run).await {
+                Ok(outcome) => outcome,
+                Err(_) => Err(LimitBreach::Deadline {
                     limit: limits.deadline,
                 }
                 .into()),
