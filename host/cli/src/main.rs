@@ -187,6 +187,16 @@ enum Command {
         #[arg(long, default_value = "OPSHOST_JWT_SECRET")]
         secret_env: String,
     },
+    /// Check a component against a deployment before deploying it: the WIT world it exports,
+    /// the operation or queue it serves, its imports against its grants, its sha256 pin. Prints
+    /// every problem; exits 1 if there is any.
+    Check {
+        /// The component file (`.wasm`).
+        component: PathBuf,
+        /// The host or deployment config (TOML) that names it.
+        #[arg(short, long)]
+        config: PathBuf,
+    },
     /// Generate the Rust participant facade of a contract manifest.
     Codegen {
         /// The contract manifest (JSON).
@@ -277,6 +287,20 @@ async fn run(cli: Cli) -> Result<u8> {
             )?;
             println!("{token}");
             Ok(exit::OK)
+        }
+        Command::Check { component, config } => {
+            let config = HostConfig::from_path(&config)?;
+            let problems = opshost_sandbox::check_component(&config.deployment, &component)?;
+            for problem in &problems {
+                println!("problem: {problem}");
+            }
+            if problems.is_empty() {
+                println!("ok: {} would load", component.display());
+                Ok(exit::OK)
+            } else {
+                println!("{} problem(s) in {}", problems.len(), component.display());
+                Ok(exit::NOT_COMPLETED)
+            }
         }
         Command::Codegen { manifest, out } => {
             opshost_codegen::generate_file(&manifest, &out)?;

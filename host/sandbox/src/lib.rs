@@ -8,11 +8,13 @@
 //! - [`control`]: the `opshost:operation/control` and `job` imports, bound to one operation.
 //! - [`clock`]: time as guests see it (system, or virtual in tests).
 //! - [`faults`]: faults a test injects into the control imports.
+//! - [`check_component`]: every problem a deployment would have with a component.
 //! - [`WasmHost`]: compiles each component once, then runs every operation (and every job
 //!   attempt of a worker component) in a fresh `Store`.
 
 mod bindings;
 pub mod cache;
+mod check;
 pub mod clock;
 pub mod config;
 pub mod control;
@@ -23,6 +25,7 @@ pub mod grants;
 mod host;
 pub mod limits;
 
+pub use check::check_component;
 pub use clock::{Clock, SystemClock, VirtualClock};
 pub use config::{
     DeploymentConfig, EngineSettings, HandlerConfig, JobsSettings, OnRestart, WorkerConfig,
