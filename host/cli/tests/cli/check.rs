@@ -1,11 +1,9 @@
 //! `opshost check`: every problem a deployment would have with a component, found before it
 //! is deployed, on purpose-made bad components and configs.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::{opshost, root};
+use crate::common::{opshost, root};
 
 fn wasm(name: &str) -> PathBuf {
     let path = root().join(format!("target/wasm32-wasip2/release/{name}.wasm"));
