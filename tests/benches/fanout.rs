@@ -22,12 +22,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use opshost_contract::Contract;
 use opshost_runtime::store::MemoryStore;
 use opshost_runtime::{OperationRuntime, Owner, RuntimeConfig};
 use opshost_server::ServerConfig;
 use opshost_tests::net::{TENANT, TestServer, token};
-use opshost_tests::root;
+use opshost_tests::{env_number, testing_runtime};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -51,19 +50,13 @@ fn main() {
 
 /// The host side: serves one operation, starts the watchers, drives the progress.
 async fn host() {
-    let contract = Contract::from_path(root().join("contracts/testing.manifest.json"))
-        .unwrap_or_else(|e| panic!("testing manifest: {e}"));
-    let runtime = OperationRuntime::with_contract(
-        contract,
-        Arc::new(MemoryStore::new()),
-        RuntimeConfig::default(),
-    );
+    let runtime = testing_runtime(Arc::new(MemoryStore::new()), RuntimeConfig::default());
     let config = ServerConfig {
         max_in_flight: 100_000,
         ..ServerConfig::default()
     };
     let server = TestServer::start_with(&runtime, config).await;
-    let events: usize = env("FANOUT_EVENTS", "20").parse().unwrap_or(20);
+    let events = env_number("FANOUT_EVENTS", 20);
     println!(
         "{:>9} {:>7} {:>10} {:>10} {:>10} {:>12}",
         "watchers", "events", "delivered", "p50 ms", "p99 ms", "max ms"
@@ -134,7 +127,7 @@ async fn watchers() {
         env("FANOUT_ID", ""),
         env("FANOUT_TOKEN", "")
     );
-    let count: usize = env("FANOUT_COUNT", "1000").parse().unwrap_or(1000);
+    let count = env_number("FANOUT_COUNT", 1000);
     let (connected, mut ready) = tokio::sync::mpsc::channel::<()>(count);
     let mut tasks = Vec::with_capacity(count);
     for _ in 0..count {

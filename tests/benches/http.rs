@@ -23,15 +23,8 @@ use std::time::{Duration, Instant};
 use opshost_client::{Client, StartOptions};
 use opshost_runtime::{OperationRuntime, Owner};
 use opshost_tests::net::{TENANT, TestServer, token};
-use opshost_tests::testing_host;
+use opshost_tests::{env_number, testing_host};
 use serde_json::{Value, json};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
 
 fn input() -> Value {
     json!({ "scenario": "complete" })
@@ -156,8 +149,8 @@ fn micros(duration: Duration) -> f64 {
 
 #[tokio::main]
 async fn main() {
-    let operations = env("BENCH_OPS", 400).max(10);
-    let concurrency = env("BENCH_CONCURRENCY", 16).max(1);
+    let operations = env_number("BENCH_OPS", 400).max(10);
+    let concurrency = env_number("BENCH_CONCURRENCY", 16).max(1);
     let host = testing_host(Duration::from_secs(5));
     let server = TestServer::start(host.runtime()).await;
     let client = Client::connect(&server.url, token(&["testing.run"]))

@@ -12,20 +12,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opshost_contract::Contract;
 use opshost_jobs::{JobFilter, JobState, JobStore, Jobs, JobsConfig, MemoryJobStore, WorkerError};
+use opshost_runtime::RuntimeConfig;
 use opshost_runtime::store::MemoryStore;
-use opshost_runtime::{OperationRuntime, RuntimeConfig};
 use opshost_store_sqlite::SqliteStore;
-use opshost_tests::root;
+use opshost_tests::{env_number, testing_runtime};
 use serde_json::json;
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
 
 async fn unfinished(jobs: &Jobs) -> bool {
     for state in [JobState::Queued, JobState::Running] {
@@ -46,13 +38,7 @@ async fn unfinished(jobs: &Jobs) -> bool {
 }
 
 async fn measure(store: Arc<dyn JobStore>, count: usize, workers: usize) -> f64 {
-    let contract = Contract::from_path(root().join("contracts/testing.manifest.json"))
-        .unwrap_or_else(|e| panic!("testing manifest: {e}"));
-    let runtime = OperationRuntime::with_contract(
-        contract,
-        Arc::new(MemoryStore::new()),
-        RuntimeConfig::default(),
-    );
+    let runtime = testing_runtime(Arc::new(MemoryStore::new()), RuntimeConfig::default());
     let config = JobsConfig {
         lease: Duration::from_secs(30),
         poll: Duration::from_millis(20),
@@ -89,8 +75,8 @@ async fn measure(store: Arc<dyn JobStore>, count: usize, workers: usize) -> f64 
 
 #[tokio::main]
 async fn main() {
-    let count = env("BENCH_JOBS", 4000);
-    let workers = env("BENCH_WORKERS", 32);
+    let count = env_number("BENCH_JOBS", 4000);
+    let workers = env_number("BENCH_WORKERS", 32);
     println!("{count} jobs enqueued by 64 callers, completed by {workers} workers");
     println!("{:<8} {:>10} {:>10}", "store", "jobs/s", "vs memory");
     let memory = measure(Arc::new(MemoryJobStore::new()), count, workers).await;

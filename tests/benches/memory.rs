@@ -25,10 +25,9 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use opshost_api::{ErrorInfo, OperationState, Snapshot};
-use opshost_contract::Contract;
 use opshost_runtime::store::MemoryStore;
 use opshost_runtime::{OperationHandler, OperationRuntime, Owner, RuntimeConfig};
-use opshost_tests::{load, root, testing_deployment};
+use opshost_tests::{env_number, load, testing_deployment, testing_runtime};
 use serde_json::{Value, json};
 
 const KIB: f64 = 1024.0;
@@ -62,13 +61,6 @@ unsafe impl GlobalAlloc for Counting {
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
-
-fn operations() -> usize {
-    std::env::var("BENCH_OPS")
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(10_000)
-}
 
 fn main() {
     match std::env::var("MEMORY_MODE") {
@@ -125,16 +117,10 @@ impl OperationHandler for Waiting {
 }
 
 async fn measure(mode: &str) {
-    let count = operations();
+    let count = env_number("BENCH_OPS", 10_000);
     let (runtime, _host) = match mode {
         "native" => {
-            let contract = Contract::from_path(root().join("contracts/testing.manifest.json"))
-                .unwrap_or_else(|e| panic!("testing manifest: {e}"));
-            let runtime = OperationRuntime::with_contract(
-                contract,
-                Arc::new(MemoryStore::new()),
-                RuntimeConfig::default(),
-            );
+            let runtime = testing_runtime(Arc::new(MemoryStore::new()), RuntimeConfig::default());
             runtime.set_handler("Testing.Scenario", Arc::new(Waiting));
             (runtime, None)
         }
@@ -146,31 +132,15 @@ async fn measure(mode: &str) {
         }
     };
     // Warm up: allocator arenas, the compiled code's pages, the first instance.
-    let warm = runtime
-        .start(
-            Owner::default(),
-            "Testing.Scenario",
-            None,
-            json!({ "scenario": "await-cancel" }),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("start: {e}"));
+    let warm = start_waiting(&runtime).await;
     until_running(&runtime, 1).await;
     runtime
-        .cancel(&warm.snapshot.id)
+        .cancel(&warm)
         .await
         .unwrap_or_else(|e| panic!("cancel: {e}"));
     let before = Resident::read();
     for _ in 0..count {
-        runtime
-            .start(
-                Owner::default(),
-                "Testing.Scenario",
-                None,
-                json!({ "scenario": "await-cancel" }),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("start: {e}"));
+        start_waiting(&runtime).await;
     }
     until_running(&runtime, count).await;
     let after = Resident::read();
@@ -184,6 +154,17 @@ async fn measure(mode: &str) {
         per_op(heap),
         per_op((rss - heap).max(0.0)),
     );
+}
+
+/// Starts one operation that waits until cancelled; returns its id.
+async fn start_waiting(runtime: &OperationRuntime) -> String {
+    let input = json!({ "scenario": "await-cancel" });
+    runtime
+        .start(Owner::default(), "Testing.Scenario", None, input)
+        .await
+        .unwrap_or_else(|e| panic!("start: {e}"))
+        .snapshot
+        .id
 }
 
 /// Waits until `count` operations are running.

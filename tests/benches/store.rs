@@ -19,20 +19,12 @@ use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use opshost_api::{ErrorInfo, OperationState, Snapshot};
-use opshost_contract::Contract;
 use opshost_runtime::store::{MemoryStore, OperationStore};
 use opshost_runtime::{OperationHandler, OperationRuntime, Owner, RuntimeConfig};
 use opshost_sandbox::WasmHost;
 use opshost_store_sqlite::{DATABASE_FILE, SqliteStore};
-use opshost_tests::{root, testing_deployment};
+use opshost_tests::{env_number, testing_deployment, testing_runtime};
 use serde_json::{Value, json};
-
-fn env(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
 
 /// Marks the operation started and completes it at once.
 struct Trivial;
@@ -57,9 +49,7 @@ impl OperationHandler for Trivial {
 }
 
 fn trivial_runtime(store: Arc<dyn OperationStore>) -> OperationRuntime {
-    let contract = Contract::from_path(root().join("contracts/testing.manifest.json"))
-        .unwrap_or_else(|e| panic!("testing manifest: {e}"));
-    let runtime = OperationRuntime::with_contract(contract, store, RuntimeConfig::default());
+    let runtime = testing_runtime(store, RuntimeConfig::default());
     runtime.set_handler("Testing.Scenario", Arc::new(Trivial));
     runtime
 }
@@ -139,8 +129,8 @@ fn report(name: &str, figures: &Figures, baseline: &Figures) {
 
 #[tokio::main]
 async fn main() {
-    let operations = env("BENCH_OPS", 4000);
-    let concurrency = env("BENCH_CONCURRENCY", 64).max(1);
+    let operations = env_number("BENCH_OPS", 4000);
+    let concurrency = env_number("BENCH_CONCURRENCY", 64).max(1);
     println!(
         "{operations} operations per mode from {concurrency} closed-loop callers (start, then wait)"
     );

@@ -6,16 +6,12 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use opshost_contract::Contract;
 use opshost_jobs::{JobRecord, Jobs, JobsConfig};
-use opshost_runtime::store::OperationStore;
 use opshost_runtime::{OperationRuntime, RuntimeConfig};
 use opshost_store_sqlite::SqliteStore;
 use serde_json::json;
 use testing_participant::ScenarioProgress;
 use testing_participant::operations::TestingScenario;
-
-use crate::root;
 
 /// Short leases, so that a dead worker's job comes back within a second.
 pub const CONFIG: JobsConfig = JobsConfig {
@@ -26,14 +22,11 @@ pub const CONFIG: JobsConfig = JobsConfig {
 /// A runtime of the testing contract and its jobs, both on one SQLite file in `dir`.
 pub fn host(dir: &Path) -> (OperationRuntime, Jobs) {
     let store = Arc::new(SqliteStore::open(dir).expect("the store opens"));
-    let contract = Contract::from_path(root().join("contracts/testing.manifest.json"))
-        .expect("the testing manifest loads");
-    let operations: Arc<dyn OperationStore> = store.clone();
     let config = RuntimeConfig {
         cancel_grace: Duration::from_secs(2),
         ..RuntimeConfig::default()
     };
-    let runtime = OperationRuntime::with_contract(contract, operations, config);
+    let runtime = crate::testing_runtime(store.clone(), config);
     let jobs = Jobs::new(&runtime, store, CONFIG).expect("the jobs service starts");
     (runtime, jobs)
 }

@@ -3,13 +3,71 @@
 //! servers on 127.0.0.1 with tokens to call them.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+use opshost_api::{OperationState, Snapshot};
+use opshost_contract::Contract;
+use opshost_runtime::store::OperationStore;
+use opshost_runtime::{OperationRuntime, RuntimeConfig};
 use opshost_sandbox::{DeploymentConfig, HandlerConfig, JobsSettings, WasmHost, WorkerConfig};
+use serde_json::Value;
 
 /// The repository's root.
 pub fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A runtime of the testing contract on `store`, with no handler set.
+pub fn testing_runtime(store: Arc<dyn OperationStore>, config: RuntimeConfig) -> OperationRuntime {
+    let contract = Contract::from_path(root().join("contracts/testing.manifest.json"))
+        .unwrap_or_else(|e| panic!("testing manifest: {e}"));
+    OperationRuntime::with_contract(contract, store, config)
+}
+
+/// Starts `Testing.Scenario` on `host` with `input`; answers the accepted snapshot.
+pub async fn start_scenario(host: &WasmHost, input: Value) -> Snapshot {
+    host.start("Testing.Scenario", None, input)
+        .await
+        .unwrap_or_else(|e| panic!("start: {e}"))
+}
+
+/// The operation's terminal snapshot (after 60 s at most; panics if it is not terminal).
+pub async fn wait_terminal(host: &WasmHost, id: &str) -> Snapshot {
+    let snapshot = host
+        .runtime()
+        .wait(id, Some(Duration::from_secs(60)))
+        .await
+        .unwrap_or_else(|e| panic!("wait: {e}"));
+    assert!(snapshot.is_terminal(), "{snapshot:?}");
+    snapshot
+}
+
+/// Starts `Testing.Scenario` with `input` and answers its terminal snapshot.
+pub async fn run_scenario(host: &WasmHost, input: Value) -> Snapshot {
+    let accepted = start_scenario(host, input).await;
+    wait_terminal(host, &accepted.id).await
+}
+
+/// Waits until the operation's handler has marked it running.
+pub async fn until_running(host: &WasmHost, id: &str) {
+    let mut events = host.runtime().watch(id, Some(0));
+    while let Some(event) = events.next().await {
+        let event = event.unwrap_or_else(|e| panic!("watch: {e}"));
+        if event.snapshot().state == OperationState::Running {
+            return;
+        }
+    }
+    panic!("operation {id} ended without running");
+}
+
+/// A bench setting: the number in environment variable `name`, or `default`.
+pub fn env_number(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
 }
 
 /// Path of a guest component built by `./dev guests`.

@@ -6,27 +6,13 @@ use futures::StreamExt;
 use opshost_api::{ErrorCode, ErrorInfo, EventKind, OperationState, Snapshot};
 use opshost_runtime::ServerError;
 use opshost_sandbox::WasmHost;
-use opshost_tests::testing_host;
+use opshost_tests::{run_scenario, start_scenario, testing_host, wait_terminal};
 use serde_json::json;
 
 const GRACE: Duration = Duration::from_millis(300);
 
-/// Starts `Testing.Scenario` with `input` and returns the accepted snapshot.
-async fn start(host: &WasmHost, input: serde_json::Value) -> Snapshot {
-    host.start("Testing.Scenario", None, input).await.unwrap()
-}
-
-/// Waits (30 s at most) for the operation's terminal snapshot.
-async fn wait_terminal(host: &WasmHost, id: &str) -> Snapshot {
-    host.runtime()
-        .wait(id, Some(Duration::from_secs(30)))
-        .await
-        .unwrap()
-}
-
 async fn run(host: &WasmHost, scenario: &str) -> Snapshot {
-    let accepted = start(host, json!({ "scenario": scenario })).await;
-    wait_terminal(host, &accepted.id).await
+    run_scenario(host, json!({ "scenario": scenario })).await
 }
 
 /// Runs `scenario` and returns the error of the failed snapshot it must end with.
@@ -84,8 +70,8 @@ async fn invalid_progress_is_refused_to_the_guest_and_leaves_the_operation_uncha
 #[tokio::test]
 async fn a_guest_ignoring_cancel_is_stopped_by_force_after_the_grace_period() {
     let host = testing_host(GRACE);
-    let spinning = start(&host, json!({ "scenario": "ignore-cancel" })).await;
-    let healthy = start(&host, json!({ "scenario": "echo-signals", "signals": 1 })).await;
+    let spinning = start_scenario(&host, json!({ "scenario": "ignore-cancel" })).await;
+    let healthy = start_scenario(&host, json!({ "scenario": "echo-signals", "signals": 1 })).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     let terminal = host.runtime().cancel(&spinning.id).await.unwrap();
     assert_eq!(terminal.state, OperationState::Cancelled);
@@ -108,7 +94,7 @@ async fn a_guest_ignoring_cancel_is_stopped_by_force_after_the_grace_period() {
 #[tokio::test]
 async fn cancel_wakes_a_guest_blocked_on_next_signal() {
     let host = testing_host(Duration::from_secs(30));
-    let accepted = start(&host, json!({ "scenario": "await-cancel" })).await;
+    let accepted = start_scenario(&host, json!({ "scenario": "await-cancel" })).await;
     let terminal = host.runtime().cancel(&accepted.id).await.unwrap();
     assert_eq!(terminal.state, OperationState::Cancelled);
     assert_eq!(terminal.error.unwrap().message, "cancelled by caller");
@@ -152,7 +138,7 @@ async fn cancel_of_an_operation_without_cancel_support_is_unsupported() {
 #[tokio::test]
 async fn signals_arrive_in_order_with_sequence_numbers_and_are_refused_after_terminal() {
     let host = testing_host(GRACE);
-    let accepted = start(&host, json!({ "scenario": "echo-signals", "signals": 3 })).await;
+    let accepted = start_scenario(&host, json!({ "scenario": "echo-signals", "signals": 3 })).await;
     let mut sequences = Vec::new();
     for text in ["a", "b", "c"] {
         sequences.push(
@@ -180,7 +166,7 @@ async fn signals_arrive_in_order_with_sequence_numbers_and_are_refused_after_ter
 #[tokio::test]
 async fn unknown_and_invalid_signals_are_refused_with_invalid_input() {
     let host = testing_host(GRACE);
-    let accepted = start(&host, json!({ "scenario": "echo-signals", "signals": 1 })).await;
+    let accepted = start_scenario(&host, json!({ "scenario": "echo-signals", "signals": 1 })).await;
     let unknown = host
         .runtime()
         .signal(&accepted.id, "Nope", json!({}))

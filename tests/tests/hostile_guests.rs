@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use opshost_api::{ErrorCode, ErrorInfo, EventKind, OperationState, Snapshot};
 use opshost_sandbox::{DeploymentConfig, LimitsTable, SandboxError, WasmHost};
-use opshost_tests::{guest, load, testing_deployment};
+use opshost_tests::{guest, load, start_scenario, testing_deployment, wait_terminal};
 use serde_json::{Value, json};
 
 const GRACE: Duration = Duration::from_millis(300);
@@ -26,25 +26,11 @@ fn hostile_deployment() -> DeploymentConfig {
     config
 }
 
-async fn start(host: &WasmHost, input: Value) -> Snapshot {
-    host.start("Testing.Scenario", None, input).await.unwrap()
-}
-
-async fn wait_terminal(host: &WasmHost, id: &str) -> Snapshot {
-    let snapshot = host
-        .runtime()
-        .wait(id, Some(Duration::from_secs(60)))
-        .await
-        .unwrap();
-    assert!(snapshot.is_terminal(), "{snapshot:?}");
-    snapshot
-}
-
 /// Runs `input` beside a healthy operation waiting for a signal; returns the hostile
 /// operation's terminal snapshot once the healthy one completed after it.
 async fn beside_a_healthy_operation(host: &WasmHost, input: Value) -> Snapshot {
-    let healthy = start(host, json!({ "scenario": "echo-signals", "signals": 1 })).await;
-    let hostile = start(host, input).await;
+    let healthy = start_scenario(host, json!({ "scenario": "echo-signals", "signals": 1 })).await;
+    let hostile = start_scenario(host, input).await;
     let terminal = wait_terminal(host, &hostile.id).await;
     host.runtime()
         .signal(&healthy.id, "Note", json!({ "text": "still here" }))
@@ -175,6 +161,30 @@ async fn an_oversized_input_is_refused_at_start_and_nothing_is_stored() {
 }
 
 #[tokio::test]
+async fn an_oversized_signal_is_refused_and_the_operation_carries_on() {
+    let host = load(&hostile_deployment());
+    let waiting = start_scenario(&host, json!({ "scenario": "echo-signals", "signals": 1 })).await;
+    let error = host
+        .runtime()
+        .signal(&waiting.id, "Note", json!({ "text": "x".repeat(70 << 10) }))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), ErrorCode::LimitExceeded);
+    assert!(error.to_string().contains("signal Note"), "{error}");
+    assert!(error.to_string().contains("max_payload_bytes"), "{error}");
+    host.runtime()
+        .signal(&waiting.id, "Note", json!({ "text": "small" }))
+        .await
+        .unwrap();
+    let done = wait_terminal(&host, &waiting.id).await;
+    assert_eq!(
+        done.output.unwrap()["signals"],
+        json!(["1:small"]),
+        "the refused signal took no sequence number"
+    );
+}
+
+#[tokio::test]
 async fn a_second_complete_is_refused_and_the_first_output_stands() {
     let host = load(&hostile_deployment());
     let terminal =
@@ -202,8 +212,8 @@ async fn a_guest_ignoring_cancel_is_stopped_after_the_grace_period() {
     let mut config = hostile_deployment();
     config.limits.cpu_ms = Some(60_000);
     let host = load(&config);
-    let healthy = start(&host, json!({ "scenario": "echo-signals", "signals": 1 })).await;
-    let spinning = start(&host, json!({ "scenario": "ignore-cancel" })).await;
+    let healthy = start_scenario(&host, json!({ "scenario": "echo-signals", "signals": 1 })).await;
+    let spinning = start_scenario(&host, json!({ "scenario": "ignore-cancel" })).await;
     let terminal = host.runtime().cancel(&spinning.id).await.unwrap();
     assert_eq!(terminal.state, OperationState::Cancelled);
     assert!(
@@ -225,7 +235,7 @@ async fn a_run_past_its_deadline_fails_with_limit_exceeded_naming_the_deadline()
     let mut config = hostile_deployment();
     config.handlers[0].limits.deadline_ms = Some(400);
     let host = load(&config);
-    let waiting = start(&host, json!({ "scenario": "await-cancel" })).await;
+    let waiting = start_scenario(&host, json!({ "scenario": "await-cancel" })).await;
     let terminal = wait_terminal(&host, &waiting.id).await;
     let error = terminal.error.unwrap();
     assert_eq!(error.code, ErrorCode::LimitExceeded);

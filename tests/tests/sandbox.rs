@@ -3,23 +3,17 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use opshost_api::{ErrorCode, OperationState, Snapshot};
 use opshost_sandbox::cache::{ComponentLoader, Origin, sha256_hex};
 use opshost_sandbox::engine::{EngineShape, new_engine};
 use opshost_sandbox::{Allocation, DeploymentConfig, DirGrant, SandboxError, WasmHost};
-use opshost_tests::{guest, load, testing_deployment, testing_host_limited};
-use serde_json::{Value, json};
+use opshost_tests::{
+    guest, load, run_scenario, start_scenario, testing_deployment, testing_host_limited,
+    until_running, wait_terminal,
+};
+use serde_json::json;
 
 const GRACE: Duration = Duration::from_millis(300);
-
-async fn run(host: &WasmHost, input: Value) -> Snapshot {
-    let accepted = host.start("Testing.Scenario", None, input).await.unwrap();
-    host.runtime()
-        .wait(&accepted.id, Some(Duration::from_secs(30)))
-        .await
-        .unwrap()
-}
 
 fn note(snapshot: &Snapshot) -> String {
     match &snapshot.output {
@@ -45,15 +39,13 @@ fn with_dir(host_dir: &std::path::Path, guest_dir: &str, writable: bool) -> Depl
     config
 }
 
-/// Waits until the operation's handler has marked it running.
-async fn until_running(host: &WasmHost, id: &str) {
-    let mut events = host.runtime().watch(id, Some(0));
-    while let Some(event) = events.next().await {
-        if event.unwrap().snapshot().state == OperationState::Running {
-            return;
-        }
-    }
-    panic!("operation {id} ended without running");
+/// Fills the only handler slot of `host` with `holder` (once it runs), then starts a
+/// `complete` operation that must wait; answers both ids.
+async fn hold_the_only_slot(host: &WasmHost, holder: &str) -> (String, String) {
+    let holder = start_scenario(host, json!({ "scenario": holder })).await;
+    until_running(host, &holder.id).await;
+    let waiting = start_scenario(host, json!({ "scenario": "complete" })).await;
+    (holder.id, waiting.id)
 }
 
 fn load_error(config: &DeploymentConfig) -> SandboxError {
@@ -69,14 +61,14 @@ async fn a_granted_read_only_directory_can_be_read_but_not_written() {
     std::fs::write(dir.path().join("catalog.txt"), "widgets").unwrap();
     let host = load(&with_dir(dir.path(), "/catalog", false));
 
-    let read = run(
+    let read = run_scenario(
         &host,
         json!({ "scenario": "read-file", "path": "/catalog/catalog.txt" }),
     )
     .await;
     assert_eq!(note(&read), "widgets");
 
-    let write = run(
+    let write = run_scenario(
         &host,
         json!({ "scenario": "write-file", "path": "/catalog/new.txt" }),
     )
@@ -92,7 +84,7 @@ async fn a_granted_read_only_directory_can_be_read_but_not_written() {
 async fn a_granted_writable_directory_takes_the_guests_files() {
     let dir = tempfile::tempdir().unwrap();
     let host = load(&with_dir(dir.path(), "/scratch", true));
-    let write = run(
+    let write = run_scenario(
         &host,
         json!({ "scenario": "write-file", "path": "/scratch/out.txt" }),
     )
@@ -112,9 +104,9 @@ async fn a_guest_sees_its_granted_env_vars_and_no_other() {
         .env
         .insert("REGION".into(), "eu-west-1".into());
     let host = load(&config);
-    let region = run(&host, json!({ "scenario": "read-env", "path": "REGION" })).await;
+    let region = run_scenario(&host, json!({ "scenario": "read-env", "path": "REGION" })).await;
     assert_eq!(note(&region), "eu-west-1");
-    let path = run(&host, json!({ "scenario": "read-env", "path": "PATH" })).await;
+    let path = run_scenario(&host, json!({ "scenario": "read-env", "path": "PATH" })).await;
     assert!(failure(&path).starts_with("PATH: "), "{path:?}");
 }
 
@@ -134,7 +126,9 @@ async fn a_pinned_component_loads_only_when_its_sha256_matches() {
     config.handlers[0].sha256 = Some(sha256_hex(&bytes).to_uppercase());
     let host = load(&config);
     assert_eq!(
-        run(&host, json!({ "scenario": "complete" })).await.state,
+        run_scenario(&host, json!({ "scenario": "complete" }))
+            .await
+            .state,
         OperationState::Completed
     );
 
@@ -190,7 +184,7 @@ async fn a_host_runs_operations_from_its_component_cache() {
     config.engine.cache_dir = Some(dir.path().to_path_buf());
     for _ in 0..2 {
         let host = load(&config);
-        let done = run(&host, json!({ "scenario": "complete" })).await;
+        let done = run_scenario(&host, json!({ "scenario": "complete" })).await;
         assert_eq!(done.state, OperationState::Completed);
     }
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
@@ -217,19 +211,7 @@ async fn the_engine_pools_instances_and_falls_back_when_the_pool_cannot_be_reser
 #[tokio::test]
 async fn operations_beyond_the_handler_slots_wait_as_pending_then_run() {
     let host = testing_host_limited(GRACE, 1, 1);
-    let holder = host
-        .start(
-            "Testing.Scenario",
-            None,
-            json!({ "scenario": "await-cancel" }),
-        )
-        .await
-        .unwrap();
-    until_running(&host, &holder.id).await;
-    let waiting = host
-        .start("Testing.Scenario", None, json!({ "scenario": "complete" }))
-        .await
-        .unwrap();
+    let (holder, waiting) = hold_the_only_slot(&host, "await-cancel").await;
     let refused = host
         .start("Testing.Scenario", None, json!({ "scenario": "complete" }))
         .await
@@ -239,7 +221,7 @@ async fn operations_beyond_the_handler_slots_wait_as_pending_then_run() {
 
     let still = host
         .runtime()
-        .wait(&waiting.id, Some(Duration::from_millis(300)))
+        .wait(&waiting, Some(Duration::from_millis(300)))
         .await
         .unwrap();
     assert_eq!(
@@ -247,39 +229,23 @@ async fn operations_beyond_the_handler_slots_wait_as_pending_then_run() {
         OperationState::Pending,
         "no slot is free while the first operation runs"
     );
-    host.runtime().cancel(&holder.id).await.unwrap();
-    let done = host
-        .runtime()
-        .wait(&waiting.id, Some(Duration::from_secs(30)))
-        .await
-        .unwrap();
+    host.runtime().cancel(&holder).await.unwrap();
+    let done = wait_terminal(&host, &waiting).await;
     assert_eq!(done.state, OperationState::Completed);
 }
 
 #[tokio::test]
 async fn cancelling_an_operation_waiting_for_a_slot_ends_it_at_once() {
     let host = testing_host_limited(Duration::from_secs(30), 1, 4);
-    let holder = host
-        .start(
-            "Testing.Scenario",
-            None,
-            json!({ "scenario": "ignore-cancel" }),
-        )
-        .await
-        .unwrap();
-    until_running(&host, &holder.id).await;
-    let waiting = host
-        .start("Testing.Scenario", None, json!({ "scenario": "complete" }))
-        .await
-        .unwrap();
-    let cancelled = host.runtime().cancel(&waiting.id).await.unwrap();
+    let (holder, waiting) = hold_the_only_slot(&host, "ignore-cancel").await;
+    let cancelled = host.runtime().cancel(&waiting).await.unwrap();
     assert_eq!(cancelled.state, OperationState::Cancelled);
     assert_eq!(
         cancelled.error.unwrap().message,
         "cancelled while waiting for a handler slot"
     );
     assert_eq!(
-        host.runtime().get(&holder.id).await.unwrap().state,
+        host.runtime().get(&holder).await.unwrap().state,
         OperationState::Running,
         "the operation holding the slot carries on"
     );

@@ -53,11 +53,11 @@ impl Default for RuntimeConfig {
     }
 }
 
-/// Handler slots: a semaphore of `concurrency` permits, and how many launched handlers wait.
+/// Handler slots: a semaphore of `concurrency` permits, and how many launched handlers wait
+/// for one (at most `backlog`).
 struct Slots {
     permits: Arc<tokio::sync::Semaphore>,
     waiting: Arc<AtomicUsize>,
-    backlog: usize,
 }
 
 /// A launched handler waiting for a slot: counted in [`Slots::waiting`] until dropped.
@@ -223,7 +223,6 @@ impl OperationRuntime {
         let slots = config.concurrency.map(|concurrency| Slots {
             permits: Arc::new(tokio::sync::Semaphore::new(concurrency)),
             waiting: Default::default(),
-            backlog: config.backlog,
         });
         Self {
             inner: Arc::new(Inner {
@@ -354,11 +353,11 @@ impl OperationRuntime {
         };
         if let Some(slots) = &self.inner.slots {
             let waiting = slots.waiting.load(Ordering::SeqCst);
-            if slots.permits.available_permits() == 0 && waiting >= slots.backlog {
+            let backlog = self.inner.config.backlog;
+            if slots.permits.available_permits() == 0 && waiting >= backlog {
                 return Err(ServerError::Overloaded {
                     message: format!(
-                        "every handler slot is taken and {waiting} accepted operations already wait (max_backlog {})",
-                        slots.backlog
+                        "every handler slot is taken and {waiting} accepted operations already wait (max_backlog {backlog})"
                     ),
                     retry_after: Duration::from_secs(1),
                 });

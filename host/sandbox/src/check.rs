@@ -50,53 +50,39 @@ pub fn check_component(
         path == component
             || matches!((path.canonicalize(), component.canonicalize()), (Ok(a), Ok(b)) if a == b)
     };
+    let handlers = config
+        .handlers
+        .iter()
+        .filter(|h| same_file(&h.component))
+        .map(|h| Use {
+            role: format!("handler of {}", h.operation),
+            missing: contract
+                .operation(&h.operation)
+                .is_none()
+                .then(|| format!("no operation `{}`", h.operation)),
+            world: ("handler", exports_handler(&engine, &compiled)),
+            pin: h.sha256.as_deref(),
+            grants: &h.grants,
+        });
+    let workers = config
+        .workers
+        .iter()
+        .filter(|w| same_file(&w.component))
+        .map(|w| Use {
+            role: format!("worker of queue {}", w.queue),
+            missing: contract
+                .queue(&w.queue)
+                .is_none()
+                .then(|| format!("no queue `{}`", w.queue)),
+            world: ("worker", exports_worker(&engine, &compiled)),
+            pin: w.sha256.as_deref(),
+            grants: &w.grants,
+        });
     let mut problems = Vec::new();
     let mut uses = 0;
-    for handler in config.handlers.iter().filter(|h| same_file(&h.component)) {
+    for used in handlers.chain(workers) {
         uses += 1;
-        let role = format!("handler of {}", handler.operation);
-        if contract.operation(&handler.operation).is_none() {
-            problems.push(format!(
-                "{role}: the contract declares no operation `{}`",
-                handler.operation
-            ));
-        }
-        if let Err(error) = exports_handler(&engine, &compiled) {
-            problems.push(format!(
-                "{role}: does not export the `handler` world: {error}"
-            ));
-        }
-        common(
-            &mut problems,
-            &role,
-            &engine,
-            &compiled,
-            (&digest, handler.sha256.as_deref()),
-            &handler.grants,
-        );
-    }
-    for worker in config.workers.iter().filter(|w| same_file(&w.component)) {
-        uses += 1;
-        let role = format!("worker of queue {}", worker.queue);
-        if contract.queue(&worker.queue).is_none() {
-            problems.push(format!(
-                "{role}: the contract declares no queue `{}`",
-                worker.queue
-            ));
-        }
-        if let Err(error) = exports_worker(&engine, &compiled) {
-            problems.push(format!(
-                "{role}: does not export the `worker` world: {error}"
-            ));
-        }
-        common(
-            &mut problems,
-            &role,
-            &engine,
-            &compiled,
-            (&digest, worker.sha256.as_deref()),
-            &worker.grants,
-        );
+        used.problems(&mut problems, &engine, &compiled, &digest);
     }
     if uses == 0 {
         problems.push(format!(
@@ -107,31 +93,51 @@ pub fn check_component(
     Ok(problems)
 }
 
-/// The checks every role shares: pin, imports, grants.
-fn common(
-    problems: &mut Vec<String>,
-    role: &str,
-    engine: &Engine,
-    component: &Component,
-    (digest, pin): (&str, Option<&str>),
-    grants: &Grants,
-) {
-    if let Some(pin) = pin
-        && !pin.eq_ignore_ascii_case(digest)
-    {
-        problems.push(format!(
-            "{role}: sha256 is {digest}, but the config pins {pin}"
-        ));
-    }
-    let imports = ungranted_imports(engine, component);
-    if !imports.is_empty() {
-        problems.push(format!(
-            "{role}: imports what it was not granted: {}",
-            imports.join(", ")
-        ));
-    }
-    if let Err(error) = grants.check() {
-        problems.push(format!("{role}: {error}"));
+/// One handler or worker entry that names the component, and what loading it found so far.
+struct Use<'a> {
+    role: String,
+    /// What the contract lacks for this entry, if anything.
+    missing: Option<String>,
+    /// The world the entry needs, and whether the component exports it.
+    world: (&'static str, wasmtime::Result<()>),
+    pin: Option<&'a str>,
+    grants: &'a Grants,
+}
+
+impl Use<'_> {
+    fn problems(
+        self,
+        problems: &mut Vec<String>,
+        engine: &Engine,
+        component: &Component,
+        digest: &str,
+    ) {
+        let role = &self.role;
+        if let Some(missing) = self.missing {
+            problems.push(format!("{role}: the contract declares {missing}"));
+        }
+        if let (world, Err(error)) = self.world {
+            problems.push(format!(
+                "{role}: does not export the `{world}` world: {error}"
+            ));
+        }
+        if let Some(pin) = self.pin
+            && !pin.eq_ignore_ascii_case(digest)
+        {
+            problems.push(format!(
+                "{role}: sha256 is {digest}, but the config pins {pin}"
+            ));
+        }
+        let imports = ungranted_imports(engine, component);
+        if !imports.is_empty() {
+            problems.push(format!(
+                "{role}: imports what it was not granted: {}",
+                imports.join(", ")
+            ));
+        }
+        if let Err(error) = self.grants.check() {
+            problems.push(format!("{role}: {error}"));
+        }
     }
 }
 

@@ -91,11 +91,6 @@ impl VirtualClock {
         }
     }
 
-    /// Virtual time passed since the clock was made.
-    pub fn monotonic_elapsed(&self) -> Duration {
-        self.lock().elapsed
-    }
-
     /// How many guest sleeps (and timed waits) are waiting for time to move.
     pub fn sleepers(&self) -> usize {
         self.lock().sleepers.values().filter(|s| s.guest).count()

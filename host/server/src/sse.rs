@@ -4,7 +4,7 @@
 //! `data:` = the snapshot's JSON) and that frame's bytes are shared by every connection, so
 //! fan-out costs one copy of a pointer per watcher instead of one JSON encoding.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 
 use axum::body::Bytes;
@@ -19,29 +19,45 @@ pub(crate) struct Frames {
     state: Mutex<Recent>,
 }
 
+/// Frames by id, then revision (so a lookup allocates nothing), and the order they came in.
 #[derive(Default)]
 struct Recent {
-    frames: HashMap<(String, u64), Bytes>,
+    frames: HashMap<String, BTreeMap<u64, Bytes>>,
     order: VecDeque<(String, u64)>,
+    len: usize,
 }
 
 impl Frames {
     /// The frame of `event`, encoded now unless a watcher already did.
     pub(crate) fn frame(&self, event: &OperationEvent) -> Bytes {
         let snapshot = event.snapshot();
-        let key = (snapshot.id.clone(), snapshot.revision);
-        if let Some(frame) = self.lock().frames.get(&key) {
-            return frame.clone();
+        let (id, revision) = (snapshot.id.as_str(), snapshot.revision);
+        let cached = self
+            .lock()
+            .frames
+            .get(id)
+            .and_then(|by_revision| by_revision.get(&revision).cloned());
+        if let Some(frame) = cached {
+            return frame;
         }
-        let frame = encode(event.kind().as_str(), snapshot.revision, &json(snapshot));
+        let frame = encode(event.kind().as_str(), revision, &json(snapshot));
         let mut recent = self.lock();
-        if recent.frames.insert(key.clone(), frame.clone()).is_none() {
-            recent.order.push_back(key);
-            while recent.order.len() > CAPACITY {
-                if let Some(old) = recent.order.pop_front() {
+        let by_revision = recent.frames.entry(id.to_owned()).or_default();
+        if by_revision.insert(revision, frame.clone()).is_none() {
+            recent.len += 1;
+            recent.order.push_back((id.to_owned(), revision));
+        }
+        while recent.len > CAPACITY {
+            let Some((old, old_revision)) = recent.order.pop_front() else {
+                break;
+            };
+            if let Some(by_revision) = recent.frames.get_mut(&old) {
+                by_revision.remove(&old_revision);
+                if by_revision.is_empty() {
                     recent.frames.remove(&old);
                 }
             }
+            recent.len -= 1;
         }
         frame
     }
@@ -109,6 +125,7 @@ mod tests {
             frames.frame(&event(revision));
         }
         assert_ne!(frames.frame(&event(1)).as_ptr(), first.as_ptr());
-        assert!(frames.lock().frames.len() <= CAPACITY);
+        assert_eq!(frames.lock().len, CAPACITY);
+        assert_eq!(frames.lock().order.len(), CAPACITY);
     }
 }

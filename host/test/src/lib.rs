@@ -35,11 +35,11 @@ use opshost_jobs::MemoryJobStore;
 use opshost_runtime::store::MemoryStore;
 use opshost_runtime::{OperationRuntime, Operations, Owner, ServerError};
 use opshost_sandbox::{
-    DeploymentConfig, Grants, HandlerConfig, LimitsTable, RunEnv, SandboxError, VirtualClock,
-    WasmHost, WorkerConfig,
+    DeploymentConfig, Grants, HandlerConfig, LimitsTable, RunEnv, SandboxError, WasmHost,
+    WorkerConfig,
 };
 
-pub use opshost_sandbox::{Fault, Faults, Import};
+pub use opshost_sandbox::{Clock, Fault, Faults, Import, VirtualClock};
 
 /// How long (real time) the harness waits for a guest before it reports a timeout.
 const PATIENCE: Duration = Duration::from_secs(30);
