@@ -370,10 +370,37 @@ macro_rules! export_worker {
     };
 }
 
-/// Exports `$handler` (an [`OperationHandler`]) as the component's `handle` function.
+/// The length of [`operation_section`] for handler `H`.
+#[doc(hidden)]
+pub const fn operation_section_len<H: OperationHandler>() -> usize {
+    <H::Operation as Operation>::NAME.len() + 1
+}
+
+/// The content of custom section `opshost-operation` for handler `H`: its operation's name and
+/// a newline. `opshost check` reads it to tell which operation a component handles.
+#[doc(hidden)]
+pub const fn operation_section<H: OperationHandler, const N: usize>() -> [u8; N] {
+    let name = <H::Operation as Operation>::NAME.as_bytes();
+    let mut section = [b'\n'; N];
+    let mut index = 0;
+    while index < name.len() {
+        section[index] = name[index];
+        index += 1;
+    }
+    section
+}
+
+/// Exports `$handler` (an [`OperationHandler`]) as the component's `handle` function, and
+/// records the operation it handles in custom section `opshost-operation`.
 #[macro_export]
 macro_rules! export_handler {
     ($handler:ty) => {
+        #[cfg(target_arch = "wasm32")]
+        #[unsafe(link_section = "opshost-operation")]
+        #[used]
+        static __OPSHOST_OPERATION: [u8; $crate::operation_section_len::<$handler>()] =
+            $crate::operation_section::<$handler, { $crate::operation_section_len::<$handler>() }>(
+            );
         struct __OpshostExport;
         impl $crate::bindings::Guest for __OpshostExport {
             fn handle(

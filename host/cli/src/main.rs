@@ -4,13 +4,14 @@
 mod config;
 mod progress;
 mod remote;
+mod scaffold;
 
 /// mimalloc: the host allocates and frees per operation from many threads at once, where it
 /// is markedly faster than the system allocator (see BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -197,6 +198,26 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
     },
+    /// Scaffold a guest crate for one operation: the handler on the guest SDK, the facade of
+    /// the contract, a harness test and a deployment config. `cargo test` in it builds the
+    /// component and runs the test.
+    New {
+        /// The crate's name, e.g. `orders-process`.
+        name: String,
+        /// The operation it handles, e.g. `Orders.Process`.
+        #[arg(long)]
+        operation: String,
+        /// The contract manifest (default: the only `*.manifest.json` in the current directory).
+        #[arg(long)]
+        contract: Option<PathBuf>,
+        /// Where to create the crate's directory.
+        #[arg(long, default_value = ".")]
+        into: PathBuf,
+        /// The opshost checkout whose SDK, harness and codegen the crate uses (default: the
+        /// one this command was built from).
+        #[arg(long)]
+        opshost: Option<PathBuf>,
+    },
     /// Generate the Rust participant facade of a contract manifest.
     Codegen {
         /// The contract manifest (JSON).
@@ -301,6 +322,37 @@ async fn run(cli: Cli) -> Result<u8> {
                 println!("{} problem(s) in {}", problems.len(), component.display());
                 Ok(exit::NOT_COMPLETED)
             }
+        }
+        Command::New {
+            name,
+            operation,
+            contract,
+            into,
+            opshost,
+        } => {
+            let contract = match contract {
+                Some(contract) => contract,
+                None => scaffold::find_contract(Path::new("."))?,
+            };
+            let opshost = opshost
+                .or_else(scaffold::default_opshost)
+                .context("cannot find an opshost checkout; pass --opshost <path>")?;
+            let done = scaffold::scaffold(&scaffold::NewGuest {
+                name,
+                operation,
+                contract,
+                into,
+                opshost,
+            })?;
+            for kind in &done.unfilled {
+                eprintln!(
+                    "warning: no placeholder {kind} could be made from its schema; \
+                     fill in the `null` in src/lib.rs and tests/handler.rs"
+                );
+            }
+            println!("created {}", done.dir.display());
+            println!("next: cd {} && cargo test", done.dir.display());
+            Ok(exit::OK)
         }
         Command::Codegen { manifest, out } => {
             opshost_codegen::generate_file(&manifest, &out)?;

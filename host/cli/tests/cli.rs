@@ -5,6 +5,8 @@
 #[path = "cli/check.rs"]
 mod check;
 mod common;
+#[path = "cli/new.rs"]
+mod new;
 
 use std::process::{Child, Command, Output};
 

@@ -141,7 +141,9 @@ fn type_of(schema: Option<&PayloadSchema>) -> String {
     }
 }
 
-fn marker_name(operation: &str) -> String {
+/// The facade marker type of an operation: `Orders.Process` → `OrdersProcess` (in the
+/// facade's `operations` module).
+pub fn marker_name(operation: &str) -> String {
     operation.replace('.', "")
 }
 

@@ -8,6 +8,7 @@
 
 mod capabilities;
 mod error;
+mod example;
 mod manifest;
 mod schema;
 mod strict_json;

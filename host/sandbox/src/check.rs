@@ -4,7 +4,8 @@
 //! For each handler or worker of the config that names the component, the same steps as
 //! loading: the sha256 pin, the WIT world it must export (`handler` or `worker`, with the
 //! types of this host), the operation or queue in the contract, imports beyond the grants,
-//! and the granted directories.
+//! and the granted directories. For a handler, also the operation the component declares it
+//! handles (custom section `opshost-operation`, written by the guest SDK's `export_handler!`).
 
 use std::path::Path;
 
@@ -46,6 +47,7 @@ pub fn check_component(
         Ok((compiled, _)) => compiled,
         Err(error) => return Ok(vec![format!("not a loadable component: {error}")]),
     };
+    let declared = declared_operations(&bytes);
     let same_file = |path: &Path| {
         path == component
             || matches!((path.canonicalize(), component.canonicalize()), (Ok(a), Ok(b)) if a == b)
@@ -60,6 +62,7 @@ pub fn check_component(
                 .operation(&h.operation)
                 .is_none()
                 .then(|| format!("no operation `{}`", h.operation)),
+            serves: serves(&declared, &h.operation),
             world: ("handler", exports_handler(&engine, &compiled)),
             pin: h.sha256.as_deref(),
             grants: &h.grants,
@@ -74,6 +77,7 @@ pub fn check_component(
                 .queue(&w.queue)
                 .is_none()
                 .then(|| format!("no queue `{}`", w.queue)),
+            serves: None,
             world: ("worker", exports_worker(&engine, &compiled)),
             pin: w.sha256.as_deref(),
             grants: &w.grants,
@@ -98,6 +102,8 @@ struct Use<'a> {
     role: String,
     /// What the contract lacks for this entry, if anything.
     missing: Option<String>,
+    /// How the operation the component declares differs from the entry's, if it does.
+    serves: Option<String>,
     /// The world the entry needs, and whether the component exports it.
     world: (&'static str, wasmtime::Result<()>),
     pin: Option<&'a str>,
@@ -115,6 +121,9 @@ impl Use<'_> {
         let role = &self.role;
         if let Some(missing) = self.missing {
             problems.push(format!("{role}: the contract declares {missing}"));
+        }
+        if let Some(serves) = self.serves {
+            problems.push(format!("{role}: {serves}"));
         }
         if let (world, Err(error)) = self.world {
             problems.push(format!(
@@ -138,6 +147,44 @@ impl Use<'_> {
         if let Err(error) = self.grants.check() {
             problems.push(format!("{role}: {error}"));
         }
+    }
+}
+
+/// The custom section in which a component declares the operations it handles, one name per
+/// line.
+const OPERATION_SECTION: &str = "opshost-operation";
+
+/// The operations the component (or a module inside it) declares it handles.
+fn declared_operations(bytes: &[u8]) -> Vec<String> {
+    wasmparser::Parser::new(0)
+        .parse_all(bytes)
+        .filter_map(Result::ok)
+        .filter_map(|payload| match payload {
+            wasmparser::Payload::CustomSection(section) if section.name() == OPERATION_SECTION => {
+                Some(String::from_utf8_lossy(section.data()).into_owned())
+            }
+            _ => None,
+        })
+        .flat_map(|text| {
+            text.lines()
+                .filter(|line| !line.is_empty())
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Why a component declaring `declared` does not serve `operation`, if it does not.
+fn serves(declared: &[String], operation: &str) -> Option<String> {
+    if declared.is_empty() {
+        Some(format!(
+            "declares no operation (custom section `{OPERATION_SECTION}`, written by the guest \
+             SDK's `export_handler!`), so it cannot be shown to handle {operation}"
+        ))
+    } else if declared.iter().any(|name| name == operation) {
+        None
+    } else {
+        Some(format!("handles {}, not {operation}", declared.join(", ")))
     }
 }
 

@@ -39,6 +39,10 @@ use opshost_sandbox::{
     WorkerConfig,
 };
 
+mod component;
+
+pub use component::build_component;
+pub use opshost_api::{ErrorCode, OperationState};
 pub use opshost_sandbox::{Clock, Fault, Faults, Import, VirtualClock};
 
 /// How long (real time) the harness waits for a guest before it reports a timeout.
@@ -56,6 +60,9 @@ pub enum HarnessError {
     /// A payload did not match the facade's types.
     #[error("payload does not match the facade types: {0}")]
     Codec(#[from] serde_json::Error),
+    /// A guest crate did not build into a component.
+    #[error("{0}")]
+    Build(String),
     /// Nothing happened within the harness's patience.
     #[error("timed out: {0}")]
     Timeout(String),

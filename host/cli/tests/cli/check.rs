@@ -58,6 +58,7 @@ fn every_problem_of_a_component_is_reported_not_just_the_first() {
     assert_eq!(code, 1, "{out}");
     let expected = [
         "handler of Testing.Missing: the contract declares no operation `Testing.Missing`",
+        "handler of Testing.Missing: handles Testing.Scenario, not Testing.Missing",
         "handler of Testing.Missing: sha256 is ",
         "handler of Testing.Missing: imports what it was not granted: wasi:sockets/",
         "handler of Testing.Missing: grants.dirs: cannot open",
@@ -71,7 +72,7 @@ fn every_problem_of_a_component_is_reported_not_just_the_first() {
             "missing `{problem}` in:\n{out}"
         );
     }
-    assert!(out.contains("6 problem(s)"), "{out}");
+    assert!(out.contains("7 problem(s)"), "{out}");
 }
 
 #[test]
@@ -83,6 +84,36 @@ fn a_worker_component_configured_as_a_handler_lacks_the_handler_world() {
     assert_eq!(code, 1, "{out}");
     assert!(
         out.contains("problem: handler of Testing.Scenario: does not export the `handler` world"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_handler_configured_for_another_operation_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let handlers = wasm("test_handlers");
+    let body =
+        format!("[[handlers]]\noperation = \"Testing.Uncancellable\"\ncomponent = {handlers:?}\n");
+    let (code, out) = check(&handlers, &config(dir.path(), &body));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "problem: handler of Testing.Uncancellable: handles Testing.Scenario, not Testing.Uncancellable"
+        ),
+        "{out}"
+    );
+    assert!(out.contains("1 problem(s)"), "{out}");
+}
+
+#[test]
+fn a_handler_that_declares_no_operation_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let worker = wasm("test_worker");
+    let body = format!("[[handlers]]\noperation = \"Testing.Scenario\"\ncomponent = {worker:?}\n");
+    let (code, out) = check(&worker, &config(dir.path(), &body));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("problem: handler of Testing.Scenario: declares no operation"),
         "{out}"
     );
 }
