@@ -177,3 +177,4 @@ pub mod conformance;
 pub mod job_conformance;
 pub mod jobs;
 pub mod net;
+pub mod postgres;

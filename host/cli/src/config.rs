@@ -16,6 +16,7 @@
 //!
 //! [store]
 //! data_dir = "data"          # the SQLite store; relative to the working directory
+//! # url = "postgres://opshost@db.internal/opshost"   # PostgreSQL instead of SQLite
 //! retention_days = 7         # terminal operations and final jobs are purged after this long
 //! ```
 
@@ -33,6 +34,8 @@ use serde::Deserialize;
 pub struct StoreConfig {
     /// The SQLite store's directory.
     pub data_dir: PathBuf,
+    /// A PostgreSQL URL (`postgres://...`): keep operations and jobs there instead of SQLite.
+    pub url: Option<String>,
     /// Terminal operations and final jobs are purged this many days after they ended.
     pub retention_days: f64,
     /// How often the purge runs, in seconds.
@@ -43,6 +46,7 @@ impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("data"),
+            url: None,
             retention_days: 7.0,
             purge_interval_secs: 3600,
         }

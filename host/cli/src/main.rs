@@ -23,6 +23,7 @@ use opshost_runtime::store::MemoryStore;
 use opshost_sandbox::WasmHost;
 use opshost_server::auth::{TokenRequest, mint_hs256};
 use opshost_server::{Authenticator, HttpApi};
+use opshost_store_postgres::PostgresStore;
 use opshost_store_sqlite::SqliteStore;
 
 use crate::config::HostConfig;
@@ -79,6 +80,10 @@ enum Command {
         /// The SQLite store's directory, overriding `[store] data_dir` (default `./data`).
         #[arg(long, conflicts_with = "memory")]
         data_dir: Option<PathBuf>,
+        /// Keep operations and jobs in PostgreSQL (`postgres://user@host:port/database`),
+        /// overriding `[store] url`.
+        #[arg(long, conflicts_with_all = ["memory", "data_dir"])]
+        store: Option<String>,
         /// Keep operations in memory only (lost when the host stops).
         #[arg(long)]
         memory: bool,
@@ -286,8 +291,9 @@ async fn run(cli: Cli) -> Result<u8> {
             config,
             listen,
             data_dir,
+            store,
             memory,
-        } => serve(&config, listen, data_dir, memory).await,
+        } => serve(&config, listen, data_dir, store, memory).await,
         Command::Token {
             sub,
             tenant,
@@ -438,6 +444,7 @@ async fn serve(
     path: &std::path::Path,
     listen: Option<std::net::SocketAddr>,
     data_dir: Option<PathBuf>,
+    store: Option<String>,
     memory: bool,
 ) -> Result<u8> {
     let mut config = HostConfig::from_path(path)?;
@@ -447,6 +454,9 @@ async fn serve(
     if let Some(data_dir) = data_dir {
         config.store.data_dir = data_dir;
     }
+    if store.is_some() {
+        config.store.url = store;
+    }
     let auth = Authenticator::from_config(&config.auth)?;
     let host = if memory {
         WasmHost::from_config_with_stores(
@@ -454,6 +464,9 @@ async fn serve(
             Arc::new(MemoryStore::new()),
             Arc::new(MemoryJobStore::new()),
         )?
+    } else if let Some(url) = &config.store.url {
+        let store = Arc::new(PostgresStore::connect(url).await?);
+        WasmHost::from_config_with_stores(&config.deployment, store.clone(), store)?
     } else {
         let store = Arc::new(SqliteStore::open(&config.store.data_dir)?);
         let engine = &mut config.deployment.engine;

@@ -32,6 +32,19 @@ impl Serve {
         }
     }
 
+    /// `opshost serve` keeping operations in the PostgreSQL database at `url`.
+    fn on_postgres(url: &str) -> Self {
+        let data = tempfile::tempdir().expect("a directory");
+        let config = root().join("contracts/orders.deploy.toml");
+        let (child, address) =
+            common::serve_on(&config, &["--store".as_ref(), url.as_ref()], "127.0.0.1:0");
+        Self {
+            child,
+            url: address,
+            _data: data,
+        }
+    }
+
     /// Runs a caller command against this server with `token`.
     fn call(&self, token: &str, args: &[&str]) -> Output {
         opshost()
@@ -92,6 +105,26 @@ fn start_then_watch_shows_progress_and_prints_the_output() {
         "{}",
         text(&listed.stdout)
     );
+}
+
+#[test]
+fn serve_on_postgres_keeps_operations_for_the_next_host_process() {
+    let url = opshost_tests::postgres::fresh_database_blocking();
+    let token = token(&["orders.write", "orders.read"]);
+    let id = {
+        let first = Serve::on_postgres(&url);
+        let started = first.call(&token, START);
+        assert!(started.status.success(), "{}", text(&started.stderr));
+        let id = json(&started)["id"].as_str().expect("an id").to_owned();
+        let waited = first.call(&token, &["wait", &id]);
+        assert_eq!(json(&waited)["state"], "completed");
+        id
+    };
+    let second = Serve::on_postgres(&url);
+    let got = second.call(&token, &["get", &id]);
+    assert!(got.status.success(), "{}", text(&got.stderr));
+    assert_eq!(json(&got)["state"], "completed");
+    assert_eq!(json(&got)["output"]["status"], "shipped");
 }
 
 #[test]

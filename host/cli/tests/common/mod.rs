@@ -27,14 +27,19 @@ pub fn opshost() -> Command {
 /// Starts `opshost serve --config config --data-dir data --listen listen`; answers the process
 /// and the URL it prints.
 pub fn serve(config: &Path, data: &Path, listen: &str) -> (Child, String) {
+    serve_on(config, &["--data-dir".as_ref(), data.as_os_str()], listen)
+}
+
+/// Starts `opshost serve --config config <store> --listen listen`, `store` being the arguments
+/// that choose the store; answers the process and the URL it prints.
+pub fn serve_on(config: &Path, store: &[&std::ffi::OsStr], listen: &str) -> (Child, String) {
     let wasm = root().join("target/wasm32-wasip2/release/orders_process.wasm");
     assert!(wasm.exists(), "build the guests first: ./dev guests");
     let mut child = opshost()
         .arg("serve")
         .arg("--config")
         .arg(config)
-        .arg("--data-dir")
-        .arg(data)
+        .args(store)
         .args(["--listen", listen])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -1,0 +1,177 @@
+//! Doorbells across hosts. A committed write rings this host's watchers at once and joins the
+//! next notice to the other hosts: one `NOTIFY` carries every operation changed since the
+//! previous one, so a burst of progress costs one notice, not one per event. Each host listens
+//! on its own connection and rings its watchers of the operations named; a watcher then reads
+//! the store, so a notice only has to say *which* operations changed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use futures::StreamExt;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio_postgres::{AsyncMessage, NoTls};
+
+/// The channel every host notifies and listens on.
+const CHANNEL: &str = "opshost_changes";
+
+/// Room for one notice's payload (PostgreSQL allows just under 8000 bytes).
+const NOTICE_BYTES: usize = 7000;
+
+/// How long a lost listener waits before it connects again.
+const RECONNECT: Duration = Duration::from_secs(1);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// This host's doorbells, and the changes not yet told to the other hosts.
+pub(crate) struct Doorbells {
+    /// Names this host in its notices, so that it skips its own.
+    host: String,
+    bells: Mutex<HashMap<String, watch::Sender<u64>>>,
+    /// Changed operations since the last notice, and whether each became terminal.
+    unsent: Mutex<BTreeMap<String, bool>>,
+    wake: Notify,
+}
+
+impl Doorbells {
+    pub(crate) fn new() -> Self {
+        Self {
+            host: ulid::Ulid::new().to_string(),
+            bells: Mutex::default(),
+            unsent: Mutex::default(),
+            wake: Notify::new(),
+        }
+    }
+
+    /// A doorbell for operation `id`.
+    pub(crate) fn subscribe(&self, id: &str) -> watch::Receiver<u64> {
+        lock(&self.bells)
+            .entry(id.to_owned())
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe()
+    }
+
+    /// After a commit that changed `id`: rings here, and queues the change for the others.
+    pub(crate) fn changed(&self, id: &str, terminal: bool) {
+        self.ring(id, terminal);
+        *lock(&self.unsent).entry(id.to_owned()).or_default() |= terminal;
+        self.wake.notify_one();
+    }
+
+    /// Rings the watchers of `id` on this host; after a terminal change nothing rings again.
+    fn ring(&self, id: &str, terminal: bool) {
+        let mut bells = lock(&self.bells);
+        let Some(bell) = bells.get(id) else {
+            return;
+        };
+        bell_send(bell);
+        if bell.receiver_count() == 0 || terminal {
+            bells.remove(id);
+        }
+    }
+
+    /// Rings every watcher on this host (after notices may have been missed).
+    fn ring_all(&self) {
+        let mut bells = lock(&self.bells);
+        bells.retain(|_, bell| bell.receiver_count() > 0);
+        bells.values().for_each(bell_send);
+    }
+}
+
+fn bell_send(bell: &watch::Sender<u64>) {
+    bell.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+/// Sends the queued changes, one notice per burst, until the store is dropped.
+pub(crate) async fn notify(bells: Arc<Doorbells>, pool: Pool) {
+    loop {
+        bells.wake.notified().await;
+        let changes = std::mem::take(&mut *lock(&bells.unsent));
+        if changes.is_empty() {
+            continue;
+        }
+        let mut notices = vec![bells.host.clone()];
+        for (id, terminal) in changes {
+            let line = if terminal { format!("{id}\t!") } else { id };
+            let last = notices.last_mut().expect("one notice at least");
+            if last.len() + line.len() + 1 > NOTICE_BYTES {
+                notices.push(format!("{}\n{line}", bells.host));
+            } else {
+                last.push('\n');
+                last.push_str(&line);
+            }
+        }
+        match pool.get().await {
+            Ok(db) => {
+                for notice in &notices {
+                    if let Err(error) = db
+                        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, notice])
+                        .await
+                    {
+                        tracing::warn!(%error, "cannot notify the other hosts");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot notify the other hosts"),
+        }
+    }
+}
+
+/// Listens for the other hosts' notices and rings the watchers here, connecting again when
+/// the connection is lost (and then ringing every watcher, as notices may have been missed).
+pub(crate) async fn listen(bells: Arc<Doorbells>, config: tokio_postgres::Config) {
+    loop {
+        match subscribe_notices(&config).await {
+            Ok((client, mut notices)) => {
+                bells.ring_all();
+                while let Some(notice) = notices.recv().await {
+                    let mut lines = notice.lines();
+                    if lines.next() == Some(bells.host.as_str()) {
+                        continue;
+                    }
+                    for line in lines {
+                        let (id, terminal) = match line.strip_suffix("\t!") {
+                            Some(id) => (id, true),
+                            None => (line, false),
+                        };
+                        bells.ring(id, terminal);
+                    }
+                }
+                drop(client);
+                tracing::warn!("lost the notice connection; connecting again");
+            }
+            Err(error) => tracing::warn!(%error, "cannot listen for the other hosts' notices"),
+        }
+        tokio::time::sleep(RECONNECT).await;
+    }
+}
+
+/// A connection listening on [`CHANNEL`], and its notices' payloads.
+async fn subscribe_notices(
+    config: &tokio_postgres::Config,
+) -> Result<(tokio_postgres::Client, mpsc::UnboundedReceiver<String>), tokio_postgres::Error> {
+    let (client, mut connection) = config.connect(NoTls).await?;
+    let (sender, receiver) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(notice)) => {
+                    if sender.send(notice.payload().to_owned()).is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "notice connection failed");
+                    break;
+                }
+            }
+        }
+    });
+    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    Ok((client, receiver))
+}

@@ -1,0 +1,446 @@
+//! The PostgreSQL store: several opshost hosts on one database.
+//!
+//! - **Durable before acknowledged.** Each write is one transaction, committed (synchronously)
+//!   before its future resolves; PostgreSQL groups the commits of concurrent connections.
+//! - **Atomic rules in SQL.** Create is `INSERT ... ON CONFLICT DO NOTHING`; an update is a
+//!   compare-and-set on the revision; a signal locks its operation's row, so sequences have no
+//!   gaps and none is taken after the terminal change; jobs are leased with
+//!   `FOR UPDATE SKIP LOCKED`, so concurrent hosts never take one job twice (see `jobs`).
+//! - **Doorbells** ring here after the commit and on the other hosts through one coalesced
+//!   `NOTIFY` per burst of changes (see `doorbell`).
+//! - **Migrations** are embedded and applied once, under an advisory lock (see `schema`).
+
+mod doorbell;
+mod jobs;
+mod schema;
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use opshost_api::{EventKind, OperationEvent, OperationState, Snapshot};
+use opshost_runtime::store::{
+    CreateOutcome, ListFilter, OperationStore, Owner, Page, SignalOutcome, SignalRecord,
+    StateCount, StoreError, StoredOperation, UpdateOutcome,
+};
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+
+use crate::doorbell::Doorbells;
+
+/// Connections a store keeps to the database.
+const POOL_SIZE: usize = 16;
+
+/// Why a store cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The URL is not a PostgreSQL connection string.
+    #[error("store URL: {0}")]
+    Url(String),
+    /// The database cannot be reached.
+    #[error("cannot connect to the database: {0}")]
+    Connect(String),
+    /// The schema cannot be brought up to date.
+    #[error("database schema: {0}")]
+    Schema(String),
+}
+
+/// The PostgreSQL store. Cheap to share behind an `Arc`; stops its notice tasks when dropped.
+pub struct PostgresStore {
+    pool: Pool,
+    bells: Arc<Doorbells>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(JoinHandle::abort);
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` (`postgres://user@host:port/database`), migrates the schema and
+    /// starts listening for the other hosts' changes. Must run inside a tokio runtime.
+    pub async fn connect(url: &str) -> Result<Self, OpenError> {
+        let config =
+            tokio_postgres::Config::from_str(url).map_err(|e| OpenError::Url(e.to_string()))?;
+        let manager = Manager::from_config(
+            config.clone(),
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .build()
+            .map_err(|e| OpenError::Connect(e.to_string()))?;
+        let mut db = pool
+            .get()
+            .await
+            .map_err(|e| OpenError::Connect(e.to_string()))?;
+        schema::migrate(&mut db).await.map_err(OpenError::Schema)?;
+        drop(db);
+        let bells = Arc::new(Doorbells::new());
+        let tasks = vec![
+            tokio::spawn(doorbell::notify(bells.clone(), pool.clone())),
+            tokio::spawn(doorbell::listen(bells.clone(), config)),
+        ];
+        Ok(Self { pool, bells, tasks })
+    }
+
+    async fn db(&self) -> Result<Object, StoreError> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError(format!("postgres: no connection: {e}")))
+    }
+}
+
+fn failed(error: tokio_postgres::Error) -> StoreError {
+    StoreError(describe(&error))
+}
+
+/// The error with its cause: tokio-postgres keeps the server's message in the source.
+pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(error) {
+        Some(cause) => format!("postgres: {error}: {cause}"),
+        None => format!("postgres: {error}"),
+    }
+}
+
+fn json(value: &impl serde::Serialize) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError(format!("cannot encode: {e}")))
+}
+
+fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError(format!("postgres: corrupt row: {e}")))
+}
+
+fn state(text: &str) -> Result<OperationState, StoreError> {
+    decode(&format!("\"{text}\""))
+}
+
+fn count(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Columns of [`stored`], from `operations`.
+const SELECT_STORED: &str = "SELECT snapshot, input, tenant, subject FROM operations";
+
+fn stored(row: &tokio_postgres::Row) -> Result<StoredOperation, StoreError> {
+    let input: Option<String> = row.get(1);
+    Ok(StoredOperation {
+        snapshot: decode(row.get(0))?,
+        input: input.as_deref().map(decode).transpose()?,
+        owner: Owner {
+            tenant: row.get(2),
+            subject: row.get(3),
+        },
+    })
+}
+
+async fn current(db: &impl GenericClient, id: &str) -> Result<Option<Snapshot>, StoreError> {
+    db.query_opt("SELECT snapshot FROM operations WHERE id = $1", &[&id])
+        .await
+        .map_err(failed)?
+        .map(|row| decode(row.get(0)))
+        .transpose()
+}
+
+async fn insert_event(
+    db: &impl GenericClient,
+    snapshot: &Snapshot,
+    kind: EventKind,
+    text: &str,
+) -> Result<(), StoreError> {
+    db.execute(
+        "INSERT INTO events (id, revision, kind, snapshot) VALUES ($1, $2, $3, $4)",
+        &[
+            &snapshot.id,
+            &count(snapshot.revision),
+            &kind.as_str(),
+            &text,
+        ],
+    )
+    .await
+    .map_err(failed)?;
+    Ok(())
+}
+
+#[async_trait]
+impl OperationStore for PostgresStore {
+    async fn create(&self, operation: StoredOperation) -> Result<CreateOutcome, StoreError> {
+        let snapshot = &operation.snapshot;
+        let text = json(snapshot)?;
+        let input = operation.input.as_ref().map(json).transpose()?;
+        let mut db = self.db().await?;
+        let tx = db.transaction().await.map_err(failed)?;
+        let inserted = tx
+            .execute(
+                "INSERT INTO operations (id, operation, state, revision, tenant, subject,
+                     created_at, completed_at, input, snapshot)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
+                &[
+                    &snapshot.id,
+                    &snapshot.operation,
+                    &snapshot.state.as_str(),
+                    &count(snapshot.revision),
+                    &operation.owner.tenant,
+                    &operation.owner.subject,
+                    &snapshot.created_at,
+                    &snapshot.completed_at,
+                    &input,
+                    &text,
+                ],
+            )
+            .await
+            .map_err(failed)?;
+        if inserted == 0 {
+            let row = tx
+                .query_one(&format!("{SELECT_STORED} WHERE id = $1"), &[&snapshot.id])
+                .await
+                .map_err(failed)?;
+            return Ok(CreateOutcome::Existing(stored(&row)?));
+        }
+        insert_event(&tx, snapshot, EventKind::Accepted, &text).await?;
+        tx.commit().await.map_err(failed)?;
+        self.bells.changed(&snapshot.id, false);
+        Ok(CreateOutcome::Created(snapshot.clone()))
+    }
+
+    async fn load(&self, id: &str) -> Result<Option<StoredOperation>, StoreError> {
+        self.db()
+            .await?
+            .query_opt(&format!("{SELECT_STORED} WHERE id = $1"), &[&id])
+            .await
+            .map_err(failed)?
+            .as_ref()
+            .map(stored)
+            .transpose()
+    }
+
+    async fn update(&self, next: Snapshot, kind: EventKind) -> Result<UpdateOutcome, StoreError> {
+        let text = json(&next)?;
+        let mut db = self.db().await?;
+        let tx = db.transaction().await.map_err(failed)?;
+        let moved = tx
+            .execute(
+                "UPDATE operations SET state = $2, revision = $3, completed_at = $4, snapshot = $5
+                 WHERE id = $1 AND revision = $3::BIGINT - 1",
+                &[
+                    &next.id,
+                    &next.state.as_str(),
+                    &count(next.revision),
+                    &next.completed_at,
+                    &text,
+                ],
+            )
+            .await
+            .map_err(failed)?;
+        if moved == 0 {
+            return match current(&tx, &next.id).await? {
+                Some(current) => Ok(UpdateOutcome::Conflict(current)),
+                None => Err(StoreError(format!(
+                    "update of unknown operation `{}`",
+                    next.id
+                ))),
+            };
+        }
+        insert_event(&tx, &next, kind, &text).await?;
+        tx.commit().await.map_err(failed)?;
+        self.bells.changed(&next.id, next.is_terminal());
+        Ok(UpdateOutcome::Updated(next))
+    }
+
+    async fn events_after(&self, id: &str, after: u64) -> Result<Vec<OperationEvent>, StoreError> {
+        let rows = self
+            .db()
+            .await?
+            .query(
+                "SELECT kind, snapshot FROM events WHERE id = $1 AND revision > $2
+                 ORDER BY revision",
+                &[&id, &count(after)],
+            )
+            .await
+            .map_err(failed)?;
+        rows.iter()
+            .map(|row| {
+                let kind: &str = row.get(0);
+                let kind = EventKind::from_name(kind)
+                    .ok_or_else(|| StoreError(format!("postgres: unknown event kind `{kind}`")))?;
+                Ok(OperationEvent::new(kind, decode(row.get(1))?))
+            })
+            .collect()
+    }
+
+    async fn append_signal(
+        &self,
+        id: &str,
+        name: &str,
+        payload: Value,
+    ) -> Result<SignalOutcome, StoreError> {
+        let payload = json(&payload)?;
+        let mut db = self.db().await?;
+        let tx = db.transaction().await.map_err(failed)?;
+        // The row lock orders signals among themselves and against the terminal change.
+        let row = tx
+            .query_opt(
+                "SELECT state FROM operations WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await
+            .map_err(failed)?;
+        let Some(row) = row else {
+            return Err(StoreError(format!("signal to unknown operation `{id}`")));
+        };
+        let current = state(row.get(0))?;
+        if current.is_terminal() {
+            return Ok(SignalOutcome::Terminal(current));
+        }
+        let sequence: i64 = tx
+            .query_one(
+                "INSERT INTO signals (id, sequence, name, payload)
+                 SELECT $1, coalesce(max(sequence), 0) + 1, $2, $3 FROM signals WHERE id = $1
+                 RETURNING sequence",
+                &[&id, &name, &payload],
+            )
+            .await
+            .map_err(failed)?
+            .get(0);
+        tx.commit().await.map_err(failed)?;
+        self.bells.changed(id, false);
+        Ok(SignalOutcome::Appended(sequence.unsigned_abs()))
+    }
+
+    async fn signals_after(&self, id: &str, after: u64) -> Result<Vec<SignalRecord>, StoreError> {
+        let rows = self
+            .db()
+            .await?
+            .query(
+                "SELECT sequence, name, payload FROM signals WHERE id = $1 AND sequence > $2
+                 ORDER BY sequence",
+                &[&id, &count(after)],
+            )
+            .await
+            .map_err(failed)?;
+        rows.iter()
+            .map(|row| {
+                let sequence: i64 = row.get(0);
+                Ok(SignalRecord {
+                    sequence: sequence.unsigned_abs(),
+                    name: row.get(1),
+                    payload: decode(row.get(2))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
+        let limit = count(filter.limit as u64).saturating_add(1);
+        let rows = self
+            .db()
+            .await?
+            .query(
+                "SELECT snapshot FROM operations
+                 WHERE ($1::TEXT IS NULL OR tenant = $1) AND ($2::TEXT IS NULL OR operation = $2)
+                   AND ($3::TEXT IS NULL OR state = $3) AND ($4::TEXT IS NULL OR id > $4)
+                 ORDER BY id LIMIT $5",
+                &[
+                    &filter.tenant,
+                    &filter.operation,
+                    &filter.state.map(OperationState::as_str),
+                    &filter.after,
+                    &limit,
+                ],
+            )
+            .await
+            .map_err(failed)?;
+        let mut items = rows
+            .iter()
+            .map(|row| decode::<Snapshot>(row.get(0)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if items.len() > filter.limit {
+            items.truncate(filter.limit);
+            items.last().map(|last| last.id.clone())
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn count_by_state(&self) -> Result<Vec<StateCount>, StoreError> {
+        let rows = self
+            .db()
+            .await?
+            .query(
+                "SELECT operation, state, count(*) FROM operations
+                 GROUP BY operation, state ORDER BY operation, state",
+                &[],
+            )
+            .await
+            .map_err(failed)?;
+        rows.iter()
+            .map(|row| {
+                let n: i64 = row.get(2);
+                Ok(StateCount {
+                    operation: row.get(0),
+                    state: state(row.get(1))?,
+                    count: n.unsigned_abs(),
+                })
+            })
+            .collect()
+    }
+
+    async fn unfinished(&self) -> Result<Vec<StoredOperation>, StoreError> {
+        let rows = self
+            .db()
+            .await?
+            .query(
+                &format!(
+                    "{SELECT_STORED} WHERE state IN ('pending', 'running') ORDER BY created_at, id"
+                ),
+                &[],
+            )
+            .await
+            .map_err(failed)?;
+        rows.iter().map(stored).collect()
+    }
+
+    async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut db = self.db().await?;
+        let tx = db.transaction().await.map_err(failed)?;
+        let expired =
+            "SELECT id FROM operations WHERE completed_at IS NOT NULL AND completed_at < $1";
+        for table in ["events", "signals"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE id IN ({expired})"),
+                &[&cutoff],
+            )
+            .await
+            .map_err(failed)?;
+        }
+        let purged = tx
+            .execute(
+                "DELETE FROM operations WHERE completed_at IS NOT NULL AND completed_at < $1",
+                &[&cutoff],
+            )
+            .await
+            .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
+        Ok(purged)
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        // Every write is committed before it is answered.
+        Ok(())
+    }
+
+    fn subscribe(&self, id: &str) -> watch::Receiver<u64> {
+        self.bells.subscribe(id)
+    }
+}
