@@ -120,39 +120,51 @@ pub(crate) async fn notify(bells: Arc<Doorbells>, pool: Pool) {
     }
 }
 
-/// Listens for the other hosts' notices and rings the watchers here, connecting again when
-/// the connection is lost (and then ringing every watcher, as notices may have been missed).
-pub(crate) async fn listen(bells: Arc<Doorbells>, config: tokio_postgres::Config) {
+/// A connection listening for the other hosts' notices, and the notices' payloads.
+pub(crate) type Listener = (tokio_postgres::Client, mpsc::UnboundedReceiver<String>);
+
+/// Rings the watchers here for the other hosts' notices arriving on `listener`, connecting
+/// again when the connection is lost (and then ringing every watcher, as notices may have been
+/// missed meanwhile).
+pub(crate) async fn listen(
+    bells: Arc<Doorbells>,
+    config: tokio_postgres::Config,
+    listener: Listener,
+) {
+    let mut listener = Some(listener);
     loop {
-        match subscribe_notices(&config).await {
-            Ok((client, mut notices)) => {
-                bells.ring_all();
-                while let Some(notice) = notices.recv().await {
-                    let mut lines = notice.lines();
-                    if lines.next() == Some(bells.host.as_str()) {
-                        continue;
-                    }
-                    for line in lines {
-                        let (id, terminal) = match line.strip_suffix("\t!") {
-                            Some(id) => (id, true),
-                            None => (line, false),
-                        };
-                        bells.ring(id, terminal);
-                    }
+        if let Some((client, mut notices)) = listener.take() {
+            while let Some(notice) = notices.recv().await {
+                let mut lines = notice.lines();
+                if lines.next() == Some(bells.host.as_str()) {
+                    continue;
                 }
-                drop(client);
-                tracing::warn!("lost the notice connection; connecting again");
+                for line in lines {
+                    let (id, terminal) = match line.strip_suffix("\t!") {
+                        Some(id) => (id, true),
+                        None => (line, false),
+                    };
+                    bells.ring(id, terminal);
+                }
+            }
+            drop(client);
+            tracing::warn!("lost the notice connection; connecting again");
+        }
+        tokio::time::sleep(RECONNECT).await;
+        match subscribe_notices(&config).await {
+            Ok(renewed) => {
+                listener = Some(renewed);
+                bells.ring_all();
             }
             Err(error) => tracing::warn!(%error, "cannot listen for the other hosts' notices"),
         }
-        tokio::time::sleep(RECONNECT).await;
     }
 }
 
 /// A connection listening on [`CHANNEL`], and its notices' payloads.
-async fn subscribe_notices(
+pub(crate) async fn subscribe_notices(
     config: &tokio_postgres::Config,
-) -> Result<(tokio_postgres::Client, mpsc::UnboundedReceiver<String>), tokio_postgres::Error> {
+) -> Result<Listener, tokio_postgres::Error> {
     let (client, mut connection) = config.connect(NoTls).await?;
     let (sender, receiver) = mpsc::unbounded_channel();
     tokio::spawn(async move {

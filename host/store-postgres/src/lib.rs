@@ -64,7 +64,7 @@ impl Drop for PostgresStore {
 
 impl PostgresStore {
     /// Connects to `url` (`postgres://user@host:port/database`), migrates the schema and
-    /// starts listening for the other hosts' changes. Must run inside a tokio runtime.
+    /// listens for the other hosts' changes before it answers. Must run inside a tokio runtime.
     pub async fn connect(url: &str) -> Result<Self, OpenError> {
         let config =
             tokio_postgres::Config::from_str(url).map_err(|e| OpenError::Url(e.to_string()))?;
@@ -85,10 +85,14 @@ impl PostgresStore {
             .map_err(|e| OpenError::Connect(e.to_string()))?;
         schema::migrate(&mut db).await.map_err(OpenError::Schema)?;
         drop(db);
+        // Listening before answering: no change after `connect` goes unheard.
+        let listener = doorbell::subscribe_notices(&config)
+            .await
+            .map_err(|e| OpenError::Connect(describe(&e)))?;
         let bells = Arc::new(Doorbells::new());
         let tasks = vec![
             tokio::spawn(doorbell::notify(bells.clone(), pool.clone())),
-            tokio::spawn(doorbell::listen(bells.clone(), config)),
+            tokio::spawn(doorbell::listen(bells.clone(), config, listener)),
         ];
         Ok(Self { pool, bells, tasks })
     }

@@ -12,6 +12,7 @@ mod jobs;
 mod native_handler;
 mod orders_guest;
 mod orders_harness;
+mod postgres;
 mod recovery;
 mod sandbox;
 mod store_conformance;
