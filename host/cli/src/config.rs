@@ -17,6 +17,7 @@
 //! [store]
 //! data_dir = "data"          # the SQLite store; relative to the working directory
 //! # url = "postgres://opshost@db.internal/opshost"   # PostgreSQL instead of SQLite
+//! # host_lease_ms = 10000     # with PostgreSQL: how soon other hosts take over a dead one's work
 //! retention_days = 7         # terminal operations and final jobs are purged after this long
 //! ```
 
@@ -36,6 +37,9 @@ pub struct StoreConfig {
     pub data_dir: PathBuf,
     /// A PostgreSQL URL (`postgres://...`): keep operations and jobs there instead of SQLite.
     pub url: Option<String>,
+    /// With PostgreSQL: how long this host owns its operations without renewing its lease;
+    /// another host takes over a dead host's operations this long after its last renewal.
+    pub host_lease_ms: u64,
     /// Terminal operations and final jobs are purged this many days after they ended.
     pub retention_days: f64,
     /// How often the purge runs, in seconds.
@@ -47,6 +51,7 @@ impl Default for StoreConfig {
         Self {
             data_dir: PathBuf::from("data"),
             url: None,
+            host_lease_ms: 10_000,
             retention_days: 7.0,
             purge_interval_secs: 3600,
         }

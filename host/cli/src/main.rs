@@ -465,7 +465,8 @@ async fn serve(
             Arc::new(MemoryJobStore::new()),
         )?
     } else if let Some(url) = &config.store.url {
-        let store = Arc::new(PostgresStore::connect(url).await?);
+        let lease = Duration::from_millis(config.store.host_lease_ms.max(100));
+        let store = Arc::new(PostgresStore::connect_with_lease(url, lease).await?);
         WasmHost::from_config_with_stores(&config.deployment, store.clone(), store)?
     } else {
         let store = Arc::new(SqliteStore::open(&config.store.data_dir)?);
@@ -478,6 +479,9 @@ async fn serve(
     host.recover()
         .await
         .context("cannot recover the operations of the previous run")?;
+    // On a shared store, what dead hosts left is taken over while this host runs.
+    let lease = Duration::from_millis(config.store.host_lease_ms.max(100));
+    let _take_over = host.take_over_orphans(lease / 2);
     let (runtime, jobs) = (host.runtime().clone(), host.jobs().clone());
     let (retention, interval) = (config.store.retention(), config.store.purge_interval());
     tokio::spawn(async move {

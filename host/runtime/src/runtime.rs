@@ -401,11 +401,50 @@ impl OperationRuntime {
                 None => None,
             };
             let id = snapshot.id.clone();
-            let outcome = handler.run(runtime.clone(), snapshot, input).await;
-            runtime.handler_returned(&id, outcome).await;
+            let attempt = snapshot.attempt;
+            tokio::select! {
+                outcome = handler.run(runtime.clone(), snapshot, input) => {
+                    runtime.handler_returned(&id, outcome).await;
+                }
+                () = runtime.changed_elsewhere(&id, attempt) => {}
+            }
         });
         self.register_handler(&id, Some(task.abort_handle()));
         let _ = registered.send(());
+    }
+
+    /// On a store other hosts share, what they do to an operation running here: a cancel
+    /// request fires this host's cancellation token (waking the handler); an end, or a restart
+    /// elsewhere (a newer attempt), returns after the cancel grace, so that the caller drops a
+    /// run that did not finish by then. Never returns on a store this host owns alone.
+    async fn changed_elsewhere(&self, id: &str, attempt: u32) {
+        if !self.inner.store.is_shared() {
+            return std::future::pending().await;
+        }
+        let mut bell = self.inner.store.subscribe(id);
+        loop {
+            let closed = bell.changed().await.is_err();
+            let over = match self.inner.store.load(id).await {
+                Ok(Some(stored)) => {
+                    let snapshot = stored.snapshot;
+                    if snapshot.cancel_requested {
+                        self.cancellation(id).cancel();
+                    }
+                    closed || snapshot.is_terminal() || snapshot.attempt > attempt
+                }
+                Ok(None) => true,
+                Err(error) => {
+                    tracing::warn!(%id, %error, "cannot read an operation another host changed");
+                    closed
+                }
+            };
+            if over {
+                tokio::time::sleep(self.inner.config.cancel_grace).await;
+                tracing::info!(%id, attempt, "dropping a run that ended or moved elsewhere");
+                self.retire(id);
+                return;
+            }
+        }
     }
 
     /// The attach rule, once a handler's `run` returned.
@@ -437,16 +476,17 @@ impl OperationRuntime {
         }
     }
 
-    /// Resumes what a previous run of the host left unfinished: an operation with a pending
-    /// cancel request ends `cancelled`; the others run again from their handler with
-    /// `attempt + 1` (event `Restarted`) or fail with `HostRestarted`, as `policy` says for
-    /// their operation. Call it once at start, after the handlers are set.
+    /// Resumes what a previous run of the host (or, on a shared store, a dead host) left
+    /// unfinished: an operation with a pending cancel request ends `cancelled`; the others run
+    /// again from their handler with `attempt + 1` (event `Restarted`) or fail with
+    /// `HostRestarted`, as `policy` says for their operation. Call it at start, after the
+    /// handlers are set, and on a shared store again from time to time.
     pub async fn recover(
         &self,
         policy: impl Fn(&str) -> RestartPolicy,
     ) -> Result<Recovery, ServerError> {
         let mut report = Recovery::default();
-        for stored in self.inner.store.unfinished().await? {
+        for stored in self.inner.store.claim_orphans().await? {
             let id = stored.snapshot.id.clone();
             let attempt = stored.snapshot.attempt;
             let owned = match self.inner.jobs.get() {
@@ -520,6 +560,11 @@ impl OperationRuntime {
             .await?;
         self.launch(handler, snapshot.clone(), stored.input);
         Ok(snapshot)
+    }
+
+    /// Whether other hosts share this runtime's store (see [`OperationStore::is_shared`]).
+    pub fn shares_store(&self) -> bool {
+        self.inner.store.is_shared()
     }
 
     /// Purges terminal operations completed more than `retention` ago; returns how many.

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 use opshost_api::{ErrorCode, ErrorInfo, Snapshot};
@@ -220,6 +221,34 @@ impl WasmHost {
                     .unwrap_or(RestartPolicy::Fail)
             })
             .await
+    }
+
+    /// On a store that several hosts share, recovers every `every` what dead hosts left
+    /// unfinished (see [`WasmHost::recover`]) until the returned task is aborted. `None` on a
+    /// store this host owns alone: there, only a restart orphans operations.
+    pub fn take_over_orphans(&self, every: Duration) -> Option<tokio::task::JoinHandle<()>> {
+        if !self.runtime.shares_store() {
+            return None;
+        }
+        let runtime = self.runtime.clone();
+        let policies = Arc::clone(&self.policies);
+        Some(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let policies = Arc::clone(&policies);
+                let policy = move |operation: &str| {
+                    policies
+                        .get(operation)
+                        .copied()
+                        .unwrap_or(RestartPolicy::Fail)
+                };
+                if let Err(error) = runtime.recover(policy).await {
+                    tracing::warn!(%error, "cannot take over orphaned operations");
+                }
+            }
+        }))
     }
 
     /// Accepts an operation with no owner and, when newly accepted, runs its handler in the

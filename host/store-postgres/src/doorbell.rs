@@ -37,9 +37,10 @@ pub(crate) struct Doorbells {
 }
 
 impl Doorbells {
-    pub(crate) fn new() -> Self {
+    /// Doorbells of host `host`.
+    pub(crate) fn new(host: String) -> Self {
         Self {
-            host: ulid::Ulid::new().to_string(),
+            host,
             bells: Mutex::default(),
             unsent: Mutex::default(),
             wake: Notify::new(),

@@ -8,6 +8,11 @@
 //!   `FOR UPDATE SKIP LOCKED`, so concurrent hosts never take one job twice (see `jobs`).
 //! - **Doorbells** ring here after the commit and on the other hosts through one coalesced
 //!   `NOTIFY` per burst of changes (see `doorbell`).
+//! - **Ownership.** Each store is one host: it keeps a row in `hosts` alive (renewed at a third
+//!   of its lease, on the database's clock) and marks the operations it accepts as its own.
+//!   [`OperationStore::claim_orphans`] takes, with `SKIP LOCKED`, the unfinished operations
+//!   whose host's lease ran out; recovery then restarts them with `attempt` + 1, a new
+//!   revision that fences the old run (see `OperationRuntime::recover`).
 //! - **Migrations** are embedded and applied once, under an advisory lock (see `schema`).
 
 mod doorbell;
@@ -16,6 +21,7 @@ mod schema;
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -35,6 +41,9 @@ use crate::doorbell::Doorbells;
 /// Connections a store keeps to the database.
 const POOL_SIZE: usize = 16;
 
+/// How long a host stays the owner of its operations without renewing its lease.
+pub const DEFAULT_HOST_LEASE: Duration = Duration::from_secs(10);
+
 /// Why a store cannot be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -52,6 +61,7 @@ pub enum OpenError {
 /// The PostgreSQL store. Cheap to share behind an `Arc`; stops its notice tasks when dropped.
 pub struct PostgresStore {
     pool: Pool,
+    host: String,
     bells: Arc<Doorbells>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -63,9 +73,16 @@ impl Drop for PostgresStore {
 }
 
 impl PostgresStore {
-    /// Connects to `url` (`postgres://user@host:port/database`), migrates the schema and
-    /// listens for the other hosts' changes before it answers. Must run inside a tokio runtime.
+    /// Connects to `url` (`postgres://user@host:port/database`) as a new host with the
+    /// default lease; see [`PostgresStore::connect_with_lease`].
     pub async fn connect(url: &str) -> Result<Self, OpenError> {
+        Self::connect_with_lease(url, DEFAULT_HOST_LEASE).await
+    }
+
+    /// Connects to `url` as a new host whose operations other hosts take over once it has not
+    /// renewed its lease for `lease`; migrates the schema, registers the host and listens for
+    /// the other hosts' changes before it answers. Must run inside a tokio runtime.
+    pub async fn connect_with_lease(url: &str, lease: Duration) -> Result<Self, OpenError> {
         let config =
             tokio_postgres::Config::from_str(url).map_err(|e| OpenError::Url(e.to_string()))?;
         let manager = Manager::from_config(
@@ -84,17 +101,32 @@ impl PostgresStore {
             .await
             .map_err(|e| OpenError::Connect(e.to_string()))?;
         schema::migrate(&mut db).await.map_err(OpenError::Schema)?;
+        let host = ulid::Ulid::new().to_string();
+        renew(&db, &host, lease)
+            .await
+            .map_err(|e| OpenError::Connect(describe(&e)))?;
         drop(db);
         // Listening before answering: no change after `connect` goes unheard.
         let listener = doorbell::subscribe_notices(&config)
             .await
             .map_err(|e| OpenError::Connect(describe(&e)))?;
-        let bells = Arc::new(Doorbells::new());
+        let bells = Arc::new(Doorbells::new(host.clone()));
         let tasks = vec![
             tokio::spawn(doorbell::notify(bells.clone(), pool.clone())),
             tokio::spawn(doorbell::listen(bells.clone(), config, listener)),
+            tokio::spawn(keep_alive(pool.clone(), host.clone(), lease)),
         ];
-        Ok(Self { pool, bells, tasks })
+        Ok(Self {
+            pool,
+            host,
+            bells,
+            tasks,
+        })
+    }
+
+    /// This host's name in `hosts` and in the operations it owns.
+    pub fn host(&self) -> &str {
+        &self.host
     }
 
     async fn db(&self) -> Result<Object, StoreError> {
@@ -102,6 +134,38 @@ impl PostgresStore {
             .get()
             .await
             .map_err(|e| StoreError(format!("postgres: no connection: {e}")))
+    }
+}
+
+/// Extends this host's lease to `lease` from now on the database's clock.
+async fn renew(
+    db: &impl GenericClient,
+    host: &str,
+    lease: Duration,
+) -> Result<(), tokio_postgres::Error> {
+    let millis = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
+    db.execute(
+        "INSERT INTO hosts (host, alive_until)
+         VALUES ($1, now() + $2::BIGINT * INTERVAL '1 millisecond')
+         ON CONFLICT (host) DO UPDATE SET alive_until = excluded.alive_until",
+        &[&host, &millis],
+    )
+    .await
+    .map(drop)
+}
+
+/// Renews the lease at a third of its length until the store is dropped.
+async fn keep_alive(pool: Pool, host: String, lease: Duration) {
+    let mut ticks = tokio::time::interval(lease / 3);
+    loop {
+        ticks.tick().await;
+        let renewed = match pool.get().await {
+            Ok(db) => renew(&db, &host, lease).await.map_err(|e| describe(&e)),
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(error) = renewed {
+            tracing::warn!(%host, %error, "cannot renew this host's lease");
+        }
     }
 }
 
@@ -187,8 +251,9 @@ impl OperationStore for PostgresStore {
         let inserted = tx
             .execute(
                 "INSERT INTO operations (id, operation, state, revision, tenant, subject,
-                     created_at, completed_at, input, snapshot)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (id) DO NOTHING",
+                     created_at, completed_at, input, snapshot, owner_host)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT (id) DO NOTHING",
                 &[
                     &snapshot.id,
                     &snapshot.operation,
@@ -200,6 +265,7 @@ impl OperationStore for PostgresStore {
                     &snapshot.completed_at,
                     &input,
                     &text,
+                    &self.host,
                 ],
             )
             .await
@@ -413,6 +479,33 @@ impl OperationStore for PostgresStore {
             .await
             .map_err(failed)?;
         rows.iter().map(stored).collect()
+    }
+
+    async fn claim_orphans(&self) -> Result<Vec<StoredOperation>, StoreError> {
+        let rows = self
+            .db()
+            .await?
+            .query(
+                "UPDATE operations SET owner_host = $1 WHERE id IN (
+                     SELECT o.id FROM operations o LEFT JOIN hosts h ON h.host = o.owner_host
+                     WHERE o.state IN ('pending', 'running')
+                       AND (h.host IS NULL OR h.alive_until < now())
+                     FOR UPDATE OF o SKIP LOCKED)
+                 RETURNING snapshot, input, tenant, subject, created_at",
+                &[&self.host],
+            )
+            .await
+            .map_err(failed)?;
+        let mut claimed = rows
+            .iter()
+            .map(|row| Ok((row.get::<_, DateTime<Utc>>(4), stored(row)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        claimed.sort_by(|(a, x), (b, y)| (a, &x.snapshot.id).cmp(&(b, &y.snapshot.id)));
+        Ok(claimed.into_iter().map(|(_, stored)| stored).collect())
+    }
+
+    fn is_shared(&self) -> bool {
+        true
     }
 
     async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {

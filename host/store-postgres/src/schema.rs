@@ -50,6 +50,13 @@ const MIGRATIONS: &[&str] = &[
      );
      CREATE INDEX jobs_due ON jobs (queue, due_at, id) WHERE due_at IS NOT NULL;
      CREATE INDEX jobs_by_operation ON jobs (operation) WHERE operation IS NOT NULL AND due_at IS NOT NULL;",
+    // 2: ownership. Each host has a row it keeps alive; each operation names the host running
+    // it. An unfinished operation whose host is gone or no longer alive is an orphan.
+    "CREATE TABLE hosts (
+         host        TEXT PRIMARY KEY,
+         alive_until TIMESTAMPTZ NOT NULL
+     );
+     ALTER TABLE operations ADD COLUMN owner_host TEXT;",
 ];
 
 /// Key of the advisory lock migrations run under ("opshost" in ASCII).

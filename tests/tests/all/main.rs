@@ -15,5 +15,6 @@ mod orders_harness;
 mod postgres;
 mod recovery;
 mod sandbox;
+mod several_hosts;
 mod store_conformance;
 mod wasm_jobs;

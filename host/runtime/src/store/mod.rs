@@ -158,8 +158,21 @@ pub trait OperationStore: Send + Sync + 'static {
     /// How many operations there are of each operation name and state.
     async fn count_by_state(&self) -> Result<Vec<StateCount>, StoreError>;
 
-    /// Every operation that is not terminal, oldest first (for recovery after a restart).
+    /// Every operation that is not terminal, oldest first.
     async fn unfinished(&self) -> Result<Vec<StoredOperation>, StoreError>;
+
+    /// The unfinished operations no live host runs, now claimed by this one, oldest first (for
+    /// recovery). By default every unfinished operation: a store that one host owns holds only
+    /// what a previous run of that host left.
+    async fn claim_orphans(&self) -> Result<Vec<StoredOperation>, StoreError> {
+        self.unfinished().await
+    }
+
+    /// Whether several hosts share this store, so that operations may be orphaned by another
+    /// host's death at any time (and [`OperationStore::claim_orphans`] is worth calling again).
+    fn is_shared(&self) -> bool {
+        false
+    }
 
     /// Deletes terminal operations (with their events and signals) completed before `cutoff`;
     /// returns how many. Never touches a non-terminal operation.
