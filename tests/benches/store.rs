@@ -15,105 +15,20 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use futures::future::BoxFuture;
-use opshost_api::{ErrorInfo, OperationState, Snapshot};
+use opshost_runtime::OperationRuntime;
 use opshost_runtime::store::{MemoryStore, OperationStore};
-use opshost_runtime::{OperationHandler, OperationRuntime, Owner, RuntimeConfig};
 use opshost_sandbox::WasmHost;
 use opshost_store_sqlite::{DATABASE_FILE, SqliteStore};
-use opshost_tests::{env_number, testing_deployment, testing_runtime};
-use serde_json::{Value, json};
-
-/// Marks the operation started and completes it at once.
-struct Trivial;
-
-impl OperationHandler for Trivial {
-    fn run(
-        &self,
-        runtime: OperationRuntime,
-        snapshot: Snapshot,
-        _input: Option<Value>,
-    ) -> BoxFuture<'static, Result<(), ErrorInfo>> {
-        Box::pin(async move {
-            let id = snapshot.id;
-            runtime.started(&id).await.map_err(|e| e.to_info())?;
-            runtime
-                .complete(&id, json!({ "note": "done" }))
-                .await
-                .map_err(|e| e.to_info())?;
-            Ok(())
-        })
-    }
-}
-
-fn trivial_runtime(store: Arc<dyn OperationStore>) -> OperationRuntime {
-    let runtime = testing_runtime(store, RuntimeConfig::default());
-    runtime.set_handler("Testing.Scenario", Arc::new(Trivial));
-    runtime
-}
+use opshost_tests::bench::{Figures, measure, trivial_runtime};
+use opshost_tests::{env_number, testing_deployment};
 
 fn wasm_runtime(store: Arc<dyn OperationStore>) -> (WasmHost, OperationRuntime) {
     let host = WasmHost::from_config_with_store(&testing_deployment(Duration::from_secs(5)), store)
         .unwrap_or_else(|e| panic!("testing deployment: {e}"));
     let runtime = host.runtime().clone();
     (host, runtime)
-}
-
-#[derive(Clone, Copy)]
-struct Figures {
-    per_second: f64,
-    p50: Duration,
-    p99: Duration,
-}
-
-async fn measure(runtime: &OperationRuntime, operations: usize, concurrency: usize) -> Figures {
-    let per_caller = (operations / concurrency).max(1);
-    let started = Instant::now();
-    let callers: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let runtime = runtime.clone();
-            tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(per_caller);
-                for _ in 0..per_caller {
-                    let begun = Instant::now();
-                    let owner = Owner {
-                        tenant: "bench".into(),
-                        subject: "bench".into(),
-                    };
-                    let accepted = runtime
-                        .start(
-                            owner,
-                            "Testing.Scenario",
-                            None,
-                            json!({ "scenario": "complete" }),
-                        )
-                        .await
-                        .unwrap_or_else(|e| panic!("start: {e}"));
-                    let terminal = runtime
-                        .wait(&accepted.snapshot.id, None)
-                        .await
-                        .unwrap_or_else(|e| panic!("wait: {e}"));
-                    assert_eq!(terminal.state, OperationState::Completed, "{terminal:?}");
-                    latencies.push(begun.elapsed());
-                }
-                latencies
-            })
-        })
-        .collect();
-    let mut latencies = Vec::with_capacity(per_caller * concurrency);
-    for caller in callers {
-        latencies.extend(caller.await.unwrap_or_else(|e| panic!("caller: {e}")));
-    }
-    let elapsed = started.elapsed();
-    latencies.sort();
-    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
-    Figures {
-        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
-        p50: at(0.50),
-        p99: at(0.99),
-    }
 }
 
 fn report(name: &str, figures: &Figures, baseline: &Figures) {

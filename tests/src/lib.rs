@@ -173,6 +173,7 @@ fn deployment(
     config
 }
 
+pub mod bench;
 pub mod conformance;
 pub mod job_conformance;
 pub mod jobs;

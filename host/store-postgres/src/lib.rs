@@ -173,6 +173,14 @@ fn failed(error: tokio_postgres::Error) -> StoreError {
     StoreError(describe(&error))
 }
 
+/// `sql`, prepared once per connection (planning every call would cost more than running it).
+async fn prepared(
+    db: &impl GenericClient,
+    sql: &str,
+) -> Result<tokio_postgres::Statement, StoreError> {
+    db.prepare_cached(sql).await.map_err(failed)
+}
+
 /// The error with its cause: tokio-postgres keeps the server's message in the source.
 pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
     match std::error::Error::source(error) {
@@ -200,6 +208,9 @@ fn count(value: u64) -> i64 {
 /// Columns of [`stored`], from `operations`.
 const SELECT_STORED: &str = "SELECT snapshot, input, tenant, subject FROM operations";
 
+/// [`SELECT_STORED`] of one operation.
+const SELECT_ONE: &str = "SELECT snapshot, input, tenant, subject FROM operations WHERE id = $1";
+
 fn stored(row: &tokio_postgres::Row) -> Result<StoredOperation, StoreError> {
     let input: Option<String> = row.get(1);
     Ok(StoredOperation {
@@ -213,7 +224,8 @@ fn stored(row: &tokio_postgres::Row) -> Result<StoredOperation, StoreError> {
 }
 
 async fn current(db: &impl GenericClient, id: &str) -> Result<Option<Snapshot>, StoreError> {
-    db.query_opt("SELECT snapshot FROM operations WHERE id = $1", &[&id])
+    let select = prepared(db, "SELECT snapshot FROM operations WHERE id = $1").await?;
+    db.query_opt(&select, &[&id])
         .await
         .map_err(failed)?
         .map(|row| decode(row.get(0)))
@@ -227,7 +239,11 @@ async fn insert_event(
     text: &str,
 ) -> Result<(), StoreError> {
     db.execute(
-        "INSERT INTO events (id, revision, kind, snapshot) VALUES ($1, $2, $3, $4)",
+        &prepared(
+            db,
+            "INSERT INTO events (id, revision, kind, snapshot) VALUES ($1, $2, $3, $4)",
+        )
+        .await?,
         &[
             &snapshot.id,
             &count(snapshot.revision),
@@ -250,10 +266,14 @@ impl OperationStore for PostgresStore {
         let tx = db.transaction().await.map_err(failed)?;
         let inserted = tx
             .execute(
-                "INSERT INTO operations (id, operation, state, revision, tenant, subject,
+                &prepared(
+                    &tx,
+                    "INSERT INTO operations (id, operation, state, revision, tenant, subject,
                      created_at, completed_at, input, snapshot, owner_host)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                  ON CONFLICT (id) DO NOTHING",
+                )
+                .await?,
                 &[
                     &snapshot.id,
                     &snapshot.operation,
@@ -272,7 +292,7 @@ impl OperationStore for PostgresStore {
             .map_err(failed)?;
         if inserted == 0 {
             let row = tx
-                .query_one(&format!("{SELECT_STORED} WHERE id = $1"), &[&snapshot.id])
+                .query_one(&prepared(&tx, SELECT_ONE).await?, &[&snapshot.id])
                 .await
                 .map_err(failed)?;
             return Ok(CreateOutcome::Existing(stored(&row)?));
@@ -284,9 +304,8 @@ impl OperationStore for PostgresStore {
     }
 
     async fn load(&self, id: &str) -> Result<Option<StoredOperation>, StoreError> {
-        self.db()
-            .await?
-            .query_opt(&format!("{SELECT_STORED} WHERE id = $1"), &[&id])
+        let db = self.db().await?;
+        db.query_opt(&prepared(&db, SELECT_ONE).await?, &[&id])
             .await
             .map_err(failed)?
             .as_ref()
@@ -300,8 +319,8 @@ impl OperationStore for PostgresStore {
         let tx = db.transaction().await.map_err(failed)?;
         let moved = tx
             .execute(
-                "UPDATE operations SET state = $2, revision = $3, completed_at = $4, snapshot = $5
-                 WHERE id = $1 AND revision = $3::BIGINT - 1",
+                &prepared(&tx, "UPDATE operations SET state = $2, revision = $3, completed_at = $4, snapshot = $5
+                 WHERE id = $1 AND revision = $3::BIGINT - 1").await?,
                 &[
                     &next.id,
                     &next.state.as_str(),
@@ -328,12 +347,15 @@ impl OperationStore for PostgresStore {
     }
 
     async fn events_after(&self, id: &str, after: u64) -> Result<Vec<OperationEvent>, StoreError> {
-        let rows = self
-            .db()
-            .await?
+        let db = self.db().await?;
+        let rows = db
             .query(
-                "SELECT kind, snapshot FROM events WHERE id = $1 AND revision > $2
-                 ORDER BY revision",
+                &prepared(
+                    &db,
+                    "SELECT kind, snapshot FROM events WHERE id = $1 AND revision > $2
+                     ORDER BY revision",
+                )
+                .await?,
                 &[&id, &count(after)],
             )
             .await
@@ -360,7 +382,7 @@ impl OperationStore for PostgresStore {
         // The row lock orders signals among themselves and against the terminal change.
         let row = tx
             .query_opt(
-                "SELECT state FROM operations WHERE id = $1 FOR UPDATE",
+                &prepared(&tx, "SELECT state FROM operations WHERE id = $1 FOR UPDATE").await?,
                 &[&id],
             )
             .await
@@ -374,9 +396,13 @@ impl OperationStore for PostgresStore {
         }
         let sequence: i64 = tx
             .query_one(
-                "INSERT INTO signals (id, sequence, name, payload)
+                &prepared(
+                    &tx,
+                    "INSERT INTO signals (id, sequence, name, payload)
                  SELECT $1, coalesce(max(sequence), 0) + 1, $2, $3 FROM signals WHERE id = $1
                  RETURNING sequence",
+                )
+                .await?,
                 &[&id, &name, &payload],
             )
             .await
@@ -388,12 +414,15 @@ impl OperationStore for PostgresStore {
     }
 
     async fn signals_after(&self, id: &str, after: u64) -> Result<Vec<SignalRecord>, StoreError> {
-        let rows = self
-            .db()
-            .await?
+        let db = self.db().await?;
+        let rows = db
             .query(
-                "SELECT sequence, name, payload FROM signals WHERE id = $1 AND sequence > $2
-                 ORDER BY sequence",
+                &prepared(
+                    &db,
+                    "SELECT sequence, name, payload FROM signals WHERE id = $1 AND sequence > $2
+                     ORDER BY sequence",
+                )
+                .await?,
                 &[&id, &count(after)],
             )
             .await
@@ -523,7 +552,11 @@ impl OperationStore for PostgresStore {
         }
         let purged = tx
             .execute(
-                "DELETE FROM operations WHERE completed_at IS NOT NULL AND completed_at < $1",
+                &prepared(
+                    &tx,
+                    "DELETE FROM operations WHERE completed_at IS NOT NULL AND completed_at < $1",
+                )
+                .await?,
                 &[&cutoff],
             )
             .await

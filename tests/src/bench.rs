@@ -1,0 +1,102 @@
+//! Shared by the benches: a trivial native handler and a closed-loop start→terminal load.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use opshost_api::{ErrorInfo, OperationState, Snapshot};
+use opshost_runtime::store::OperationStore;
+use opshost_runtime::{OperationHandler, OperationRuntime, Owner, RuntimeConfig};
+use serde_json::{Value, json};
+
+use crate::testing_runtime;
+
+/// Marks the operation started and completes it at once.
+pub struct Trivial;
+
+impl OperationHandler for Trivial {
+    fn run(
+        &self,
+        runtime: OperationRuntime,
+        snapshot: Snapshot,
+        _input: Option<Value>,
+    ) -> BoxFuture<'static, Result<(), ErrorInfo>> {
+        Box::pin(async move {
+            let id = snapshot.id;
+            runtime.started(&id).await.map_err(|e| e.to_info())?;
+            runtime
+                .complete(&id, json!({ "note": "done" }))
+                .await
+                .map_err(|e| e.to_info())?;
+            Ok(())
+        })
+    }
+}
+
+/// A runtime serving `Testing.Scenario` with [`Trivial`] on `store`.
+pub fn trivial_runtime(store: Arc<dyn OperationStore>) -> OperationRuntime {
+    let runtime = testing_runtime(store, RuntimeConfig::default());
+    runtime.set_handler("Testing.Scenario", Arc::new(Trivial));
+    runtime
+}
+
+/// Throughput and latency of one load.
+#[derive(Clone, Copy)]
+pub struct Figures {
+    /// Operations per second.
+    pub per_second: f64,
+    /// Median start→terminal latency.
+    pub p50: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+}
+
+/// `operations` start→terminal runs of `Testing.Scenario` (`scenario: complete`) from
+/// `concurrency` closed-loop callers.
+pub async fn measure(runtime: &OperationRuntime, operations: usize, concurrency: usize) -> Figures {
+    let per_caller = (operations / concurrency).max(1);
+    let started = Instant::now();
+    let callers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let runtime = runtime.clone();
+            tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_caller);
+                for _ in 0..per_caller {
+                    let begun = Instant::now();
+                    let owner = Owner {
+                        tenant: "bench".into(),
+                        subject: "bench".into(),
+                    };
+                    let accepted = runtime
+                        .start(
+                            owner,
+                            "Testing.Scenario",
+                            None,
+                            json!({ "scenario": "complete" }),
+                        )
+                        .await
+                        .unwrap_or_else(|e| panic!("start: {e}"));
+                    let terminal = runtime
+                        .wait(&accepted.snapshot.id, None)
+                        .await
+                        .unwrap_or_else(|e| panic!("wait: {e}"));
+                    assert_eq!(terminal.state, OperationState::Completed, "{terminal:?}");
+                    latencies.push(begun.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(per_caller * concurrency);
+    for caller in callers {
+        latencies.extend(caller.await.unwrap_or_else(|e| panic!("caller: {e}")));
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    Figures {
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: at(0.50),
+        p99: at(0.99),
+    }
+}
