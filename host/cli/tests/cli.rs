@@ -5,6 +5,8 @@
 #[path = "cli/check.rs"]
 mod check;
 mod common;
+#[path = "cli/hosts.rs"]
+mod hosts;
 #[path = "cli/new.rs"]
 mod new;
 
@@ -32,12 +34,11 @@ impl Serve {
         }
     }
 
-    /// `opshost serve` keeping operations in the PostgreSQL database at `url`.
-    fn on_postgres(url: &str) -> Self {
+    /// `opshost serve --config config` keeping operations in the PostgreSQL database at `url`.
+    fn on_postgres(config: &std::path::Path, url: &str) -> Self {
         let data = tempfile::tempdir().expect("a directory");
-        let config = root().join("contracts/orders.deploy.toml");
         let (child, address) =
-            common::serve_on(&config, &["--store".as_ref(), url.as_ref()], "127.0.0.1:0");
+            common::serve_on(config, &["--store".as_ref(), url.as_ref()], "127.0.0.1:0");
         Self {
             child,
             url: address,
@@ -110,9 +111,10 @@ fn start_then_watch_shows_progress_and_prints_the_output() {
 #[test]
 fn serve_on_postgres_keeps_operations_for_the_next_host_process() {
     let url = opshost_tests::postgres::fresh_database_blocking();
+    let orders = root().join("contracts/orders.deploy.toml");
     let token = token(&["orders.write", "orders.read"]);
     let id = {
-        let first = Serve::on_postgres(&url);
+        let first = Serve::on_postgres(&orders, &url);
         let started = first.call(&token, START);
         assert!(started.status.success(), "{}", text(&started.stderr));
         let id = json(&started)["id"].as_str().expect("an id").to_owned();
@@ -120,7 +122,7 @@ fn serve_on_postgres_keeps_operations_for_the_next_host_process() {
         assert_eq!(json(&waited)["state"], "completed");
         id
     };
-    let second = Serve::on_postgres(&url);
+    let second = Serve::on_postgres(&orders, &url);
     let got = second.call(&token, &["get", &id]);
     assert!(got.status.success(), "{}", text(&got.stderr));
     assert_eq!(json(&got)["state"], "completed");
