@@ -21,9 +21,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use opshost_api::{ErrorInfo, EventKind, Snapshot};
-use opshost_runtime::{OperationHandler, OperationRuntime, Owner, RuntimeConfig};
+use opshost_runtime::{OperationHandler, OperationRuntime, RuntimeConfig};
 use opshost_store_postgres::PostgresStore;
-use opshost_tests::bench::{Figures, measure, trivial_runtime};
+use opshost_tests::bench::{Figures, measure, row, start, trivial_runtime};
 use opshost_tests::{env_number, testing_runtime};
 use serde_json::{Value, json};
 
@@ -110,17 +110,6 @@ fn quantile(sorted: &[Duration], q: f64) -> Duration {
     sorted[((sorted.len() as f64 * q) as usize).min(sorted.len() - 1)]
 }
 
-fn row(name: &str, figures: &Figures, baseline: &Figures) {
-    println!(
-        "{:<22} {:>10.0} {:>10.0} {:>10.0} {:>10.2}",
-        name,
-        figures.per_second,
-        figures.p50.as_secs_f64() * 1e6,
-        figures.p99.as_secs_f64() * 1e6,
-        figures.per_second / baseline.per_second
-    );
-}
-
 #[tokio::main]
 async fn main() {
     let operations = env_number("BENCH_OPS", 4000);
@@ -169,21 +158,7 @@ async fn main() {
     let b = testing_runtime(store(&url).await, RuntimeConfig::default());
     let (mut local, mut remote) = (Vec::new(), Vec::new());
     for _ in 0..watched {
-        let owner = Owner {
-            tenant: "bench".into(),
-            subject: "bench".into(),
-        };
-        let id = a
-            .start(
-                owner,
-                "Testing.Scenario",
-                None,
-                json!({ "scenario": "complete" }),
-            )
-            .await
-            .unwrap_or_else(|e| panic!("start: {e}"))
-            .snapshot
-            .id;
+        let id = start(&a).await.snapshot.id;
         let (here, there) = tokio::join!(
             delays(a.clone(), id.clone(), sent.clone()),
             delays(b.clone(), id, sent.clone())

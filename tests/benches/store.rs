@@ -21,7 +21,7 @@ use opshost_runtime::OperationRuntime;
 use opshost_runtime::store::{MemoryStore, OperationStore};
 use opshost_sandbox::WasmHost;
 use opshost_store_sqlite::{DATABASE_FILE, SqliteStore};
-use opshost_tests::bench::{Figures, measure, trivial_runtime};
+use opshost_tests::bench::{measure, row, trivial_runtime};
 use opshost_tests::{env_number, testing_deployment};
 
 fn wasm_runtime(store: Arc<dyn OperationStore>) -> (WasmHost, OperationRuntime) {
@@ -29,17 +29,6 @@ fn wasm_runtime(store: Arc<dyn OperationStore>) -> (WasmHost, OperationRuntime) 
         .unwrap_or_else(|e| panic!("testing deployment: {e}"));
     let runtime = host.runtime().clone();
     (host, runtime)
-}
-
-fn report(name: &str, figures: &Figures, baseline: &Figures) {
-    println!(
-        "{:<16} {:>10.0} {:>10.0} {:>10.0} {:>10.2}",
-        name,
-        figures.per_second,
-        figures.p50.as_secs_f64() * 1e6,
-        figures.p99.as_secs_f64() * 1e6,
-        figures.per_second / baseline.per_second
-    );
 }
 
 #[tokio::main]
@@ -50,7 +39,7 @@ async fn main() {
         "{operations} operations per mode from {concurrency} closed-loop callers (start, then wait)"
     );
     println!(
-        "{:<16} {:>10} {:>10} {:>10} {:>10}",
+        "{:<22} {:>10} {:>10} {:>10} {:>10}",
         "mode", "ops/s", "p50 µs", "p99 µs", "vs memory"
     );
     let only = std::env::var("BENCH_ONLY").ok();
@@ -78,10 +67,10 @@ async fn main() {
             measure(&runtime, operations / 10, concurrency).await;
             let figures = measure(&runtime, operations, concurrency).await;
             let base = *baseline.get_or_insert(figures);
-            report(&format!("{kind} {store_name}"), &figures, &base);
+            row(&format!("{kind} {store_name}"), &figures, &base);
             if let Ok(meta) = std::fs::metadata(&wal) {
                 println!(
-                    "{:<16} WAL file {:.1} MiB",
+                    "{:<22} WAL file {:.1} MiB",
                     "",
                     meta.len() as f64 / 1048576.0
                 );

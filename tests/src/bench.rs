@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use opshost_api::{ErrorInfo, OperationState, Snapshot};
 use opshost_runtime::store::OperationStore;
-use opshost_runtime::{OperationHandler, OperationRuntime, Owner, RuntimeConfig};
+use opshost_runtime::{Acceptance, OperationHandler, OperationRuntime, Owner, RuntimeConfig};
 use serde_json::{Value, json};
 
 use crate::testing_runtime;
@@ -63,19 +63,7 @@ pub async fn measure(runtime: &OperationRuntime, operations: usize, concurrency:
                 let mut latencies = Vec::with_capacity(per_caller);
                 for _ in 0..per_caller {
                     let begun = Instant::now();
-                    let owner = Owner {
-                        tenant: "bench".into(),
-                        subject: "bench".into(),
-                    };
-                    let accepted = runtime
-                        .start(
-                            owner,
-                            "Testing.Scenario",
-                            None,
-                            json!({ "scenario": "complete" }),
-                        )
-                        .await
-                        .unwrap_or_else(|e| panic!("start: {e}"));
+                    let accepted = start(&runtime).await;
                     let terminal = runtime
                         .wait(&accepted.snapshot.id, None)
                         .await
@@ -99,4 +87,33 @@ pub async fn measure(runtime: &OperationRuntime, operations: usize, concurrency:
         p50: at(0.50),
         p99: at(0.99),
     }
+}
+
+/// Starts `Testing.Scenario` (`scenario: complete`) for the bench's owner.
+pub async fn start(runtime: &OperationRuntime) -> Acceptance {
+    let owner = Owner {
+        tenant: "bench".into(),
+        subject: "bench".into(),
+    };
+    runtime
+        .start(
+            owner,
+            "Testing.Scenario",
+            None,
+            json!({ "scenario": "complete" }),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("start: {e}"))
+}
+
+/// Prints one row of figures: ops/s, p50 and p99 in µs, and throughput against `baseline`.
+pub fn row(name: &str, figures: &Figures, baseline: &Figures) {
+    println!(
+        "{:<22} {:>10.0} {:>10.0} {:>10.0} {:>10.2}",
+        name,
+        figures.per_second,
+        figures.p50.as_secs_f64() * 1e6,
+        figures.p99.as_secs_f64() * 1e6,
+        figures.per_second / baseline.per_second
+    );
 }

@@ -38,7 +38,8 @@ fn stored(snapshot: Snapshot, input: Option<serde_json::Value>) -> StoredOperati
     }
 }
 
-fn next(current: &Snapshot, state: OperationState) -> Snapshot {
+/// The snapshot after `current` that moves it to `state` (one revision on).
+pub fn next(current: &Snapshot, state: OperationState) -> Snapshot {
     let mut next = current.clone();
     next.revision += 1;
     next.state = state;

@@ -6,6 +6,7 @@ use std::time::Duration;
 use opshost_api::{EventKind, OperationState, Snapshot};
 use opshost_runtime::store::{OperationStore, Owner, StoredOperation, UpdateOutcome};
 use opshost_store_postgres::PostgresStore;
+use opshost_tests::conformance::next;
 
 /// Far longer than a notice takes; only a lost notice gets near it.
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -26,16 +27,6 @@ fn accepted(id: &str) -> StoredOperation {
             subject: "alice".into(),
         },
     }
-}
-
-fn next(current: &Snapshot, state: OperationState) -> Snapshot {
-    let mut next = current.clone();
-    next.revision += 1;
-    next.state = state;
-    if state.is_terminal() {
-        next.completed_at = Some(next.updated_at);
-    }
-    next
 }
 
 async fn write(store: &PostgresStore, next: Snapshot, kind: EventKind) {

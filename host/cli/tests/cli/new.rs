@@ -1,21 +1,27 @@
 //! `opshost new`: a scaffolded guest crate builds and its harness test passes with one
 //! command (`cargo test`), and bad requests are refused with what is wrong.
 
-use std::process::Command;
+use std::path::Path;
+use std::process::{Command, Output};
 use std::time::Instant;
 
 use crate::common::{opshost, root};
 
+/// `opshost new name --operation operation` with the orders contract, into `into`.
+fn new(name: &str, operation: &str, into: &Path) -> Output {
+    opshost()
+        .args(["new", name, "--operation", operation])
+        .args(["--contract", "contracts/orders_service.manifest.json"])
+        .arg("--into")
+        .arg(into)
+        .output()
+        .expect("opshost runs")
+}
+
 #[test]
 fn a_scaffolded_guest_builds_and_its_test_passes_with_cargo_test() {
     let dir = tempfile::tempdir().unwrap();
-    let made = opshost()
-        .args(["new", "order-handler", "--operation", "Orders.Process"])
-        .args(["--contract", "contracts/orders_service.manifest.json"])
-        .arg("--into")
-        .arg(dir.path())
-        .output()
-        .expect("opshost runs");
+    let made = new("order-handler", "Orders.Process", dir.path());
     assert!(made.status.success(), "{made:?}");
     let crate_dir = dir.path().join("order-handler");
     for file in [
@@ -70,13 +76,7 @@ fn a_scaffolded_guest_builds_and_its_test_passes_with_cargo_test() {
 #[test]
 fn new_refuses_an_operation_the_contract_lacks_naming_those_it_has() {
     let dir = tempfile::tempdir().unwrap();
-    let out = opshost()
-        .args(["new", "x", "--operation", "Orders.Refund"])
-        .args(["--contract", "contracts/orders_service.manifest.json"])
-        .arg("--into")
-        .arg(dir.path())
-        .output()
-        .expect("opshost runs");
+    let out = new("x", "Orders.Refund", dir.path());
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -89,13 +89,7 @@ fn new_refuses_an_operation_the_contract_lacks_naming_those_it_has() {
 #[test]
 fn new_refuses_a_name_that_is_not_a_crate_name() {
     let dir = tempfile::tempdir().unwrap();
-    let out = opshost()
-        .args(["new", "9 lives", "--operation", "Orders.Process"])
-        .args(["--contract", "contracts/orders_service.manifest.json"])
-        .arg("--into")
-        .arg(dir.path())
-        .output()
-        .expect("opshost runs");
+    let out = new("9 lives", "Orders.Process", dir.path());
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("`9 lives` is not a crate name"), "{stderr}");
@@ -106,13 +100,7 @@ fn new_refuses_to_write_over_an_existing_directory() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("taken")).unwrap();
     std::fs::write(dir.path().join("taken/keep.txt"), "mine").unwrap();
-    let out = opshost()
-        .args(["new", "taken", "--operation", "Orders.Process"])
-        .args(["--contract", "contracts/orders_service.manifest.json"])
-        .arg("--into")
-        .arg(dir.path())
-        .output()
-        .expect("opshost runs");
+    let out = new("taken", "Orders.Process", dir.path());
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("already exists"), "{stderr}");
