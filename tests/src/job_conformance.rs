@@ -286,31 +286,43 @@ pub async fn purge_removes_only_final_jobs_older_than_the_cutoff(store: Arc<dyn 
 
 /// See the module docs.
 pub async fn concurrent_leases_never_hand_one_job_to_two_workers(store: Arc<dyn JobStore>) {
-    for n in 0..20 {
-        store
-            .enqueue(job(&format!("j{n:02}"), "q", 0))
+    leases_through(&[store], 20).await;
+}
+
+/// Enqueues `jobs` jobs through the first store, then leases them with four workers per store
+/// until none is due; checks that every job was handed out exactly once, and answers how many
+/// each store handed out.
+pub async fn leases_through(stores: &[Arc<dyn JobStore>], jobs: usize) -> Vec<usize> {
+    for n in 0..jobs {
+        stores[0]
+            .enqueue(job(&format!("j{n:04}"), "q", 0))
             .await
             .unwrap();
     }
-    let workers: Vec<_> = (0..8)
-        .map(|_| {
-            let store = Arc::clone(&store);
+    let workers: Vec<_> = (0..stores.len() * 4)
+        .map(|worker| {
+            let index = worker % stores.len();
+            let store = Arc::clone(&stores[index]);
             tokio::spawn(async move {
                 let mut mine = Vec::new();
                 while let Some(job) = lease(&store, "q", 10).await {
                     mine.push(job.id);
                 }
-                mine
+                (index, mine)
             })
         })
         .collect();
     let mut all = Vec::new();
+    let mut per_store = vec![0; stores.len()];
     for worker in workers {
-        all.extend(worker.await.unwrap());
+        let (index, mine) = worker.await.unwrap();
+        per_store[index] += mine.len();
+        all.extend(mine);
     }
     all.sort();
-    let expected: Vec<String> = (0..20).map(|n| format!("j{n:02}")).collect();
-    assert_eq!(all, expected);
+    let expected: Vec<String> = (0..jobs).map(|n| format!("j{n:04}")).collect();
+    assert_eq!(all, expected, "every job leased exactly once");
+    per_store
 }
 
 /// Runs the job store conformance suite against the store `$make` gives (an async expression

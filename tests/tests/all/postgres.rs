@@ -1,7 +1,10 @@
 //! Two stores on one PostgreSQL database, as two hosts would hold them: a change written
 //! through one rings the doorbells of the other, and the other reads it.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use opshost_jobs::JobStore;
 
 use opshost_api::{EventKind, OperationState, Snapshot};
 use opshost_runtime::store::{OperationStore, Owner, StoredOperation, UpdateOutcome};
@@ -73,6 +76,14 @@ async fn a_terminal_change_on_one_host_closes_the_doorbell_on_the_other() {
     let events = b.events_after("op-2", 0).await.expect("B reads the log");
     let kinds: Vec<EventKind> = events.iter().map(|event| event.kind()).collect();
     assert_eq!(kinds, [EventKind::Accepted, EventKind::Completed]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_leased_through_two_hosts_go_to_one_worker_each_and_to_both_hosts() {
+    let (a, b) = two_hosts().await;
+    let stores: [Arc<dyn JobStore>; 2] = [Arc::new(a), Arc::new(b)];
+    let per_host = opshost_tests::job_conformance::leases_through(&stores, 100).await;
+    assert!(per_host.iter().all(|&count| count > 0), "{per_host:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
