@@ -1,12 +1,12 @@
 //! Two stores on one PostgreSQL database, as two hosts would hold them: a change written
-//! through one rings the doorbells of the other, and the other reads it.
+//! through one rings the doorbells of the other, and the other reads it; jobs leased through
+//! both go to one worker each.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use opshost_jobs::JobStore;
-
 use opshost_api::{EventKind, OperationState, Snapshot};
+use opshost_jobs::JobStore;
 use opshost_runtime::store::{OperationStore, Owner, StoredOperation, UpdateOutcome};
 use opshost_store_postgres::PostgresStore;
 use opshost_tests::conformance::next;
