@@ -168,7 +168,7 @@ fn an_unreachable_host_exits_4() {
 }
 
 /// `opshost serve` on `data_dir` that is expected to refuse to start: its exit code and stderr.
-fn serve_refusal(command: &mut Command, data_dir: &std::path::Path) -> (Option<i32>, String) {
+fn serve_refusal(command: &mut Command, store: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
     let output = command
         .args([
             "serve",
@@ -177,8 +177,7 @@ fn serve_refusal(command: &mut Command, data_dir: &std::path::Path) -> (Option<i
             "--listen",
             "127.0.0.1:0",
         ])
-        .arg("--data-dir")
-        .arg(data_dir)
+        .args(store)
         .output()
         .expect("opshost runs");
     (output.status.code(), text(&output.stderr))
@@ -187,7 +186,10 @@ fn serve_refusal(command: &mut Command, data_dir: &std::path::Path) -> (Option<i
 #[test]
 fn serve_refuses_to_start_without_a_token_key() {
     let data = tempfile::tempdir().unwrap();
-    let (code, stderr) = serve_refusal(opshost().env_remove("OPSHOST_JWT_SECRET"), data.path());
+    let (code, stderr) = serve_refusal(
+        opshost().env_remove("OPSHOST_JWT_SECRET"),
+        &["--data-dir".as_ref(), data.path().as_os_str()],
+    );
     assert_eq!(code, Some(2));
     assert!(stderr.contains("OPSHOST_JWT_SECRET"), "{stderr}");
 }
@@ -195,7 +197,10 @@ fn serve_refuses_to_start_without_a_token_key() {
 #[test]
 fn serve_refuses_a_data_directory_that_is_a_file() {
     let file = tempfile::NamedTempFile::new().unwrap();
-    let (code, stderr) = serve_refusal(&mut opshost(), file.path());
+    let (code, stderr) = serve_refusal(
+        &mut opshost(),
+        &["--data-dir".as_ref(), file.path().as_os_str()],
+    );
     assert_eq!(code, Some(2));
     assert!(stderr.contains("data directory"), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
@@ -209,9 +214,37 @@ fn serve_refuses_a_corrupt_database() {
         "this is not a SQLite database, it is a text file that took its place".repeat(100),
     )
     .unwrap();
-    let (code, stderr) = serve_refusal(&mut opshost(), data.path());
+    let (code, stderr) = serve_refusal(
+        &mut opshost(),
+        &["--data-dir".as_ref(), data.path().as_os_str()],
+    );
     assert_eq!(code, Some(2));
     assert!(stderr.contains("opshost.sqlite3"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn serve_refuses_a_store_url_that_is_not_postgres() {
+    let (code, stderr) = serve_refusal(&mut opshost(), &["--store".as_ref(), "not a url".as_ref()]);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("store URL"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn serve_refuses_an_unreachable_database_naming_it() {
+    let (code, stderr) = serve_refusal(
+        &mut opshost(),
+        &[
+            "--store".as_ref(),
+            "postgres://opshost@127.0.0.1:1/opshost".as_ref(),
+        ],
+    );
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("cannot connect to the database"),
+        "{stderr}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 

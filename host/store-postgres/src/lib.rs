@@ -41,6 +41,9 @@ use crate::doorbell::Doorbells;
 /// Connections a store keeps to the database.
 const POOL_SIZE: usize = 16;
 
+/// How long a connection attempt may take when the URL sets no `connect_timeout`.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a host stays the owner of its operations without renewing its lease.
 pub const DEFAULT_HOST_LEASE: Duration = Duration::from_secs(10);
 
@@ -83,8 +86,11 @@ impl PostgresStore {
     /// renewed its lease for `lease`; migrates the schema, registers the host and listens for
     /// the other hosts' changes before it answers. Must run inside a tokio runtime.
     pub async fn connect_with_lease(url: &str, lease: Duration) -> Result<Self, OpenError> {
-        let config =
+        let mut config =
             tokio_postgres::Config::from_str(url).map_err(|e| OpenError::Url(e.to_string()))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
