@@ -1,6 +1,6 @@
 //! The store conformance suite: every behaviour the runtime relies on, written once against
 //! `dyn OperationStore` and run against each backend by [`store_conformance!`]: a new backend
-//! is one line in `tests/tests/all/store_conformance.rs`.
+//! is one line in `tests/tests/all/conformance.rs`.
 //!
 //! Create-if-absent (also under races), compare-and-set on the revision, ordered revisions
 //! under concurrent writers, resume of the event log from a revision, sequenced signals,

@@ -1,13 +1,13 @@
 //! Every integration test of the host in one binary, so wasmtime and the host are linked once
 //! rather than once per file. Each module is one area of behaviour.
 
+mod conformance;
 mod guest_failures;
 mod hostile_guests;
 mod http_api;
 mod http_auth;
 mod http_client;
 mod http_jobs;
-mod job_store_conformance;
 mod jobs;
 mod native_handler;
 mod orders_guest;
@@ -16,5 +16,4 @@ mod postgres;
 mod recovery;
 mod sandbox;
 mod several_hosts;
-mod store_conformance;
 mod wasm_jobs;
