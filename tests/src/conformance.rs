@@ -4,7 +4,8 @@
 //!
 //! Create-if-absent (also under races), compare-and-set on the revision, ordered revisions
 //! under concurrent writers, resume of the event log from a revision, sequenced signals,
-//! filtered paging, recovery listing, retention purge and the doorbell. A store may answer
+//! filtered paging, recovery listing, retention purge and the doorbell, which leaves no entry
+//! behind once its last holder is gone. A store may answer
 //! `started` and `progress` before readers see them (see `must_be_durable`): tests that read
 //! those back call `flush` first, and one test checks that a terminal change, once answered,
 //! is shown with everything before it.
@@ -213,6 +214,51 @@ pub async fn the_doorbell_rings_on_every_write_and_closes_at_terminal(
         bell.changed().await.is_err(),
         "closed after the terminal write"
     );
+}
+
+/// See the module docs.
+pub async fn a_doorbell_taken_after_the_end_leaves_nothing_behind(store: Arc<dyn OperationStore>) {
+    let created = snapshot("a", "Op");
+    store.create(stored(created.clone(), None)).await.unwrap();
+    store
+        .update(
+            next(&created, OperationState::Completed),
+            EventKind::Completed,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.doorbells(),
+        0,
+        "the terminal write closed every doorbell"
+    );
+    let late: Vec<_> = (0..100).map(|_| store.subscribe("a")).collect();
+    let unknown = store.subscribe("no-such-operation");
+    assert_eq!(store.doorbells(), 2);
+    drop(late);
+    drop(unknown);
+    assert_eq!(
+        store.doorbells(),
+        0,
+        "the last doorbell dropped forgets its entry"
+    );
+}
+
+/// See the module docs.
+pub async fn a_doorbell_dropped_before_the_end_leaves_nothing_behind(
+    store: Arc<dyn OperationStore>,
+) {
+    let created = snapshot("a", "Op");
+    store.create(stored(created.clone(), None)).await.unwrap();
+    let watchers: Vec<_> = (0..100).map(|_| store.subscribe("a")).collect();
+    store
+        .update(next(&created, OperationState::Running), EventKind::Started)
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    assert_eq!(store.doorbells(), 1);
+    drop(watchers);
+    assert_eq!(store.doorbells(), 0);
 }
 
 /// See the module docs.
@@ -435,6 +481,17 @@ macro_rules! store_conformance {
         async fn the_doorbell_rings_on_every_write_and_closes_at_terminal() {
             let (store, _guard) = $make.await;
             $crate::conformance::the_doorbell_rings_on_every_write_and_closes_at_terminal(store)
+                .await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_doorbell_taken_after_the_end_leaves_nothing_behind() {
+            let (store, _guard) = $make.await;
+            $crate::conformance::a_doorbell_taken_after_the_end_leaves_nothing_behind(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_doorbell_dropped_before_the_end_leaves_nothing_behind() {
+            let (store, _guard) = $make.await;
+            $crate::conformance::a_doorbell_dropped_before_the_end_leaves_nothing_behind(store)
                 .await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

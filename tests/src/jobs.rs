@@ -39,7 +39,12 @@ pub fn hand_off_handler(runtime: &OperationRuntime) {
         .operation::<TestingScenario>()
         .serve(|control, input| async move {
             control.started().await?;
-            control.progress(ScenarioProgress { percent: 10 }).await?;
+            control
+                .progress(ScenarioProgress {
+                    percent: 10,
+                    padding: None,
+                })
+                .await?;
             let behaviour = match input.scenario.to_string().as_str() {
                 "fail" => "fail",
                 "await-cancel" => "await-cancel",

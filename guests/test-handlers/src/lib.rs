@@ -30,7 +30,10 @@ impl OperationHandler for Scenarios {
         ctx.started()?;
         match input.scenario {
             Scenario::Complete => {
-                ctx.progress(&ScenarioProgress { percent: 50 })?;
+                ctx.progress(&ScenarioProgress {
+                    percent: 50,
+                    padding: None,
+                })?;
                 done(ctx, format!("attempt {}", ctx.attempt()), Vec::new())
             }
             Scenario::Fail => Err(HandlerError::new("the scenario asked to fail")),
@@ -42,7 +45,10 @@ impl OperationHandler for Scenarios {
                     spins = std::hint::black_box(spins.wrapping_add(1));
                 }
             }
-            Scenario::BadProgress => match ctx.progress(&ScenarioProgress { percent: 500 }) {
+            Scenario::BadProgress => match ctx.progress(&ScenarioProgress {
+                percent: 500,
+                padding: None,
+            }) {
                 Err(HostError::InvalidPayload(message)) => done(ctx, message, Vec::new()),
                 other => Err(HandlerError::new(format!(
                     "invalid progress was not refused: {other:?}"
@@ -88,14 +94,29 @@ impl OperationHandler for Scenarios {
                 for n in 0..count {
                     ctx.progress(&ScenarioProgress {
                         percent: n * 100 / count.max(1),
+                        padding: None,
                     })?;
                 }
-                ctx.progress(&ScenarioProgress { percent: 100 })?;
+                ctx.progress(&ScenarioProgress {
+                    percent: 100,
+                    padding: None,
+                })?;
                 done(
                     ctx,
                     format!("sent {} progress events", count + 1),
                     Vec::new(),
                 )
+            }
+            Scenario::ProgressHoard => {
+                let padding = "x".repeat(input.bytes.unwrap_or(1024) as usize);
+                for n in 0..input.count.unwrap_or(1000) {
+                    ctx.progress(&ScenarioProgress {
+                        percent: n % 100,
+                        padding: Some(padding.clone()),
+                    })?;
+                    ctx.sleep(Duration::from_millis(20))?;
+                }
+                done(ctx, "hoarded", Vec::new())
             }
             Scenario::OversizedOutput => done(ctx, "x".repeat(2 << 20), Vec::new()),
             Scenario::DoubleComplete => {
@@ -144,7 +165,10 @@ impl OperationHandler for Scenarios {
                 }
             }
             Scenario::HandOff => {
-                ctx.progress(&ScenarioProgress { percent: 10 })?;
+                ctx.progress(&ScenarioProgress {
+                    percent: 10,
+                    padding: None,
+                })?;
                 let behaviour = input.job.as_deref().unwrap_or("finish-operation");
                 ctx.hand_off(
                     "testing.owned",

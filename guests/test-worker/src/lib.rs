@@ -21,7 +21,10 @@ impl JobWorker for Behaviours {
         let payload: Value = job.payload()?;
         match payload["behaviour"].as_str().unwrap_or_default() {
             "complete" => {
-                job.progress(&ScenarioProgress { percent: 50 })?;
+                job.progress(&ScenarioProgress {
+                    percent: 50,
+                    padding: None,
+                })?;
                 Ok(note(format!("done {}", payload["n"])))
             }
             "fail" => Err(HandlerError::new(format!(
@@ -34,7 +37,10 @@ impl JobWorker for Behaviours {
             },
             "finish-operation" => {
                 let ctx = job.control::<TestingScenario>()?;
-                ctx.progress(&ScenarioProgress { percent: 90 })?;
+                ctx.progress(&ScenarioProgress {
+                    percent: 90,
+                    padding: None,
+                })?;
                 ctx.complete(&ScenarioResult {
                     note: format!("completed by wasm job {}", job.id()),
                     signals: Vec::new(),
@@ -43,7 +49,10 @@ impl JobWorker for Behaviours {
             }
             "await-cancel" => {
                 let ctx = job.control::<TestingScenario>()?;
-                ctx.progress(&ScenarioProgress { percent: 20 })?;
+                ctx.progress(&ScenarioProgress {
+                    percent: 20,
+                    padding: None,
+                })?;
                 loop {
                     match ctx.sleep(Duration::from_millis(50)) {
                         Ok(()) => {}

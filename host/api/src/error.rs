@@ -37,6 +37,9 @@ pub enum ErrorCode {
     Internal,
     /// No job has the given id.
     JobNotFound,
+    /// The host's store cannot be reached now; nothing was changed, and the same request may
+    /// succeed after `Retry-After`.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -59,6 +62,7 @@ impl ErrorCode {
             Self::Cancelled => "Cancelled",
             Self::Internal => "Internal",
             Self::JobNotFound => "JobNotFound",
+            Self::Unavailable => "Unavailable",
         }
     }
 }

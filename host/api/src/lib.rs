@@ -6,6 +6,7 @@
 //! `wasm32-wasip2` guests.
 
 mod error;
+pub mod id;
 mod job;
 mod operation;
 mod snapshot;

@@ -97,7 +97,8 @@ enum Command {
         /// The input: JSON text, or `@path` to read it from a file.
         #[arg(short, long)]
         input: String,
-        /// Idempotency key (becomes the operation id).
+        /// Idempotency key, scoped to the caller's tenant: the operation id is the key itself in
+        /// the default tenant and `key@tenant` in any other.
         #[arg(long)]
         id: Option<String>,
         /// Ask the host to answer with the result if it is ready within this many seconds.

@@ -5,6 +5,8 @@
 #[path = "cli/check.rs"]
 mod check;
 mod common;
+#[path = "cli/hardening.rs"]
+mod hardening;
 #[path = "cli/hosts.rs"]
 mod hosts;
 #[path = "cli/new.rs"]
@@ -31,6 +33,27 @@ impl Serve {
             child,
             url,
             _data: data,
+        }
+    }
+
+    /// `opshost serve --config config` on a data directory of its own.
+    fn with_config(config: &std::path::Path) -> Self {
+        let data = tempfile::tempdir().expect("a data directory");
+        let (child, url) = common::serve(config, data.path(), "127.0.0.1:0");
+        Self {
+            child,
+            url,
+            _data: data,
+        }
+    }
+
+    /// `opshost serve --config config --data-dir data`, on a data directory the caller keeps.
+    fn on_data_dir(config: &std::path::Path, data: &std::path::Path) -> Self {
+        let (child, url) = common::serve(config, data, "127.0.0.1:0");
+        Self {
+            child,
+            url,
+            _data: tempfile::tempdir().expect("a directory"),
         }
     }
 

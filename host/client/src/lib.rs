@@ -15,6 +15,7 @@ mod watch;
 use std::marker::PhantomData;
 use std::time::Duration;
 
+use opshost_api::id::url_segment as segment;
 use opshost_api::{Operation, OperationSnapshot, OperationState, Signal, Snapshot};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Deserialize;
@@ -27,8 +28,9 @@ pub use watch::{EventStream, TypedEventStream};
 /// Options of a start request.
 #[derive(Debug, Clone, Default)]
 pub struct StartOptions {
-    /// `Idempotency-Key`: becomes the operation id; repeating the same key and input returns
-    /// the same operation.
+    /// `Idempotency-Key`, scoped to the caller's tenant: repeating the same key and input
+    /// returns the same operation. The operation id is the key itself in the default tenant and
+    /// `key@tenant` in any other.
     pub idempotency_key: Option<String>,
     /// `Prefer: wait=N`: let the host hold the answer until the operation ends or this passes.
     pub wait: Option<Duration>,
@@ -88,8 +90,11 @@ impl Client {
         let base = url.as_ref().trim_end_matches('/').to_owned();
         reqwest::Url::parse(&base)
             .map_err(|e| ClientError::Protocol(format!("url `{base}`: {e}")))?;
+        // Idle connections are dropped before a host's header timeout (10 s by default) would
+        // close them, so a request never races the host closing its connection.
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .map_err(ClientError::Transport)?;
         Ok(Self {
@@ -257,19 +262,6 @@ impl Client {
         let path = format!("/v1/jobs/{}/cancel", segment(id));
         send(self.request(Method::POST, &path)).await
     }
-}
-
-/// Percent-encodes one path segment.
-fn segment(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
-            out.push(char::from(byte));
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
 }
 
 async fn send<T: serde::de::DeserializeOwned>(request: RequestBuilder) -> Result<T, ClientError> {

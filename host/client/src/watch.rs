@@ -17,7 +17,9 @@ use futures::{Stream, StreamExt};
 use opshost_api::{EventKind, Operation, OperationEvent, OperationSnapshot, Snapshot};
 use reqwest::Method;
 
-use crate::{Client, ClientError, is_retryable, segment};
+use opshost_api::id::url_segment as segment;
+
+use crate::{Client, ClientError, is_retryable};
 
 /// How many reconnections in a row may fail before the stream gives up.
 const MAX_RECONNECTS: u32 = 40;

@@ -11,7 +11,7 @@ mod error;
 mod example;
 mod manifest;
 mod schema;
-mod strict_json;
+pub mod strict_json;
 
 pub use capabilities::{Action, Capabilities};
 pub use error::{ContractError, ManifestIssue};

@@ -4,10 +4,8 @@ use opshost_api::{ErrorCode, ErrorInfo};
 use opshost_contract::SchemaIssue;
 use opshost_runtime::ServerError;
 
-/// A store failure.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("job store: {0}")]
-pub struct JobStoreError(pub String);
+/// A failure of the job store: the same kinds as the operation store's.
+pub type JobStoreError = opshost_runtime::store::StoreError;
 
 /// Why a jobs call was refused.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +56,7 @@ impl JobError {
             | Self::Invalid { .. }
             | Self::WrongState { .. } => ErrorCode::InvalidInput,
             Self::NotFound(_) => ErrorCode::JobNotFound,
+            Self::Store(error) if error.is_unavailable() => ErrorCode::Unavailable,
             Self::LeaseLost(_) | Self::Store(_) => ErrorCode::Internal,
         }
     }

@@ -96,6 +96,7 @@ impl ServerError {
             Self::Overloaded { .. } => ErrorCode::Overloaded,
             Self::HandlerNonTerminal { .. } => ErrorCode::HandlerNonTerminal,
             Self::Failed(_) => ErrorCode::HandlerFailed,
+            Self::Store(error) if error.is_unavailable() => ErrorCode::Unavailable,
             Self::Store(_) | Self::Codec(_) => ErrorCode::Internal,
         }
     }

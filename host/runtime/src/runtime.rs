@@ -470,9 +470,22 @@ impl OperationRuntime {
                 }
             },
         };
-        match self.fail(id, error).await {
-            Ok(_) | Err(ServerError::OperationTerminal { .. }) => {}
-            Err(error) => tracing::error!(%id, %error, "cannot record handler failure"),
+        // The failure must be recorded, or the operation would stay open with nothing running
+        // it: while the store is unavailable, try again with a growing pause.
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match self.fail(id, error.clone()).await {
+                Ok(_) | Err(ServerError::OperationTerminal { .. }) => return,
+                Err(ServerError::Store(store)) if store.is_unavailable() => {
+                    tracing::warn!(%id, error = %store, ?pause, "cannot record a handler's failure yet");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => {
+                    tracing::error!(%id, %error, "cannot record handler failure");
+                    return;
+                }
+            }
         }
     }
 
@@ -590,6 +603,12 @@ impl OperationRuntime {
         Ok(())
     }
 
+    /// How many operations have a doorbell held on this host (by a watch, a wait or a
+    /// running handler).
+    pub fn doorbells(&self) -> usize {
+        self.inner.store.doorbells()
+    }
+
     /// How many operations have a handler running on this host.
     pub fn active_handlers(&self) -> usize {
         lock(&self.inner.live).len()
@@ -621,11 +640,13 @@ impl OperationRuntime {
         self.accept_as(Owner::default(), operation, id, input).await
     }
 
-    /// Accepts operation `operation` for `owner` under `id` (a fresh ULID when `None`).
+    /// Accepts operation `operation` for `owner` under key `id` (a fresh ULID when `None`).
     ///
-    /// With `input`, it is validated against the input schema first. Accepting an existing id
-    /// with the same input and tenant returns the existing snapshot; otherwise it fails with
-    /// `OperationAlreadyExists`.
+    /// A key follows the rule of [`opshost_api::id`] and is scoped to the owner's tenant: the
+    /// operation's id is [`opshost_api::id::scoped_id`] of the two, so the same key in two
+    /// tenants makes two operations. With `input`, it is validated against the input schema
+    /// first. Accepting an existing key with the same input returns the existing snapshot;
+    /// otherwise it fails with `OperationAlreadyExists`.
     pub async fn accept_as(
         &self,
         owner: Owner,
@@ -638,12 +659,14 @@ impl OperationRuntime {
             self.check_size(input, &format!("input of {operation}"))?;
             check(&spec.input, input, &format!("input of {operation}"))?;
         }
-        let id = id.unwrap_or_else(|| ulid::Ulid::new().to_string());
-        if id.is_empty() || id.len() > 200 {
-            return Err(ServerError::invalid(
-                "operation id must be 1 to 200 characters long",
-            ));
-        }
+        let id = match id {
+            Some(key) => {
+                opshost_api::id::check_key(&key)
+                    .map_err(|error| ServerError::invalid(error.to_string()))?;
+                opshost_api::id::scoped_id(&owner.tenant, &key)
+            }
+            None => ulid::Ulid::new().to_string(),
+        };
         let snapshot = Snapshot::accepted(
             id.clone(),
             self.inner.service.clone(),
@@ -742,7 +765,7 @@ impl OperationRuntime {
             runtime: OperationRuntime,
             id: String,
             last: u64,
-            bell: tokio::sync::watch::Receiver<u64>,
+            bell: crate::store::Doorbell,
             pending: std::collections::VecDeque<OperationEvent>,
             done: bool,
             first: bool,
@@ -768,7 +791,7 @@ impl OperationRuntime {
                     w.done = event.snapshot().is_terminal();
                     return Some((Ok(event), w));
                 }
-                w.bell.borrow_and_update();
+                w.bell.mark_seen();
                 let events = match w.runtime.inner.store.events_after(&w.id, w.last).await {
                     Ok(events) => events,
                     Err(error) => {
@@ -783,6 +806,17 @@ impl OperationRuntime {
                     }
                     if w.closed {
                         return None;
+                    }
+                    // Resumed at or past the end: nothing more will come.
+                    match w.runtime.get(&w.id).await {
+                        Ok(snapshot) if snapshot.is_terminal() && snapshot.revision <= w.last => {
+                            return None;
+                        }
+                        Ok(_) => {}
+                        Err(error) => {
+                            w.done = true;
+                            return Some((Err(error), w));
+                        }
                     }
                     // A closed doorbell means the operation is terminal: read once more.
                     w.closed = w.bell.changed().await.is_err();
@@ -823,6 +857,19 @@ impl OperationRuntime {
             Ok(Some((EventKind::Progress, snapshot)))
         })
         .await
+    }
+
+    /// Bytes of JSON of every progress the operation recorded, over all its attempts.
+    pub async fn progress_bytes(&self, id: &str) -> Result<u64, ServerError> {
+        let mut count = ByteCount(0);
+        for event in self.inner.store.events_after(id, 0).await? {
+            if let (OperationEvent::Progress { .. }, Some(progress)) =
+                (&event, &event.snapshot().progress)
+            {
+                serde_json::to_writer(&mut count, progress)?;
+            }
+        }
+        Ok(u64::try_from(count.0).unwrap_or(u64::MAX))
     }
 
     /// Checks a progress payload as [`OperationRuntime::progress`] would, without recording

@@ -15,6 +15,8 @@
 //! deadline_ms = 86400000
 //! progress_per_second = 20
 //! max_payload_bytes = 1048576
+//! max_history_bytes = 16777216   # progress one operation records over its life
+//! max_events = 10000             # events in one operation's history
 //!
 //! [[handlers]]
 //! operation = "Orders.Process"

@@ -7,7 +7,7 @@
 //! sizes (a breach fails the run with `LimitExceeded`) and the progress rate (progress faster
 //! than it is coalesced: the latest is recorded when the rate allows).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use opshost_api::{ErrorCode, ErrorInfo};
@@ -23,11 +23,6 @@ use crate::bindings::worker::opshost::operation::job;
 use crate::clock::{Clock, SystemClock};
 use crate::faults::{Fault, Faults, Import};
 use crate::limits::{LimitBreach, Limits, StoreLimits};
-
-fn lock(gate: &Mutex<ProgressGate>) -> std::sync::MutexGuard<'_, ProgressGate> {
-    gate.lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
 
 /// What every store of a host shares: its clock, and the faults a test injects.
 #[derive(Clone)]
@@ -58,17 +53,33 @@ pub struct OperationState {
     job: Option<Job>,
     limits: StoreLimits,
     breach: Option<LimitBreach>,
-    progress: Arc<Mutex<ProgressGate>>,
+    progress: Arc<tokio::sync::Mutex<ProgressGate>>,
     env: RunEnv,
 }
 
-/// Progress recorded last (on the run's clock), and the latest one waiting for the rate to
-/// allow it.
+/// Progress recorded last (on the run's clock), the latest one waiting for the rate to allow
+/// it, and how many bytes of progress the operation recorded (read once, then counted).
 #[derive(Default)]
 struct ProgressGate {
     last: Option<Duration>,
-    pending: Option<serde_json::Value>,
+    pending: Option<(serde_json::Value, u64)>,
     scheduled: bool,
+    recorded: Option<u64>,
+}
+
+impl ProgressGate {
+    /// Records `value` (`bytes` of JSON) and counts it.
+    async fn record(
+        &mut self,
+        runtime: &OperationRuntime,
+        id: &str,
+        value: serde_json::Value,
+        bytes: u64,
+    ) -> Result<(), ServerError> {
+        runtime.progress(id, value).await?;
+        self.recorded = Some(self.recorded.unwrap_or(0) + bytes);
+        Ok(())
+    }
 }
 
 impl OperationState {
@@ -140,74 +151,102 @@ impl OperationState {
     /// Refuses a payload beyond the size limit. A handler's operation fails at once; a
     /// worker's attempt fails when it returns.
     async fn check_payload(&mut self, what: &str, text: &str) -> Result<(), ControlError> {
-        let Err(breach) = self.limits.limits().check_payload(what, text.len()) else {
-            return Ok(());
-        };
+        match self.limits.limits().check_payload(what, text.len()) {
+            Ok(()) => Ok(()),
+            Err(breach) => Err(self.breached(breach).await),
+        }
+    }
+
+    /// Records a breach: a handler's operation fails with it at once; a worker's attempt fails
+    /// when it returns. Returns the error the guest gets.
+    async fn breached(&mut self, breach: LimitBreach) -> ControlError {
         let message = breach.to_string();
         if self.job.is_none()
             && let Some(id) = &self.id
         {
             let error = breach.to_server_error().to_info();
             if let Err(failed) = self.runtime.fail(id, error).await {
-                tracing::debug!(%id, %failed, "cannot fail the operation for its payload");
+                tracing::debug!(%id, %failed, "cannot fail the operation for a limit");
             }
         }
         self.breach = Some(breach);
-        Err(ControlError::LimitExceeded(message))
+        ControlError::LimitExceeded(message)
     }
 
-    /// Records `value` now if the rate allows, else keeps it as the latest waiting one, to be
-    /// recorded by a timer once the interval since the last one has passed.
+    /// Checks `value` (`bytes` of JSON) against the schema and the operation's history
+    /// budget, then records it now if the rate allows, else keeps it as the latest waiting one,
+    /// to be recorded by a timer once the interval since the last one has passed. The gate
+    /// stays locked while a progress is written, so the timer and [`Self::flush_progress`]
+    /// never both write one, nor one after the other's terminal write.
     async fn gated_progress(
         &mut self,
         id: String,
         value: serde_json::Value,
+        bytes: u64,
     ) -> Result<(), ControlError> {
         let interval = self.limits.limits().progress_interval();
         let clock = Arc::clone(&self.env.clock);
         let now = clock.monotonic();
-        let due = {
-            let mut gate = lock(&self.progress);
-            let due = !gate.scheduled && gate.last.is_none_or(|last| now >= last + interval);
-            if due {
-                gate.last = Some(now);
-            }
-            due
-        };
-        if due {
-            return self
-                .runtime
-                .progress(&id, value)
-                .await
-                .map(drop)
-                .map_err(control_error);
-        }
-        self.runtime
+        let progress = Arc::clone(&self.progress);
+        let mut gate = progress.lock().await;
+        let current = self
+            .runtime
             .check_progress(&id, &value)
             .await
             .map_err(control_error)?;
-        let mut gate = lock(&self.progress);
-        gate.pending = Some(value);
+        let recorded = match gate.recorded {
+            Some(recorded) => recorded,
+            None if current.progress.is_none() => 0,
+            None => self
+                .runtime
+                .progress_bytes(&id)
+                .await
+                .map_err(control_error)?,
+        };
+        gate.recorded = Some(recorded);
+        let budget = self
+            .limits
+            .limits()
+            .check_history(recorded, bytes, current.revision);
+        if let Err(breach) = budget {
+            return Err(self.breached(breach).await);
+        }
+        if !gate.scheduled && gate.last.is_none_or(|last| now >= last + interval) {
+            gate.last = Some(now);
+            return gate
+                .record(&self.runtime, &id, value, bytes)
+                .await
+                .map_err(control_error);
+        }
+        gate.pending = Some((value, bytes));
         if !gate.scheduled {
             gate.scheduled = true;
             let at = gate.last.map_or(now, |last| last + interval);
             let (gate, runtime) = (Arc::clone(&self.progress), self.runtime.clone());
             tokio::spawn(async move {
                 clock.timer(at.saturating_sub(now)).await;
-                let pending = {
-                    let mut gate = lock(&gate);
-                    gate.scheduled = false;
-                    gate.last = Some(clock.monotonic());
-                    gate.pending.take()
-                };
-                if let Some(value) = pending
-                    && let Err(error) = runtime.progress(&id, value).await
+                let mut gate = gate.lock().await;
+                gate.scheduled = false;
+                gate.last = Some(clock.monotonic());
+                if let Some((value, bytes)) = gate.pending.take()
+                    && let Err(error) = gate.record(&runtime, &id, value, bytes).await
                 {
                     tracing::debug!(%id, %error, "coalesced progress not recorded");
                 }
             });
         }
         Ok(())
+    }
+
+    /// Records the progress still waiting for the rate, if any: called before the guest ends
+    /// its operation, so the terminal snapshot carries the last progress it reported.
+    async fn flush_progress(&mut self, id: &str) {
+        let mut gate = self.progress.lock().await;
+        if let Some((value, bytes)) = gate.pending.take()
+            && let Err(error) = gate.record(&self.runtime, id, value, bytes).await
+        {
+            tracing::debug!(%id, %error, "latest progress not recorded before the end");
+        }
     }
 
     fn id(&self) -> Result<String, ControlError> {
@@ -264,15 +303,18 @@ impl Host for OperationState {
         self.check_payload("progress", &payload).await?;
         let value = json(&payload, "progress")?;
         let id = self.id()?;
-        self.gated_progress(id, value).await
+        let bytes = u64::try_from(payload.len()).unwrap_or(u64::MAX);
+        self.gated_progress(id, value, bytes).await
     }
 
     async fn complete(&mut self, output: String) -> Result<(), ControlError> {
         self.fault(Import::Complete).await?;
         self.check_payload("output", &output).await?;
         let value = json(&output, "output")?;
+        let id = self.id()?;
+        self.flush_progress(&id).await;
         self.runtime
-            .complete(&self.id()?, value)
+            .complete(&id, value)
             .await
             .map(drop)
             .map_err(control_error)
@@ -292,8 +334,10 @@ impl Host for OperationState {
             message: failure.message,
             details,
         };
+        let id = self.id()?;
+        self.flush_progress(&id).await;
         self.runtime
-            .fail(&self.id()?, error)
+            .fail(&id, error)
             .await
             .map(drop)
             .map_err(control_error)
@@ -313,8 +357,10 @@ impl Host for OperationState {
     }
 
     async fn acknowledge_cancel(&mut self) -> Result<(), ControlError> {
+        let id = self.id()?;
+        self.flush_progress(&id).await;
         self.runtime
-            .cancelled(&self.id()?, "cancelled by caller")
+            .cancelled(&id, "cancelled by caller")
             .await
             .map(drop)
             .map_err(control_error)

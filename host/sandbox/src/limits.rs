@@ -5,8 +5,9 @@
 //! handler's or worker's `limits` table overrides them field by field ([`LimitsTable`]); the
 //! result is resolved once per component ([`Limits`]); each store gets its own accounting
 //! ([`StoreLimits`]): every linear memory counted against `memory_mb`, and CPU time counted in
-//! epoch ticks the guest spent running. Payload sizes and the progress rate are checked by the
-//! control imports; the wall-clock deadline by the task running the store.
+//! epoch ticks the guest spent running. Payload sizes, the progress rate and the operation's
+//! history budget are checked by the control imports; the wall-clock deadline by the task
+//! running the store.
 
 use std::time::Duration;
 
@@ -29,6 +30,10 @@ pub struct LimitsTable {
     pub progress_per_second: Option<u32>,
     /// Largest input, progress, output, signal or job payload, in bytes of JSON.
     pub max_payload_bytes: Option<usize>,
+    /// Progress one operation may record over its whole life, in bytes of JSON.
+    pub max_history_bytes: Option<u64>,
+    /// Events one operation's history may hold, its terminal event included.
+    pub max_events: Option<u64>,
 }
 
 /// The limits of one component's runs, every field resolved.
@@ -44,10 +49,15 @@ pub struct Limits {
     pub progress_per_second: u32,
     /// Largest payload, in bytes of JSON.
     pub max_payload_bytes: usize,
+    /// Progress one operation may record over its whole life, in bytes of JSON.
+    pub max_history_bytes: u64,
+    /// Events one operation's history may hold, its terminal event included.
+    pub max_events: u64,
 }
 
 impl Default for Limits {
-    /// 64 MiB, 30 s of CPU, a 24 h deadline, 20 progress events a second, 1 MiB payloads.
+    /// 64 MiB, 30 s of CPU, a 24 h deadline, 20 progress events a second, 1 MiB payloads, and
+    /// a history of at most 16 MiB of progress in 10,000 events.
     fn default() -> Self {
         Self {
             memory_bytes: 64 << 20,
@@ -55,6 +65,8 @@ impl Default for Limits {
             deadline: Duration::from_secs(24 * 3600),
             progress_per_second: 20,
             max_payload_bytes: 1 << 20,
+            max_history_bytes: 16 << 20,
+            max_events: 10_000,
         }
     }
 }
@@ -84,6 +96,14 @@ impl Limits {
                 .max_payload_bytes
                 .or(defaults.max_payload_bytes)
                 .unwrap_or(base.max_payload_bytes),
+            max_history_bytes: own
+                .max_history_bytes
+                .or(defaults.max_history_bytes)
+                .unwrap_or(base.max_history_bytes),
+            max_events: own
+                .max_events
+                .or(defaults.max_events)
+                .map_or(base.max_events, |events| events.max(3)),
         }
     }
 
@@ -99,6 +119,29 @@ impl Limits {
                 what: what.to_owned(),
                 bytes,
                 limit: self.max_payload_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a progress of `bytes` that would take the operation's history beyond its
+    /// budget: `recorded` bytes of progress so far, and its event at revision `revision + 1`,
+    /// with one event left for the terminal one.
+    pub fn check_history(
+        &self,
+        recorded: u64,
+        bytes: u64,
+        revision: u64,
+    ) -> Result<(), LimitBreach> {
+        if revision + 2 > self.max_events {
+            return Err(LimitBreach::Events {
+                limit: self.max_events,
+            });
+        }
+        if recorded + bytes > self.max_history_bytes {
+            return Err(LimitBreach::History {
+                bytes: recorded + bytes,
+                limit: self.max_history_bytes,
             });
         }
         Ok(())
@@ -152,6 +195,24 @@ pub enum LimitBreach {
         /// The limit.
         limit: usize,
     },
+    /// The operation's progress would exceed `max_history_bytes`.
+    #[error(
+        "the operation's progress would reach {bytes} bytes, beyond its history budget of {limit} bytes (limits.max_history_bytes)"
+    )]
+    History {
+        /// Progress bytes with the refused one.
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The operation's history would exceed `max_events`.
+    #[error(
+        "the operation's history would exceed {limit} events, its terminal event included (limits.max_events)"
+    )]
+    Events {
+        /// The limit.
+        limit: u64,
+    },
 }
 
 impl LimitBreach {
@@ -162,6 +223,8 @@ impl LimitBreach {
             Self::Cpu { .. } => "cpu_ms",
             Self::Deadline { .. } => "deadline_ms",
             Self::Payload { .. } => "max_payload_bytes",
+            Self::History { .. } => "max_history_bytes",
+            Self::Events { .. } => "max_events",
         }
     }
 

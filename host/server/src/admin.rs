@@ -25,6 +25,9 @@ pub(crate) fn routes() -> Router<AppState> {
 
 impl From<JobError> for ApiError {
     fn from(error: JobError) -> Self {
+        if let JobError::Store(store) = error {
+            return opshost_runtime::ServerError::Store(store).into();
+        }
         let status = match &error {
             JobError::NotFound(_) => StatusCode::NOT_FOUND,
             JobError::WrongState { .. } => StatusCode::CONFLICT,

@@ -10,6 +10,9 @@ use serde_json::{Value, json};
 
 use crate::auth::AuthError;
 
+/// When a caller may retry after the store was unavailable.
+const STORE_RETRY_AFTER: Duration = Duration::from_secs(2);
+
 /// An error answered to an HTTP caller.
 #[derive(Debug)]
 pub struct ApiError {
@@ -93,6 +96,7 @@ impl From<AuthError> for ApiError {
 impl From<ServerError> for ApiError {
     fn from(error: ServerError) -> Self {
         let status = match &error {
+            ServerError::Store(store) if store.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
             ServerError::OperationNotFound { .. } => StatusCode::NOT_FOUND,
             ServerError::OperationAlreadyExists { .. }
             | ServerError::OperationTerminal { .. }
@@ -105,11 +109,14 @@ impl From<ServerError> for ApiError {
             | ServerError::Store(_)
             | ServerError::Codec(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if status.is_server_error() {
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            tracing::warn!(%error, "request refused while the store is unavailable");
+        } else if status.is_server_error() {
             tracing::error!(%error, "request failed");
         }
         let retry_after = match &error {
             ServerError::Overloaded { retry_after, .. } => Some(*retry_after),
+            ServerError::Store(store) if store.is_unavailable() => Some(STORE_RETRY_AFTER),
             _ => None,
         };
         let mut info = error.to_info();

@@ -17,7 +17,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::{Stream, StreamExt};
+use opshost_api::id::url_segment;
 use opshost_api::{ErrorCode, OperationState, Snapshot};
+use opshost_contract::strict_json::{self, StrictJsonError};
 use opshost_contract::{Action, OperationSpec};
 use opshost_runtime::store::StoredOperation;
 use opshost_runtime::{ListFilter, OperationRuntime, Owner, ServerError};
@@ -207,14 +209,21 @@ async fn json_body(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<V
     let bytes = axum::body::to_bytes(body, limit)
         .await
         .map_err(|_| too_large())?;
-    serde_json::from_slice(&bytes).map_err(|error| {
-        ApiError::invalid(format!("request body is not valid JSON: {error}"))
-            .with_details(json!({ "line": error.line(), "column": error.column() }))
+    strict_json::parse_slice(&bytes).map_err(|error| match &error {
+        StrictJsonError::DuplicateKey { key, pointer } => ApiError::invalid(format!(
+            "request body repeats key `{key}` at `{pointer}`: each key may appear once"
+        ))
+        .with_details(json!({ "pointer": pointer, "key": key })),
+        StrictJsonError::Syntax(syntax) => {
+            ApiError::invalid(format!("request body is not valid JSON: {error}"))
+                .with_details(json!({ "line": syntax.line(), "column": syntax.column() }))
+        }
     })
 }
 
+/// The URL of operation `id`, percent-encoded whatever the id holds.
 fn location(id: &str) -> HeaderValue {
-    HeaderValue::from_str(&format!("/v1/operations/{id}"))
+    HeaderValue::from_str(&format!("/v1/operations/{}", url_segment(id)))
         .unwrap_or_else(|_| HeaderValue::from_static("/v1/operations"))
 }
 
@@ -323,7 +332,7 @@ async fn watch(
     Query(query): Query<WatchQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    shared.visible(&caller, &id, Action::Observe).await?;
+    let stored = shared.visible(&caller, &id, Action::Observe).await?;
     let last_event_id = match headers.get("last-event-id") {
         Some(value) => Some(
             value
@@ -335,17 +344,23 @@ async fn watch(
         None => None,
     };
     let after = last_event_id.or(query.after);
+    if stored.snapshot.is_terminal() && after.is_some_and(|after| after >= stored.snapshot.revision)
+    {
+        // Nothing will follow: 204 also tells an `EventSource` to stop reconnecting.
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
     let frames = Arc::clone(&shared);
-    let events = shared
-        .runtime
-        .watch(&id, after)
-        .map(move |event| match event {
+    let watching = shared.metrics.watching();
+    let events = shared.runtime.watch(&id, after).map(move |event| {
+        let _watching = &watching;
+        match event {
             Ok(event) => frames.frames.frame(&event),
             Err(error) => {
                 let error = ApiError::from(error);
                 crate::sse::error(&json!({ "error": error.info() }).to_string())
             }
-        });
+        }
+    });
     let body = Body::from_stream(with_keep_alive(events, shared.config.keep_alive()));
     Ok((
         [

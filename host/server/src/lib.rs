@@ -1,4 +1,4 @@
-//! The opshost HTTP API (SPEC §6): JSON routes under `/v1`, watch as Server-Sent Events,
+//! The opshost HTTP API: JSON routes under `/v1`, watch as Server-Sent Events,
 //! bearer JWT authentication with per-action capability checks, the contract, an OpenAPI 3.1
 //! document, health and Prometheus metrics; for operators, the jobs under `/v1/jobs`.
 //!
@@ -21,6 +21,7 @@
 
 mod admin;
 pub mod auth;
+mod connections;
 mod error;
 mod http;
 mod metrics;
@@ -58,6 +59,15 @@ pub struct ServerConfig {
     pub page_limit: usize,
     /// The capability the operator routes (`/v1/jobs`) require.
     pub admin_capability: String,
+    /// Connections open at once; further ones are answered 503 and closed.
+    pub max_connections: usize,
+    /// Connections open at once from one IP address (set it to `max_connections` behind a
+    /// proxy, whose address every connection shares).
+    pub max_connections_per_client: usize,
+    /// How long a connection may take to send a complete request head, counted from when it
+    /// opens or its previous response ends; so also how long an idle keep-alive connection is
+    /// kept. Responses being written (waits, watches) are not cut by it.
+    pub header_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -70,6 +80,9 @@ impl Default for ServerConfig {
             max_in_flight: 1024,
             page_limit: 100,
             admin_capability: "opshost.admin".into(),
+            max_connections: 16_384,
+            max_connections_per_client: 1_024,
+            header_timeout_ms: 10_000,
         }
     }
 }
@@ -113,28 +126,31 @@ impl HttpApi {
     /// The axum router, e.g. to nest in a service's own router. Must be called within a tokio
     /// runtime: it starts the task that feeds the metrics.
     pub fn into_router(self) -> axum::Router {
+        self.build().0
+    }
+
+    fn build(self) -> (axum::Router, Arc<Metrics>) {
         let metrics = Arc::new(Metrics::new());
         metrics.follow(&self.runtime);
-        http::router(Arc::new(http::Shared {
+        let router = http::router(Arc::new(http::Shared {
             in_flight: tokio::sync::Semaphore::new(self.config.max_in_flight.max(1)),
             runtime: self.runtime,
             jobs: self.jobs,
             auth: self.auth,
             config: self.config,
-            metrics,
+            metrics: Arc::clone(&metrics),
             frames: Default::default(),
-        }))
+        }));
+        (router, metrics)
     }
 
-    /// Serves on `listener` until the process ends. Responses are small and latency-bound, so
-    /// every connection disables Nagle's algorithm.
+    /// Serves on `listener` until the listener fails, under the connection limits of the
+    /// config: `max_connections` in all and `max_connections_per_client` from one address,
+    /// `header_timeout_ms` for a request head or an idle connection, and dead peers found by
+    /// TCP keep-alive.
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
-        use axum::serve::ListenerExt;
-        let listener = listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY");
-            }
-        });
-        axum::serve(listener, self.into_router()).await
+        let config = self.config.clone();
+        let (router, metrics) = self.build();
+        connections::serve(listener, router, &config, metrics.connections()).await
     }
 }

@@ -49,6 +49,9 @@ pub struct Metrics {
     accepted: Family<OperationLabels, Counter>,
     durations: HistogramFamily<StateLabels>,
     active: Gauge,
+    doorbells: Gauge,
+    watchers: Gauge,
+    connections: Gauge,
     requests: Family<RouteLabels, Counter>,
     request_durations: HistogramFamily<RouteLabels>,
 }
@@ -62,6 +65,9 @@ impl Metrics {
         let durations: HistogramFamily<StateLabels> =
             Family::new_with_constructor(latency_histogram);
         let active = Gauge::default();
+        let doorbells = Gauge::default();
+        let watchers = Gauge::default();
+        let connections = Gauge::default();
         let requests = Family::<RouteLabels, Counter>::default();
         let request_durations: HistogramFamily<RouteLabels> =
             Family::new_with_constructor(latency_histogram);
@@ -86,6 +92,21 @@ impl Metrics {
             active.clone(),
         );
         registry.register(
+            "doorbells",
+            "Operations with a doorbell held on this host (by a watch, a wait or a handler)",
+            doorbells.clone(),
+        );
+        registry.register(
+            "watchers",
+            "Server-Sent Events watch streams open on this host",
+            watchers.clone(),
+        );
+        registry.register(
+            "connections",
+            "HTTP connections open on this host (when it accepts them itself)",
+            connections.clone(),
+        );
+        registry.register(
             "http_requests",
             "HTTP requests by method, route and status",
             requests.clone(),
@@ -101,9 +122,23 @@ impl Metrics {
             accepted,
             durations,
             active,
+            doorbells,
+            watchers,
+            connections,
             requests,
             request_durations,
         }
+    }
+
+    /// The gauge of open connections.
+    pub(crate) fn connections(&self) -> Gauge {
+        self.connections.clone()
+    }
+
+    /// Counts one open watch stream until the guard is dropped with the stream.
+    pub(crate) fn watching(&self) -> Watching {
+        self.watchers.inc();
+        Watching(self.watchers.clone())
     }
 
     /// Follows the runtime's event feed until the runtime is dropped.
@@ -172,10 +207,21 @@ impl Metrics {
         }
         self.active
             .set(i64::try_from(runtime.active_handlers()).unwrap_or(i64::MAX));
+        self.doorbells
+            .set(i64::try_from(runtime.doorbells()).unwrap_or(i64::MAX));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .map_err(|e| e.to_string())?;
         Ok(text)
+    }
+}
+
+/// One open watch stream, counted in `opshost_watchers` while it lives.
+pub(crate) struct Watching(Gauge);
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -4,13 +4,13 @@
 //! on its own connection and rings its watchers of the operations named; a watcher then reads
 //! the store, so a notice only has to say *which* operations changed.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use futures::StreamExt;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, mpsc};
 use tokio_postgres::{AsyncMessage, NoTls};
 
 /// The channel every host notifies and listens on.
@@ -30,7 +30,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub(crate) struct Doorbells {
     /// Names this host in its notices, so that it skips its own.
     host: String,
-    bells: Mutex<HashMap<String, watch::Sender<u64>>>,
+    pub(crate) bells: opshost_runtime::store::Doorbells,
     /// Changed operations since the last notice, and whether each became terminal.
     unsent: Mutex<BTreeMap<String, bool>>,
     wake: Notify,
@@ -41,49 +41,18 @@ impl Doorbells {
     pub(crate) fn new(host: String) -> Self {
         Self {
             host,
-            bells: Mutex::default(),
+            bells: Default::default(),
             unsent: Mutex::default(),
             wake: Notify::new(),
         }
     }
 
-    /// A doorbell for operation `id`.
-    pub(crate) fn subscribe(&self, id: &str) -> watch::Receiver<u64> {
-        lock(&self.bells)
-            .entry(id.to_owned())
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe()
-    }
-
     /// After a commit that changed `id`: rings here, and queues the change for the others.
     pub(crate) fn changed(&self, id: &str, terminal: bool) {
-        self.ring(id, terminal);
+        self.bells.ring(id, terminal);
         *lock(&self.unsent).entry(id.to_owned()).or_default() |= terminal;
         self.wake.notify_one();
     }
-
-    /// Rings the watchers of `id` on this host; after a terminal change nothing rings again.
-    fn ring(&self, id: &str, terminal: bool) {
-        let mut bells = lock(&self.bells);
-        let Some(bell) = bells.get(id) else {
-            return;
-        };
-        bell_send(bell);
-        if bell.receiver_count() == 0 || terminal {
-            bells.remove(id);
-        }
-    }
-
-    /// Rings every watcher on this host (after notices may have been missed).
-    fn ring_all(&self) {
-        let mut bells = lock(&self.bells);
-        bells.retain(|_, bell| bell.receiver_count() > 0);
-        bells.values().for_each(bell_send);
-    }
-}
-
-fn bell_send(bell: &watch::Sender<u64>) {
-    bell.send_modify(|n| *n = n.wrapping_add(1));
 }
 
 /// Sends the queued changes, one notice per burst, until the store is dropped.
@@ -145,7 +114,7 @@ pub(crate) async fn listen(
                         Some(id) => (id, true),
                         None => (line, false),
                     };
-                    bells.ring(id, terminal);
+                    bells.bells.ring(id, terminal);
                 }
             }
             drop(client);
@@ -155,7 +124,7 @@ pub(crate) async fn listen(
         match subscribe_notices(&config).await {
             Ok(renewed) => {
                 listener = Some(renewed);
-                bells.ring_all();
+                bells.bells.ring_all();
             }
             Err(error) => tracing::warn!(%error, "cannot listen for the other hosts' notices"),
         }

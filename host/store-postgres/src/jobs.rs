@@ -16,20 +16,15 @@ use serde_json::Value;
 
 use crate::PostgresStore;
 
-fn failed(error: tokio_postgres::Error) -> JobStoreError {
-    JobStoreError(crate::describe(&error))
-}
-
-fn unavailable(error: deadpool_postgres::PoolError) -> JobStoreError {
-    JobStoreError(format!("postgres: no connection: {error}"))
-}
+use crate::{failed, unavailable};
 
 fn millis(at: DateTime<Utc>) -> i64 {
     at.timestamp_millis()
 }
 
 fn decode(text: &str) -> Result<JobRecord, JobStoreError> {
-    serde_json::from_str(text).map_err(|e| JobStoreError(format!("postgres: corrupt job: {e}")))
+    serde_json::from_str(text)
+        .map_err(|e| JobStoreError::corrupt("postgres: a job does not decode").caused_by(e))
 }
 
 /// The job `id`, its row locked until the transaction ends.
@@ -42,8 +37,8 @@ async fn locked(db: &impl GenericClient, id: &str) -> Result<Option<JobRecord>, 
 }
 
 async fn save(db: &impl GenericClient, job: &JobRecord) -> Result<(), JobStoreError> {
-    let record =
-        serde_json::to_string(job).map_err(|e| JobStoreError(format!("cannot encode: {e}")))?;
+    let record = serde_json::to_string(job)
+        .map_err(|e| JobStoreError::internal("cannot encode").caused_by(e))?;
     db.execute(
         "INSERT INTO jobs (id, queue, state, due_at, updated_ms, operation, record)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -106,7 +101,7 @@ impl PostgresStore {
 impl JobStore for PostgresStore {
     async fn enqueue(&self, job: JobRecord) -> Result<JobRecord, JobStoreError> {
         let record = serde_json::to_string(&job)
-            .map_err(|e| JobStoreError(format!("cannot encode: {e}")))?;
+            .map_err(|e| JobStoreError::internal("cannot encode").caused_by(e))?;
         let db = self.job_db().await?;
         let inserted = db
             .execute(
@@ -127,9 +122,9 @@ impl JobStore for PostgresStore {
         if inserted == 1 {
             return Ok(job);
         }
-        self.get(&job.id)
-            .await?
-            .ok_or_else(|| JobStoreError(format!("job `{}` vanished during enqueue", job.id)))
+        self.get(&job.id).await?.ok_or_else(|| {
+            JobStoreError::conflict(format!("job `{}` vanished during enqueue", job.id))
+        })
     }
 
     async fn lease(

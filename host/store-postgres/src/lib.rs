@@ -28,11 +28,10 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Object, Pool, RecyclingMethod};
 use opshost_api::{EventKind, OperationEvent, OperationState, Snapshot};
 use opshost_runtime::store::{
-    CreateOutcome, ListFilter, OperationStore, Owner, Page, SignalOutcome, SignalRecord,
+    CreateOutcome, Doorbell, ListFilter, OperationStore, Owner, Page, SignalOutcome, SignalRecord,
     StateCount, StoreError, StoredOperation, UpdateOutcome,
 };
 use serde_json::Value;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
@@ -136,10 +135,7 @@ impl PostgresStore {
     }
 
     async fn db(&self) -> Result<Object, StoreError> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| StoreError(format!("postgres: no connection: {e}")))
+        self.pool.get().await.map_err(unavailable)
     }
 }
 
@@ -175,8 +171,32 @@ async fn keep_alive(pool: Pool, host: String, lease: Duration) {
     }
 }
 
-fn failed(error: tokio_postgres::Error) -> StoreError {
-    StoreError(describe(&error))
+/// A PostgreSQL error as a store error of the right kind: a lost or refused connection, a
+/// server shutting down or short of resources, and a serialization failure are unavailable; an
+/// integrity violation is a conflict; damaged data is corrupt.
+pub(crate) fn failed(error: tokio_postgres::Error) -> StoreError {
+    let message = describe(&error);
+    let kind = match error.code().map(|code| code.code()) {
+        None => StoreError::unavailable(message),
+        Some(code)
+            if code.starts_with("08")
+                || code.starts_with("53")
+                || code.starts_with("57P")
+                || code == "40001"
+                || code == "40P01" =>
+        {
+            StoreError::unavailable(message)
+        }
+        Some(code) if code.starts_with("23") => StoreError::conflict(message),
+        Some("XX001" | "XX002") => StoreError::corrupt(message),
+        Some(_) => StoreError::internal(message),
+    };
+    kind.caused_by(error)
+}
+
+/// No connection could be had from the pool: the database is down or unreachable.
+pub(crate) fn unavailable(error: deadpool_postgres::PoolError) -> StoreError {
+    StoreError::unavailable(format!("postgres: no connection: {error}")).caused_by(error)
 }
 
 /// `sql`, prepared once per connection (planning every call would cost more than running it).
@@ -196,11 +216,12 @@ pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
 }
 
 fn json(value: &impl serde::Serialize) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError(format!("cannot encode: {e}")))
+    serde_json::to_string(value).map_err(|e| StoreError::internal("cannot encode").caused_by(e))
 }
 
 fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text).map_err(|e| StoreError(format!("postgres: corrupt row: {e}")))
+    serde_json::from_str(text)
+        .map_err(|e| StoreError::corrupt("postgres: a row does not decode").caused_by(e))
 }
 
 fn state(text: &str) -> Result<OperationState, StoreError> {
@@ -340,7 +361,7 @@ impl OperationStore for PostgresStore {
         if moved == 0 {
             return match current(&tx, &next.id).await? {
                 Some(current) => Ok(UpdateOutcome::Conflict(current)),
-                None => Err(StoreError(format!(
+                None => Err(StoreError::conflict(format!(
                     "update of unknown operation `{}`",
                     next.id
                 ))),
@@ -369,8 +390,9 @@ impl OperationStore for PostgresStore {
         rows.iter()
             .map(|row| {
                 let kind: &str = row.get(0);
-                let kind = EventKind::from_name(kind)
-                    .ok_or_else(|| StoreError(format!("postgres: unknown event kind `{kind}`")))?;
+                let kind = EventKind::from_name(kind).ok_or_else(|| {
+                    StoreError::corrupt(format!("postgres: unknown event kind `{kind}`"))
+                })?;
                 Ok(OperationEvent::new(kind, decode(row.get(1))?))
             })
             .collect()
@@ -394,7 +416,9 @@ impl OperationStore for PostgresStore {
             .await
             .map_err(failed)?;
         let Some(row) = row else {
-            return Err(StoreError(format!("signal to unknown operation `{id}`")));
+            return Err(StoreError::conflict(format!(
+                "signal to unknown operation `{id}`"
+            )));
         };
         let current = state(row.get(0))?;
         if current.is_terminal() {
@@ -576,7 +600,11 @@ impl OperationStore for PostgresStore {
         Ok(())
     }
 
-    fn subscribe(&self, id: &str) -> watch::Receiver<u64> {
-        self.bells.subscribe(id)
+    fn subscribe(&self, id: &str) -> Doorbell {
+        self.bells.bells.subscribe(id)
+    }
+
+    fn doorbells(&self) -> usize {
+        self.bells.bells.len()
     }
 }

@@ -206,19 +206,11 @@ pub(crate) fn apply(db: &Connection, write: &JobWrite) -> rusqlite::Result<JobWr
     })
 }
 
-fn failed(error: impl std::fmt::Display) -> JobStoreError {
-    JobStoreError(format!("sqlite: {error}"))
-}
-
 impl SqliteStore {
     async fn job_write(&self, write: JobWrite) -> Result<JobWritten, JobStoreError> {
-        match self
-            .write(Write::Job(write))
-            .await
-            .map_err(|e| JobStoreError(e.0))?
-        {
+        match self.write(Write::Job(write)).await? {
             Written::Job(written) => Ok(written),
-            other => Err(JobStoreError(format!(
+            other => Err(JobStoreError::internal(format!(
                 "store writer answered out of turn: {other:?}"
             ))),
         }
@@ -227,14 +219,18 @@ impl SqliteStore {
     async fn job_record(&self, write: JobWrite) -> Result<Option<JobRecord>, JobStoreError> {
         match self.job_write(write).await? {
             JobWritten::Record(record) => Ok(record),
-            other => Err(JobStoreError(format!("unexpected answer {other:?}"))),
+            other => Err(JobStoreError::internal(format!(
+                "unexpected answer {other:?}"
+            ))),
         }
     }
 
     async fn job_beat(&self, write: JobWrite) -> Result<Heartbeat, JobStoreError> {
         match self.job_write(write).await? {
             JobWritten::Beat(beat) => Ok(beat),
-            other => Err(JobStoreError(format!("unexpected answer {other:?}"))),
+            other => Err(JobStoreError::internal(format!(
+                "unexpected answer {other:?}"
+            ))),
         }
     }
 }
@@ -244,7 +240,7 @@ impl JobStore for SqliteStore {
     async fn enqueue(&self, job: JobRecord) -> Result<JobRecord, JobStoreError> {
         self.job_record(JobWrite::Enqueue(job))
             .await?
-            .ok_or_else(|| JobStoreError("enqueue stored nothing".into()))
+            .ok_or_else(|| JobStoreError::internal("enqueue stored nothing"))
     }
 
     async fn lease(
@@ -310,7 +306,9 @@ impl JobStore for SqliteStore {
         let id = id.to_owned();
         match self.job_write(JobWrite::Cancel { id, now }).await? {
             JobWritten::Cancel(outcome) => Ok(outcome),
-            other => Err(JobStoreError(format!("unexpected answer {other:?}"))),
+            other => Err(JobStoreError::internal(format!(
+                "unexpected answer {other:?}"
+            ))),
         }
     }
 
@@ -326,13 +324,15 @@ impl JobStore for SqliteStore {
     async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64, JobStoreError> {
         match self.job_write(JobWrite::Purge(cutoff)).await? {
             JobWritten::Purged(count) => Ok(count),
-            other => Err(JobStoreError(format!("unexpected answer {other:?}"))),
+            other => Err(JobStoreError::internal(format!(
+                "unexpected answer {other:?}"
+            ))),
         }
     }
 
     async fn get(&self, id: &str) -> Result<Option<JobRecord>, JobStoreError> {
         let id = id.to_owned();
-        self.read(move |db| load(db, &id)).await.map_err(failed)
+        self.read(move |db| load(db, &id)).await
     }
 
     async fn list(&self, filter: &JobFilter) -> Result<JobPage, JobStoreError> {
@@ -356,8 +356,7 @@ impl JobStore for SqliteStore {
                 )?;
                 rows.map(|text| crate::decode(&text?)).collect()
             })
-            .await
-            .map_err(failed)?;
+            .await?;
         Ok(page(items, limit))
     }
 
@@ -376,7 +375,6 @@ impl JobStore for SqliteStore {
             }
         })
         .await
-        .map_err(failed)
     }
 
     async fn next_due(&self, queue: &str) -> Result<Option<DateTime<Utc>>, JobStoreError> {
@@ -388,8 +386,7 @@ impl JobStore for SqliteStore {
                 )?
                 .query_row(params![queue], |row| row.get(0))
             })
-            .await
-            .map_err(failed)?;
+            .await?;
         Ok(at.and_then(|ms| Utc.timestamp_millis_opt(ms).single()))
     }
 }

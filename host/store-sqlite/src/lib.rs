@@ -36,12 +36,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use opshost_api::{EventKind, OperationEvent, OperationState, Snapshot};
 use opshost_runtime::store::{
-    CreateOutcome, ListFilter, OperationStore, Owner, Page, SignalOutcome, SignalRecord,
-    StateCount, StoreError, StoredOperation, UpdateOutcome,
+    CreateOutcome, Doorbell, Doorbells, ListFilter, OperationStore, Owner, Page, SignalOutcome,
+    SignalRecord, StateCount, StoreError, StoredOperation, UpdateOutcome,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde_json::Value;
-use tokio::sync::watch;
 
 use crate::checkpoint::Checkpointer;
 use crate::writer::{Write, Writer, Written};
@@ -80,7 +79,7 @@ pub struct SqliteStore {
 #[derive(Default)]
 pub(crate) struct Shared {
     /// Doorbells by operation id.
-    pub(crate) bells: Mutex<HashMap<String, watch::Sender<u64>>>,
+    pub(crate) bells: Doorbells,
     /// Operations as last committed: every unfinished one, and the latest finished ones.
     pub(crate) cache: Mutex<Cache>,
 }
@@ -213,7 +212,7 @@ impl SqliteStore {
             (connection, result)
         })
         .await
-        .map_err(|e| StoreError(format!("store reader stopped: {e}")))?;
+        .map_err(|e| StoreError::internal("the store reader stopped").caused_by(e))?;
         lock(&self.readers).push(connection);
         result.map_err(failed)
     }
@@ -229,8 +228,31 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn failed(error: rusqlite::Error) -> StoreError {
-    StoreError(format!("sqlite: {error}"))
+/// An SQLite error as a store error of the right kind: busy, locked, full or failing I/O is
+/// unavailable; a broken constraint is a conflict; a damaged file or an undecodable row is
+/// corrupt.
+pub(crate) fn failed(error: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode as Code;
+    let message = format!("sqlite: {error}");
+    let kind = match &error {
+        rusqlite::Error::SqliteFailure(failure, _) => match failure.code {
+            Code::DatabaseBusy
+            | Code::DatabaseLocked
+            | Code::DiskFull
+            | Code::SystemIoFailure
+            | Code::CannotOpen
+            | Code::OutOfMemory
+            | Code::ReadOnly => StoreError::unavailable(message),
+            Code::ConstraintViolation => StoreError::conflict(message),
+            Code::DatabaseCorrupt | Code::NotADatabase => StoreError::corrupt(message),
+            _ => StoreError::internal(message),
+        },
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..) => StoreError::corrupt(message),
+        _ => StoreError::internal(message),
+    };
+    kind.caused_by(error)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(text: &str) -> rusqlite::Result<T> {
@@ -437,14 +459,15 @@ impl OperationStore for SqliteStore {
         }
     }
 
-    fn subscribe(&self, id: &str) -> watch::Receiver<u64> {
-        lock(&self.shared.bells)
-            .entry(id.to_owned())
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe()
+    fn subscribe(&self, id: &str) -> Doorbell {
+        self.shared.bells.subscribe(id)
+    }
+
+    fn doorbells(&self) -> usize {
+        self.shared.bells.len()
     }
 }
 
 fn unexpected(written: Written) -> StoreError {
-    StoreError(format!("store writer answered out of turn: {written:?}"))
+    StoreError::internal(format!("store writer answered out of turn: {written:?}"))
 }

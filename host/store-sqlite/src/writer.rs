@@ -12,7 +12,6 @@
 //! handler's `started` or `progress` costs no sync. Should a sync fail, every later write is
 //! refused: the store is poisoned.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::{Arc, mpsc};
@@ -20,11 +19,12 @@ use std::sync::{Arc, mpsc};
 use chrono::{DateTime, SecondsFormat, Utc};
 use opshost_api::{EventKind, OperationState, Snapshot};
 use opshost_runtime::store::{
-    CreateOutcome, SignalOutcome, StoreError, StoredOperation, UpdateOutcome, must_be_durable,
+    CreateOutcome, Doorbells, SignalOutcome, StoreError, StoredOperation, UpdateOutcome,
+    must_be_durable,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde_json::Value;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 use crate::jobs::{self, JobWrite, JobWritten};
 use crate::{Cache, SELECT_STORED, Shared, decode, lock, stored_from_row};
@@ -137,10 +137,10 @@ impl Writer {
         let (reply, answer) = oneshot::channel();
         self.jobs
             .send((write, reply))
-            .map_err(|_| StoreError("the SQLite writer has stopped".into()))?;
+            .map_err(|_| StoreError::unavailable("the SQLite writer has stopped"))?;
         answer
             .await
-            .map_err(|_| StoreError("the SQLite writer has stopped".into()))?
+            .map_err(|_| StoreError::unavailable("the SQLite writer has stopped"))?
     }
 }
 
@@ -204,22 +204,22 @@ fn sync(to_sync: mpsc::Receiver<Committed>, wal: PathBuf, shared: Arc<Shared>) {
         }
         let answers: Vec<(Result<Written, StoreError>, Reply)> = {
             let mut cache = lock(&shared.cache);
-            let mut bells = lock(&shared.bells);
+            let bells = &shared.bells;
             batches
                 .into_iter()
                 .flatten()
                 .filter_map(|pending| match (pending, &poisoned) {
                     (Pending::Answered(_), Some(_)) => None,
                     (Pending::Answered(ring), None) => {
-                        publish(&mut cache, &mut bells, *ring);
+                        publish(&mut cache, bells, *ring);
                         None
                     }
                     (Pending::Waiting(_, reply), Some(reason)) => {
-                        Some((Err(StoreError(reason.clone())), reply))
+                        Some((Err(StoreError::unavailable(reason.clone())), reply))
                     }
                     (Pending::Waiting(outcome, reply), None) => Some((
                         (*outcome).map(|(written, ring)| {
-                            publish(&mut cache, &mut bells, ring);
+                            publish(&mut cache, bells, ring);
                             written
                         }),
                         reply,
@@ -244,7 +244,7 @@ fn sync_wal(file: &mut Option<File>, wal: &PathBuf) -> std::io::Result<()> {
 }
 
 /// Makes a committed write visible: the cache first, then the doorbell.
-fn publish(cache: &mut Cache, bells: &mut HashMap<String, watch::Sender<u64>>, ring: Ring) {
+fn publish(cache: &mut Cache, bells: &Doorbells, ring: Ring) {
     let (id, terminal) = match ring {
         Ring::None => return,
         Ring::Purged(cutoff) => {
@@ -264,17 +264,8 @@ fn publish(cache: &mut Cache, bells: &mut HashMap<String, watch::Sender<u64>>, r
         }
         Ring::Signalled(id) => (id, false),
     };
-    if let Some(bell) = bells.get(&id) {
-        if bell.receiver_count() == 0 {
-            bells.remove(&id);
-        } else {
-            bell.send_modify(|n| *n += 1);
-        }
-    }
-    if terminal {
-        // Receivers see the sender close: nothing rings after a terminal event.
-        bells.remove(&id);
-    }
+    // A terminal write closes the doorbell: nothing rings after a terminal event.
+    bells.ring(&id, terminal);
 }
 
 type Outcome = Result<(Written, Ring), StoreError>;
@@ -293,10 +284,7 @@ fn commit(db: &mut Connection, writes: Vec<Write>) -> Vec<Outcome> {
 }
 
 fn all_failed(writes: &[Write], error: StoreError) -> Vec<Outcome> {
-    writes
-        .iter()
-        .map(|_| Err(StoreError(error.0.clone())))
-        .collect()
+    writes.iter().map(|_| Err(error.clone())).collect()
 }
 
 /// One transaction over `writes`; with `isolated`, each write in its own savepoint. Without,
@@ -308,7 +296,7 @@ fn commit_batch(
 ) -> Result<Vec<Outcome>, StoreError> {
     let mut tx = db
         .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(|e| StoreError(format!("sqlite: cannot begin: {e}")))?;
+        .map_err(sql)?;
     let mut outcomes = Vec::with_capacity(writes.len());
     for write in writes {
         let outcome = if isolated {
@@ -323,8 +311,7 @@ fn commit_batch(
         }
         outcomes.push(outcome);
     }
-    tx.commit()
-        .map_err(|e| StoreError(format!("sqlite: commit failed: {e}")))?;
+    tx.commit().map_err(sql)?;
     Ok(outcomes)
 }
 
@@ -340,12 +327,10 @@ fn timestamp(at: DateTime<Utc>) -> String {
 }
 
 fn json(value: &impl serde::Serialize) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError(format!("cannot encode: {e}")))
+    serde_json::to_string(value).map_err(|e| StoreError::internal("cannot encode").caused_by(e))
 }
 
-fn sql(error: rusqlite::Error) -> StoreError {
-    StoreError(format!("sqlite: {error}"))
-}
+use crate::failed as sql;
 
 fn apply(db: &Connection, write: &Write) -> Outcome {
     match write {
@@ -476,7 +461,7 @@ fn update(db: &Connection, next: &Snapshot, kind: EventKind, text: &str) -> Outc
             })
             .map_err(sql)?;
         let Some(current) = current else {
-            return Err(StoreError(format!(
+            return Err(StoreError::conflict(format!(
                 "update of unknown operation `{}`",
                 next.id
             )));
@@ -500,7 +485,9 @@ fn signal(db: &Connection, id: &str, name: &str, payload: &Value) -> Outcome {
         .and_then(|mut select| select.query_row(params![id], |row| row.get(0)).optional())
         .map_err(sql)?;
     let Some(state) = state else {
-        return Err(StoreError(format!("signal to unknown operation `{id}`")));
+        return Err(StoreError::conflict(format!(
+            "signal to unknown operation `{id}`"
+        )));
     };
     let state: OperationState = decode(&format!("\"{state}\"")).map_err(sql)?;
     if state.is_terminal() {

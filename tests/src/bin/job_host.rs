@@ -27,7 +27,12 @@ async fn main() -> anyhow::Result<()> {
         let marker = marker.clone();
         async move {
             let control = job.control::<TestingScenario>().await?;
-            control.progress(ScenarioProgress { percent: 50 }).await?;
+            control
+                .progress(ScenarioProgress {
+                    percent: 50,
+                    padding: None,
+                })
+                .await?;
             std::fs::write(&marker, job.id()).map_err(|e| WorkerError::new(e.to_string()))?;
             std::future::pending::<Result<Value, WorkerError>>().await
         }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use opshost_api::{ErrorCode, ErrorInfo, EventKind, OperationState, Snapshot};
 use opshost_sandbox::{DeploymentConfig, LimitsTable, SandboxError, WasmHost};
-use opshost_tests::{guest, load, start_scenario, testing_deployment, wait_terminal};
+use opshost_tests::{guest, load, run_scenario, start_scenario, testing_deployment, wait_terminal};
 use serde_json::{Value, json};
 
 const GRACE: Duration = Duration::from_millis(300);
@@ -22,6 +22,7 @@ fn hostile_deployment() -> DeploymentConfig {
         deadline_ms: None,
         progress_per_second: Some(10),
         max_payload_bytes: Some(64 << 10),
+        ..LimitsTable::default()
     };
     config
 }
@@ -127,6 +128,99 @@ async fn a_progress_flood_is_coalesced_to_the_rate_limit() {
         (1..=allowed).contains(&recorded),
         "{recorded} progress events recorded in {elapsed:?}; at most {allowed} allowed"
     );
+}
+
+#[tokio::test]
+async fn a_burst_of_progress_ends_with_the_last_one_reported_before_the_terminal_event() {
+    let host = load(&hostile_deployment());
+    let terminal = run_scenario(&host, json!({ "scenario": "progress-flood", "count": 3 })).await;
+    assert_eq!(terminal.state, OperationState::Completed, "{terminal:?}");
+    assert_eq!(terminal.progress, Some(json!({ "percent": 100 })));
+    let events: Vec<_> = host
+        .runtime()
+        .watch(&terminal.id, Some(0))
+        .map(|event| event.unwrap())
+        .collect()
+        .await;
+    let kinds: Vec<EventKind> = events.iter().map(|event| event.kind()).collect();
+    let last_progress = events
+        .iter()
+        .rev()
+        .find(|event| event.kind() == EventKind::Progress)
+        .expect("a progress event");
+    assert_eq!(
+        last_progress.snapshot().progress,
+        Some(json!({ "percent": 100 })),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        &kinds[kinds.len() - 2..],
+        [EventKind::Progress, EventKind::Completed],
+        "the latest progress is recorded just before the end"
+    );
+}
+
+/// The hostile deployment with a history budget of `bytes` of progress in `events` events.
+fn budgeted(bytes: u64, events: u64) -> WasmHost {
+    let mut config = hostile_deployment();
+    config.limits.max_history_bytes = Some(bytes);
+    config.limits.max_events = Some(events);
+    load(&config)
+}
+
+/// The history of operation `id`, whose revisions must run 1, 2, ... without a gap.
+async fn history(host: &WasmHost, id: &str) -> Vec<EventKind> {
+    let events: Vec<_> = host
+        .runtime()
+        .watch(id, Some(0))
+        .map(|event| event.unwrap())
+        .collect()
+        .await;
+    let revisions: Vec<u64> = events.iter().map(|e| e.snapshot().revision).collect();
+    assert_eq!(revisions, (1..=events.len() as u64).collect::<Vec<_>>());
+    events.iter().map(|event| event.kind()).collect()
+}
+
+#[tokio::test]
+async fn a_guest_hoarding_progress_fails_naming_max_history_bytes_and_spares_the_others() {
+    let host = budgeted(200_000, 10_000);
+    let terminal = beside_a_healthy_operation(
+        &host,
+        json!({ "scenario": "progress-hoard", "count": 1000, "bytes": 60_000 }),
+    )
+    .await;
+    assert_eq!(terminal.state, OperationState::Failed, "{terminal:?}");
+    let error = terminal.error.expect("an error");
+    assert_eq!(error.code, ErrorCode::LimitExceeded);
+    assert!(
+        error.message.contains("limits.max_history_bytes"),
+        "{}",
+        error.message
+    );
+    let kinds = history(&host, &terminal.id).await;
+    let progress = kinds.iter().filter(|k| **k == EventKind::Progress).count();
+    assert_eq!(progress, 3, "three 60 kB progress fit in 200 kB: {kinds:?}");
+    assert_eq!(kinds.last(), Some(&EventKind::Failed));
+}
+
+#[tokio::test]
+async fn a_guest_reporting_progress_past_max_events_fails_naming_it() {
+    let host = budgeted(16 << 20, 12);
+    let terminal = beside_a_healthy_operation(
+        &host,
+        json!({ "scenario": "progress-hoard", "count": 1000, "bytes": 10 }),
+    )
+    .await;
+    let error = terminal.error.expect("an error");
+    assert_eq!(error.code, ErrorCode::LimitExceeded, "{error:?}");
+    assert!(
+        error.message.contains("limits.max_events"),
+        "{}",
+        error.message
+    );
+    let kinds = history(&host, &terminal.id).await;
+    assert_eq!(kinds.len(), 12, "the terminal event is the 12th: {kinds:?}");
+    assert_eq!(kinds.last(), Some(&EventKind::Failed));
 }
 
 #[tokio::test]

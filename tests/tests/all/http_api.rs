@@ -254,7 +254,10 @@ async fn the_same_idempotency_key_and_body_return_the_same_operation() {
     let again = send(order("ord_42")).await.unwrap();
     assert!(again.status().is_success());
     let again: Value = again.json().await.unwrap();
-    assert_eq!(first["id"], "checkout-42");
+    assert_eq!(
+        first["id"], "checkout-42@acme",
+        "the key, scoped to the tenant"
+    );
     assert_eq!(again["id"], first["id"]);
     assert_eq!(again["createdAt"], first["createdAt"]);
 

@@ -145,7 +145,7 @@ async fn the_same_idempotency_key_gives_back_the_same_operation() {
         .start_with(request("ord_idem"), &options)
         .await
         .unwrap();
-    assert_eq!(first.id(), "order-ord_idem");
+    assert_eq!(first.id(), "order-ord_idem@acme");
     assert_eq!(second.id(), first.id());
     let error = operations
         .start_with(request("ord_other"), &options)

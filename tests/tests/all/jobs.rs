@@ -1,4 +1,4 @@
-//! Jobs (SPEC §5) with native workers: retries with backoff then `dead`, payload checks,
+//! Jobs with native workers: retries with backoff then `dead`, payload checks,
 //! restarts on SQLite, and operations whose terminal path a job owns (hand-off, cancel,
 //! death, redelivery after the end).
 
@@ -26,7 +26,11 @@ async fn a_worker_gets_its_payload_reports_progress_and_returns_the_result() {
     let (_runtime, jobs) = host(dir.path());
     jobs.worker("testing.work", 2, |job| async move {
         let n = job.payload_json()["n"].as_i64().unwrap_or_default();
-        job.progress(ScenarioProgress { percent: 50 }).await?;
+        job.progress(ScenarioProgress {
+            percent: 50,
+            padding: None,
+        })
+        .await?;
         Ok::<_, WorkerError>(json!({ "text": format!("done {n}") }))
     })
     .unwrap();
@@ -226,13 +230,23 @@ fn owned_worker(jobs: &Jobs, calls: Arc<Mutex<u32>>) {
                     job.attempt()
                 ))),
                 Some("await-cancel") => {
-                    control.progress(ScenarioProgress { percent: 20 }).await?;
+                    control
+                        .progress(ScenarioProgress {
+                            percent: 20,
+                            padding: None,
+                        })
+                        .await?;
                     job.cancelled().await;
                     control.acknowledge_cancel().await?;
                     Err(WorkerError::new("stopped on request"))
                 }
                 _ => {
-                    control.progress(ScenarioProgress { percent: 90 }).await?;
+                    control
+                        .progress(ScenarioProgress {
+                            percent: 90,
+                            padding: None,
+                        })
+                        .await?;
                     control
                         .complete(ScenarioResult {
                             note: format!("completed by job {}", job.id()),
@@ -329,11 +343,12 @@ async fn a_dead_job_fails_its_operation_with_the_jobs_last_error() {
 async fn a_job_whose_operation_already_ended_is_done_without_running_its_worker() {
     let dir = tempfile::tempdir().unwrap();
     let (runtime, jobs) = host(dir.path());
-    let id = "ended-op".to_owned();
-    runtime
-        .accept_as(owner(), "Testing.Scenario", Some(id.clone()), None)
+    let id = runtime
+        .accept_as(owner(), "Testing.Scenario", Some("ended-op".into()), None)
         .await
-        .unwrap();
+        .unwrap()
+        .snapshot
+        .id;
     runtime
         .complete(&id, json!({ "note": "finished elsewhere" }))
         .await
@@ -451,11 +466,17 @@ fn a_job_whose_worker_vanished_is_redelivered_once_its_lease_runs_out() {
 async fn a_hand_off_to_an_unknown_queue_or_with_a_bad_payload_is_refused_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (runtime, jobs) = host(dir.path());
-    let id = "refused-hand-off".to_owned();
-    runtime
-        .accept_as(owner(), "Testing.Scenario", Some(id.clone()), None)
+    let id = runtime
+        .accept_as(
+            owner(),
+            "Testing.Scenario",
+            Some("refused-hand-off".into()),
+            None,
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .snapshot
+        .id;
     let unknown = runtime
         .hand_off(&id, "no.such.queue", json!({ "behaviour": "complete" }))
         .await

@@ -147,3 +147,48 @@ async fn the_operations_of_a_dead_host_are_taken_over_by_a_live_one() {
     }
     assert!(kinds.contains(&EventKind::Restarted), "{kinds:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_in_two_tenants_through_two_hosts_makes_two_operations() {
+    let (a, b) = two_hosts().await;
+    let owner = |tenant: &str| opshost_runtime::Owner {
+        tenant: tenant.into(),
+        subject: "alice".into(),
+    };
+    let input = json!({ "scenario": "complete" });
+    let on_a = a
+        .runtime()
+        .start(
+            owner("acme"),
+            "Testing.Scenario",
+            Some("k-1".into()),
+            input.clone(),
+        )
+        .await
+        .expect("acme's start");
+    let on_b = b
+        .runtime()
+        .start(
+            owner("globex"),
+            "Testing.Scenario",
+            Some("k-1".into()),
+            input,
+        )
+        .await
+        .expect("globex's start: no conflict with acme's key");
+    assert!(on_a.created && on_b.created);
+    assert_eq!(on_a.snapshot.id, "k-1@acme");
+    assert_eq!(on_b.snapshot.id, "k-1@globex");
+    for id in [&on_a.snapshot.id, &on_b.snapshot.id] {
+        let done = wait_terminal(&b, id).await;
+        assert_eq!(done.state, OperationState::Completed, "{done:?}");
+    }
+    assert_eq!(
+        b.runtime().load("k-1@acme").await.unwrap().owner.tenant,
+        "acme"
+    );
+    assert_eq!(
+        a.runtime().load("k-1@globex").await.unwrap().owner.tenant,
+        "globex"
+    );
+}

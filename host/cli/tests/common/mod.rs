@@ -60,8 +60,13 @@ pub fn serve_on(config: &Path, store: &[&std::ffi::OsStr], listen: &str) -> (Chi
 
 /// A token minted by `opshost token` for tenant `acme` with `scopes`.
 pub fn token(scopes: &[&str]) -> String {
+    token_for("acme", scopes)
+}
+
+/// A token minted by `opshost token` for `tenant` with `scopes`.
+pub fn token_for(tenant: &str, scopes: &[&str]) -> String {
     let mut command = opshost();
-    command.args(["token", "--sub", "cli", "--tenant", "acme"]);
+    command.args(["token", "--sub", "cli", "--tenant", tenant]);
     for scope in scopes {
         command.args(["--scope", scope]);
     }

@@ -1,17 +1,16 @@
 //! The in-memory store: every operation's event log and signals in one mutex-guarded map.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use opshost_api::{EventKind, OperationEvent, Snapshot};
 use serde_json::Value;
-use tokio::sync::watch;
 
 use super::{
-    CreateOutcome, ListFilter, OperationStore, Owner, Page, SignalOutcome, SignalRecord,
-    StateCount, StoreError, StoredOperation, UpdateOutcome,
+    CreateOutcome, Doorbell, Doorbells, ListFilter, OperationStore, Owner, Page, SignalOutcome,
+    SignalRecord, StateCount, StoreError, StoredOperation, UpdateOutcome,
 };
 
 struct Entry {
@@ -39,25 +38,13 @@ impl Entry {
 #[derive(Default)]
 struct State {
     entries: BTreeMap<String, Entry>,
-    bells: HashMap<String, watch::Sender<u64>>,
-}
-
-impl State {
-    fn ring(&mut self, id: &str) {
-        if let Some(bell) = self.bells.get(id) {
-            if bell.receiver_count() == 0 {
-                self.bells.remove(id);
-            } else {
-                bell.send_modify(|n| *n += 1);
-            }
-        }
-    }
 }
 
 /// A store that keeps everything in process memory; for tests and embedding.
 #[derive(Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    bells: Doorbells,
 }
 
 impl MemoryStore {
@@ -69,7 +56,7 @@ impl MemoryStore {
     fn lock(&self) -> Result<std::sync::MutexGuard<'_, State>, StoreError> {
         self.state
             .lock()
-            .map_err(|_| StoreError("memory store lock poisoned".into()))
+            .map_err(|_| StoreError::corrupt("memory store lock poisoned"))
     }
 }
 
@@ -95,7 +82,7 @@ impl OperationStore for MemoryStore {
                 signals: Vec::new(),
             },
         );
-        state.ring(&id);
+        self.bells.ring(&id, false);
         Ok(CreateOutcome::Created(snapshot))
     }
 
@@ -107,7 +94,7 @@ impl OperationStore for MemoryStore {
     async fn update(&self, next: Snapshot, kind: EventKind) -> Result<UpdateOutcome, StoreError> {
         let mut state = self.lock()?;
         let Some(entry) = state.entries.get_mut(&next.id) else {
-            return Err(StoreError(format!(
+            return Err(StoreError::conflict(format!(
                 "update of unknown operation `{}`",
                 next.id
             )));
@@ -117,11 +104,7 @@ impl OperationStore for MemoryStore {
             return Ok(UpdateOutcome::Conflict(current.clone()));
         }
         entry.events.push((kind, next.clone()));
-        state.ring(&next.id);
-        if next.is_terminal() {
-            // Nothing rings after the terminal event; receivers see the sender close.
-            state.bells.remove(&next.id);
-        }
+        self.bells.ring(&next.id, next.is_terminal());
         Ok(UpdateOutcome::Updated(next))
     }
 
@@ -149,7 +132,9 @@ impl OperationStore for MemoryStore {
     ) -> Result<SignalOutcome, StoreError> {
         let mut state = self.lock()?;
         let Some(entry) = state.entries.get_mut(id) else {
-            return Err(StoreError(format!("signal to unknown operation `{id}`")));
+            return Err(StoreError::conflict(format!(
+                "signal to unknown operation `{id}`"
+            )));
         };
         let current = entry.current().state;
         if current.is_terminal() {
@@ -161,7 +146,7 @@ impl OperationStore for MemoryStore {
             name: name.to_owned(),
             payload,
         });
-        state.ring(id);
+        self.bells.ring(id, false);
         Ok(SignalOutcome::Appended(sequence))
     }
 
@@ -257,15 +242,11 @@ impl OperationStore for MemoryStore {
         Ok(())
     }
 
-    fn subscribe(&self, id: &str) -> watch::Receiver<u64> {
-        let mut state = self
-            .state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        state
-            .bells
-            .entry(id.to_owned())
-            .or_insert_with(|| watch::channel(0).0)
-            .subscribe()
+    fn subscribe(&self, id: &str) -> Doorbell {
+        self.bells.subscribe(id)
+    }
+
+    fn doorbells(&self) -> usize {
+        self.bells.len()
     }
 }

@@ -1,23 +1,117 @@
 //! Storage behind the runtime.
 //!
-//! Every backend (in-memory now; SQLite and PostgreSQL next) implements [`OperationStore`]:
+//! Every backend (in-memory here; SQLite and PostgreSQL in their own crates) implements [`OperationStore`]:
 //! atomic create-if-absent, compare-and-set on the revision, an ordered event log per
 //! operation, ordered signals, filtered listing, and a doorbell that rings on every change.
 
+mod doorbell;
 mod memory;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+pub use doorbell::{Doorbell, Doorbells};
+pub use memory::MemoryStore;
 use opshost_api::{EventKind, OperationEvent, OperationState, Snapshot};
 use serde_json::Value;
-use tokio::sync::watch;
 
-pub use memory::MemoryStore;
+/// The error beneath a [`StoreError`], shared so that the error can be cloned.
+pub type StoreSource = Arc<dyn std::error::Error + Send + Sync>;
 
-/// A store failure (I/O, corruption, a lost connection).
-#[derive(Debug, thiserror::Error)]
-#[error("store error: {0}")]
-pub struct StoreError(pub String);
+/// Why a store call failed, by what a caller should do about it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The store cannot be reached or cannot write now (a lost connection, a database
+    /// restarting, a full disk): nothing was changed, and the same call may succeed later.
+    #[error("store unavailable: {message}")]
+    Unavailable {
+        /// What could not be done.
+        message: String,
+        /// The driver's error, if any.
+        #[source]
+        source: Option<StoreSource>,
+    },
+    /// The write contradicts what is stored (an unknown operation, a broken constraint).
+    #[error("store conflict: {message}")]
+    Conflict {
+        /// What conflicted.
+        message: String,
+        /// The driver's error, if any.
+        #[source]
+        source: Option<StoreSource>,
+    },
+    /// What is stored cannot be read back as it was written.
+    #[error("store corrupt: {message}")]
+    Corrupt {
+        /// What could not be read.
+        message: String,
+        /// The driver's or decoder's error, if any.
+        #[source]
+        source: Option<StoreSource>,
+    },
+    /// Any other failure of the store: a bug, or an error of its driver that fits none of the
+    /// kinds above.
+    #[error("store failed: {message}")]
+    Internal {
+        /// What failed.
+        message: String,
+        /// The driver's error, if any.
+        #[source]
+        source: Option<StoreSource>,
+    },
+}
+
+impl StoreError {
+    /// [`StoreError::Unavailable`] with no source.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// [`StoreError::Conflict`] with no source.
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::Conflict {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// [`StoreError::Corrupt`] with no source.
+    pub fn corrupt(message: impl Into<String>) -> Self {
+        Self::Corrupt {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// [`StoreError::Internal`] with no source.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::Internal {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// The same error, caused by `source`.
+    pub fn caused_by(mut self, error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        let cause = Some(Arc::new(error) as StoreSource);
+        match &mut self {
+            Self::Unavailable { source, .. }
+            | Self::Conflict { source, .. }
+            | Self::Corrupt { source, .. }
+            | Self::Internal { source, .. } => *source = cause,
+        }
+        self
+    }
+
+    /// Whether the same call may succeed later, unchanged.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+}
 
 /// Who an operation belongs to: callers of other tenants never see it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -181,7 +275,10 @@ pub trait OperationStore: Send + Sync + 'static {
     /// Returns once every write answered so far is durable and shown to readers.
     async fn flush(&self) -> Result<(), StoreError>;
 
-    /// A doorbell for one operation: its value changes after every write to it, and its sender
-    /// closes once the operation is terminal.
-    fn subscribe(&self, id: &str) -> watch::Receiver<u64>;
+    /// A doorbell for one operation: it rings after every write to it, and closes once the
+    /// operation is terminal. Dropping the last one of an operation forgets its entry.
+    fn subscribe(&self, id: &str) -> Doorbell;
+
+    /// How many operations have a doorbell held on this host.
+    fn doorbells(&self) -> usize;
 }

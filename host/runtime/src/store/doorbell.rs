@@ -1,0 +1,157 @@
+//! Doorbells: how a store tells the watchers of one operation that it changed.
+//!
+//! A [`Doorbell`] is held by whoever waits on an operation (a watch, a wait, a handler's
+//! `next-signal`). Its value changes after every write to the operation, and it closes once the
+//! operation is terminal. The map entry behind it lives exactly as long as someone holds a
+//! doorbell for that operation: the last one dropped removes it, and a terminal write removes
+//! it at once. So a subscription made after the end, or abandoned by a watcher that went away,
+//! leaves nothing behind.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio::sync::watch;
+
+type Bells = HashMap<String, (u64, watch::Sender<u64>)>;
+
+/// The doorbells of one store, by operation id.
+#[derive(Default)]
+pub struct Doorbells {
+    bells: Arc<Mutex<Bells>>,
+    generation: std::sync::atomic::AtomicU64,
+}
+
+impl Doorbells {
+    /// No doorbells.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A doorbell for operation `id`.
+    pub fn subscribe(&self, id: &str) -> Doorbell {
+        let mut bells = lock(&self.bells);
+        let (generation, sender) = bells.entry(id.to_owned()).or_insert_with(|| {
+            let generation = self
+                .generation
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            (generation, watch::channel(0).0)
+        });
+        Doorbell {
+            receiver: sender.subscribe(),
+            generation: *generation,
+            id: id.to_owned(),
+            bells: Arc::clone(&self.bells),
+        }
+    }
+
+    /// Rings the doorbells of `id`; when `terminal`, closes them too, for nothing rings after
+    /// a terminal change.
+    pub fn ring(&self, id: &str, terminal: bool) {
+        let mut bells = lock(&self.bells);
+        if terminal {
+            if let Some((_, sender)) = bells.remove(id) {
+                bump(&sender);
+            }
+        } else if let Some((_, sender)) = bells.get(id) {
+            bump(sender);
+        }
+    }
+
+    /// Rings every doorbell (after changes may have been missed).
+    pub fn ring_all(&self) {
+        lock(&self.bells)
+            .values()
+            .for_each(|(_, sender)| bump(sender));
+    }
+
+    /// How many operations have a doorbell held right now.
+    pub fn len(&self) -> usize {
+        lock(&self.bells).len()
+    }
+
+    /// Whether no doorbell is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn bump(sender: &watch::Sender<u64>) {
+    sender.send_modify(|n| *n = n.wrapping_add(1));
+}
+
+fn lock(bells: &Mutex<Bells>) -> MutexGuard<'_, Bells> {
+    bells.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A subscription to the changes of one operation; see [`Doorbells`].
+pub struct Doorbell {
+    receiver: watch::Receiver<u64>,
+    generation: u64,
+    id: String,
+    bells: Arc<Mutex<Bells>>,
+}
+
+impl Doorbell {
+    /// Waits for the next ring; an error means the doorbell closed (the operation ended).
+    pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        self.receiver.changed().await
+    }
+
+    /// Marks every ring so far as seen.
+    pub fn mark_seen(&mut self) {
+        self.receiver.borrow_and_update();
+    }
+}
+
+impl Drop for Doorbell {
+    fn drop(&mut self) {
+        let mut bells = lock(&self.bells);
+        if let Some((generation, sender)) = bells.get(&self.id)
+            && *generation == self.generation
+            && sender.receiver_count() <= 1
+        {
+            bells.remove(&self.id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_doorbell_dropped_removes_its_entry() {
+        let bells = Doorbells::new();
+        let first = bells.subscribe("a");
+        let second = bells.subscribe("a");
+        assert_eq!(bells.len(), 1);
+        drop(first);
+        assert_eq!(bells.len(), 1);
+        drop(second);
+        assert!(bells.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_terminal_ring_closes_and_removes_at_once() {
+        let bells = Doorbells::new();
+        let mut bell = bells.subscribe("a");
+        bells.ring("a", false);
+        assert!(bell.changed().await.is_ok());
+        bells.ring("a", true);
+        assert!(bells.is_empty());
+        assert!(bell.changed().await.is_ok(), "the terminal ring is seen");
+        assert!(bell.changed().await.is_err(), "then the doorbell is closed");
+    }
+
+    #[test]
+    fn an_old_doorbell_dropped_leaves_a_newer_entry_alone() {
+        let bells = Doorbells::new();
+        let old = bells.subscribe("a");
+        bells.ring("a", true);
+        let new = bells.subscribe("a");
+        drop(old);
+        assert_eq!(bells.len(), 1);
+        drop(new);
+        assert!(bells.is_empty());
+    }
+}

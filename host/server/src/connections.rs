@@ -1,0 +1,173 @@
+//! Accepting connections: how many, from whom, and for how long a silent one is kept.
+//!
+//! The server accepts connections itself rather than through `axum::serve`, so that no client
+//! can hold the host:
+//! - at most `max_connections` are open, and at most `max_connections_per_client` from one IP
+//!   address; a connection beyond either is answered `503` with `Retry-After` and closed at
+//!   once, while the open ones carry on;
+//! - a connection must send a complete request head within `header_timeout_ms` of opening or
+//!   of its previous response ending, so a half-sent request and an idle keep-alive connection
+//!   are both closed then. A response being written (a wait, an SSE watch) is not idle: watches
+//!   are never cut by this timeout;
+//! - TCP keep-alive probes and `TCP_USER_TIMEOUT` find peers that vanished without closing, so
+//!   an SSE watch whose keep-alive comments go unacknowledged ends instead of waiting forever.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use prometheus_client::metrics::gauge::Gauge;
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::ServerConfig;
+
+/// How long the host waits before accepting again when it has no file descriptor left.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What a refused connection is told before it is closed.
+static REFUSAL: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    let body =
+        r#"{"error":{"code":"Overloaded","message":"too many connections; retry after a second"}}"#;
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\ncontent-type: application/json\r\n\
+         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+});
+
+/// Connections open now, in all and by client address.
+struct Open {
+    max: usize,
+    max_per_client: usize,
+    total: usize,
+    by_client: HashMap<IpAddr, usize>,
+    gauge: Gauge,
+}
+
+/// A connection counted in [`Open`] until it is dropped.
+struct Admitted {
+    open: Arc<Mutex<Open>>,
+    client: IpAddr,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = lock(&self.open);
+        open.total -= 1;
+        open.gauge.dec();
+        if let Some(count) = open.by_client.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                open.by_client.remove(&self.client);
+            }
+        }
+    }
+}
+
+fn lock(open: &Mutex<Open>) -> MutexGuard<'_, Open> {
+    open.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Counts `client`'s new connection, unless a cap is reached.
+fn admit(open: &Arc<Mutex<Open>>, client: IpAddr) -> Option<Admitted> {
+    let mut guard = lock(open);
+    let from_client = guard.by_client.get(&client).copied().unwrap_or(0);
+    if guard.total >= guard.max || from_client >= guard.max_per_client {
+        return None;
+    }
+    guard.total += 1;
+    guard.gauge.inc();
+    *guard.by_client.entry(client).or_default() += 1;
+    Some(Admitted {
+        open: Arc::clone(open),
+        client,
+    })
+}
+
+/// Serves `router` on `listener` under the limits of `config` until the listener fails.
+/// `gauge` follows the number of open connections.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: Router,
+    config: &ServerConfig,
+    gauge: Gauge,
+) -> std::io::Result<()> {
+    let open = Arc::new(Mutex::new(Open {
+        max: config.max_connections.max(1),
+        max_per_client: config.max_connections_per_client.max(1),
+        total: 0,
+        by_client: HashMap::new(),
+        gauge,
+    }));
+    let header_timeout = Duration::from_millis(config.header_timeout_ms.max(1));
+    let dead_peer = Duration::from_secs(config.keep_alive_secs.max(1) * 2);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) if is_connection_error(&error) => continue,
+            Err(error) => {
+                // Out of file descriptors, or the like: give open connections time to close.
+                tracing::warn!(%error, "cannot accept a connection");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
+        let Some(admitted) = admit(&open, peer.ip()) else {
+            tracing::debug!(%peer, "connection refused: too many open");
+            // A fresh socket's send buffer is empty, so this write completes at once or not at
+            // all; either way the connection is closed now.
+            let _ = stream.try_write(&REFUSAL);
+            continue;
+        };
+        tune(&stream, dead_peer);
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let _admitted = admitted;
+            let served = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = served {
+                tracing::debug!(%peer, %error, "connection ended");
+            }
+        });
+    }
+}
+
+/// No Nagle delay (responses are small and latency-bound), and dead peers found within about
+/// `dead_peer`: keep-alive probes on an idle connection, and a cap on how long written data may
+/// go unacknowledged.
+fn tune(stream: &TcpStream, dead_peer: Duration) {
+    if let Err(error) = stream.set_nodelay(true) {
+        tracing::debug!(%error, "cannot set TCP_NODELAY");
+    }
+    let socket = SockRef::from(stream);
+    let probes = TcpKeepalive::new()
+        .with_time(dead_peer)
+        .with_interval(dead_peer / 4)
+        .with_retries(3);
+    if let Err(error) = socket.set_tcp_keepalive(&probes) {
+        tracing::debug!(%error, "cannot set TCP keep-alive");
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(error) = socket.set_tcp_user_timeout(Some(dead_peer)) {
+        tracing::debug!(%error, "cannot set TCP_USER_TIMEOUT");
+    }
+}
+
+/// Errors of one connection being accepted, not of the listener.
+fn is_connection_error(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionRefused
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::ConnectionReset
+    )
+}
