@@ -51,8 +51,11 @@ fn main() {
 /// The host side: serves one operation, starts the watchers, drives the progress.
 async fn host() {
     let runtime = testing_runtime(Arc::new(MemoryStore::new()), RuntimeConfig::default());
+    // Every watcher connects from 127.0.0.1: the connection caps must let them all in.
     let config = ServerConfig {
         max_in_flight: 100_000,
+        max_connections: 100_000,
+        max_connections_per_client: 100_000,
         ..ServerConfig::default()
     };
     let server = TestServer::start_with(&runtime, config).await;

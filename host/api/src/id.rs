@@ -7,14 +7,15 @@
 //! Keys are scoped to their tenant. In the default tenant the id is the key itself; in any
 //! other tenant it is `key@tag`, where the tag spells the tenant with every byte outside
 //! `A-Z a-z 0-9 _ -` written as `.` and two hex digits. A key holds no `@` and a tag holds no
-//! `@`, so two tenants never share an id and nobody can learn another tenant's keys.
+//! `@`, so two tenants never share an id and nobody can learn another tenant's keys. Such an
+//! id is longer than its key and holds one `@`, which a URL path segment carries unescaped.
 
 /// Longest caller-chosen id, in characters.
 pub const MAX_KEY_LEN: usize = 200;
 
-/// Tenants whose ids are their keys: the one of callers whose token names no tenant, and the
-/// empty one of in-process callers.
-const DEFAULT_TENANTS: [&str; 2] = ["", "default"];
+/// The tenant of callers whose token names none, and of in-process callers that name none:
+/// its operation ids are its keys.
+pub const DEFAULT_TENANT: &str = "default";
 
 /// Why a caller-chosen id was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,7 +56,7 @@ pub fn check_key(key: &str) -> Result<(), InvalidKey> {
 /// The id of key `key` in `tenant`: the key itself in the default tenant, else `key@tag`.
 /// The key must have passed [`check_key`].
 pub fn scoped_id(tenant: &str, key: &str) -> String {
-    if DEFAULT_TENANTS.contains(&tenant) {
+    if tenant == DEFAULT_TENANT {
         return key.to_owned();
     }
     let mut id = String::with_capacity(key.len() + 1 + tenant.len());
@@ -134,8 +135,12 @@ mod tests {
 
     #[test]
     fn the_default_tenant_keeps_its_keys_as_ids() {
-        assert_eq!(scoped_id("default", "k"), "k");
-        assert_eq!(scoped_id("", "k"), "k");
+        assert_eq!(scoped_id(DEFAULT_TENANT, "k"), "k");
+        assert_eq!(
+            scoped_id("", "k"),
+            "k@",
+            "an empty tenant is not the default one"
+        );
     }
 
     #[test]

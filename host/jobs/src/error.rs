@@ -90,6 +90,7 @@ impl From<JobError> for ServerError {
                 message: error.to_string(),
                 issues: Vec::new(),
             },
+            JobError::Store(store) => ServerError::Store(store),
             other => ServerError::Failed(other.to_string()),
         }
     }

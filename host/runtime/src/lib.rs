@@ -27,7 +27,7 @@ pub use opshost_api::{
 pub use router::{RequestContext, Router};
 pub use runtime::{
     Acceptance, InMemoryOperationRuntime, OperationHandler, OperationRuntime, Recovery,
-    RestartPolicy, RuntimeConfig, SignalWait,
+    RestartPolicy, RuntimeConfig, SignalWait, json_len,
 };
 pub use store::{ListFilter, Owner, Page, SignalRecord};
 pub use typed::Operations;

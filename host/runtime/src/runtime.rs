@@ -663,7 +663,16 @@ impl OperationRuntime {
             Some(key) => {
                 opshost_api::id::check_key(&key)
                     .map_err(|error| ServerError::invalid(error.to_string()))?;
-                opshost_api::id::scoped_id(&owner.tenant, &key)
+                let id = opshost_api::id::scoped_id(&owner.tenant, &key);
+                // Before keys were scoped, the id was the key in every tenant: such an
+                // operation of this tenant still answers for its key.
+                if id != key
+                    && let Some(legacy) = self.inner.store.load(&key).await?
+                    && legacy.owner.tenant == owner.tenant
+                {
+                    return Self::existing(legacy, operation, &input, &owner.tenant);
+                }
+                id
             }
             None => ulid::Ulid::new().to_string(),
         };
@@ -688,17 +697,32 @@ impl OperationRuntime {
                     created: true,
                 })
             }
-            CreateOutcome::Existing(existing)
-                if existing.snapshot.operation == operation
-                    && existing.input == input
-                    && existing.owner.tenant == tenant =>
-            {
-                Ok(Acceptance {
-                    snapshot: existing.snapshot,
-                    created: false,
-                })
+            CreateOutcome::Existing(existing) => {
+                Self::existing(existing, operation, &input, &tenant)
             }
-            CreateOutcome::Existing(_) => Err(ServerError::OperationAlreadyExists { id }),
+        }
+    }
+
+    /// The answer to accepting `existing` again: itself when the operation, input and tenant
+    /// are the same, else `OperationAlreadyExists`.
+    fn existing(
+        existing: StoredOperation,
+        operation: &str,
+        input: &Option<Value>,
+        tenant: &str,
+    ) -> Result<Acceptance, ServerError> {
+        if existing.snapshot.operation == operation
+            && existing.input == *input
+            && existing.owner.tenant == tenant
+        {
+            Ok(Acceptance {
+                snapshot: existing.snapshot,
+                created: false,
+            })
+        } else {
+            Err(ServerError::OperationAlreadyExists {
+                id: existing.snapshot.id,
+            })
         }
     }
 
@@ -859,17 +883,18 @@ impl OperationRuntime {
         .await
     }
 
-    /// Bytes of JSON of every progress the operation recorded, over all its attempts.
+    /// Bytes of JSON (as [`json_len`] counts them) of every progress the operation recorded,
+    /// over all its attempts.
     pub async fn progress_bytes(&self, id: &str) -> Result<u64, ServerError> {
-        let mut count = ByteCount(0);
+        let mut total = 0u64;
         for event in self.inner.store.events_after(id, 0).await? {
             if let (OperationEvent::Progress { .. }, Some(progress)) =
                 (&event, &event.snapshot().progress)
             {
-                serde_json::to_writer(&mut count, progress)?;
+                total = total.saturating_add(json_len(progress));
             }
         }
-        Ok(u64::try_from(count.0).unwrap_or(u64::MAX))
+        Ok(total)
     }
 
     /// Checks a progress payload as [`OperationRuntime::progress`] would, without recording
@@ -1170,6 +1195,14 @@ fn next(current: &Snapshot, state: OperationState) -> Snapshot {
     snapshot.state = state;
     snapshot.updated_at = Utc::now();
     snapshot
+}
+
+/// The length of `value` as compact JSON, without building the text.
+pub fn json_len(value: &Value) -> u64 {
+    let mut count = ByteCount(0);
+    // Writing to a counter cannot fail, and a `Value` always serializes.
+    let _ = serde_json::to_writer(&mut count, value);
+    u64::try_from(count.0).unwrap_or(u64::MAX)
 }
 
 /// Counts the bytes written to it.

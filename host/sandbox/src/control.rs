@@ -272,6 +272,27 @@ impl WasiView for OperationState {
     }
 }
 
+/// Runs `write` until the store takes it: while the store is unavailable, again after a
+/// growing pause, so that a guest's terminal call outlives a short outage instead of turning a
+/// successful run into a failed one. The run's deadline bounds the wait.
+async fn until_stored<T, F, Fut>(mut write: F) -> Result<T, ServerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ServerError>>,
+{
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match write().await {
+            Err(ServerError::Store(store)) if store.is_unavailable() => {
+                tracing::warn!(error = %store, ?pause, "store unavailable; the guest's call waits");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 fn control_error(error: ServerError) -> ControlError {
     match error {
         ServerError::InvalidInput { .. } => ControlError::InvalidPayload(error.to_string()),
@@ -303,7 +324,7 @@ impl Host for OperationState {
         self.check_payload("progress", &payload).await?;
         let value = json(&payload, "progress")?;
         let id = self.id()?;
-        let bytes = u64::try_from(payload.len()).unwrap_or(u64::MAX);
+        let bytes = opshost_runtime::json_len(&value);
         self.gated_progress(id, value, bytes).await
     }
 
@@ -313,8 +334,8 @@ impl Host for OperationState {
         let value = json(&output, "output")?;
         let id = self.id()?;
         self.flush_progress(&id).await;
-        self.runtime
-            .complete(&id, value)
+        let runtime = &self.runtime;
+        until_stored(|| runtime.complete(&id, value.clone()))
             .await
             .map(drop)
             .map_err(control_error)
@@ -336,8 +357,8 @@ impl Host for OperationState {
         };
         let id = self.id()?;
         self.flush_progress(&id).await;
-        self.runtime
-            .fail(&id, error)
+        let runtime = &self.runtime;
+        until_stored(|| runtime.fail(&id, error.clone()))
             .await
             .map(drop)
             .map_err(control_error)
@@ -359,8 +380,8 @@ impl Host for OperationState {
     async fn acknowledge_cancel(&mut self) -> Result<(), ControlError> {
         let id = self.id()?;
         self.flush_progress(&id).await;
-        self.runtime
-            .cancelled(&id, "cancelled by caller")
+        let runtime = &self.runtime;
+        until_stored(|| runtime.cancelled(&id, "cancelled by caller"))
             .await
             .map(drop)
             .map_err(control_error)
@@ -416,8 +437,8 @@ impl Host for OperationState {
         self.fault(Import::HandOff).await?;
         self.check_payload("job payload", &payload).await?;
         let value = json(&payload, "job payload")?;
-        self.runtime
-            .hand_off(&self.id()?, &queue, value)
+        let (id, runtime) = (self.id()?, &self.runtime);
+        until_stored(|| runtime.hand_off(&id, &queue, value.clone()))
             .await
             .map_err(control_error)
     }
@@ -447,6 +468,11 @@ impl job::Host for OperationState {
             .get(&operation_id)
             .await
             .map_err(control_error)?;
+        // What was reported for the operation bound so far stays with it.
+        if let Some(previous) = self.id.clone() {
+            self.flush_progress(&previous).await;
+        }
+        self.progress = Default::default();
         self.id = Some(operation_id);
         self.signal_cursor = 0;
         Ok(())

@@ -103,7 +103,7 @@ impl Limits {
             max_events: own
                 .max_events
                 .or(defaults.max_events)
-                .map_or(base.max_events, |events| events.max(3)),
+                .unwrap_or(base.max_events),
         }
     }
 
@@ -126,14 +126,14 @@ impl Limits {
 
     /// Refuses a progress of `bytes` that would take the operation's history beyond its
     /// budget: `recorded` bytes of progress so far, and its event at revision `revision + 1`,
-    /// with one event left for the terminal one.
+    /// with room left for a cancel request and the terminal event.
     pub fn check_history(
         &self,
         recorded: u64,
         bytes: u64,
         revision: u64,
     ) -> Result<(), LimitBreach> {
-        if revision + 2 > self.max_events {
+        if revision + 3 > self.max_events {
             return Err(LimitBreach::Events {
                 limit: self.max_events,
             });

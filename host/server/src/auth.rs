@@ -43,7 +43,7 @@ pub struct AuthConfig {
 }
 
 /// The tenant of callers whose token carries no tenant claim.
-pub const DEFAULT_TENANT: &str = "default";
+pub use opshost_api::id::DEFAULT_TENANT;
 
 /// An authenticated caller.
 #[derive(Debug, Clone, PartialEq, Eq)]

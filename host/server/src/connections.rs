@@ -2,9 +2,10 @@
 //!
 //! The server accepts connections itself rather than through `axum::serve`, so that no client
 //! can hold the host:
-//! - at most `max_connections` are open, and at most `max_connections_per_client` from one IP
-//!   address; a connection beyond either is answered `503` with `Retry-After` and closed at
-//!   once, while the open ones carry on;
+//! - at most `max_connections` are open (lowered to fit the file-descriptor limit, which is
+//!   raised to its hard limit first), and at most `max_connections_per_client` from one IPv4
+//!   address or IPv6 /64; a connection beyond either is answered `503` with `Retry-After` and
+//!   closed at once, while the open ones carry on;
 //! - a connection must send a complete request head within `header_timeout_ms` of opening or
 //!   of its previous response ending, so a half-sent request and an idle keep-alive connection
 //!   are both closed then. A response being written (a wait, an SSE watch) is not idle: watches
@@ -22,6 +23,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::metrics::gauge::Gauge;
 use socket2::{SockRef, TcpKeepalive};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::ServerConfig;
@@ -48,6 +50,43 @@ struct Open {
     total: usize,
     by_client: HashMap<IpAddr, usize>,
     gauge: Gauge,
+}
+
+/// Who a connection counts against: its IPv4 address, or the /64 of its IPv6 address (one
+/// host usually holds a whole /64).
+fn client_of(address: IpAddr) -> IpAddr {
+    match address {
+        IpAddr::V4(_) => address,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+        },
+    }
+}
+
+/// File descriptors kept free of connections: the store, the compiled-component cache, logs.
+const RESERVED_DESCRIPTORS: u64 = 256;
+
+/// `wanted`, lowered to fit the process's file-descriptor limit (raised to its hard limit
+/// first), so that the cap is reached before the host runs out of descriptors.
+fn fit_descriptors(wanted: usize) -> usize {
+    let limit = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => limit,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the file-descriptor limit");
+            return wanted;
+        }
+    };
+    let room = usize::try_from(limit.saturating_sub(RESERVED_DESCRIPTORS)).unwrap_or(usize::MAX);
+    if room < wanted {
+        tracing::warn!(
+            wanted,
+            allowed = room,
+            limit,
+            "max_connections lowered to fit the file-descriptor limit"
+        );
+    }
+    wanted.min(room).max(1)
 }
 
 /// A connection counted in [`Open`] until it is dropped.
@@ -99,13 +138,13 @@ pub(crate) async fn serve(
     gauge: Gauge,
 ) -> std::io::Result<()> {
     let open = Arc::new(Mutex::new(Open {
-        max: config.max_connections.max(1),
+        max: fit_descriptors(config.max_connections.max(1)),
         max_per_client: config.max_connections_per_client.max(1),
         total: 0,
         by_client: HashMap::new(),
         gauge,
     }));
-    let header_timeout = Duration::from_millis(config.header_timeout_ms.max(1));
+    let header_timeout = config.header_timeout();
     let dead_peer = Duration::from_secs(config.keep_alive_secs.max(1) * 2);
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -118,11 +157,9 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        let Some(admitted) = admit(&open, peer.ip()) else {
+        let Some(admitted) = admit(&open, client_of(peer.ip())) else {
             tracing::debug!(%peer, "connection refused: too many open");
-            // A fresh socket's send buffer is empty, so this write completes at once or not at
-            // all; either way the connection is closed now.
-            let _ = stream.try_write(&REFUSAL);
+            refuse(stream);
             continue;
         };
         tune(&stream, dead_peer);
@@ -140,6 +177,29 @@ pub(crate) async fn serve(
         });
     }
 }
+
+/// Answers 503 and closes. A fresh socket's send buffer is empty, so the answer is written at
+/// once; the request bytes already sent are read away briefly before the close, so that the
+/// client gets the answer rather than a reset.
+fn refuse(stream: TcpStream) {
+    let _ = stream.try_write(&REFUSAL);
+    tokio::spawn(async move {
+        let mut stream = stream;
+        let _ = stream.shutdown().await;
+        let mut sink = [0u8; 4096];
+        let drain = async {
+            while let Ok(read) = stream.read(&mut sink).await {
+                if read == 0 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(REFUSAL_DRAIN, drain).await;
+    });
+}
+
+/// How long a refused connection is read from before it is closed.
+const REFUSAL_DRAIN: Duration = Duration::from_millis(200);
 
 /// No Nagle delay (responses are small and latency-bound), and dead peers found within about
 /// `dead_peer`: keep-alive probes on an idle connection, and a cap on how long written data may

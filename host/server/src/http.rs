@@ -206,8 +206,19 @@ async fn json_body(shared: &Shared, headers: &HeaderMap, body: Body) -> Result<V
     if declared.is_some_and(|length| length > limit) {
         return Err(too_large());
     }
-    let bytes = axum::body::to_bytes(body, limit)
+    let patience = shared.config.header_timeout();
+    let bytes = tokio::time::timeout(patience, axum::body::to_bytes(body, limit))
         .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                ErrorCode::InvalidInput,
+                format!(
+                    "the request body did not arrive within {} ms (header_timeout_ms)",
+                    patience.as_millis()
+                ),
+            )
+        })?
         .map_err(|_| too_large())?;
     strict_json::parse_slice(&bytes).map_err(|error| match &error {
         StrictJsonError::DuplicateKey { key, pointer } => ApiError::invalid(format!(
@@ -272,8 +283,14 @@ async fn start(
     let mut applied = None;
     if let Some(seconds) = preferred_wait(&headers) {
         let wait = shared.clamp_wait(seconds);
-        snapshot = shared.runtime.wait(&snapshot.id, Some(wait)).await?;
-        applied = Some(wait.as_secs());
+        // The operation is accepted: a wait that fails (the store went away) still answers 202.
+        match shared.runtime.wait(&snapshot.id, Some(wait)).await {
+            Ok(waited) => {
+                snapshot = waited;
+                applied = Some(wait.as_secs());
+            }
+            Err(error) => tracing::warn!(id = %snapshot.id, %error, "cannot wait for a start"),
+        }
     }
     let status = if snapshot.is_terminal() {
         StatusCode::OK

@@ -66,7 +66,8 @@ pub struct ServerConfig {
     pub max_connections_per_client: usize,
     /// How long a connection may take to send a complete request head, counted from when it
     /// opens or its previous response ends; so also how long an idle keep-alive connection is
-    /// kept. Responses being written (waits, watches) are not cut by it.
+    /// kept. A request body must arrive within the same time once its head has. Responses being
+    /// written (waits, watches) are not cut by it.
     pub header_timeout_ms: u64,
 }
 
@@ -81,7 +82,7 @@ impl Default for ServerConfig {
             page_limit: 100,
             admin_capability: "opshost.admin".into(),
             max_connections: 16_384,
-            max_connections_per_client: 1_024,
+            max_connections_per_client: 256,
             header_timeout_ms: 10_000,
         }
     }
@@ -94,6 +95,10 @@ impl ServerConfig {
 
     fn keep_alive(&self) -> Duration {
         Duration::from_secs(self.keep_alive_secs.max(1))
+    }
+
+    fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms.max(1))
     }
 }
 

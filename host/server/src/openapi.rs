@@ -183,7 +183,10 @@ fn generic_paths() -> Map<String, Value> {
             { "name": "after", "in": "query", "schema": { "type": "integer", "minimum": 0 }, "description": "Resume after this revision" },
             { "name": "Last-Event-ID", "in": "header", "schema": { "type": "string" }, "description": "Resume after this revision" }
         ],
-        "responses": with_errors(json!({ "200": { "description": "Event stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } } }))
+        "responses": with_errors(json!({
+            "200": { "description": "Event stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } },
+            "204": { "description": "Resumed at or past the terminal revision: nothing more will come" }
+        }))
     } }));
     paths.insert(
         "/v1/operations/{id}/cancel".into(),
@@ -272,7 +275,7 @@ fn host_schemas() -> Map<String, Value> {
                     "OperationUnsupportedControl", "InvalidInput", "Unauthenticated",
                     "MissingCapability", "LimitExceeded", "HandlerTrapped", "HandlerNonTerminal",
                     "HostRestarted", "Overloaded", "HandlerFailed", "Cancelled", "Internal",
-                    "JobNotFound"
+                    "JobNotFound", "Unavailable"
                 ] },
                 "message": { "type": "string" },
                 "details": {}

@@ -43,6 +43,12 @@ const POOL_SIZE: usize = 16;
 /// How long a connection attempt may take when the URL sets no `connect_timeout`.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a call waits for a pooled connection before the store is reported unavailable.
+const POOL_WAIT: Duration = Duration::from_secs(10);
+
+/// Idle time before TCP keep-alive probes check a database connection.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+
 /// How long a host stays the owner of its operations without renewing its lease.
 pub const DEFAULT_HOST_LEASE: Duration = Duration::from_secs(10);
 
@@ -90,6 +96,8 @@ impl PostgresStore {
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        // A database that vanished without closing its connections is found within seconds.
+        config.keepalives_idle(KEEPALIVE_IDLE);
         let manager = Manager::from_config(
             config.clone(),
             NoTls,
@@ -99,6 +107,8 @@ impl PostgresStore {
         );
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .wait_timeout(Some(POOL_WAIT))
             .build()
             .map_err(|e| OpenError::Connect(e.to_string()))?;
         let mut db = pool
@@ -171,13 +181,17 @@ async fn keep_alive(pool: Pool, host: String, lease: Duration) {
     }
 }
 
-/// A PostgreSQL error as a store error of the right kind: a lost or refused connection, a
-/// server shutting down or short of resources, and a serialization failure are unavailable; an
+/// A PostgreSQL error as a store error of the right kind: a lost connection (closed, or failing
+/// I/O), a server shutting down or short of resources, and a serialization failure are
+/// unavailable; an
 /// integrity violation is a conflict; damaged data is corrupt.
 pub(crate) fn failed(error: tokio_postgres::Error) -> StoreError {
     let message = describe(&error);
+    let lost = error.is_closed()
+        || std::error::Error::source(&error).is_some_and(|cause| cause.is::<std::io::Error>());
     let kind = match error.code().map(|code| code.code()) {
-        None => StoreError::unavailable(message),
+        None if lost => StoreError::unavailable(message),
+        None => StoreError::internal(message),
         Some(code)
             if code.starts_with("08")
                 || code.starts_with("53")

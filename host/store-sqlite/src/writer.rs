@@ -215,7 +215,7 @@ fn sync(to_sync: mpsc::Receiver<Committed>, wal: PathBuf, shared: Arc<Shared>) {
                         None
                     }
                     (Pending::Waiting(_, reply), Some(reason)) => {
-                        Some((Err(StoreError::unavailable(reason.clone())), reply))
+                        Some((Err(StoreError::internal(reason.clone())), reply))
                     }
                     (Pending::Waiting(outcome, reply), None) => Some((
                         (*outcome).map(|(written, ring)| {

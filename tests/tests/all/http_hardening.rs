@@ -2,6 +2,7 @@
 //! shared between tenants, ids that URLs cannot carry, bodies that say one thing twice, and
 //! watchers that leave.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use eventsource_stream::Eventsource;
@@ -431,4 +432,123 @@ async fn a_watch_outlives_the_header_timeout_and_still_gets_the_end() {
         "{}",
         String::from_utf8_lossy(&rest)
     );
+}
+
+#[tokio::test]
+async fn a_key_accepted_before_keys_were_scoped_still_answers_for_its_tenant() {
+    use opshost_runtime::store::{MemoryStore, OperationStore, StoredOperation};
+    use opshost_runtime::{Owner, RuntimeConfig, Snapshot};
+
+    let store = Arc::new(MemoryStore::new());
+    let owner = |tenant: &str| Owner {
+        tenant: tenant.into(),
+        subject: "alice".into(),
+    };
+    let input = json!({ "scenario": "complete" });
+    let legacy = StoredOperation {
+        snapshot: Snapshot::accepted(
+            "old-key".into(),
+            "testing".into(),
+            "Testing.Scenario".into(),
+            "1".into(),
+        ),
+        input: Some(input.clone()),
+        owner: owner("acme"),
+    };
+    store.create(legacy).await.unwrap();
+    let runtime = opshost_tests::testing_runtime(store, RuntimeConfig::default());
+    let again = runtime
+        .accept_as(
+            owner("acme"),
+            "Testing.Scenario",
+            Some("old-key".into()),
+            Some(input.clone()),
+        )
+        .await
+        .unwrap();
+    assert!(
+        !again.created,
+        "the operation of that key is found, not run twice"
+    );
+    assert_eq!(again.snapshot.id, "old-key");
+    let other = runtime
+        .accept_as(
+            owner("globex"),
+            "Testing.Scenario",
+            Some("old-key".into()),
+            Some(input),
+        )
+        .await
+        .unwrap();
+    assert!(
+        other.created,
+        "another tenant's old operation is not its own"
+    );
+    assert_eq!(other.snapshot.id, "old-key@globex");
+}
+
+/// A raw connection to `server` from the loopback address `from`.
+async fn connect_from(from: [u8; 4], server: &TestServer) -> tokio::net::TcpStream {
+    let target: std::net::SocketAddr = server.url.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind((from, 0).into()).unwrap();
+    socket.connect(target).await.unwrap()
+}
+
+/// Everything `stream` receives until it closes, within `limit`.
+async fn received(stream: &mut tokio::net::TcpStream, limit: Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut text = Vec::new();
+    let _ = tokio::time::timeout(limit, stream.read_to_end(&mut text)).await;
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+#[tokio::test]
+async fn connections_past_max_connections_are_refused_whoever_opens_them() {
+    use tokio::io::AsyncWriteExt;
+    let host = testing_host(Duration::from_secs(5));
+    let config = ServerConfig {
+        max_connections: 3,
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_with(host.runtime(), config).await;
+    let mut open = Vec::new();
+    for n in 1..=3 {
+        open.push(connect_from([127, 0, 0, n], &server).await);
+    }
+    let mut fourth = connect_from([127, 0, 0, 4], &server).await;
+    let answer = received(&mut fourth, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    assert!(answer.contains("\"Overloaded\""), "{answer}");
+    // The open ones keep working.
+    let first = &mut open[0];
+    first
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = received(first, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_arrive_is_a_408_after_the_header_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let host = testing_host(Duration::from_secs(5));
+    let config = ServerConfig {
+        header_timeout_ms: 500,
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_with(host.runtime(), config).await;
+    let mut stream = connect_from([127, 0, 0, 1], &server).await;
+    let head = format!(
+        "POST /v1/operations/Testing.Scenario HTTP/1.1\r\nHost: x\r\n\
+         Authorization: Bearer {}\r\nContent-Type: application/json\r\n\
+         Content-Length: 100\r\n\r\n{{\"scen",
+        token(TESTING)
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let answer = received(&mut stream, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("header_timeout_ms"), "{answer}");
 }

@@ -220,7 +220,7 @@ fn ten_thousand_watches_of_finished_operations_end_and_leave_nothing_behind() {
                     status
                 }
             })
-            .buffer_unordered(100)
+            .buffer_unordered(200)
             .collect::<Vec<u16>>()
             .await;
         let no_content = statuses.iter().filter(|s| **s == 204).count();

@@ -30,6 +30,12 @@ impl Doorbells {
     /// A doorbell for operation `id`.
     pub fn subscribe(&self, id: &str) -> Doorbell {
         let mut bells = lock(&self.bells);
+        if bells
+            .get(id)
+            .is_some_and(|(_, sender)| sender.receiver_count() == 0)
+        {
+            bells.remove(id);
+        }
         let (generation, sender) = bells.entry(id.to_owned()).or_insert_with(|| {
             let generation = self
                 .generation
@@ -37,7 +43,7 @@ impl Doorbells {
             (generation, watch::channel(0).0)
         });
         Doorbell {
-            receiver: sender.subscribe(),
+            receiver: Some(sender.subscribe()),
             generation: *generation,
             id: id.to_owned(),
             bells: Arc::clone(&self.bells),
@@ -85,7 +91,8 @@ fn lock(bells: &Mutex<Bells>) -> MutexGuard<'_, Bells> {
 
 /// A subscription to the changes of one operation; see [`Doorbells`].
 pub struct Doorbell {
-    receiver: watch::Receiver<u64>,
+    /// Taken (and so dropped) under the map's lock when the doorbell is dropped.
+    receiver: Option<watch::Receiver<u64>>,
     generation: u64,
     id: String,
     bells: Arc<Mutex<Bells>>,
@@ -94,21 +101,29 @@ pub struct Doorbell {
 impl Doorbell {
     /// Waits for the next ring; an error means the doorbell closed (the operation ended).
     pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
-        self.receiver.changed().await
+        match &mut self.receiver {
+            Some(receiver) => receiver.changed().await,
+            None => std::future::pending().await,
+        }
     }
 
     /// Marks every ring so far as seen.
     pub fn mark_seen(&mut self) {
-        self.receiver.borrow_and_update();
+        if let Some(receiver) = &mut self.receiver {
+            receiver.borrow_and_update();
+        }
     }
 }
 
 impl Drop for Doorbell {
     fn drop(&mut self) {
         let mut bells = lock(&self.bells);
+        // Released under the lock, so that of holders dropped at once the last one sees no
+        // receiver left and removes the entry.
+        drop(self.receiver.take());
         if let Some((generation, sender)) = bells.get(&self.id)
             && *generation == self.generation
-            && sender.receiver_count() <= 1
+            && sender.receiver_count() == 0
         {
             bells.remove(&self.id);
         }
@@ -141,6 +156,29 @@ mod tests {
         assert!(bells.is_empty());
         assert!(bell.changed().await.is_ok(), "the terminal ring is seen");
         assert!(bell.changed().await.is_err(), "then the doorbell is closed");
+    }
+
+    #[test]
+    fn holders_dropped_at_once_on_many_threads_leave_no_entry() {
+        let bells = Arc::new(Doorbells::new());
+        for _ in 0..200 {
+            let holders: Vec<Doorbell> = (0..8).map(|_| bells.subscribe("a")).collect();
+            let barrier = Arc::new(std::sync::Barrier::new(holders.len()));
+            let threads: Vec<_> = holders
+                .into_iter()
+                .map(|holder| {
+                    let barrier = Arc::clone(&barrier);
+                    std::thread::spawn(move || {
+                        barrier.wait();
+                        drop(holder);
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .for_each(|thread| thread.join().unwrap());
+            assert!(bells.is_empty());
+        }
     }
 
     #[test]

@@ -114,12 +114,23 @@ impl StoreError {
 }
 
 /// Who an operation belongs to: callers of other tenants never see it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Owner {
-    /// The tenant; empty for operations accepted in-process without one.
+    /// The tenant: [`opshost_api::id::DEFAULT_TENANT`] for operations accepted in-process
+    /// without one, as for callers whose token names none.
     pub tenant: String,
-    /// The subject (`sub`) that started it.
+    /// The subject (`sub`) that started it; empty in-process.
     pub subject: String,
+}
+
+impl Default for Owner {
+    /// The default tenant, no subject.
+    fn default() -> Self {
+        Self {
+            tenant: opshost_api::id::DEFAULT_TENANT.to_owned(),
+            subject: String::new(),
+        }
+    }
 }
 
 /// An operation as stored: its current snapshot, the input it was accepted with and its owner.
