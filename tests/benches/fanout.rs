@@ -85,8 +85,12 @@ async fn run(runtime: &OperationRuntime, url: &str, watchers: usize, events: usi
         .await
         .unwrap_or_else(|e| panic!("accept: {e}"));
     let id = accepted.snapshot.id;
-    runtime
-        .started(&id)
+    let operation = runtime
+        .attach(&id)
+        .await
+        .unwrap_or_else(|e| panic!("attach: {e}"));
+    operation
+        .started()
         .await
         .unwrap_or_else(|e| panic!("started: {e}"));
     let exe = std::env::current_exe().expect("this bench's path");
@@ -104,14 +108,14 @@ async fn run(runtime: &OperationRuntime, url: &str, watchers: usize, events: usi
     let ready = lines.next().and_then(Result::ok).unwrap_or_default();
     assert_eq!(ready, "ready", "the watchers did not connect");
     for percent in 1..=events {
-        runtime
-            .progress(&id, json!({ "percent": percent * 100 / events }))
+        operation
+            .progress(json!({ "percent": percent * 100 / events }))
             .await
             .unwrap_or_else(|e| panic!("progress: {e}"));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    runtime
-        .complete(&id, json!({ "note": "done" }))
+    operation
+        .complete(json!({ "note": "done" }))
         .await
         .unwrap_or_else(|e| panic!("complete: {e}"));
     let report = lines.next().and_then(Result::ok).unwrap_or_default();

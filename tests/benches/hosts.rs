@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use opshost_api::{ErrorInfo, EventKind, Snapshot};
-use opshost_runtime::{OperationHandler, OperationRuntime, RuntimeConfig};
+use opshost_runtime::{OperationHandler, OperationRuntime, Run, RuntimeConfig};
 use opshost_store_postgres::PostgresStore;
 use opshost_tests::bench::{Figures, measure, row, start, trivial_runtime};
-use opshost_tests::{env_number, testing_runtime};
+use opshost_tests::{env_number, testing_contract, testing_runtime};
 use serde_json::{Value, json};
 
 /// Progress events per watched operation (`percent` 0..=99).
@@ -41,14 +41,13 @@ struct Ticker {
 impl OperationHandler for Ticker {
     fn run(
         &self,
-        runtime: OperationRuntime,
-        snapshot: Snapshot,
+        run: Arc<Run>,
+        _snapshot: Snapshot,
         _input: Option<Value>,
     ) -> BoxFuture<'static, Result<(), ErrorInfo>> {
         let sent = self.sent.clone();
         Box::pin(async move {
-            let id = snapshot.id;
-            runtime.started(&id).await.map_err(|e| e.to_info())?;
+            run.started().await.map_err(|e| e.to_info())?;
             // Let both watchers attach before the first report.
             tokio::time::sleep(Duration::from_millis(100)).await;
             let mut ticks = tokio::time::interval(Duration::from_millis(10));
@@ -57,13 +56,11 @@ impl OperationHandler for Ticker {
                 sent.lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .insert(percent, Instant::now());
-                runtime
-                    .progress(&id, json!({ "percent": percent }))
+                run.progress(json!({ "percent": percent }))
                     .await
                     .map_err(|e| e.to_info())?;
             }
-            runtime
-                .complete(&id, json!({ "note": "ticked" }))
+            run.complete(json!({ "note": "ticked" }))
                 .await
                 .map_err(|e| e.to_info())?;
             Ok(())
@@ -153,8 +150,10 @@ async fn main() {
 
     let url = database().await;
     let sent: Sent = Arc::default();
-    let a = testing_runtime(store(&url).await, RuntimeConfig::default());
-    a.set_handler("Testing.Scenario", Arc::new(Ticker { sent: sent.clone() }));
+    let a = OperationRuntime::builder(testing_contract())
+        .store(store(&url).await)
+        .handler("Testing.Scenario", Arc::new(Ticker { sent: sent.clone() }))
+        .build();
     let b = testing_runtime(store(&url).await, RuntimeConfig::default());
     let (mut local, mut remote) = (Vec::new(), Vec::new());
     for _ in 0..watched {

@@ -26,8 +26,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use opshost_api::{ErrorInfo, OperationState, Snapshot};
 use opshost_runtime::store::MemoryStore;
-use opshost_runtime::{OperationHandler, OperationRuntime, Owner, RuntimeConfig};
-use opshost_tests::{env_number, load, testing_deployment, testing_runtime};
+use opshost_runtime::{OperationHandler, OperationRuntime, Owner, Run};
+use opshost_tests::{env_number, load, testing_contract, testing_deployment};
 use serde_json::{Value, json};
 
 const KIB: f64 = 1024.0;
@@ -99,18 +99,14 @@ struct Waiting;
 impl OperationHandler for Waiting {
     fn run(
         &self,
-        runtime: OperationRuntime,
-        snapshot: Snapshot,
+        run: Arc<Run>,
+        _snapshot: Snapshot,
         _input: Option<Value>,
     ) -> BoxFuture<'static, Result<(), ErrorInfo>> {
         Box::pin(async move {
-            let id = snapshot.id;
-            runtime.started(&id).await.map_err(|e| e.to_info())?;
-            runtime.cancellation(&id).cancelled().await;
-            runtime
-                .cancelled(&id, "cancelled")
-                .await
-                .map_err(|e| e.to_info())?;
+            run.started().await.map_err(|e| e.to_info())?;
+            run.cancellation().cancelled().await;
+            run.acknowledge_cancel().await.map_err(|e| e.to_info())?;
             Ok(())
         })
     }
@@ -120,8 +116,10 @@ async fn measure(mode: &str) {
     let count = env_number("BENCH_OPS", 10_000);
     let (runtime, _host) = match mode {
         "native" => {
-            let runtime = testing_runtime(Arc::new(MemoryStore::new()), RuntimeConfig::default());
-            runtime.set_handler("Testing.Scenario", Arc::new(Waiting));
+            let runtime = OperationRuntime::builder(testing_contract())
+                .store(Arc::new(MemoryStore::new()))
+                .handler("Testing.Scenario", Arc::new(Waiting))
+                .build();
             (runtime, None)
         }
         _ => {

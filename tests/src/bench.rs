@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 use futures::future::BoxFuture;
 use opshost_api::{ErrorInfo, OperationState, Snapshot};
 use opshost_runtime::store::OperationStore;
-use opshost_runtime::{Acceptance, OperationHandler, OperationRuntime, Owner, RuntimeConfig};
+use opshost_runtime::{Acceptance, OperationHandler, OperationRuntime, Owner, Run};
 use serde_json::{Value, json};
 
-use crate::testing_runtime;
+use crate::testing_contract;
 
 /// Marks the operation started and completes it at once.
 pub struct Trivial;
@@ -17,15 +17,13 @@ pub struct Trivial;
 impl OperationHandler for Trivial {
     fn run(
         &self,
-        runtime: OperationRuntime,
-        snapshot: Snapshot,
+        run: Arc<Run>,
+        _snapshot: Snapshot,
         _input: Option<Value>,
     ) -> BoxFuture<'static, Result<(), ErrorInfo>> {
         Box::pin(async move {
-            let id = snapshot.id;
-            runtime.started(&id).await.map_err(|e| e.to_info())?;
-            runtime
-                .complete(&id, json!({ "note": "done" }))
+            run.started().await.map_err(|e| e.to_info())?;
+            run.complete(json!({ "note": "done" }))
                 .await
                 .map_err(|e| e.to_info())?;
             Ok(())
@@ -35,9 +33,10 @@ impl OperationHandler for Trivial {
 
 /// A runtime serving `Testing.Scenario` with [`Trivial`] on `store`.
 pub fn trivial_runtime(store: Arc<dyn OperationStore>) -> OperationRuntime {
-    let runtime = testing_runtime(store, RuntimeConfig::default());
-    runtime.set_handler("Testing.Scenario", Arc::new(Trivial));
-    runtime
+    OperationRuntime::builder(testing_contract())
+        .store(store)
+        .handler("Testing.Scenario", Arc::new(Trivial))
+        .build()
 }
 
 /// Throughput and latency of one load.

@@ -21,9 +21,16 @@ pub fn root() -> PathBuf {
 
 /// A runtime of the testing contract on `store`, with no handler set.
 pub fn testing_runtime(store: Arc<dyn OperationStore>, config: RuntimeConfig) -> OperationRuntime {
-    let contract = Contract::from_path(root().join("contracts/testing.manifest.json"))
-        .unwrap_or_else(|e| panic!("testing manifest: {e}"));
-    OperationRuntime::with_contract(contract, store, config)
+    OperationRuntime::builder(testing_contract())
+        .store(store)
+        .config(config)
+        .build()
+}
+
+/// The testing contract.
+pub fn testing_contract() -> Contract {
+    Contract::from_path(root().join("contracts/testing.manifest.json"))
+        .unwrap_or_else(|e| panic!("testing manifest: {e}"))
 }
 
 /// Starts `Testing.Scenario` on `host` with `input`; answers the accepted snapshot.
@@ -87,6 +94,11 @@ pub fn guest(name: &str) -> PathBuf {
 /// each order to a `fulfillment` job, worked by the orders-fulfillment guest. Call it within
 /// a tokio runtime (the worker starts at once).
 pub fn orders_host(cancel_grace: Duration) -> WasmHost {
+    load(&orders_deployment(cancel_grace, 16))
+}
+
+/// The deployment of [`orders_host`], with `workers` fulfillment workers.
+pub fn orders_deployment(cancel_grace: Duration, workers: usize) -> DeploymentConfig {
     let mut config = deployment(
         "orders_service.manifest.json",
         "Orders.Process",
@@ -96,9 +108,9 @@ pub fn orders_host(cancel_grace: Duration) -> WasmHost {
     config.workers = vec![WorkerConfig::new(
         "fulfillment",
         guest("orders_fulfillment"),
-        16,
+        workers,
     )];
-    load(&config)
+    config
 }
 
 /// A host serving `Testing.Scenario` with the test-handlers guest.

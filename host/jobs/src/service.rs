@@ -84,7 +84,7 @@ impl Jobs {
                 stop: CancellationToken::new(),
             }),
         };
-        runtime.set_jobs(Arc::new(Port(Arc::downgrade(&jobs.inner))));
+        runtime.connect_jobs(Arc::new(Port(Arc::downgrade(&jobs.inner))));
         Ok(jobs)
     }
 
@@ -234,19 +234,21 @@ impl Inner {
         let Some(operation) = &job.operation else {
             return;
         };
-        let outcome = match job.state {
-            JobState::Dead => {
+        if !matches!(job.state, JobState::Dead | JobState::Cancelled) {
+            return;
+        }
+        let outcome = match self.runtime.attach(operation).await {
+            Ok(run) if job.state == JobState::Dead => {
                 let error = job.error.clone().unwrap_or_else(|| {
                     ErrorInfo::new(ErrorCode::HandlerFailed, format!("job `{}` died", job.id))
                 });
-                self.runtime.fail(operation, error).await
+                run.fail(error).await
             }
-            JobState::Cancelled => {
-                self.runtime
-                    .cancelled(operation, &format!("job `{}` was cancelled", job.id))
+            Ok(run) => {
+                run.cancelled_with(&format!("job `{}` was cancelled", job.id))
                     .await
             }
-            _ => return,
+            Err(error) => Err(error),
         };
         match outcome {
             Ok(_) | Err(ServerError::OperationTerminal { .. }) => {}

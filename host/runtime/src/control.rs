@@ -2,11 +2,12 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use opshost_api::{ErrorCode, ErrorInfo, Operation, OperationSnapshot};
 
 use crate::error::ServerError;
-use crate::runtime::OperationRuntime;
+use crate::run::Run;
 
 /// A handler's failure, recorded on the failed snapshot with code `HandlerFailed`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,36 +16,35 @@ pub struct OperationFailure {
     pub message: String,
 }
 
-/// Drives one operation to its terminal state: started, progress, complete, fail.
+/// Drives one operation to its terminal state: started, progress, complete, fail. It acts
+/// through the operation's [`Run`] on this host.
 pub struct OperationControl<Op: Operation> {
-    runtime: OperationRuntime,
-    id: String,
+    run: Arc<Run>,
     marker: PhantomData<fn() -> Op>,
 }
 
 impl<Op: Operation> Clone for OperationControl<Op> {
     fn clone(&self) -> Self {
-        Self::new(self.runtime.clone(), self.id.clone())
+        Self::new(Arc::clone(&self.run))
     }
 }
 
 impl<Op: Operation> OperationControl<Op> {
-    pub(crate) fn new(runtime: OperationRuntime, id: String) -> Self {
+    pub(crate) fn new(run: Arc<Run>) -> Self {
         Self {
-            runtime,
-            id,
+            run,
             marker: PhantomData,
         }
     }
 
     /// The operation's id.
     pub fn id(&self) -> &str {
-        &self.id
+        self.run.id()
     }
 
     /// Marks the operation running (idempotent while running).
     pub async fn started(&self) -> Result<OperationSnapshot<Op>, ServerError> {
-        Ok(self.runtime.started(&self.id).await?.typed()?)
+        Ok(self.run.started().await?.typed()?)
     }
 
     /// Reports progress.
@@ -53,13 +53,13 @@ impl<Op: Operation> OperationControl<Op> {
         progress: Op::Progress,
     ) -> Result<OperationSnapshot<Op>, ServerError> {
         let value = serde_json::to_value(progress)?;
-        Ok(self.runtime.progress(&self.id, value).await?.typed()?)
+        Ok(self.run.progress(value).await?.typed()?)
     }
 
     /// Completes the operation with its output.
     pub async fn complete(&self, output: Op::Output) -> Result<OperationSnapshot<Op>, ServerError> {
         let value = serde_json::to_value(output)?;
-        Ok(self.runtime.complete(&self.id, value).await?.typed()?)
+        Ok(self.run.complete(value).await?.typed()?)
     }
 
     /// Fails the operation.
@@ -68,26 +68,22 @@ impl<Op: Operation> OperationControl<Op> {
         failure: OperationFailure,
     ) -> Result<OperationSnapshot<Op>, ServerError> {
         let error = ErrorInfo::new(ErrorCode::HandlerFailed, failure.message);
-        Ok(self.runtime.fail(&self.id, error).await?.typed()?)
+        Ok(self.run.fail(error).await?.typed()?)
     }
 
     /// Whether a caller asked to cancel the operation.
     pub async fn cancel_requested(&self) -> Result<bool, ServerError> {
-        Ok(self.runtime.get(&self.id).await?.cancel_requested)
+        self.run.cancel_requested().await
     }
 
-    /// Resolves when a caller asks to cancel the operation.
+    /// Resolves when a caller asks to cancel the operation, through this host or another.
     pub async fn cancelled(&self) {
-        self.runtime.cancellation(&self.id).cancelled().await
+        self.run.cancelled().await
     }
 
     /// Ends the operation `cancelled` after the handler cleaned up.
     pub async fn acknowledge_cancel(&self) -> Result<OperationSnapshot<Op>, ServerError> {
-        Ok(self
-            .runtime
-            .cancelled(&self.id, "cancelled by caller")
-            .await?
-            .typed()?)
+        Ok(self.run.acknowledge_cancel().await?.typed()?)
     }
 
     /// Hands the operation's terminal path to a new job on `queue` with `payload`; returns
@@ -99,7 +95,7 @@ impl<Op: Operation> OperationControl<Op> {
         payload: impl serde::Serialize,
     ) -> Result<String, ServerError> {
         let payload = serde_json::to_value(payload)?;
-        self.runtime.hand_off(&self.id, queue, payload).await
+        self.run.hand_off(queue, payload).await
     }
 
     /// Runs service-owned `work` that must drive the operation to a terminal state.
@@ -114,20 +110,20 @@ impl<Op: Operation> OperationControl<Op> {
     {
         if let Err(error) = work.await {
             let error = error.into();
-            match self.runtime.fail(&self.id, error.to_info()).await {
+            match self.run.fail(error.to_info()).await {
                 Ok(_) | Err(ServerError::OperationTerminal { .. }) => return Err(error),
                 Err(other) => return Err(other),
             }
         }
-        let snapshot = self.runtime.get(&self.id).await?;
+        let snapshot = self.run.snapshot().await?;
         if snapshot.is_terminal() {
             return Ok(());
         }
         let error = ServerError::HandlerNonTerminal {
-            id: self.id.clone(),
+            id: self.run.id().to_owned(),
             state: snapshot.state,
         };
-        self.runtime.fail(&self.id, error.to_info()).await?;
+        self.run.fail(error.to_info()).await?;
         Err(error)
     }
 }

@@ -12,7 +12,35 @@ use serde_json::Value;
 
 use crate::control::OperationControl;
 use crate::error::ServerError;
-use crate::runtime::{OperationHandler, OperationRuntime};
+use crate::executor::OperationHandler;
+use crate::run::Run;
+use crate::runtime::OperationRuntime;
+use crate::store::Owner;
+
+impl OperationRuntime {
+    /// The typed handle for operation `Op` of this service. A runtime made with
+    /// [`OperationRuntime::new`] learns its contract from `Op`'s facade here.
+    ///
+    /// # Panics
+    /// When `Op` belongs to another service, or its embedded manifest does not load; both are
+    /// programming errors fixed by regenerating the facade.
+    pub fn operation<Op: Operation>(&self) -> Operations<Op> {
+        assert_eq!(
+            Op::SERVICE,
+            self.service(),
+            "operation {} belongs to service {}, not {}",
+            Op::NAME,
+            Op::SERVICE,
+            self.service()
+        );
+        self.learn_contract(|| {
+            opshost_contract::Contract::from_json(Op::manifest()).unwrap_or_else(|error| {
+                panic!("facade manifest of {} does not load: {error}", Op::SERVICE)
+            })
+        });
+        Operations::new(self.clone())
+    }
+}
 
 /// The runtime's handle for operation `Op`: accept, control, get, wait, watch, cancel, signal.
 pub struct Operations<Op: Operation> {
@@ -27,7 +55,7 @@ impl<Op: Operation> Clone for Operations<Op> {
 }
 
 impl<Op: Operation> Operations<Op> {
-    pub(crate) fn new(runtime: OperationRuntime) -> Self {
+    fn new(runtime: OperationRuntime) -> Self {
         Self {
             runtime,
             marker: PhantomData,
@@ -48,7 +76,29 @@ impl<Op: Operation> Operations<Op> {
             handler,
             marker: PhantomData,
         };
-        self.runtime.set_handler(Op::NAME, Arc::new(native));
+        self.runtime.install_handler(Op::NAME, Arc::new(native));
+    }
+
+    /// Starts the operation in the default tenant with `input` (validated) and a fresh id, and
+    /// runs the handler given to [`Operations::serve`].
+    pub async fn start(&self, input: &Op::Input) -> Result<OperationSnapshot<Op>, ServerError> {
+        self.start_with_key(None, input).await
+    }
+
+    /// [`Operations::start`] under idempotency key `key`: starting the same key with the same
+    /// input again returns the same operation.
+    pub async fn start_with_key(
+        &self,
+        key: Option<String>,
+        input: &Op::Input,
+    ) -> Result<OperationSnapshot<Op>, ServerError> {
+        let input = serde_json::to_value(input)?;
+        let snapshot = self
+            .runtime
+            .start(Owner::default(), Op::NAME, key, input)
+            .await?
+            .snapshot;
+        Ok(snapshot.typed()?)
     }
 
     /// Accepts the operation under a handler-chosen id, with no stored input.
@@ -79,8 +129,9 @@ impl<Op: Operation> Operations<Op> {
         Ok(snapshot.typed()?)
     }
 
-    /// The control handle of an accepted operation, resumed by id. This host then counts as
-    /// the operation's handler: a cancel wakes [`OperationControl::cancelled`].
+    /// The control handle of an accepted operation, resumed by id: it joins the operation's
+    /// [`Run`] on this host (or starts one), so a cancel wakes
+    /// [`OperationControl::cancelled`].
     pub async fn control(
         &self,
         id: impl Into<String>,
@@ -90,10 +141,7 @@ impl<Op: Operation> Operations<Op> {
         if snapshot.operation != Op::NAME {
             return Err(ServerError::OperationNotFound { id });
         }
-        if !snapshot.is_terminal() {
-            self.runtime.register_handler(&id, None);
-        }
-        Ok(OperationControl::new(self.runtime.clone(), id))
+        Ok(OperationControl::new(self.runtime.attach(&id).await?))
     }
 
     /// The current snapshot.
@@ -164,11 +212,11 @@ where
 {
     fn run(
         &self,
-        runtime: OperationRuntime,
-        snapshot: Snapshot,
+        run: Arc<Run>,
+        _snapshot: Snapshot,
         input: Option<Value>,
     ) -> BoxFuture<'static, Result<(), ErrorInfo>> {
-        let control = OperationControl::new(runtime, snapshot.id);
+        let control = OperationControl::new(run);
         let work = serde_json::from_value::<Op::Input>(input.unwrap_or(Value::Null))
             .map(|input| (self.handler)(control, input));
         Box::pin(async move {

@@ -16,7 +16,7 @@ use crate::bindings::worker::{Worker, WorkerPre};
 use crate::bindings::{Handler, HandlerPre};
 use crate::cache::{ComponentLoader, sha256_hex};
 use crate::config::DeploymentConfig;
-use crate::control::OperationState;
+use crate::control::GuestState;
 use crate::engine::{EngineShape, new_engine};
 use crate::error::SandboxError;
 use crate::grants::{Grants, ungranted_imports};
@@ -189,15 +189,15 @@ fn serves(declared: &[String], operation: &str) -> Option<String> {
 }
 
 fn exports_handler(engine: &Engine, component: &Component) -> wasmtime::Result<()> {
-    let mut linker = Linker::<OperationState>::new(engine);
+    let mut linker = Linker::<GuestState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    Handler::add_to_linker::<_, HasSelf<OperationState>>(&mut linker, |state| state)?;
+    Handler::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)?;
     HandlerPre::new(linker.instantiate_pre(component)?).map(drop)
 }
 
 fn exports_worker(engine: &Engine, component: &Component) -> wasmtime::Result<()> {
-    let mut linker = Linker::<OperationState>::new(engine);
+    let mut linker = Linker::<GuestState>::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    Worker::add_to_linker::<_, HasSelf<OperationState>>(&mut linker, |state| state)?;
+    Worker::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)?;
     WorkerPre::new(linker.instantiate_pre(component)?).map(drop)
 }

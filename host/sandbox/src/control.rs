@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use opshost_api::{ErrorCode, ErrorInfo};
 use opshost_jobs::{Job, WorkerError};
-use opshost_runtime::{OperationRuntime, ServerError, SignalWait};
+use opshost_runtime::{OperationRuntime, Run, ServerError, SignalWait};
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -43,12 +43,23 @@ impl Default for RunEnv {
     }
 }
 
-/// Per-store state: WASI, limits, the operation this store is bound to, and a worker's job.
-pub struct OperationState {
+/// The operation a store's control imports act on.
+enum Binding {
+    /// None yet: a worker whose job owns no operation, until it resumes one.
+    Unbound,
+    /// Known by id; its run on this host is joined at the first call that needs it.
+    Id(String),
+    /// Its run.
+    Run(Arc<Run>),
+}
+
+/// Per-store state of one guest: WASI, limits, the operation its store is bound to (through
+/// that operation's [`Run`]), and a worker's job.
+pub struct GuestState {
     wasi: WasiCtx,
     table: ResourceTable,
     runtime: OperationRuntime,
-    id: Option<String>,
+    bound: Binding,
     signal_cursor: u64,
     job: Option<Job>,
     limits: StoreLimits,
@@ -71,22 +82,21 @@ impl ProgressGate {
     /// Records `value` (`bytes` of JSON) and counts it.
     async fn record(
         &mut self,
-        runtime: &OperationRuntime,
-        id: &str,
+        run: &Run,
         value: serde_json::Value,
         bytes: u64,
     ) -> Result<(), ServerError> {
-        runtime.progress(id, value).await?;
+        run.progress(value).await?;
         self.recorded = Some(self.recorded.unwrap_or(0) + bytes);
         Ok(())
     }
 }
 
-impl OperationState {
-    /// State bound to operation `id`.
+impl GuestState {
+    /// State of a handler bound to `run`'s operation.
     pub fn new(
         runtime: OperationRuntime,
-        id: String,
+        run: Arc<Run>,
         wasi: WasiCtx,
         limits: Limits,
         env: RunEnv,
@@ -96,7 +106,7 @@ impl OperationState {
             wasi,
             table: ResourceTable::new(),
             runtime,
-            id: Some(id),
+            bound: Binding::Run(run),
             signal_cursor: 0,
             job: None,
             limits: StoreLimits::new(limits),
@@ -114,10 +124,36 @@ impl OperationState {
         env: RunEnv,
     ) -> Self {
         Self {
-            id: job.operation_id().map(str::to_owned),
+            env,
+            wasi,
+            table: ResourceTable::new(),
+            runtime,
+            bound: match job.operation_id() {
+                Some(id) => Binding::Id(id.to_owned()),
+                None => Binding::Unbound,
+            },
+            signal_cursor: 0,
             job: Some(job),
-            ..Self::new(runtime, String::new(), wasi, limits, env)
+            limits: StoreLimits::new(limits),
+            breach: None,
+            progress: Default::default(),
         }
+    }
+
+    /// The run of the operation this store is bound to, joined on first use.
+    async fn run(&mut self) -> Result<Arc<Run>, ControlError> {
+        let id = match &self.bound {
+            Binding::Run(run) => return Ok(Arc::clone(run)),
+            Binding::Id(id) => id.clone(),
+            Binding::Unbound => {
+                return Err(ControlError::Internal(
+                    "no operation is bound: this job owns none (call `job.resume` first)".into(),
+                ));
+            }
+        };
+        let run = self.runtime.attach(&id).await.map_err(control_error)?;
+        self.bound = Binding::Run(Arc::clone(&run));
+        Ok(run)
     }
 
     /// Applies the fault planned for this call of `import`, if any.
@@ -128,7 +164,7 @@ impl OperationState {
         match fault {
             Fault::Refuse(message) => Err(ControlError::Internal(message)),
             Fault::RequestCancel => {
-                let id = self.id()?;
+                let id = self.run().await?.id().to_owned();
                 self.runtime
                     .request_cancel(&id)
                     .await
@@ -162,11 +198,11 @@ impl OperationState {
     async fn breached(&mut self, breach: LimitBreach) -> ControlError {
         let message = breach.to_string();
         if self.job.is_none()
-            && let Some(id) = &self.id
+            && let Binding::Run(run) = &self.bound
         {
             let error = breach.to_server_error().to_info();
-            if let Err(failed) = self.runtime.fail(id, error).await {
-                tracing::debug!(%id, %failed, "cannot fail the operation for a limit");
+            if let Err(failed) = run.fail(error).await {
+                tracing::debug!(id = %run.id(), %failed, "cannot fail the operation for a limit");
             }
         }
         self.breach = Some(breach);
@@ -180,7 +216,7 @@ impl OperationState {
     /// never both write one, nor one after the other's terminal write.
     async fn gated_progress(
         &mut self,
-        id: String,
+        run: Arc<Run>,
         value: serde_json::Value,
         bytes: u64,
     ) -> Result<(), ControlError> {
@@ -189,19 +225,11 @@ impl OperationState {
         let now = clock.monotonic();
         let progress = Arc::clone(&self.progress);
         let mut gate = progress.lock().await;
-        let current = self
-            .runtime
-            .check_progress(&id, &value)
-            .await
-            .map_err(control_error)?;
+        let current = run.check_progress(&value).await.map_err(control_error)?;
         let recorded = match gate.recorded {
             Some(recorded) => recorded,
             None if current.progress.is_none() => 0,
-            None => self
-                .runtime
-                .progress_bytes(&id)
-                .await
-                .map_err(control_error)?,
+            None => run.progress_bytes().await.map_err(control_error)?,
         };
         gate.recorded = Some(recorded);
         let budget = self
@@ -213,25 +241,22 @@ impl OperationState {
         }
         if !gate.scheduled && gate.last.is_none_or(|last| now >= last + interval) {
             gate.last = Some(now);
-            return gate
-                .record(&self.runtime, &id, value, bytes)
-                .await
-                .map_err(control_error);
+            return gate.record(&run, value, bytes).await.map_err(control_error);
         }
         gate.pending = Some((value, bytes));
         if !gate.scheduled {
             gate.scheduled = true;
             let at = gate.last.map_or(now, |last| last + interval);
-            let (gate, runtime) = (Arc::clone(&self.progress), self.runtime.clone());
+            let gate = Arc::clone(&self.progress);
             tokio::spawn(async move {
                 clock.timer(at.saturating_sub(now)).await;
                 let mut gate = gate.lock().await;
                 gate.scheduled = false;
                 gate.last = Some(clock.monotonic());
                 if let Some((value, bytes)) = gate.pending.take()
-                    && let Err(error) = gate.record(&runtime, &id, value, bytes).await
+                    && let Err(error) = gate.record(&run, value, bytes).await
                 {
-                    tracing::debug!(%id, %error, "coalesced progress not recorded");
+                    tracing::debug!(id = %run.id(), %error, "coalesced progress not recorded");
                 }
             });
         }
@@ -240,21 +265,13 @@ impl OperationState {
 
     /// Records the progress still waiting for the rate, if any: called before the guest ends
     /// its operation, so the terminal snapshot carries the last progress it reported.
-    async fn flush_progress(&mut self, id: &str) {
+    async fn flush_progress(&mut self, run: &Run) {
         let mut gate = self.progress.lock().await;
         if let Some((value, bytes)) = gate.pending.take()
-            && let Err(error) = gate.record(&self.runtime, id, value, bytes).await
+            && let Err(error) = gate.record(run, value, bytes).await
         {
-            tracing::debug!(%id, %error, "latest progress not recorded before the end");
+            tracing::debug!(id = %run.id(), %error, "latest progress not recorded before the end");
         }
-    }
-
-    fn id(&self) -> Result<String, ControlError> {
-        self.id.clone().ok_or_else(|| {
-            ControlError::Internal(
-                "no operation is bound: this job owns none (call `job.resume` first)".into(),
-            )
-        })
     }
 
     /// Fires when the job (if any) is cancelled; never otherwise.
@@ -263,7 +280,7 @@ impl OperationState {
     }
 }
 
-impl WasiView for OperationState {
+impl WasiView for GuestState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
             ctx: &mut self.wasi,
@@ -307,13 +324,14 @@ fn json(text: &str, what: &str) -> Result<serde_json::Value, ControlError> {
         .map_err(|e| ControlError::InvalidPayload(format!("{what} is not JSON: {e}")))
 }
 
-impl types::Host for OperationState {}
+impl types::Host for GuestState {}
 
-impl Host for OperationState {
+impl Host for GuestState {
     async fn started(&mut self) -> Result<(), ControlError> {
         self.fault(Import::Started).await?;
-        self.runtime
-            .started(&self.id()?)
+        self.run()
+            .await?
+            .started()
             .await
             .map(drop)
             .map_err(control_error)
@@ -323,19 +341,18 @@ impl Host for OperationState {
         self.fault(Import::Progress).await?;
         self.check_payload("progress", &payload).await?;
         let value = json(&payload, "progress")?;
-        let id = self.id()?;
+        let run = self.run().await?;
         let bytes = opshost_runtime::json_len(&value);
-        self.gated_progress(id, value, bytes).await
+        self.gated_progress(run, value, bytes).await
     }
 
     async fn complete(&mut self, output: String) -> Result<(), ControlError> {
         self.fault(Import::Complete).await?;
         self.check_payload("output", &output).await?;
         let value = json(&output, "output")?;
-        let id = self.id()?;
-        self.flush_progress(&id).await;
-        let runtime = &self.runtime;
-        until_stored(|| runtime.complete(&id, value.clone()))
+        let run = self.run().await?;
+        self.flush_progress(&run).await;
+        until_stored(|| run.complete(value.clone()))
             .await
             .map(drop)
             .map_err(control_error)
@@ -355,33 +372,28 @@ impl Host for OperationState {
             message: failure.message,
             details,
         };
-        let id = self.id()?;
-        self.flush_progress(&id).await;
-        let runtime = &self.runtime;
-        until_stored(|| runtime.fail(&id, error.clone()))
+        let run = self.run().await?;
+        self.flush_progress(&run).await;
+        until_stored(|| run.fail(error.clone()))
             .await
             .map(drop)
             .map_err(control_error)
     }
 
     async fn cancel_requested(&mut self) -> bool {
-        let Some(id) = self.id.clone() else {
-            return self.job.as_ref().is_some_and(Job::is_cancelled);
-        };
-        self.job.as_ref().is_some_and(Job::is_cancelled)
-            || self.runtime.cancellation(&id).is_cancelled()
-            || self
-                .runtime
-                .get(&id)
-                .await
-                .is_ok_and(|s| s.cancel_requested)
+        if self.job.as_ref().is_some_and(Job::is_cancelled) {
+            return true;
+        }
+        match self.run().await {
+            Ok(run) => run.cancel_requested().await.unwrap_or(false),
+            Err(_) => false,
+        }
     }
 
     async fn acknowledge_cancel(&mut self) -> Result<(), ControlError> {
-        let id = self.id()?;
-        self.flush_progress(&id).await;
-        let runtime = &self.runtime;
-        until_stored(|| runtime.cancelled(&id, "cancelled by caller"))
+        let run = self.run().await?;
+        self.flush_progress(&run).await;
+        until_stored(|| run.acknowledge_cancel())
             .await
             .map(drop)
             .map_err(control_error)
@@ -392,14 +404,14 @@ impl Host for OperationState {
         timeout_ms: Option<u64>,
     ) -> Result<Option<Signal>, ControlError> {
         self.fault(Import::NextSignal).await?;
-        let id = self.id()?;
+        let run = self.run().await?;
         let job = self.job_cancellation();
         let timeout: futures::future::BoxFuture<'static, ()> = match timeout_ms {
             Some(ms) => self.env.clock.sleep(Duration::from_millis(ms)),
             None => Box::pin(std::future::pending()),
         };
         let waited = tokio::select! {
-            waited = self.runtime.next_signal(&id, self.signal_cursor, None) => waited,
+            waited = run.next_signal(self.signal_cursor, None) => waited,
             _ = job.cancelled() => Ok(SignalWait::Cancelled),
             _ = timeout => Ok(SignalWait::TimedOut),
         };
@@ -420,9 +432,9 @@ impl Host for OperationState {
 
     async fn sleep(&mut self, ms: u64) -> Result<(), ControlError> {
         self.fault(Import::Sleep).await?;
-        let token = match &self.id {
-            Some(id) => self.runtime.cancellation(id),
-            None => CancellationToken::new(),
+        let token = match self.run().await {
+            Ok(run) => run.cancellation(),
+            Err(_) => CancellationToken::new(),
         };
         let job = self.job_cancellation();
         tokio::select! {
@@ -437,14 +449,14 @@ impl Host for OperationState {
         self.fault(Import::HandOff).await?;
         self.check_payload("job payload", &payload).await?;
         let value = json(&payload, "job payload")?;
-        let (id, runtime) = (self.id()?, &self.runtime);
-        until_stored(|| runtime.hand_off(&id, &queue, value.clone()))
+        let run = self.run().await?;
+        until_stored(|| run.hand_off(&queue, value.clone()))
             .await
             .map_err(control_error)
     }
 }
 
-impl job::Host for OperationState {
+impl job::Host for GuestState {
     async fn progress(&mut self, payload: String) -> Result<(), ControlError> {
         self.check_payload("job progress", &payload).await?;
         let value = json(&payload, "job progress")?;
@@ -464,16 +476,18 @@ impl job::Host for OperationState {
     }
 
     async fn resume(&mut self, operation_id: String) -> Result<(), ControlError> {
-        self.runtime
-            .get(&operation_id)
+        let run = self
+            .runtime
+            .attach(&operation_id)
             .await
             .map_err(control_error)?;
         // What was reported for the operation bound so far stays with it.
-        if let Some(previous) = self.id.clone() {
+        if let Binding::Run(previous) = &self.bound {
+            let previous = Arc::clone(previous);
             self.flush_progress(&previous).await;
         }
         self.progress = Default::default();
-        self.id = Some(operation_id);
+        self.bound = Binding::Run(run);
         self.signal_cursor = 0;
         Ok(())
     }

@@ -12,7 +12,8 @@ use opshost_contract::Contract;
 use opshost_jobs::{Job, JobStore, Jobs, MemoryJobStore, WorkerError};
 use opshost_runtime::store::{MemoryStore, OperationStore};
 use opshost_runtime::{
-    OperationHandler, OperationRuntime, Owner, Recovery, RestartPolicy, RuntimeConfig, ServerError,
+    OperationHandler, OperationRuntime, Owner, Recovery, RestartPolicy, Run, RuntimeConfig,
+    ServerError,
 };
 use serde_json::Value;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -23,7 +24,7 @@ use crate::bindings::worker::{Worker, WorkerPre};
 use crate::bindings::{Handler, HandlerPre};
 use crate::cache::ComponentLoader;
 use crate::config::DeploymentConfig;
-use crate::control::{OperationState, RunEnv};
+use crate::control::{GuestState, RunEnv};
 use crate::engine::{self, Allocation, EngineShape};
 use crate::error::SandboxError;
 use crate::grants::{self, Grants};
@@ -121,10 +122,10 @@ impl WasmHost {
         let (engine, allocation) = engine::new_engine(shape)?;
         tracing::info!(?allocation, "engine ready");
         let mut loader = ComponentLoader::new(&engine, config.engine.cache_dir.clone());
-        let mut linker = Linker::<OperationState>::new(&engine);
+        let mut linker = Linker::<GuestState>::new(&engine);
         let link_error = |e: wasmtime::Error| SandboxError::Engine(e.to_string());
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link_error)?;
-        Handler::add_to_linker::<_, HasSelf<OperationState>>(&mut linker, |state| state)
+        Handler::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)
             .map_err(link_error)?;
         for (handler, limits) in config.handlers.iter().zip(handler_limits) {
             let component = load(
@@ -139,9 +140,10 @@ impl WasmHost {
                 .and_then(HandlerPre::new)
                 .map_err(|e| component_error(&handler.component, e))?;
             tracing::info!(operation = %handler.operation, component = %handler.component.display(), "handler loaded");
-            runtime.set_handler(
+            runtime.install_handler(
                 &handler.operation,
                 Arc::new(WasmHandler {
+                    runtime: runtime.clone(),
                     engine: engine.clone(),
                     pre,
                     limits,
@@ -150,9 +152,9 @@ impl WasmHost {
                 }),
             );
         }
-        let mut worker_linker = Linker::<OperationState>::new(&engine);
+        let mut worker_linker = Linker::<GuestState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut worker_linker).map_err(link_error)?;
-        Worker::add_to_linker::<_, HasSelf<OperationState>>(&mut worker_linker, |state| state)
+        Worker::add_to_linker::<_, HasSelf<GuestState>>(&mut worker_linker, |state| state)
             .map_err(link_error)?;
         for (worker, limits) in config.workers.iter().zip(worker_limits) {
             let component = load(
@@ -304,8 +306,9 @@ fn component_error(path: &Path, error: wasmtime::Error) -> SandboxError {
 
 /// One compiled component serving one operation: each run gets a fresh `Store`.
 struct WasmHandler {
+    runtime: OperationRuntime,
     engine: Engine,
-    pre: HandlerPre<OperationState>,
+    pre: HandlerPre<GuestState>,
     limits: Limits,
     grants: Grants,
     env: RunEnv,
@@ -314,18 +317,19 @@ struct WasmHandler {
 impl OperationHandler for WasmHandler {
     fn run(
         &self,
-        runtime: OperationRuntime,
+        run: Arc<Run>,
         snapshot: Snapshot,
         input: Option<Value>,
     ) -> BoxFuture<'static, Result<(), ErrorInfo>> {
         let engine = self.engine.clone();
         let pre = self.pre.clone();
+        let runtime = self.runtime.clone();
         let (limits, grants, env) = (self.limits, self.grants.clone(), self.env.clone());
         Box::pin(async move {
             let wasi = grants
                 .wasi_context(Arc::clone(&env.clock))
                 .map_err(|message| ErrorInfo::new(ErrorCode::Internal, message))?;
-            let state = OperationState::new(runtime, snapshot.id.clone(), wasi, limits, env);
+            let state = GuestState::new(runtime, run, wasi, limits, env);
             let mut store = sandboxed_store(&engine, state);
             let invocation = Invocation {
                 operation_id: snapshot.id,
@@ -357,7 +361,7 @@ impl OperationHandler for WasmHandler {
 
 /// A store under its limits: memory counted across all memories, and a CPU tick counted (and
 /// tokio yielded to) at every epoch.
-fn sandboxed_store(engine: &Engine, state: OperationState) -> Store<OperationState> {
+fn sandboxed_store(engine: &Engine, state: GuestState) -> Store<GuestState> {
     let mut store = Store::new(engine, state);
     store.limiter(|state| state.limits_mut());
     store.set_epoch_deadline(1);
@@ -371,7 +375,7 @@ fn sandboxed_store(engine: &Engine, state: OperationState) -> Store<OperationSta
 /// One compiled worker component: each job attempt gets a fresh `Store`.
 struct WasmWorker {
     engine: Engine,
-    pre: WorkerPre<OperationState>,
+    pre: WorkerPre<GuestState>,
     runtime: OperationRuntime,
     limits: Limits,
     grants: Grants,
@@ -391,7 +395,7 @@ impl WasmWorker {
             .grants
             .wasi_context(Arc::clone(&self.env.clock))
             .map_err(|message| WorkerError(ErrorInfo::new(ErrorCode::Internal, message)))?;
-        let state = OperationState::for_job(
+        let state = GuestState::for_job(
             self.runtime.clone(),
             job,
             wasi,

@@ -350,7 +350,10 @@ async fn a_job_whose_operation_already_ended_is_done_without_running_its_worker(
         .snapshot
         .id;
     runtime
-        .complete(&id, json!({ "note": "finished elsewhere" }))
+        .attach(&id)
+        .await
+        .unwrap()
+        .complete(json!({ "note": "finished elsewhere" }))
         .await
         .unwrap();
     let calls = Arc::new(Mutex::new(0));
@@ -477,14 +480,15 @@ async fn a_hand_off_to_an_unknown_queue_or_with_a_bad_payload_is_refused_and_cha
         .unwrap()
         .snapshot
         .id;
-    let unknown = runtime
-        .hand_off(&id, "no.such.queue", json!({ "behaviour": "complete" }))
+    let run = runtime.attach(&id).await.unwrap();
+    let unknown = run
+        .hand_off("no.such.queue", json!({ "behaviour": "complete" }))
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), ErrorCode::InvalidInput);
     assert!(unknown.to_string().contains("no.such.queue"), "{unknown}");
-    let invalid = runtime
-        .hand_off(&id, "testing.owned", json!({ "behaviour": 5 }))
+    let invalid = run
+        .hand_off("testing.owned", json!({ "behaviour": 5 }))
         .await
         .unwrap_err();
     let opshost_runtime::ServerError::InvalidInput { issues, .. } = &invalid else {

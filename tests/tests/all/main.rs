@@ -1,6 +1,7 @@
 //! Every integration test of the host in one binary, so wasmtime and the host are linked once
 //! rather than once per file. Each module is one area of behaviour.
 
+mod active_handlers;
 mod conformance;
 mod guest_failures;
 mod hostile_guests;

@@ -1,0 +1,461 @@
+//! The executor: which operations run on this host, and how they start, stop and resume.
+//!
+//! It owns the handlers by operation name, the handler slots, the jobs port and one [`Run`]
+//! per operation running here. `launch`, `restart` (on recovery) and `attach` (a caller taking
+//! control by id) create runs; a run ends when its operation does or its last holder drops it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use opshost_api::{ErrorCode, ErrorInfo, EventKind, OperationState, Snapshot};
+use serde_json::Value;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::config::{RestartPolicy, RuntimeConfig};
+use crate::error::ServerError;
+use crate::handoff::JobHandOff;
+use crate::log::{Acceptance, OperationLog, next, non_terminal};
+use crate::run::{JobsPort, Run, Runs};
+use crate::store::{Owner, StoredOperation};
+
+/// Runs accepted operations of one operation name: a wasm component or native code.
+///
+/// The executor spawns [`OperationHandler::run`] on its own task once the operation is
+/// accepted, with the operation's [`Run`] to report through. When `run` returns, the executor
+/// holds the attach rule for every kind of handler: an error fails the operation with it, and
+/// an operation still non-terminal (and not handed to a job) fails with `HandlerNonTerminal`.
+pub trait OperationHandler: Send + Sync + 'static {
+    /// Drives `run`'s operation (`snapshot`, accepted with `input`) to a terminal state, or
+    /// answers the failure to record.
+    fn run(
+        &self,
+        run: Arc<Run>,
+        snapshot: Snapshot,
+        input: Option<Value>,
+    ) -> BoxFuture<'static, Result<(), ErrorInfo>>;
+}
+
+/// What [`crate::OperationRuntime::recover`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Operations whose handler runs again.
+    pub retried: usize,
+    /// Operations failed with `HostRestarted`.
+    pub failed: usize,
+    /// Operations whose cancel request was pending: now `cancelled`.
+    pub cancelled: usize,
+    /// Operations left to the job that owns their terminal path.
+    pub owned_by_jobs: usize,
+}
+
+/// Handler slots: a semaphore of `concurrency` permits, and how many launched handlers wait
+/// for one (at most `backlog`).
+struct Slots {
+    permits: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+}
+
+/// A launched handler waiting for a slot: counted in [`Slots::waiting`] until dropped.
+struct Queued {
+    permits: Arc<Semaphore>,
+    waiting: Arc<AtomicUsize>,
+}
+
+impl Queued {
+    fn new(slots: &Slots) -> Self {
+        slots.waiting.fetch_add(1, Ordering::SeqCst);
+        Self {
+            permits: Arc::clone(&slots.permits),
+            waiting: Arc::clone(&slots.waiting),
+        }
+    }
+
+    async fn slot(&self) -> Option<OwnedSemaphorePermit> {
+        Arc::clone(&self.permits).acquire_owned().await.ok()
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// See the module docs.
+pub(crate) struct Executor {
+    log: Arc<OperationLog>,
+    handlers: RwLock<HashMap<String, Arc<dyn OperationHandler>>>,
+    jobs: Arc<JobsPort>,
+    runs: Arc<Runs>,
+    slots: Option<Slots>,
+}
+
+impl Executor {
+    pub(crate) fn new(log: Arc<OperationLog>) -> Self {
+        let slots = log.config().concurrency.map(|concurrency| Slots {
+            permits: Arc::new(Semaphore::new(concurrency)),
+            waiting: Arc::default(),
+        });
+        Self {
+            log,
+            handlers: RwLock::default(),
+            jobs: Arc::default(),
+            runs: Arc::default(),
+            slots,
+        }
+    }
+
+    fn config(&self) -> &RuntimeConfig {
+        self.log.config()
+    }
+
+    pub(crate) fn install(&self, operation: &str, handler: Arc<dyn OperationHandler>) {
+        self.handlers
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(operation.to_owned(), handler);
+    }
+
+    fn handler(&self, operation: &str) -> Option<Arc<dyn OperationHandler>> {
+        self.handlers
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(operation)
+            .cloned()
+    }
+
+    pub(crate) fn connect_jobs(&self, jobs: Arc<dyn JobHandOff>) {
+        if self.jobs.set(jobs).is_err() {
+            tracing::warn!("a jobs service is already connected to this runtime");
+        }
+    }
+
+    pub(crate) fn active(&self) -> usize {
+        self.runs.len()
+    }
+
+    /// Accepts an operation and, when newly accepted, launches its handler.
+    pub(crate) async fn start(
+        self: &Arc<Self>,
+        owner: Owner,
+        operation: &str,
+        key: Option<String>,
+        input: Value,
+    ) -> Result<Acceptance, ServerError> {
+        let Some(handler) = self.handler(operation) else {
+            self.log.spec(operation)?;
+            return Err(ServerError::OperationUnsupportedControl {
+                operation: operation.to_owned(),
+                action: "start (no handler deployed)".into(),
+            });
+        };
+        if let Some(slots) = &self.slots {
+            let waiting = slots.waiting.load(Ordering::SeqCst);
+            let backlog = self.config().backlog;
+            if slots.permits.available_permits() == 0 && waiting >= backlog {
+                return Err(ServerError::Overloaded {
+                    message: format!(
+                        "every handler slot is taken and {waiting} accepted operations already wait (max_backlog {backlog})"
+                    ),
+                    retry_after: Duration::from_secs(1),
+                });
+            }
+        }
+        let acceptance = self
+            .log
+            .accept(owner, operation, key, Some(input.clone()))
+            .await?;
+        if acceptance.created {
+            self.launch(handler, acceptance.snapshot.clone(), Some(input));
+        }
+        Ok(acceptance)
+    }
+
+    /// Runs `handler` for `snapshot` on a task of its own, once a slot is free.
+    fn launch(
+        self: &Arc<Self>,
+        handler: Arc<dyn OperationHandler>,
+        snapshot: Snapshot,
+        input: Option<Value>,
+    ) {
+        let run = self
+            .runs
+            .launch(&self.log, &self.jobs, &snapshot.id, snapshot.attempt);
+        let executor = Arc::clone(self);
+        let queued = self.slots.as_ref().map(Queued::new);
+        let (registered, gate) = tokio::sync::oneshot::channel::<()>();
+        let task_run = Arc::clone(&run);
+        let task = tokio::spawn(async move {
+            let run = task_run;
+            // Run only once cancel can find the task, so a fast handler cannot finish first.
+            let _ = gate.await;
+            let cancel = run.cancellation();
+            let _permit = match queued {
+                Some(queued) => tokio::select! {
+                    biased;
+                    permit = queued.slot() => permit,
+                    () = cancel.cancelled() => {
+                        drop(queued);
+                        let ended = run.cancelled_with("cancelled while waiting for a handler slot").await;
+                        if let Err(error) = ended {
+                            tracing::debug!(id = %run.id(), %error, "cancel of a waiting operation");
+                        }
+                        return;
+                    }
+                },
+                None => None,
+            };
+            tokio::select! {
+                outcome = handler.run(Arc::clone(&run), snapshot, input) => {
+                    executor.handler_returned(&run, outcome).await;
+                }
+                () = executor.changed_elsewhere(&run) => {}
+            }
+        });
+        run.set_task(task.abort_handle());
+        let _ = registered.send(());
+    }
+
+    /// On a store other hosts share, what they do to an operation running here: a cancel
+    /// request wakes the run; an end, or a restart elsewhere (a newer attempt), returns after
+    /// the cancel grace, so that the caller drops a run that did not finish by then. Never
+    /// returns on a store this host owns alone.
+    async fn changed_elsewhere(&self, run: &Run) {
+        if !self.log.store().is_shared() {
+            return std::future::pending().await;
+        }
+        let mut bell = self.log.subscribe(run.id());
+        loop {
+            let closed = bell.changed().await.is_err();
+            let over = match self.log.store().load(run.id()).await {
+                Ok(Some(stored)) => {
+                    let snapshot = stored.snapshot;
+                    if snapshot.cancel_requested {
+                        run.wake();
+                    }
+                    closed || snapshot.is_terminal() || snapshot.attempt > run.attempt()
+                }
+                Ok(None) => true,
+                Err(error) => {
+                    tracing::warn!(id = %run.id(), %error, "cannot read an operation another host changed");
+                    closed
+                }
+            };
+            if over {
+                tokio::time::sleep(self.config().cancel_grace).await;
+                tracing::info!(id = %run.id(), attempt = run.attempt(), "dropping a run that ended or moved elsewhere");
+                run.retire();
+                return;
+            }
+        }
+    }
+
+    /// The attach rule, once a handler's `run` returned.
+    async fn handler_returned(&self, run: &Run, outcome: Result<(), ErrorInfo>) {
+        if run.handed_off() && outcome.is_ok() {
+            return;
+        }
+        let error = match outcome {
+            Err(error) => error,
+            Ok(()) => match run.snapshot().await {
+                Ok(current) if current.is_terminal() => return,
+                Ok(current) => ServerError::HandlerNonTerminal {
+                    id: run.id().to_owned(),
+                    state: current.state,
+                }
+                .to_info(),
+                Err(error) => {
+                    tracing::error!(id = %run.id(), %error, "cannot read operation after its handler returned");
+                    return;
+                }
+            },
+        };
+        // The failure must be recorded, or the operation would stay open with nothing running
+        // it: while the store is unavailable, try again with a growing pause.
+        let mut pause = Duration::from_millis(100);
+        loop {
+            match run.fail(error.clone()).await {
+                Ok(_) | Err(ServerError::OperationTerminal { .. }) => return,
+                Err(ServerError::Store(store)) if store.is_unavailable() => {
+                    tracing::warn!(id = %run.id(), error = %store, ?pause, "cannot record a handler's failure yet");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(5));
+                }
+                Err(error) => {
+                    tracing::error!(id = %run.id(), %error, "cannot record handler failure");
+                    return;
+                }
+            }
+        }
+    }
+
+    /// The run of operation `id`: the one here, else a new one, counted while it is held and
+    /// the operation is open.
+    pub(crate) async fn attach(&self, id: &str) -> Result<Arc<Run>, ServerError> {
+        let snapshot = self.log.get(id).await?;
+        let run = self.runs.join(&self.log, &self.jobs, &snapshot);
+        if snapshot.is_terminal() {
+            run.retire();
+        }
+        Ok(run)
+    }
+
+    /// Records a cancel request and wakes the handler (and the job owning the operation),
+    /// without waiting for the operation to end.
+    pub(crate) async fn request_cancel(&self, id: &str) -> Result<Snapshot, ServerError> {
+        let snapshot = self.log.get(id).await?;
+        if !self.log.spec(&snapshot.operation)?.cancel {
+            return Err(ServerError::OperationUnsupportedControl {
+                operation: snapshot.operation,
+                action: "cancel".into(),
+            });
+        }
+        if snapshot.is_terminal() {
+            return Ok(snapshot);
+        }
+        let current = match self.runs.get(id) {
+            Some(run) => run.snapshot().await?,
+            None => snapshot,
+        };
+        let requested = self.log.request_cancel(current).await?;
+        if let Some(run) = self.runs.get(id) {
+            run.wake();
+        }
+        if let Some(jobs) = self.jobs.get() {
+            jobs.cancel_owned(id).await?;
+        }
+        Ok(requested)
+    }
+
+    /// Requests cancellation, waits the grace period for the operation to end, then stops the
+    /// handler by force and ends the operation `cancelled`.
+    pub(crate) async fn cancel(&self, id: &str) -> Result<Snapshot, ServerError> {
+        let snapshot = self.request_cancel(id).await?;
+        if snapshot.is_terminal() {
+            return Ok(snapshot);
+        }
+        let waited = self.log.wait(id, Some(self.config().cancel_grace)).await?;
+        if waited.is_terminal() {
+            return Ok(waited);
+        }
+        let run = self.attach(id).await?;
+        if run.abort() {
+            tracing::warn!(%id, "handler ignored cancellation for the grace period; stopping it");
+        }
+        match run
+            .cancelled_with("cancelled by caller; handler stopped after the grace period")
+            .await
+        {
+            Ok(snapshot) => Ok(snapshot),
+            Err(ServerError::OperationTerminal { .. }) => self.log.get(id).await,
+            Err(error) => Err(error),
+        }
+    }
+
+    /// Resumes what a previous run of the host (or, on a shared store, a dead host) left
+    /// unfinished. See [`crate::OperationRuntime::recover`].
+    pub(crate) async fn recover(
+        self: &Arc<Self>,
+        policy: impl Fn(&str) -> RestartPolicy,
+    ) -> Result<Recovery, ServerError> {
+        let mut report = Recovery::default();
+        for stored in self.log.store().claim_orphans().await? {
+            let id = stored.snapshot.id.clone();
+            let attempt = stored.snapshot.attempt;
+            let owned = match self.jobs.get() {
+                Some(jobs) => jobs.owns(&id).await?,
+                None => false,
+            };
+            let outcome = if owned && !stored.snapshot.cancel_requested {
+                report.owned_by_jobs += 1;
+                continue;
+            } else if stored.snapshot.cancel_requested {
+                report.cancelled += 1;
+                if owned && let Some(jobs) = self.jobs.get() {
+                    jobs.cancel_owned(&id).await?;
+                }
+                self.end_unfinished(
+                    stored.snapshot,
+                    EventKind::Cancelled,
+                    ErrorInfo::new(
+                        ErrorCode::Cancelled,
+                        "cancelled: the host restarted while the cancel was pending",
+                    ),
+                )
+                .await
+            } else {
+                let handler = self.handler(&stored.snapshot.operation);
+                match (policy(&stored.snapshot.operation), handler) {
+                    (RestartPolicy::Retry { max_attempts }, Some(handler))
+                        if attempt < max_attempts =>
+                    {
+                        report.retried += 1;
+                        self.restart(handler, stored).await
+                    }
+                    (policy, _) => {
+                        report.failed += 1;
+                        let message = match policy {
+                            RestartPolicy::Retry { max_attempts } => format!(
+                                "the host restarted during attempt {attempt} of {max_attempts}"
+                            ),
+                            RestartPolicy::Fail => {
+                                "the host restarted while the operation ran (on_restart = fail)"
+                                    .to_owned()
+                            }
+                        };
+                        self.end_unfinished(
+                            stored.snapshot,
+                            EventKind::Failed,
+                            ErrorInfo::new(ErrorCode::HostRestarted, message),
+                        )
+                        .await
+                    }
+                }
+            };
+            match outcome {
+                Ok(_) | Err(ServerError::OperationTerminal { .. }) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        if report != Recovery::default() {
+            tracing::info!(?report, "recovered unfinished operations");
+        }
+        Ok(report)
+    }
+
+    /// Ends an operation no run of this host drives, as `kind` with `error`.
+    async fn end_unfinished(
+        &self,
+        current: Snapshot,
+        kind: EventKind,
+        error: ErrorInfo,
+    ) -> Result<Snapshot, ServerError> {
+        self.log
+            .finish(current, kind, |snapshot| {
+                snapshot.error = Some(error.clone())
+            })
+            .await
+    }
+
+    /// Runs `stored`'s handler again as attempt + 1.
+    async fn restart(
+        self: &Arc<Self>,
+        handler: Arc<dyn OperationHandler>,
+        stored: StoredOperation,
+    ) -> Result<Snapshot, ServerError> {
+        let snapshot = self
+            .log
+            .transition_from(stored.snapshot, |current| {
+                non_terminal(current)?;
+                let mut snapshot = next(current, OperationState::Pending);
+                snapshot.attempt = current.attempt + 1;
+                Ok(Some((EventKind::Restarted, snapshot)))
+            })
+            .await?;
+        self.launch(handler, snapshot.clone(), stored.input);
+        Ok(snapshot)
+    }
+}

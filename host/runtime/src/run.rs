@@ -1,0 +1,332 @@
+//! A [`Run`]: one operation running on this host.
+//!
+//! The run owns what only this host knows of the operation: the cancellation that wakes its
+//! handler, the task that can be stopped by force, its attempt, whether it handed its terminal
+//! path to a job, and the newest snapshot it wrote (which the store may not show readers yet).
+//! Handlers, [`crate::OperationControl`] and the guest's control imports act through it, so
+//! they never look the operation up again.
+//!
+//! The executor creates a run when it launches, resumes or recovers an operation, and a
+//! caller that takes control of one by id joins the run already there. A run is counted by
+//! [`crate::OperationRuntime::active_handlers`] from then until it ends the operation or its
+//! last holder drops it, whichever comes first: no run can outlive both.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
+use std::time::Duration;
+
+use opshost_api::{ErrorCode, ErrorInfo, EventKind, OperationState, Snapshot};
+use serde_json::Value;
+use tokio::task::AbortHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::ServerError;
+use crate::handoff::JobHandOff;
+use crate::log::{OperationLog, SignalWait, next, non_terminal};
+
+/// The jobs service once connected: the runtime's only way to jobs.
+pub(crate) type JobsPort = OnceLock<Arc<dyn JobHandOff>>;
+
+/// One operation running on this host. Shared by its handler's task and every control handle.
+pub struct Run {
+    id: String,
+    attempt: u32,
+    cancel: CancellationToken,
+    task: Mutex<Option<AbortHandle>>,
+    latest: Mutex<Option<Snapshot>>,
+    handed_off: AtomicBool,
+    log: Arc<OperationLog>,
+    jobs: Arc<JobsPort>,
+    runs: Weak<Runs>,
+}
+
+impl Run {
+    /// The operation's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The attempt this run is (1 for the first).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// A token that fires when a cancel of the operation is requested while this run lives.
+    pub fn cancellation(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Whether a cancel was requested: through this host (at once) or recorded by any.
+    pub async fn cancel_requested(&self) -> Result<bool, ServerError> {
+        if self.cancel.is_cancelled() {
+            return Ok(true);
+        }
+        Ok(self.log.get(&self.id).await?.cancel_requested)
+    }
+
+    /// Resolves once a cancel of the operation is requested, through this host or another.
+    pub async fn cancelled(&self) {
+        let mut bell = self.log.subscribe(&self.id);
+        loop {
+            if self.cancel.is_cancelled() {
+                return;
+            }
+            if let Ok(snapshot) = self.log.get(&self.id).await
+                && snapshot.cancel_requested
+            {
+                return;
+            }
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                rang = bell.changed() => if rang.is_err() {
+                    // Terminal: no cancel will come; wait for the token alone.
+                    return self.cancel.cancelled().await;
+                },
+            }
+        }
+    }
+
+    /// The snapshot to change next: the store's, or the newer one this run wrote that the
+    /// store does not show readers yet.
+    pub async fn snapshot(&self) -> Result<Snapshot, ServerError> {
+        let stored = self.log.get(&self.id).await?;
+        let written = lock(&self.latest)
+            .clone()
+            .filter(|written| written.revision > stored.revision);
+        Ok(written.unwrap_or(stored))
+    }
+
+    /// Marks the operation running (idempotent while running).
+    pub async fn started(&self) -> Result<Snapshot, ServerError> {
+        let current = self.snapshot().await?;
+        let snapshot = self
+            .log
+            .transition_from(current, |current| match current.state {
+                OperationState::Pending => Ok(Some((
+                    EventKind::Started,
+                    next(current, OperationState::Running),
+                ))),
+                OperationState::Running => Ok(None),
+                state => Err(ServerError::OperationTerminal {
+                    id: current.id.clone(),
+                    state,
+                }),
+            })
+            .await?;
+        Ok(self.wrote(snapshot))
+    }
+
+    /// Checks a progress payload as [`Run::progress`] would, without recording it; answers
+    /// the current snapshot.
+    pub async fn check_progress(&self, progress: &Value) -> Result<Snapshot, ServerError> {
+        let current = self.snapshot().await?;
+        self.log.check_progress(&current, progress)?;
+        Ok(current)
+    }
+
+    /// Records a progress payload, validated against the progress schema.
+    pub async fn progress(&self, progress: Value) -> Result<Snapshot, ServerError> {
+        let current = self.check_progress(&progress).await?;
+        let snapshot = self
+            .log
+            .transition_from(current, |current| {
+                non_terminal(current)?;
+                let mut snapshot = next(current, OperationState::Running);
+                snapshot.progress = Some(progress.clone());
+                Ok(Some((EventKind::Progress, snapshot)))
+            })
+            .await?;
+        Ok(self.wrote(snapshot))
+    }
+
+    /// Bytes of JSON of every progress the operation recorded, over all its attempts.
+    pub async fn progress_bytes(&self) -> Result<u64, ServerError> {
+        self.log.progress_bytes(&self.id).await
+    }
+
+    /// Completes the operation with `output`, validated against the output schema.
+    pub async fn complete(&self, output: Value) -> Result<Snapshot, ServerError> {
+        let current = self.snapshot().await?;
+        self.log.check_output(&current, &output)?;
+        self.finish(current, EventKind::Completed, |snapshot| {
+            snapshot.output = Some(output.clone())
+        })
+        .await
+    }
+
+    /// Fails the operation with `error`.
+    pub async fn fail(&self, error: ErrorInfo) -> Result<Snapshot, ServerError> {
+        let current = self.snapshot().await?;
+        self.finish(current, EventKind::Failed, |snapshot| {
+            snapshot.error = Some(error.clone())
+        })
+        .await
+    }
+
+    /// Ends the operation `cancelled`, with `message`.
+    pub async fn cancelled_with(&self, message: &str) -> Result<Snapshot, ServerError> {
+        let error = ErrorInfo::new(ErrorCode::Cancelled, message);
+        let current = self.snapshot().await?;
+        self.finish(current, EventKind::Cancelled, |snapshot| {
+            snapshot.error = Some(error.clone())
+        })
+        .await
+    }
+
+    /// Ends the operation `cancelled` after its handler honoured a cancel request.
+    pub async fn acknowledge_cancel(&self) -> Result<Snapshot, ServerError> {
+        self.cancelled_with("cancelled by caller").await
+    }
+
+    /// Hands the operation's terminal path to a new job on `queue` with `payload`; answers
+    /// the job's id. The handler may then return with the operation open: the job's worker
+    /// takes control by id and ends the operation. Cancelling the operation cancels the job;
+    /// the job's death fails the operation.
+    pub async fn hand_off(&self, queue: &str, payload: Value) -> Result<String, ServerError> {
+        let Some(jobs) = self.jobs.get() else {
+            return Err(ServerError::invalid(format!(
+                "cannot hand operation `{}` to queue `{queue}`: this host runs no jobs",
+                self.id
+            )));
+        };
+        non_terminal(&self.snapshot().await?)?;
+        let job = jobs.enqueue_owned(&self.id, queue, payload).await?;
+        self.handed_off.store(true, Ordering::SeqCst);
+        Ok(job)
+    }
+
+    /// Waits for the first signal after sequence `after`, up to `timeout`, unless a cancel is
+    /// requested first.
+    pub async fn next_signal(
+        &self,
+        after: u64,
+        timeout: Option<Duration>,
+    ) -> Result<SignalWait, ServerError> {
+        self.log
+            .next_signal(&self.id, after, &self.cancel, timeout)
+            .await
+    }
+
+    pub(crate) fn handed_off(&self) -> bool {
+        self.handed_off.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn set_task(&self, task: AbortHandle) {
+        *lock(&self.task) = Some(task);
+    }
+
+    /// Stops the handler's task by force; answers whether there was one.
+    pub(crate) fn abort(&self) -> bool {
+        match lock(&self.task).take() {
+            Some(task) => {
+                task.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub(crate) fn wake(&self) {
+        self.cancel.cancel();
+    }
+
+    async fn finish(
+        &self,
+        current: Snapshot,
+        kind: EventKind,
+        set: impl Fn(&mut Snapshot),
+    ) -> Result<Snapshot, ServerError> {
+        let snapshot = self.log.finish(current, kind, set).await?;
+        self.retire();
+        Ok(self.wrote(snapshot))
+    }
+
+    fn wrote(&self, snapshot: Snapshot) -> Snapshot {
+        *lock(&self.latest) = Some(snapshot.clone());
+        snapshot
+    }
+
+    /// No longer counted as running here (its operation ended, or it moved elsewhere).
+    pub(crate) fn retire(&self) {
+        if let Some(runs) = self.runs.upgrade() {
+            runs.forget(&self.id, self);
+        }
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        self.retire();
+    }
+}
+
+/// The runs of this host, by operation id. Entries are weak: a run is counted while someone
+/// holds it, and its drop removes its entry.
+#[derive(Default)]
+pub(crate) struct Runs {
+    by_id: Mutex<HashMap<String, Weak<Run>>>,
+}
+
+impl Runs {
+    /// A new run of `id`'s attempt `attempt`, replacing any other run of it here.
+    pub(crate) fn launch(
+        self: &Arc<Self>,
+        log: &Arc<OperationLog>,
+        jobs: &Arc<JobsPort>,
+        id: &str,
+        attempt: u32,
+    ) -> Arc<Run> {
+        let run = Arc::new(Run {
+            id: id.to_owned(),
+            attempt,
+            cancel: CancellationToken::new(),
+            task: Mutex::new(None),
+            latest: Mutex::new(None),
+            handed_off: AtomicBool::new(false),
+            log: Arc::clone(log),
+            jobs: Arc::clone(jobs),
+            runs: Arc::downgrade(self),
+        });
+        lock(&self.by_id).insert(id.to_owned(), Arc::downgrade(&run));
+        run
+    }
+
+    /// The run of `snapshot`'s operation here, joined if there is one, else a new one.
+    pub(crate) fn join(
+        self: &Arc<Self>,
+        log: &Arc<OperationLog>,
+        jobs: &Arc<JobsPort>,
+        snapshot: &Snapshot,
+    ) -> Arc<Run> {
+        if let Some(run) = self.get(&snapshot.id) {
+            return run;
+        }
+        self.launch(log, jobs, &snapshot.id, snapshot.attempt)
+    }
+
+    /// The run of `id` here, if any.
+    pub(crate) fn get(&self, id: &str) -> Option<Arc<Run>> {
+        lock(&self.by_id).get(id).and_then(Weak::upgrade)
+    }
+
+    /// How many operations run here.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.by_id).len()
+    }
+
+    /// Removes `id`'s entry if it is `run`'s.
+    fn forget(&self, id: &str, run: &Run) {
+        let mut by_id = lock(&self.by_id);
+        if by_id
+            .get(id)
+            .is_some_and(|entry| std::ptr::eq(entry.as_ptr(), run))
+        {
+            by_id.remove(id);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -1,0 +1,87 @@
+//! `active_handlers` counts the runs on a host, nothing else: after 10,000 orders, each handed
+//! by its handler to a fulfillment job, have finished, it reads 0 on every host that ran them,
+//! on SQLite and on two hosts sharing PostgreSQL.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use opshost_api::OperationState;
+use opshost_jobs::JobStore;
+use opshost_runtime::store::OperationStore;
+use opshost_sandbox::WasmHost;
+use opshost_store_postgres::PostgresStore;
+use opshost_store_sqlite::SqliteStore;
+use opshost_tests::{env_number, orders_deployment};
+use serde_json::json;
+
+/// Orders run in each test (`ACTIVE_ORDERS` to change it).
+fn orders() -> usize {
+    env_number("ACTIVE_ORDERS", 10_000)
+}
+
+/// Fulfillment workers of each host.
+const WORKERS: usize = 256;
+
+fn host<S: OperationStore + JobStore>(store: Arc<S>) -> WasmHost {
+    let mut config = orders_deployment(Duration::from_secs(5), WORKERS);
+    config.max_backlog = 20_000;
+    WasmHost::from_config_with_stores(&config, store.clone(), store).expect("the host loads")
+}
+
+/// Starts `count` orders over `hosts` in turn, 64 at a time, and waits until each completed.
+async fn run_orders(hosts: &[&WasmHost], count: usize) {
+    let ids: Vec<String> = futures::stream::iter(0..count)
+        .map(|n| {
+            let host = hosts[n % hosts.len()];
+            let input = json!({
+                "orderId": format!("ord_{n}"),
+                "lineItems": [{ "sku": "A", "quantity": 1, "unitPriceCents": 100 }]
+            });
+            async move {
+                host.start("Orders.Process", None, input)
+                    .await
+                    .unwrap_or_else(|e| panic!("start: {e}"))
+                    .id
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    for id in &ids {
+        let done = hosts[0]
+            .runtime()
+            .wait(id, Some(Duration::from_secs(600)))
+            .await
+            .unwrap_or_else(|e| panic!("wait: {e}"));
+        assert_eq!(done.state, OperationState::Completed, "{done:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_handler_is_active_after_ten_thousand_handed_off_orders_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(dir.path()).expect("the store opens"));
+    let host = host(store);
+    run_orders(&[&host], orders()).await;
+    assert_eq!(host.runtime().active_handlers(), 0);
+    assert_eq!(host.runtime().doorbells(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_handler_is_active_after_ten_thousand_handed_off_orders_on_two_postgres_hosts() {
+    let url = opshost_tests::postgres::fresh_database().await;
+    let connect = || async {
+        Arc::new(
+            PostgresStore::connect(&url)
+                .await
+                .expect("the store connects"),
+        )
+    };
+    let (a, b) = (host(connect().await), host(connect().await));
+    run_orders(&[&a, &b], orders()).await;
+    for host in [&a, &b] {
+        assert_eq!(host.runtime().active_handlers(), 0);
+        assert_eq!(host.runtime().doorbells(), 0);
+    }
+}
