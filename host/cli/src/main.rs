@@ -506,13 +506,56 @@ async fn serve(
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let address = listener.local_addr()?;
     println!("opshost listening on http://{address}");
+    let grace = config.server.shutdown_grace();
     let api =
         HttpApi::new(host.runtime().clone(), auth, config.server).with_jobs(host.jobs().clone());
+    let draining = api.draining();
+    let served = tokio::spawn(api.serve(listener));
     tokio::select! {
-        served = api.serve(listener) => served?,
-        _ = tokio::signal::ctrl_c() => eprintln!("shutting down"),
+        served = served => {
+            served.context("the server task failed")??;
+            return Ok(exit::OK);
+        }
+        signal = stop_signal() => eprintln!("{signal}: draining for up to {} ms", grace.as_millis()),
     }
+    // New starts get 503, watches end; running work gets the grace period; then the store
+    // is made durable and, when shared, this host's claim released.
+    let began = std::time::Instant::now();
+    draining.cancel();
+    let shutdown = host.shutdown(grace).await?;
+    eprintln!(
+        "stopped after {} ms: {} of {} runs finished, {} left for recovery, {} job leases handed back",
+        began.elapsed().as_millis(),
+        shutdown.drained.running - shutdown.drained.stopped,
+        shutdown.drained.running,
+        shutdown.drained.stopped,
+        shutdown.handed_back
+    );
     Ok(exit::OK)
+}
+
+/// Resolves with the name of the first of SIGTERM or SIGINT to arrive.
+async fn stop_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => tokio::select! {
+                _ = terminate.recv() => "SIGTERM",
+                _ = tokio::signal::ctrl_c() => "SIGINT",
+            },
+            Err(error) => {
+                tracing::warn!(%error, "cannot listen for SIGTERM");
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "interrupt"
+    }
 }
 
 /// JSON text, or `@path` to read it from a file.

@@ -11,6 +11,8 @@ mod hardening;
 mod hosts;
 #[path = "cli/new.rs"]
 mod new;
+#[path = "cli/shutdown.rs"]
+mod shutdown;
 
 use std::process::{Child, Command, Output};
 

@@ -60,7 +60,7 @@ pub(crate) struct Inner {
     pub(crate) store: Arc<dyn JobStore>,
     pub(crate) config: JobsConfig,
     wake: Mutex<HashMap<String, Arc<Notify>>>,
-    running: Mutex<HashMap<String, CancellationToken>>,
+    running: Mutex<HashMap<String, Attempt>>,
     pub(crate) stop: CancellationToken,
 }
 
@@ -171,8 +171,8 @@ impl Jobs {
                 Ok(job)
             }
             Some(CancelOutcome::Requested(job)) => {
-                if let Some(token) = lock(&self.inner.running).get(id) {
-                    token.cancel();
+                if let Some(attempt) = lock(&self.inner.running).get(id) {
+                    attempt.cancel.cancel();
                 }
                 Ok(job)
             }
@@ -213,6 +213,41 @@ impl Jobs {
     pub fn stop(&self) {
         self.inner.stop.cancel();
     }
+
+    /// Stops leasing jobs, lets the attempts running here finish for up to `grace`, then
+    /// hands back the leases of those still running: each job is due again at once, for
+    /// another host or the next start. Answers how many leases were handed back.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        self.stop();
+        let deadline = tokio::time::Instant::now() + grace;
+        while !lock(&self.inner.running).is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left: Vec<(String, Attempt)> = lock(&self.inner.running).drain().collect();
+        for (id, attempt) in &left {
+            attempt.stop.cancel();
+            if let Err(error) = self
+                .inner
+                .store
+                .heartbeat(id, attempt.number, Utc::now())
+                .await
+            {
+                tracing::warn!(job = %id, %error, "cannot hand back a job's lease");
+            }
+        }
+        if !left.is_empty() {
+            tracing::info!(handed_back = left.len(), "job leases handed back");
+        }
+        left.len()
+    }
+}
+
+/// A job attempt running on this host: its number, the token that tells its worker of a
+/// cancel request, and the one that stops it here.
+pub(crate) struct Attempt {
+    pub(crate) number: u32,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) stop: CancellationToken,
 }
 
 impl Inner {
@@ -220,8 +255,8 @@ impl Inner {
         Arc::clone(lock(&self.wake).entry(queue.to_owned()).or_default())
     }
 
-    pub(crate) fn track(&self, id: &str, token: CancellationToken) {
-        lock(&self.running).insert(id.to_owned(), token);
+    pub(crate) fn track(&self, id: &str, attempt: Attempt) {
+        lock(&self.running).insert(id.to_owned(), attempt);
     }
 
     pub(crate) fn untrack(&self, id: &str) {

@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::{JobError, WorkerError};
 use crate::model::{Finish, Heartbeat, JobRecord, JobState};
-use crate::service::Jobs;
+use crate::service::{Attempt, Jobs};
 
 type WorkerFn = Arc<dyn Fn(Job) -> BoxFuture<'static, Result<Value, WorkerError>> + Send + Sync>;
 
@@ -203,8 +203,15 @@ impl Jobs {
         if record.cancel_requested {
             cancel.cancel();
         }
-        inner.track(&record.id, cancel.clone());
         let lost = CancellationToken::new();
+        inner.track(
+            &record.id,
+            Attempt {
+                number: record.attempt,
+                cancel: cancel.clone(),
+                stop: lost.clone(),
+            },
+        );
         let heart = tokio::spawn(heartbeat(
             self.clone(),
             record.id.clone(),
@@ -226,7 +233,7 @@ impl Jobs {
         heart.abort();
         inner.untrack(&record.id);
         let Some(outcome) = outcome else {
-            tracing::warn!(job = %record.id, "lease lost; the job runs elsewhere");
+            tracing::warn!(job = %record.id, "lease lost or handed back; the job runs elsewhere");
             return;
         };
         let failure = match outcome {

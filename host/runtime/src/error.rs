@@ -60,6 +60,10 @@ pub enum ServerError {
         /// When a retry may succeed.
         retry_after: std::time::Duration,
     },
+    /// The host is shutting down and starts nothing more; another host, or this one once it
+    /// is back, will.
+    #[error("the host is shutting down; start the operation again on another host or later")]
+    ShuttingDown,
     /// A handler returned while its operation was still non-terminal.
     #[error("handler of operation `{id}` returned while the operation was still {}", .state.as_str())]
     HandlerNonTerminal {
@@ -97,6 +101,7 @@ impl ServerError {
             Self::HandlerNonTerminal { .. } => ErrorCode::HandlerNonTerminal,
             Self::Failed(_) => ErrorCode::HandlerFailed,
             Self::Store(error) if error.is_unavailable() => ErrorCode::Unavailable,
+            Self::ShuttingDown => ErrorCode::Unavailable,
             Self::Store(_) | Self::Codec(_) => ErrorCode::Internal,
         }
     }

@@ -13,6 +13,7 @@ use futures::future::BoxFuture;
 use opshost_api::{ErrorCode, ErrorInfo, EventKind, OperationState, Snapshot};
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{RestartPolicy, RuntimeConfig};
 use crate::error::ServerError;
@@ -84,6 +85,16 @@ impl Drop for Queued {
     }
 }
 
+/// What [`crate::OperationRuntime::drain`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Drained {
+    /// Runs that were running when the drain began.
+    pub running: usize,
+    /// Runs still running when the grace period ended, stopped here: their operations stay
+    /// open for the next start of this host, or another host, to resume.
+    pub stopped: usize,
+}
+
 /// See the module docs.
 pub(crate) struct Executor {
     log: Arc<OperationLog>,
@@ -91,6 +102,7 @@ pub(crate) struct Executor {
     jobs: Arc<JobsPort>,
     runs: Arc<Runs>,
     slots: Option<Slots>,
+    closing: CancellationToken,
 }
 
 impl Executor {
@@ -105,6 +117,33 @@ impl Executor {
             jobs: Arc::default(),
             runs: Arc::default(),
             slots,
+            closing: CancellationToken::new(),
+        }
+    }
+
+    /// Starts nothing more: later starts are refused and operations waiting for a slot stay
+    /// pending. Lets the runs here end for up to `grace`, then stops those still running.
+    pub(crate) async fn drain(&self, grace: Duration) -> Drained {
+        self.closing.cancel();
+        let running = self.runs.len();
+        let deadline = tokio::time::Instant::now() + grace;
+        while self.runs.len() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.runs.all();
+        for run in &left {
+            run.abort();
+            run.retire();
+        }
+        if !left.is_empty() {
+            tracing::info!(
+                stopped = left.len(),
+                "runs stopped at the end of the grace period"
+            );
+        }
+        Drained {
+            running,
+            stopped: left.len(),
         }
     }
 
@@ -145,6 +184,9 @@ impl Executor {
         key: Option<String>,
         input: Value,
     ) -> Result<Acceptance, ServerError> {
+        if self.closing.is_cancelled() {
+            return Err(ServerError::ShuttingDown);
+        }
         let Some(handler) = self.handler(operation) else {
             self.log.spec(operation)?;
             return Err(ServerError::OperationUnsupportedControl {
@@ -185,6 +227,7 @@ impl Executor {
             .runs
             .launch(&self.log, &self.jobs, &snapshot.id, snapshot.attempt);
         let executor = Arc::clone(self);
+        let closing = self.closing.clone();
         let queued = self.slots.as_ref().map(Queued::new);
         let (registered, gate) = tokio::sync::oneshot::channel::<()>();
         let task_run = Arc::clone(&run);
@@ -197,6 +240,8 @@ impl Executor {
                 Some(queued) => tokio::select! {
                     biased;
                     permit = queued.slot() => permit,
+                    // The host is going down: the operation stays pending, to be resumed.
+                    () = closing.cancelled() => return,
                     () = cancel.cancelled() => {
                         drop(queued);
                         let ended = run.cancelled_with("cancelled while waiting for a handler slot").await;
@@ -362,6 +407,9 @@ impl Executor {
         policy: impl Fn(&str) -> RestartPolicy,
     ) -> Result<Recovery, ServerError> {
         let mut report = Recovery::default();
+        if self.closing.is_cancelled() {
+            return Ok(report);
+        }
         for stored in self.log.store().claim_orphans().await? {
             let id = stored.snapshot.id.clone();
             let attempt = stored.snapshot.attempt;

@@ -28,7 +28,7 @@ mod typed;
 pub use config::{RestartPolicy, RuntimeConfig};
 pub use control::{OperationControl, OperationFailure};
 pub use error::ServerError;
-pub use executor::{OperationHandler, Recovery};
+pub use executor::{Drained, OperationHandler, Recovery};
 pub use handoff::JobHandOff;
 pub use log::{Acceptance, EventStream, SignalWait, json_len};
 pub use opshost_api::{

@@ -315,6 +315,14 @@ impl Runs {
         lock(&self.by_id).len()
     }
 
+    /// Every run here.
+    pub(crate) fn all(&self) -> Vec<Arc<Run>> {
+        lock(&self.by_id)
+            .values()
+            .filter_map(Weak::upgrade)
+            .collect()
+    }
+
     /// Removes `id`'s entry if it is `run`'s.
     fn forget(&self, id: &str, run: &Run) {
         let mut by_id = lock(&self.by_id);

@@ -11,7 +11,7 @@ use tokio::sync::broadcast;
 
 use crate::config::{RestartPolicy, RuntimeConfig};
 use crate::error::ServerError;
-use crate::executor::{Executor, OperationHandler, Recovery};
+use crate::executor::{Drained, Executor, OperationHandler, Recovery};
 use crate::handoff::JobHandOff;
 use crate::log::{Acceptance, EventStream, OperationLog};
 use crate::run::Run;
@@ -266,6 +266,27 @@ impl OperationRuntime {
         policy: impl Fn(&str) -> RestartPolicy,
     ) -> Result<Recovery, ServerError> {
         self.executor.recover(policy).await
+    }
+
+    /// Shuts the executor down: later starts are refused with `ShuttingDown` and operations
+    /// waiting for a handler slot stay pending; the runs here get up to `grace` to end, and
+    /// those still running then are stopped, their operations left open for the next start of
+    /// this host (or another host) to resume.
+    pub async fn drain(&self, grace: Duration) -> Drained {
+        self.executor.drain(grace).await
+    }
+
+    /// Makes everything written durable and, on a shared store, gives up this host's claim on
+    /// its operations at once, so that another host takes over what is left without waiting
+    /// for the lease to run out. Call it last, after [`OperationRuntime::drain`].
+    pub async fn release_store(&self) -> Result<(), ServerError> {
+        Ok(self.log.store().release().await?)
+    }
+
+    /// Resolves when another host sharing the store gave up its operations, so that this one
+    /// can take them over at once (see [`OperationRuntime::recover`]).
+    pub async fn orphans_released(&self) {
+        self.log.store().orphans_released().await
     }
 
     /// Whether other hosts share this runtime's store (see [`OperationStore::is_shared`]).

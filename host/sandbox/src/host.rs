@@ -12,8 +12,8 @@ use opshost_contract::Contract;
 use opshost_jobs::{Job, JobStore, Jobs, MemoryJobStore, WorkerError};
 use opshost_runtime::store::{MemoryStore, OperationStore};
 use opshost_runtime::{
-    OperationHandler, OperationRuntime, Owner, Recovery, RestartPolicy, Run, RuntimeConfig,
-    ServerError,
+    Drained, OperationHandler, OperationRuntime, Owner, Recovery, RestartPolicy, Run,
+    RuntimeConfig, ServerError,
 };
 use serde_json::Value;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -238,7 +238,10 @@ impl WasmHost {
             let mut ticks = tokio::time::interval(every);
             ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                ticks.tick().await;
+                tokio::select! {
+                    _ = ticks.tick() => {}
+                    () = runtime.orphans_released() => {}
+                }
                 let policies = Arc::clone(&policies);
                 let policy = move |operation: &str| {
                     policies
@@ -251,6 +254,21 @@ impl WasmHost {
                 }
             }
         }))
+    }
+
+    /// Shuts the host down gracefully: starts nothing more, stops leasing jobs, lets running
+    /// handlers and job attempts end for up to `grace`, then stops what is left (their
+    /// operations stay open and their job leases are handed back, for the next start or
+    /// another host), and finally makes the store durable and, when shared, releases this
+    /// host's claim at once.
+    pub async fn shutdown(&self, grace: Duration) -> Result<Shutdown, ServerError> {
+        let (drained, handed_back) =
+            tokio::join!(self.runtime.drain(grace), self.jobs.shutdown(grace));
+        self.runtime.release_store().await?;
+        Ok(Shutdown {
+            drained,
+            handed_back,
+        })
     }
 
     /// Accepts an operation with no owner and, when newly accepted, runs its handler in the
@@ -267,6 +285,16 @@ impl WasmHost {
             .await?
             .snapshot)
     }
+}
+
+/// What [`WasmHost::shutdown`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shutdown {
+    /// Runs (handlers and the operations job attempts drove) running at the start, and how
+    /// many were stopped at the end of the grace period.
+    pub drained: Drained,
+    /// Job leases handed back because their attempts did not end in time.
+    pub handed_back: usize,
 }
 
 /// Loads one component file: pinned digest, compiled (or cached) form, grants checked.

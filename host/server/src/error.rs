@@ -97,6 +97,7 @@ impl From<ServerError> for ApiError {
     fn from(error: ServerError) -> Self {
         let status = match &error {
             ServerError::Store(store) if store.is_unavailable() => StatusCode::SERVICE_UNAVAILABLE,
+            ServerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ServerError::OperationNotFound { .. } => StatusCode::NOT_FOUND,
             ServerError::OperationAlreadyExists { .. }
             | ServerError::OperationTerminal { .. }
@@ -117,6 +118,7 @@ impl From<ServerError> for ApiError {
         let retry_after = match &error {
             ServerError::Overloaded { retry_after, .. } => Some(*retry_after),
             ServerError::Store(store) if store.is_unavailable() => Some(STORE_RETRY_AFTER),
+            ServerError::ShuttingDown => Some(Duration::from_secs(1)),
             _ => None,
         };
         let mut info = error.to_info();

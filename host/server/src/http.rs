@@ -41,6 +41,7 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) in_flight: Semaphore,
     pub(crate) frames: crate::sse::Frames,
+    pub(crate) draining: tokio_util::sync::CancellationToken,
 }
 
 pub(crate) type AppState = Arc<Shared>;
@@ -60,10 +61,7 @@ pub(crate) fn router(shared: AppState) -> Router {
         .route("/v1/operations/{id}/wait", get(wait))
         .route("/v1/operations/{id}/events", get(watch))
         .route("/openapi.json", get(openapi_document))
-        .route(
-            "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
-        )
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(|| async {
             ApiError::new(
@@ -74,6 +72,14 @@ pub(crate) fn router(shared: AppState) -> Router {
         })
         .layer(middleware::from_fn_with_state(shared.clone(), record))
         .with_state(shared)
+}
+
+async fn healthz(State(shared): State<AppState>) -> Response {
+    if shared.draining.is_cancelled() {
+        let body = Json(json!({ "status": "draining" }));
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    }
+    Json(json!({ "status": "ok" })).into_response()
 }
 
 async fn admit(State(shared): State<AppState>, request: Request, next: Next) -> Response {
@@ -261,6 +267,9 @@ async fn start(
     body: Body,
 ) -> Result<Response, ApiError> {
     authorize(&caller, shared.spec(&operation)?, Action::Call)?;
+    if shared.draining.is_cancelled() {
+        return Err(ServerError::ShuttingDown.into());
+    }
     let input = json_body(&shared, &headers, body).await?;
     let id = match headers.get("idempotency-key") {
         Some(key) => Some(
@@ -378,6 +387,8 @@ async fn watch(
             }
         }
     });
+    // A host going down ends its watches; clients resume them elsewhere.
+    let events = events.take_until(shared.draining.clone().cancelled_owned());
     let body = Body::from_stream(with_keep_alive(events, shared.config.keep_alive()));
     Ok((
         [

@@ -36,6 +36,7 @@ use opshost_jobs::Jobs;
 use opshost_runtime::OperationRuntime;
 use serde::Deserialize;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 pub use auth::{AuthConfig, AuthConfigError, AuthError, Authenticator, Principal};
 pub use error::ApiError;
@@ -69,6 +70,9 @@ pub struct ServerConfig {
     /// kept. A request body must arrive within the same time once its head has. Responses being
     /// written (waits, watches) are not cut by it.
     pub header_timeout_ms: u64,
+    /// How long a host that is asked to stop (SIGTERM, SIGINT) lets its running handlers and
+    /// job attempts finish before it stops them for the next start or another host to resume.
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +88,7 @@ impl Default for ServerConfig {
             max_connections: 16_384,
             max_connections_per_client: 256,
             header_timeout_ms: 10_000,
+            shutdown_grace_ms: 30_000,
         }
     }
 }
@@ -100,6 +105,11 @@ impl ServerConfig {
     fn header_timeout(&self) -> Duration {
         Duration::from_millis(self.header_timeout_ms.max(1))
     }
+
+    /// See [`ServerConfig::shutdown_grace_ms`].
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
 }
 
 /// The HTTP API over one runtime (and its jobs, for operators).
@@ -108,6 +118,7 @@ pub struct HttpApi {
     jobs: Option<Jobs>,
     auth: Authenticator,
     config: ServerConfig,
+    draining: CancellationToken,
 }
 
 impl HttpApi {
@@ -118,7 +129,16 @@ impl HttpApi {
             jobs: None,
             auth,
             config,
+            draining: CancellationToken::new(),
         }
+    }
+
+    /// The token that puts the API into drain when cancelled: starts are answered 503 with
+    /// `Retry-After`, `/healthz` answers 503 so that load balancers look elsewhere, and every
+    /// open watch ends (a client resumes it with `Last-Event-ID` on another host). Reads,
+    /// waits, cancels and signals are still served.
+    pub fn draining(&self) -> CancellationToken {
+        self.draining.clone()
     }
 
     /// Also serves the operator routes over `jobs` (list, get, retry, cancel), to callers
@@ -145,6 +165,7 @@ impl HttpApi {
             config: self.config,
             metrics: Arc::clone(&metrics),
             frames: Default::default(),
+            draining: self.draining,
         }));
         (router, metrics)
     }

@@ -16,6 +16,9 @@ use tokio_postgres::{AsyncMessage, NoTls};
 /// The channel every host notifies and listens on.
 const CHANNEL: &str = "opshost_changes";
 
+/// The channel on which a host that shuts down names itself: it gave up its operations.
+pub(crate) const HOSTS_CHANNEL: &str = "opshost_hosts";
+
 /// Room for one notice's payload (PostgreSQL allows just under 8000 bytes).
 const NOTICE_BYTES: usize = 7000;
 
@@ -34,6 +37,8 @@ pub(crate) struct Doorbells {
     /// Changed operations since the last notice, and whether each became terminal.
     unsent: Mutex<BTreeMap<String, bool>>,
     wake: Notify,
+    /// Told when another host gave up its operations.
+    pub(crate) released: Notify,
 }
 
 impl Doorbells {
@@ -44,6 +49,7 @@ impl Doorbells {
             bells: Default::default(),
             unsent: Mutex::default(),
             wake: Notify::new(),
+            released: Notify::new(),
         }
     }
 
@@ -90,8 +96,12 @@ pub(crate) async fn notify(bells: Arc<Doorbells>, pool: Pool) {
     }
 }
 
-/// A connection listening for the other hosts' notices, and the notices' payloads.
-pub(crate) type Listener = (tokio_postgres::Client, mpsc::UnboundedReceiver<String>);
+/// A connection listening for the other hosts' notices, and the notices' channels and
+/// payloads.
+pub(crate) type Listener = (
+    tokio_postgres::Client,
+    mpsc::UnboundedReceiver<(String, String)>,
+);
 
 /// Rings the watchers here for the other hosts' notices arriving on `listener`, connecting
 /// again when the connection is lost (and then ringing every watcher, as notices may have been
@@ -104,7 +114,13 @@ pub(crate) async fn listen(
     let mut listener = Some(listener);
     loop {
         if let Some((client, mut notices)) = listener.take() {
-            while let Some(notice) = notices.recv().await {
+            while let Some((channel, notice)) = notices.recv().await {
+                if channel == HOSTS_CHANNEL {
+                    if notice != bells.host {
+                        bells.released.notify_waiters();
+                    }
+                    continue;
+                }
                 let mut lines = notice.lines();
                 if lines.next() == Some(bells.host.as_str()) {
                     continue;
@@ -142,7 +158,8 @@ pub(crate) async fn subscribe_notices(
         while let Some(message) = messages.next().await {
             match message {
                 Ok(AsyncMessage::Notification(notice)) => {
-                    if sender.send(notice.payload().to_owned()).is_err() {
+                    let message = (notice.channel().to_owned(), notice.payload().to_owned());
+                    if sender.send(message).is_err() {
                         break;
                     }
                 }
@@ -154,6 +171,8 @@ pub(crate) async fn subscribe_notices(
             }
         }
     });
-    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+    client
+        .batch_execute(&format!("LISTEN {CHANNEL}; LISTEN {HOSTS_CHANNEL}"))
+        .await?;
     Ok((client, receiver))
 }

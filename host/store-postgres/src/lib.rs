@@ -72,11 +72,13 @@ pub struct PostgresStore {
     host: String,
     bells: Arc<Doorbells>,
     tasks: Vec<JoinHandle<()>>,
+    lease: JoinHandle<()>,
 }
 
 impl Drop for PostgresStore {
     fn drop(&mut self) {
         self.tasks.iter().for_each(JoinHandle::abort);
+        self.lease.abort();
     }
 }
 
@@ -129,13 +131,14 @@ impl PostgresStore {
         let tasks = vec![
             tokio::spawn(doorbell::notify(bells.clone(), pool.clone())),
             tokio::spawn(doorbell::listen(bells.clone(), config, listener)),
-            tokio::spawn(keep_alive(pool.clone(), host.clone(), lease)),
         ];
+        let lease = tokio::spawn(keep_alive(pool.clone(), host.clone(), lease));
         Ok(Self {
             pool,
             host,
             bells,
             tasks,
+            lease,
         })
     }
 
@@ -616,6 +619,31 @@ impl OperationStore for PostgresStore {
 
     fn subscribe(&self, id: &str) -> Doorbell {
         self.bells.bells.subscribe(id)
+    }
+
+    /// Stops renewing this host's lease, ends it now and names this host on the hosts
+    /// channel, so that another host claims its unfinished operations at once.
+    async fn release(&self) -> Result<(), StoreError> {
+        self.lease.abort();
+        let db = self.db().await?;
+        db.execute(
+            "UPDATE hosts SET alive_until = now() - INTERVAL '1 millisecond' WHERE host = $1",
+            &[&self.host],
+        )
+        .await
+        .map_err(failed)?;
+        db.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&doorbell::HOSTS_CHANNEL, &self.host],
+        )
+        .await
+        .map_err(failed)?;
+        tracing::info!(host = %self.host, "host lease released");
+        Ok(())
+    }
+
+    async fn orphans_released(&self) {
+        self.bells.released.notified().await
     }
 
     fn doorbells(&self) -> usize {

@@ -286,6 +286,18 @@ pub trait OperationStore: Send + Sync + 'static {
     /// Returns once every write answered so far is durable and shown to readers.
     async fn flush(&self) -> Result<(), StoreError>;
 
+    /// Called once as the host shuts down: makes every write durable and, on a shared store,
+    /// gives up this host's claim on its operations at once, telling the other hosts.
+    async fn release(&self) -> Result<(), StoreError> {
+        self.flush().await
+    }
+
+    /// Resolves when another host gave up its operations (see [`OperationStore::release`]),
+    /// so that this one can take them over at once. Never on a store this host owns alone.
+    async fn orphans_released(&self) {
+        std::future::pending().await
+    }
+
     /// A doorbell for one operation: it rings after every write to it, and closes once the
     /// operation is terminal. Dropping the last one of an operation forgets its entry.
     fn subscribe(&self, id: &str) -> Doorbell;
