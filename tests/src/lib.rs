@@ -90,7 +90,7 @@ pub fn guest(name: &str) -> PathBuf {
     path
 }
 
-/// A host serving `Orders.Process` as the guide shapes it: the orders-process guest hands
+/// A host serving `Orders.Process`: the orders-process guest hands
 /// each order to a `fulfillment` job, worked by the orders-fulfillment guest. Call it within
 /// a tokio runtime (the worker starts at once).
 pub fn orders_host(cancel_grace: Duration) -> WasmHost {

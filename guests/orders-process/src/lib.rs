@@ -1,4 +1,4 @@
-//! `Orders.Process` as a wasm component, in the shape of the user's guide (step 3): the
+//! `Orders.Process` as a wasm component, as a handler that hands its work to a job: the
 //! handler marks the operation started, reports "queued" and hands fulfilment to a
 //! `fulfillment` job, whose worker (`orders-fulfillment`) reports the steps and ends the
 //! operation.

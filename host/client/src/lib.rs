@@ -2,12 +2,72 @@
 //!
 //! [`Client`] speaks the untyped routes; [`ServiceClient::operation`] gives an
 //! [`OperationClient`] typed by a facade marker, whose `start` returns an [`OperationRef`] with
-//! `wait`, `watch`, `cancel` and `signal`. A generated facade wraps this in the guide's
+//! `wait`, `watch`, `cancel` and `signal`. A generated facade wraps this in the caller's
 //! shape: `connect_service(url, token)` and `client.orders().operation::<Op>()`.
 //!
 //! [`OperationRef::watch`] is a `Stream` of typed [`OperationEvent`]s that survives dropped
 //! connections: it reconnects with the last revision it saw (`Last-Event-ID`) and never yields
 //! a revision twice.
+//!
+//! Start an operation, watch it to its end and read the result:
+//!
+//! ```
+//! # use std::sync::Arc;
+//! # use std::time::Duration;
+//! # use futures::StreamExt;
+//! # use opshost_api::{Operation, OperationEvent, OperationState};
+//! # use serde_json::{Value, json};
+//! # struct Greet;
+//! # impl Operation for Greet {
+//! #     const SERVICE: &'static str = "greeter";
+//! #     const NAME: &'static str = "Greet";
+//! #     const VERSION: &'static str = "v1";
+//! #     type Input = Value;
+//! #     type Progress = Value;
+//! #     type Output = Value;
+//! #     fn manifest() -> &'static str {
+//! #         r#"{"service": "greeter", "schemas": {}, "operations": {"Greet": {"version": "v1",
+//! #             "input": {"schema": {"type": "object"}}, "output": {"schema": {"type": "string"}},
+//! #             "progress": {"schema": {"type": "integer"}},
+//! #             "capabilities": {"call": ["greet"]}}}}"#
+//! #     }
+//! # }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! # let contract = opshost_contract::Contract::from_json(Greet::manifest()).unwrap();
+//! # let runtime = opshost_runtime::OperationRuntime::builder(contract).build();
+//! # runtime.operation::<Greet>().serve(|control, input: Value| async move {
+//! #     control.started().await?;
+//! #     control.progress(json!(50)).await?;
+//! #     control.complete(json!(format!("hello, {}", input["name"]))).await?;
+//! #     Ok(())
+//! # });
+//! # let secret = "a development secret of enough length";
+//! # let auth = opshost_server::Authenticator::from_config(&opshost_server::AuthConfig {
+//! #     hs256_secret: Some(secret.into()),
+//! #     ..Default::default()
+//! # }).unwrap();
+//! # let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+//! # let url = format!("http://{}", listener.local_addr().unwrap());
+//! # let api = opshost_server::HttpApi::new(runtime, auth, Default::default());
+//! # tokio::spawn(api.serve(listener));
+//! # let token = opshost_server::auth::mint_hs256(secret.as_bytes(), &opshost_server::auth::TokenRequest {
+//! #     subject: "ada".into(), tenant: None, scopes: vec!["greet".into()], ttl: Duration::from_secs(60),
+//! # }).unwrap();
+//! // A host serving `Greet` of service `greeter` runs at `url`.
+//! let client = opshost_client::Client::connect(&url, &token).await?;
+//! let greetings = client.service("greeter").operation::<Greet>();
+//! let greeting = greetings.start(json!({ "name": "Ada" })).await?;
+//! let mut events = greeting.watch();
+//! while let Some(event) = events.next().await {
+//!     if let OperationEvent::Completed { snapshot } = event {
+//!         assert_eq!(snapshot.output, Some(json!("hello, \"Ada\"")));
+//!     }
+//! }
+//! let done = greeting.wait().await?;
+//! assert_eq!(done.state, OperationState::Completed);
+//! # Ok::<(), opshost_client::ClientError>(())
+//! # }).unwrap();
+//! ```
 
 mod error;
 mod watch;

@@ -155,7 +155,7 @@ fn operation_marker(contract: &Contract, spec: &OperationSpec) -> String {
     #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
     pub struct {marker};
 
-    /// The guide's name for [`{marker}`].
+    /// [`{marker}`] under the name callers write (`client.orders().operation::<...Operation>()`).
     pub type {marker}Operation = {marker};
 
     impl ::opshost_api::Operation for {marker} {{

@@ -25,7 +25,7 @@ fn issues(text: &str) -> Vec<String> {
 }
 
 #[test]
-fn the_shipped_orders_manifest_loads_with_the_guides_capabilities() {
+fn the_shipped_orders_manifest_loads_with_its_capabilities() {
     let contract = Contract::from_path(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../contracts/orders_service.manifest.json"

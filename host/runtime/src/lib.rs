@@ -12,6 +12,81 @@
 //! [`OperationRuntime`] is what callers (HTTP, the router, in-process code) hold; handlers act
 //! through their [`Run`]. [`Operations`] and [`OperationControl`] are the typed embedding API;
 //! [`Router`] holds per-operation start/get/wait/cancel routes registered by a service.
+//!
+//! A service that accepts an operation itself and drives it from its own code:
+//!
+//! ```
+//! # use opshost_runtime::{InMemoryOperationRuntime, Operation, OperationState};
+//! # use serde_json::{Value, json};
+//! # struct Greet;
+//! # impl Operation for Greet {
+//! #     const SERVICE: &'static str = "greeter";
+//! #     const NAME: &'static str = "Greet";
+//! #     const VERSION: &'static str = "v1";
+//! #     type Input = Value;
+//! #     type Progress = Value;
+//! #     type Output = Value;
+//! #     fn manifest() -> &'static str {
+//! #         r#"{"service": "greeter", "schemas": {}, "operations": {"Greet": {"version": "v1",
+//! #             "input": {"schema": {"type": "object"}}, "output": {"schema": {"type": "string"}},
+//! #             "progress": {"schema": {"type": "integer"}}}}}"#
+//! #     }
+//! # }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! // `Greet` is a facade's marker for operation `Greet` of service `greeter`.
+//! let runtime = InMemoryOperationRuntime::new("greeter");
+//! let operations = runtime.operation::<Greet>();
+//! operations.accept("greet-ada").await?;
+//! let control = operations.control("greet-ada").await?;
+//! control.started().await?;
+//! control.progress(json!(50)).await?;
+//! control.complete(json!("hello, Ada")).await?;
+//! let done = operations.get("greet-ada").await?;
+//! assert_eq!(done.state, OperationState::Completed);
+//! assert_eq!(done.output, Some(json!("hello, Ada")));
+//! # Ok::<(), opshost_runtime::ServerError>(())
+//! # }).unwrap();
+//! ```
+//!
+//! A runtime built in one place, whose handler runs every operation started:
+//!
+//! ```
+//! # use std::sync::Arc;
+//! # use opshost_runtime::{Operation, OperationRuntime, OperationState, RuntimeConfig};
+//! # use opshost_runtime::store::MemoryStore;
+//! # use serde_json::{Value, json};
+//! # struct Greet;
+//! # impl Operation for Greet {
+//! #     const SERVICE: &'static str = "greeter";
+//! #     const NAME: &'static str = "Greet";
+//! #     const VERSION: &'static str = "v1";
+//! #     type Input = Value;
+//! #     type Progress = Value;
+//! #     type Output = Value;
+//! #     fn manifest() -> &'static str {
+//! #         r#"{"service": "greeter", "schemas": {}, "operations": {"Greet": {"version": "v1",
+//! #             "input": {"schema": {"type": "object"}}, "output": {"schema": {"type": "string"}}}}}"#
+//! #     }
+//! # }
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let contract = opshost_contract::Contract::from_json(Greet::manifest()).expect("a contract");
+//! let runtime = OperationRuntime::builder(contract)
+//!     .store(Arc::new(MemoryStore::new()))
+//!     .config(RuntimeConfig::default())
+//!     .build();
+//! let greetings = runtime.operation::<Greet>();
+//! greetings.serve(|control, input: Value| async move {
+//!     control.started().await?;
+//!     control.complete(json!(format!("hello, {}", input["name"]))).await?;
+//!     Ok(())
+//! });
+//! let started = greetings.start(&json!({ "name": "Ada" })).await?;
+//! let done = greetings.wait(&started.id).await?;
+//! assert_eq!(done.state, OperationState::Completed);
+//! assert_eq!(runtime.active_handlers(), 0);
+//! # Ok::<(), opshost_runtime::ServerError>(())
+//! # }).unwrap();
+//! ```
 
 mod config;
 mod control;

@@ -1,4 +1,4 @@
-//! The guide's caller side (steps 4 and 5) through the generated facade's Rust client, against
+//! The caller side through the generated facade's Rust client, against
 //! the orders-process guest served over real HTTP on 127.0.0.1.
 
 use std::time::Duration;

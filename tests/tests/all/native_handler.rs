@@ -1,4 +1,4 @@
-//! The user's guide, step 2: a native Rust handler on `InMemoryOperationRuntime`, registered
+//! A native Rust handler on `InMemoryOperationRuntime`, registered
 //! with `Router::register_operation`, goes through the same flow as the wasm guest.
 
 use std::time::Duration;
