@@ -25,7 +25,9 @@ use opshost_tests::bench::{measure, row, trivial_runtime};
 use opshost_tests::{env_number, testing_deployment};
 
 fn wasm_runtime(store: Arc<dyn OperationStore>) -> (WasmHost, OperationRuntime) {
-    let host = WasmHost::from_config_with_store(&testing_deployment(Duration::from_secs(5)), store)
+    let host = WasmHost::builder(&testing_deployment(Duration::from_secs(5)))
+        .operations(store)
+        .build()
         .unwrap_or_else(|e| panic!("testing deployment: {e}"));
     let runtime = host.runtime().clone();
     (host, runtime)

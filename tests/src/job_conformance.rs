@@ -3,8 +3,8 @@
 //! gets its clock from the test, so nothing here sleeps.
 //!
 //! Create-if-absent, leases in due order, lease expiry (redelivery, or `dead` after the last
-//! attempt), fencing by attempt, the ends of an attempt, cancel and retry, listing, owners and
-//! the next due time, retention, and concurrent leases.
+//! attempt), fencing by attempt, the ends of an attempt, hand-back, cancel and retry, listing,
+//! owners and the next due time, retention, and concurrent leases.
 
 use std::sync::Arc;
 
@@ -116,6 +116,31 @@ pub async fn a_lost_lease_can_neither_be_renewed_nor_finished(store: Arc<dyn Job
     assert_eq!(store.finish("j", 1, done, at(3002)).await.unwrap(), None);
     let current = store.get("j").await.unwrap().unwrap();
     assert_eq!((current.attempt, current.state), (2, JobState::Running));
+}
+
+/// See the module docs.
+pub async fn a_handed_back_job_is_due_at_once_and_its_attempt_not_counted(
+    store: Arc<dyn JobStore>,
+) {
+    let mut last = job("j", "q", 0);
+    last.max_attempts = 1;
+    store.enqueue(last).await.unwrap();
+    let leased = lease(&store, "q", 0).await.expect("due");
+    assert_eq!(leased.attempt, 1);
+    let handed = store.hand_back("j", 1, at(10)).await.unwrap();
+    assert!(matches!(handed, Heartbeat::Held { .. }));
+    let again = lease(&store, "q", 10).await.expect("due again at once");
+    assert_eq!(
+        again.state,
+        JobState::Running,
+        "its one attempt is still to run"
+    );
+    assert_eq!(again.attempt, 1);
+    assert_eq!(
+        store.hand_back("j", 2, at(20)).await.unwrap(),
+        Heartbeat::Lost,
+        "only the attempt holding it hands it back"
+    );
 }
 
 /// See the module docs.
@@ -335,6 +360,7 @@ macro_rules! job_store_conformance {
             lease_takes_due_jobs_in_order_of_their_time,
             an_expired_lease_is_redelivered_and_after_the_last_attempt_the_job_is_dead,
             a_lost_lease_can_neither_be_renewed_nor_finished,
+            a_handed_back_job_is_due_at_once_and_its_attempt_not_counted,
             an_attempt_ends_completed_retried_or_dead,
             cancel_ends_a_waiting_job_and_asks_a_running_one,
             retry_requeues_only_dead_or_cancelled_jobs,

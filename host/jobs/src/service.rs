@@ -223,15 +223,25 @@ impl Jobs {
         while !lock(&self.inner.running).is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let left: Vec<(String, Attempt)> = lock(&self.inner.running).drain().collect();
-        for (id, attempt) in &left {
-            attempt.stop.cancel();
-            if let Err(error) = self
-                .inner
-                .store
-                .heartbeat(id, attempt.number, Utc::now())
-                .await
-            {
+        // Stop what is left, and wait until its worker and heartbeat have stopped (the attempt
+        // untracks itself then), so that nothing renews or writes after the hand-back.
+        let left: Vec<(String, u32)> = lock(&self.inner.running)
+            .iter()
+            .map(|(id, attempt)| {
+                attempt.stop.cancel();
+                (id.clone(), attempt.number)
+            })
+            .collect();
+        let stopped = tokio::time::Instant::now() + STOP_PATIENCE;
+        while left
+            .iter()
+            .any(|(id, _)| lock(&self.inner.running).contains_key(id))
+            && tokio::time::Instant::now() < stopped
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        for (id, number) in &left {
+            if let Err(error) = self.inner.store.hand_back(id, *number, Utc::now()).await {
                 tracing::warn!(job = %id, %error, "cannot hand back a job's lease");
             }
         }
@@ -241,6 +251,9 @@ impl Jobs {
         left.len()
     }
 }
+
+/// How long a stopped attempt may take to stop its worker before its lease is handed back.
+const STOP_PATIENCE: Duration = Duration::from_secs(5);
 
 /// A job attempt running on this host: its number, the token that tells its worker of a
 /// cancel request, and the one that stops it here.

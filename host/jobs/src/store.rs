@@ -39,6 +39,16 @@ pub trait JobStore: Send + Sync + 'static {
         until: DateTime<Utc>,
     ) -> Result<Heartbeat, JobStoreError>;
 
+    /// Gives the job back while `attempt` holds it, as if that attempt never started: queued
+    /// again, due at once, its attempt not counted (a host that stops hands back what it could
+    /// not finish).
+    async fn hand_back(
+        &self,
+        id: &str,
+        attempt: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Heartbeat, JobStoreError>;
+
     /// Records progress of `attempt`.
     async fn progress(
         &self,
@@ -149,6 +159,15 @@ pub mod rules {
             job.attempt += 1;
             job.lease_until = Some(until);
         }
+    }
+
+    /// Gives the job back as if the attempt holding it never started.
+    pub fn hand_back(job: &mut JobRecord, now: DateTime<Utc>) {
+        job.state = JobState::Queued;
+        job.attempt = job.attempt.saturating_sub(1);
+        job.run_at = now;
+        job.lease_until = None;
+        job.updated_at = now;
     }
 
     /// Whether `attempt` still holds the job's lease.
@@ -312,6 +331,17 @@ impl JobStore for MemoryJobStore {
     ) -> Result<Heartbeat, JobStoreError> {
         Ok(beat(&mut self.jobs(), id, attempt, |job| {
             job.lease_until = Some(until)
+        }))
+    }
+
+    async fn hand_back(
+        &self,
+        id: &str,
+        attempt: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Heartbeat, JobStoreError> {
+        Ok(beat(&mut self.jobs(), id, attempt, |job| {
+            rules::hand_back(job, now)
         }))
     }
 

@@ -231,11 +231,16 @@ impl Jobs {
         };
         task.abort();
         heart.abort();
-        inner.untrack(&record.id);
+        // A stopped heartbeat renews nothing more.
+        let _ = heart.await;
         let Some(outcome) = outcome else {
+            // Stopped before anyone takes the job on: its worker writes nothing more.
+            let _ = task.await;
+            inner.untrack(&record.id);
             tracing::warn!(job = %record.id, "lease lost or handed back; the job runs elsewhere");
             return;
         };
+        inner.untrack(&record.id);
         let failure = match outcome {
             Ok(Err(joined)) if joined.is_cancelled() => {
                 // The tokio runtime is shutting down under the worker: the attempt did not

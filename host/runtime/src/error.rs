@@ -60,6 +60,17 @@ pub enum ServerError {
         /// When a retry may succeed.
         retry_after: std::time::Duration,
     },
+    /// A later attempt of the operation (after a restart, or a take-over by another host)
+    /// superseded this one, which may change it no more.
+    #[error("attempt {attempt} of operation `{id}` was superseded by attempt {current}")]
+    Superseded {
+        /// The operation's id.
+        id: String,
+        /// The attempt that tried to write.
+        attempt: u32,
+        /// The operation's attempt now.
+        current: u32,
+    },
     /// The host is shutting down and starts nothing more; another host, or this one once it
     /// is back, will.
     #[error("the host is shutting down; start the operation again on another host or later")]
@@ -102,6 +113,7 @@ impl ServerError {
             Self::Failed(_) => ErrorCode::HandlerFailed,
             Self::Store(error) if error.is_unavailable() => ErrorCode::Unavailable,
             Self::ShuttingDown => ErrorCode::Unavailable,
+            Self::Superseded { .. } => ErrorCode::HostRestarted,
             Self::Store(_) | Self::Codec(_) => ErrorCode::Internal,
         }
     }

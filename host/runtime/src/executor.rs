@@ -239,9 +239,9 @@ impl Executor {
             let _permit = match queued {
                 Some(queued) => tokio::select! {
                     biased;
-                    permit = queued.slot() => permit,
                     // The host is going down: the operation stays pending, to be resumed.
                     () = closing.cancelled() => return,
+                    permit = queued.slot() => permit,
                     () = cancel.cancelled() => {
                         drop(queued);
                         let ended = run.cancelled_with("cancelled while waiting for a handler slot").await;
@@ -323,7 +323,10 @@ impl Executor {
         let mut pause = Duration::from_millis(100);
         loop {
             match run.fail(error.clone()).await {
-                Ok(_) | Err(ServerError::OperationTerminal { .. }) => return,
+                Ok(_)
+                | Err(ServerError::OperationTerminal { .. } | ServerError::Superseded { .. }) => {
+                    return;
+                }
                 Err(ServerError::Store(store)) if store.is_unavailable() => {
                     tracing::warn!(id = %run.id(), error = %store, ?pause, "cannot record a handler's failure yet");
                     tokio::time::sleep(pause).await;
@@ -382,11 +385,16 @@ impl Executor {
         if snapshot.is_terminal() {
             return Ok(snapshot);
         }
+        // The run to stop is the one running now, whatever happens to the registry meanwhile.
+        let running = self.runs.get(id);
         let waited = self.log.wait(id, Some(self.config().cancel_grace)).await?;
         if waited.is_terminal() {
             return Ok(waited);
         }
-        let run = self.attach(id).await?;
+        let run = match running {
+            Some(run) => run,
+            None => self.attach(id).await?,
+        };
         if run.abort() {
             tracing::warn!(%id, "handler ignored cancellation for the grace period; stopping it");
         }
@@ -411,6 +419,10 @@ impl Executor {
             return Ok(report);
         }
         for stored in self.log.store().claim_orphans().await? {
+            if self.closing.is_cancelled() {
+                // Going down: what is left stays for the next start or another host.
+                break;
+            }
             let id = stored.snapshot.id.clone();
             let attempt = stored.snapshot.attempt;
             let owned = match self.jobs.get() {

@@ -99,19 +99,21 @@ mod run;
 mod runtime;
 pub mod store;
 mod typed;
+mod watch;
 
 pub use config::{RestartPolicy, RuntimeConfig};
 pub use control::{OperationControl, OperationFailure};
 pub use error::ServerError;
 pub use executor::{Drained, OperationHandler, Recovery};
 pub use handoff::JobHandOff;
-pub use log::{Acceptance, EventStream, SignalWait, json_len};
+pub use log::{Acceptance, SignalWait, json_len};
 pub use opshost_api::{
     ErrorCode, ErrorInfo, EventKind, Operation, OperationEvent, OperationSnapshot, OperationState,
     Signal, Snapshot,
 };
 pub use router::{RequestContext, Router};
 pub use run::Run;
-pub use runtime::{InMemoryOperationRuntime, OperationRuntime, RuntimeBuilder};
+pub use runtime::{InMemoryOperationRuntime, OperationRuntime, RuntimeBuilder, WeakRuntime};
 pub use store::{ListFilter, Owner, Page, SignalRecord};
 pub use typed::Operations;
+pub use watch::EventStream;

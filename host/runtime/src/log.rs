@@ -4,13 +4,10 @@
 //! [`OperationStore`]. The log knows nothing of what runs where: the executor and its runs
 //! drive it, and callers read it.
 
-use std::collections::VecDeque;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use chrono::Utc;
-use futures::Stream;
 use opshost_api::{EventKind, OperationEvent, OperationState, Snapshot};
 use opshost_contract::{Contract, OperationSpec, PayloadSchema};
 use serde_json::Value;
@@ -46,9 +43,6 @@ pub enum SignalWait {
     /// Cancellation was requested.
     Cancelled,
 }
-
-/// A stream of an operation's events.
-pub type EventStream = Pin<Box<dyn Stream<Item = Result<OperationEvent, ServerError>> + Send>>;
 
 /// The operations of one service, in one store.
 pub(crate) struct OperationLog {
@@ -193,6 +187,15 @@ impl OperationLog {
         self.store.subscribe(id)
     }
 
+    /// The operation's events after revision `after`, oldest first.
+    pub(crate) async fn events_after(
+        &self,
+        id: &str,
+        after: u64,
+    ) -> Result<Vec<OperationEvent>, ServerError> {
+        Ok(self.store.events_after(id, after).await?)
+    }
+
     /// The terminal snapshot, or the current one when `timeout` passes first.
     pub(crate) async fn wait(
         &self,
@@ -217,78 +220,6 @@ impl OperationLog {
                 return self.get(id).await;
             }
         }
-    }
-
-    /// Events of the operation, ending with the terminal event. See
-    /// [`crate::OperationRuntime::watch`].
-    pub(crate) fn watch(self: &Arc<Self>, id: &str, after: Option<u64>) -> EventStream {
-        struct Watch {
-            log: Arc<OperationLog>,
-            id: String,
-            last: u64,
-            bell: Doorbell,
-            pending: VecDeque<OperationEvent>,
-            done: bool,
-            first: bool,
-            closed: bool,
-        }
-        let state = Watch {
-            bell: self.store.subscribe(id),
-            log: Arc::clone(self),
-            id: id.to_owned(),
-            last: after.unwrap_or(0),
-            pending: VecDeque::new(),
-            done: false,
-            first: after.is_none(),
-            closed: false,
-        };
-        Box::pin(futures::stream::unfold(state, |mut w| async move {
-            loop {
-                if w.done {
-                    return None;
-                }
-                if let Some(event) = w.pending.pop_front() {
-                    w.last = event.snapshot().revision;
-                    w.done = event.snapshot().is_terminal();
-                    return Some((Ok(event), w));
-                }
-                w.bell.mark_seen();
-                let mut events = match w.log.store.events_after(&w.id, w.last).await {
-                    Ok(events) => events,
-                    Err(error) => {
-                        w.done = true;
-                        return Some((Err(error.into()), w));
-                    }
-                };
-                if events.is_empty() {
-                    if w.last == 0 {
-                        w.done = true;
-                        return Some((Err(ServerError::OperationNotFound { id: w.id.clone() }), w));
-                    }
-                    if w.closed {
-                        return None;
-                    }
-                    // Resumed at or past the end: nothing more will come.
-                    match w.log.get(&w.id).await {
-                        Ok(snapshot) if snapshot.is_terminal() && snapshot.revision <= w.last => {
-                            return None;
-                        }
-                        Ok(_) => {}
-                        Err(error) => {
-                            w.done = true;
-                            return Some((Err(error), w));
-                        }
-                    }
-                    // A closed doorbell means the operation is terminal: read once more.
-                    w.closed = w.bell.changed().await.is_err();
-                    continue;
-                }
-                if std::mem::take(&mut w.first) && events.len() > 1 {
-                    events.drain(..events.len() - 1);
-                }
-                w.pending.extend(events);
-            }
-        }))
     }
 
     /// Appends signal `name` after checking it against the contract; answers its sequence.
@@ -442,6 +373,17 @@ impl OperationLog {
         kind: EventKind,
         set: impl Fn(&mut Snapshot),
     ) -> Result<Snapshot, ServerError> {
+        self.finish_if(current, kind, |_| Ok(()), set).await
+    }
+
+    /// [`OperationLog::finish`], refused by `allowed` (checked on every snapshot it would end).
+    pub(crate) async fn finish_if(
+        &self,
+        current: Snapshot,
+        kind: EventKind,
+        allowed: impl Fn(&Snapshot) -> Result<(), ServerError>,
+        set: impl Fn(&mut Snapshot),
+    ) -> Result<Snapshot, ServerError> {
         let state = match kind {
             EventKind::Completed => OperationState::Completed,
             EventKind::Failed => OperationState::Failed,
@@ -449,6 +391,7 @@ impl OperationLog {
         };
         self.transition_from(current, |current| {
             non_terminal(current)?;
+            allowed(current)?;
             let mut snapshot = next(current, state);
             snapshot.completed_at = Some(snapshot.updated_at);
             set(&mut snapshot);

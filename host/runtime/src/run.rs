@@ -102,7 +102,7 @@ impl Run {
         let current = self.snapshot().await?;
         let snapshot = self
             .log
-            .transition_from(current, |current| match current.state {
+            .transition_from(current, |current| match self.fence(current)?.state {
                 OperationState::Pending => Ok(Some((
                     EventKind::Started,
                     next(current, OperationState::Running),
@@ -131,7 +131,7 @@ impl Run {
         let snapshot = self
             .log
             .transition_from(current, |current| {
-                non_terminal(current)?;
+                non_terminal(self.fence(current)?)?;
                 let mut snapshot = next(current, OperationState::Running);
                 snapshot.progress = Some(progress.clone());
                 Ok(Some((EventKind::Progress, snapshot)))
@@ -190,7 +190,7 @@ impl Run {
                 self.id
             )));
         };
-        non_terminal(&self.snapshot().await?)?;
+        non_terminal(self.fence(&self.snapshot().await?)?)?;
         let job = jobs.enqueue_owned(&self.id, queue, payload).await?;
         self.handed_off.store(true, Ordering::SeqCst);
         Ok(job)
@@ -237,9 +237,24 @@ impl Run {
         kind: EventKind,
         set: impl Fn(&mut Snapshot),
     ) -> Result<Snapshot, ServerError> {
-        let snapshot = self.log.finish(current, kind, set).await?;
+        let snapshot = self
+            .log
+            .finish_if(current, kind, |current| self.fence(current).map(drop), set)
+            .await?;
         self.retire();
         Ok(self.wrote(snapshot))
+    }
+
+    /// `current`, unless a later attempt superseded this run's.
+    fn fence<'s>(&self, current: &'s Snapshot) -> Result<&'s Snapshot, ServerError> {
+        if current.attempt > self.attempt {
+            return Err(ServerError::Superseded {
+                id: self.id.clone(),
+                attempt: self.attempt,
+                current: current.attempt,
+            });
+        }
+        Ok(current)
     }
 
     fn wrote(&self, snapshot: Snapshot) -> Snapshot {
@@ -269,15 +284,14 @@ pub(crate) struct Runs {
 }
 
 impl Runs {
-    /// A new run of `id`'s attempt `attempt`, replacing any other run of it here.
-    pub(crate) fn launch(
+    fn new_run(
         self: &Arc<Self>,
         log: &Arc<OperationLog>,
         jobs: &Arc<JobsPort>,
         id: &str,
         attempt: u32,
     ) -> Arc<Run> {
-        let run = Arc::new(Run {
+        Arc::new(Run {
             id: id.to_owned(),
             attempt,
             cancel: CancellationToken::new(),
@@ -287,22 +301,38 @@ impl Runs {
             log: Arc::clone(log),
             jobs: Arc::clone(jobs),
             runs: Arc::downgrade(self),
-        });
+        })
+    }
+
+    /// A new run of `id`'s attempt `attempt`, replacing any other run of it here (one of an
+    /// earlier attempt, which that attempt's fence keeps from writing).
+    pub(crate) fn launch(
+        self: &Arc<Self>,
+        log: &Arc<OperationLog>,
+        jobs: &Arc<JobsPort>,
+        id: &str,
+        attempt: u32,
+    ) -> Arc<Run> {
+        let run = self.new_run(log, jobs, id, attempt);
         lock(&self.by_id).insert(id.to_owned(), Arc::downgrade(&run));
         run
     }
 
-    /// The run of `snapshot`'s operation here, joined if there is one, else a new one.
+    /// The run of `snapshot`'s operation here, joined if there is one, else a new one: looked
+    /// up and inserted under one lock, so that two callers attaching at once share one run.
     pub(crate) fn join(
         self: &Arc<Self>,
         log: &Arc<OperationLog>,
         jobs: &Arc<JobsPort>,
         snapshot: &Snapshot,
     ) -> Arc<Run> {
-        if let Some(run) = self.get(&snapshot.id) {
+        let mut by_id = lock(&self.by_id);
+        if let Some(run) = by_id.get(&snapshot.id).and_then(Weak::upgrade) {
             return run;
         }
-        self.launch(log, jobs, &snapshot.id, snapshot.attempt)
+        let run = self.new_run(log, jobs, &snapshot.id, snapshot.attempt);
+        by_id.insert(snapshot.id.clone(), Arc::downgrade(&run));
+        run
     }
 
     /// The run of `id` here, if any.

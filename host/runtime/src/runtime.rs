@@ -1,7 +1,7 @@
 //! [`OperationRuntime`]: the operation log and the executor of one service, as callers use
 //! them.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use opshost_api::{ErrorInfo, OperationEvent, Snapshot};
@@ -13,11 +13,12 @@ use crate::config::{RestartPolicy, RuntimeConfig};
 use crate::error::ServerError;
 use crate::executor::{Drained, Executor, OperationHandler, Recovery};
 use crate::handoff::JobHandOff;
-use crate::log::{Acceptance, EventStream, OperationLog};
+use crate::log::{Acceptance, OperationLog};
 use crate::run::Run;
 use crate::store::{
     ListFilter, MemoryStore, OperationStore, Owner, Page, StateCount, StoredOperation,
 };
+use crate::watch::EventStream;
 
 /// The operation runtime of one service. Cheap to clone; clones share everything.
 ///
@@ -27,6 +28,24 @@ use crate::store::{
 pub struct OperationRuntime {
     log: Arc<OperationLog>,
     executor: Arc<Executor>,
+}
+
+/// A handle to an [`OperationRuntime`] that does not keep it alive: what a handler the runtime
+/// itself holds keeps, so that the two do not hold each other for ever.
+#[derive(Clone)]
+pub struct WeakRuntime {
+    log: Weak<OperationLog>,
+    executor: Weak<Executor>,
+}
+
+impl WeakRuntime {
+    /// The runtime, while it lives.
+    pub fn upgrade(&self) -> Option<OperationRuntime> {
+        Some(OperationRuntime {
+            log: self.log.upgrade()?,
+            executor: self.executor.upgrade()?,
+        })
+    }
 }
 
 /// An [`OperationRuntime`] created with [`OperationRuntime::new`] keeps its operations in memory.
@@ -109,6 +128,14 @@ impl OperationRuntime {
         config: RuntimeConfig,
     ) -> Self {
         Self::builder(contract).store(store).config(config).build()
+    }
+
+    /// A handle that does not keep this runtime alive.
+    pub fn downgrade(&self) -> WeakRuntime {
+        WeakRuntime {
+            log: Arc::downgrade(&self.log),
+            executor: Arc::downgrade(&self.executor),
+        }
     }
 
     pub(crate) fn learn_contract(&self, load: impl FnOnce() -> Contract) {

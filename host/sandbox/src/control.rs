@@ -313,7 +313,9 @@ where
 fn control_error(error: ServerError) -> ControlError {
     match error {
         ServerError::InvalidInput { .. } => ControlError::InvalidPayload(error.to_string()),
-        ServerError::OperationTerminal { .. } => ControlError::Terminal(error.to_string()),
+        ServerError::OperationTerminal { .. } | ServerError::Superseded { .. } => {
+            ControlError::Terminal(error.to_string())
+        }
         ServerError::LimitExceeded { .. } => ControlError::LimitExceeded(error.to_string()),
         other => ControlError::Internal(other.to_string()),
     }

@@ -13,7 +13,7 @@ use opshost_jobs::{Job, JobStore, Jobs, MemoryJobStore, WorkerError};
 use opshost_runtime::store::{MemoryStore, OperationStore};
 use opshost_runtime::{
     Drained, OperationHandler, OperationRuntime, Owner, Recovery, RestartPolicy, Run,
-    RuntimeConfig, ServerError,
+    RuntimeConfig, ServerError, WeakRuntime,
 };
 use serde_json::Value;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -41,34 +41,23 @@ pub struct WasmHost {
 }
 
 impl WasmHost {
-    /// Loads a deployment on the in-memory store.
+    /// Loads a deployment with everything in memory; [`WasmHost::builder`] chooses the stores.
     pub fn from_config(config: &DeploymentConfig) -> Result<Self, SandboxError> {
-        Self::from_config_with_store(config, Arc::new(MemoryStore::new()))
+        Self::builder(config).build()
     }
 
-    /// Loads a deployment with operations on `store` and jobs in memory.
-    pub fn from_config_with_store(
-        config: &DeploymentConfig,
-        store: Arc<dyn OperationStore>,
-    ) -> Result<Self, SandboxError> {
-        Self::from_config_with_stores(config, store, Arc::new(MemoryJobStore::new()))
+    /// A builder loading `config`: the contract, then every component it names, each checked
+    /// against its grants and pin.
+    pub fn builder(config: &DeploymentConfig) -> WasmHostBuilder<'_> {
+        WasmHostBuilder {
+            config,
+            store: None,
+            job_store: None,
+            env: RunEnv::default(),
+        }
     }
 
-    /// Loads a deployment on `operations` and `jobs` (the SQLite store is both): the
-    /// contract, then every component it names, each checked against its grants and pin.
-    /// Worker components start working their queues at once (call this within a tokio
-    /// runtime when the deployment has workers).
-    pub fn from_config_with_stores(
-        config: &DeploymentConfig,
-        store: Arc<dyn OperationStore>,
-        job_store: Arc<dyn JobStore>,
-    ) -> Result<Self, SandboxError> {
-        Self::load(config, store, job_store, RunEnv::default())
-    }
-
-    /// [`WasmHost::from_config_with_stores`] with guests running in `env`: a virtual clock
-    /// and injected faults, for tests.
-    pub fn load(
+    fn load(
         config: &DeploymentConfig,
         store: Arc<dyn OperationStore>,
         job_store: Arc<dyn JobStore>,
@@ -143,7 +132,7 @@ impl WasmHost {
             runtime.install_handler(
                 &handler.operation,
                 Arc::new(WasmHandler {
-                    runtime: runtime.clone(),
+                    runtime: runtime.downgrade(),
                     engine: engine.clone(),
                     pre,
                     limits,
@@ -287,6 +276,50 @@ impl WasmHost {
     }
 }
 
+/// Builds a [`WasmHost`]: where its operations and jobs are kept, and the environment its
+/// guests run in.
+pub struct WasmHostBuilder<'a> {
+    config: &'a DeploymentConfig,
+    store: Option<Arc<dyn OperationStore>>,
+    job_store: Option<Arc<dyn JobStore>>,
+    env: RunEnv,
+}
+
+impl WasmHostBuilder<'_> {
+    /// Keeps operations and jobs in `store` (as the SQLite and PostgreSQL stores do).
+    pub fn stores<S: OperationStore + JobStore>(self, store: Arc<S>) -> Self {
+        self.operations(store.clone()).jobs(store)
+    }
+
+    /// Keeps operations in `store` (in memory unless set).
+    pub fn operations(mut self, store: Arc<dyn OperationStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Keeps jobs in `store` (in memory unless set).
+    pub fn jobs(mut self, store: Arc<dyn JobStore>) -> Self {
+        self.job_store = Some(store);
+        self
+    }
+
+    /// Runs guests in `env`: a virtual clock and injected faults, for tests.
+    pub fn env(mut self, env: RunEnv) -> Self {
+        self.env = env;
+        self
+    }
+
+    /// Loads the deployment. Worker components start working their queues at once (call this
+    /// within a tokio runtime when the deployment has workers).
+    pub fn build(self) -> Result<WasmHost, SandboxError> {
+        let store = self.store.unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        let job_store = self
+            .job_store
+            .unwrap_or_else(|| Arc::new(MemoryJobStore::new()));
+        WasmHost::load(self.config, store, job_store, self.env)
+    }
+}
+
 /// What [`WasmHost::shutdown`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Shutdown {
@@ -334,7 +367,8 @@ fn component_error(path: &Path, error: wasmtime::Error) -> SandboxError {
 
 /// One compiled component serving one operation: each run gets a fresh `Store`.
 struct WasmHandler {
-    runtime: OperationRuntime,
+    /// Weak: the runtime holds this handler.
+    runtime: WeakRuntime,
     engine: Engine,
     pre: HandlerPre<GuestState>,
     limits: Limits,
@@ -351,9 +385,11 @@ impl OperationHandler for WasmHandler {
     ) -> BoxFuture<'static, Result<(), ErrorInfo>> {
         let engine = self.engine.clone();
         let pre = self.pre.clone();
-        let runtime = self.runtime.clone();
+        let runtime = self.runtime.upgrade();
         let (limits, grants, env) = (self.limits, self.grants.clone(), self.env.clone());
         Box::pin(async move {
+            let runtime = runtime
+                .ok_or_else(|| ErrorInfo::new(ErrorCode::Internal, "the host is shutting down"))?;
             let wasi = grants
                 .wasi_context(Arc::clone(&env.clock))
                 .map_err(|message| ErrorInfo::new(ErrorCode::Internal, message))?;

@@ -35,5 +35,5 @@ pub use engine::Allocation;
 pub use error::SandboxError;
 pub use faults::{Fault, Faults, Import};
 pub use grants::{DirGrant, Grants};
-pub use host::{Shutdown, WasmHost};
+pub use host::{Shutdown, WasmHost, WasmHostBuilder};
 pub use limits::{LimitBreach, Limits, LimitsTable};

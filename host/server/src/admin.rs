@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::http::{AppState, Caller};
+use crate::state::{AppState, Caller};
 
 /// The `/v1/jobs` routes.
 pub(crate) fn routes() -> Router<AppState> {

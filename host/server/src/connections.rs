@@ -26,7 +26,7 @@ use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::ServerConfig;
+use crate::config::ServerConfig;
 
 /// How long the host waits before accepting again when it has no file descriptor left.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);

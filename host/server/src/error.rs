@@ -100,6 +100,7 @@ impl From<ServerError> for ApiError {
             ServerError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ServerError::OperationNotFound { .. } => StatusCode::NOT_FOUND,
             ServerError::OperationAlreadyExists { .. }
+            | ServerError::Superseded { .. }
             | ServerError::OperationTerminal { .. }
             | ServerError::OperationUnsupportedControl { .. } => StatusCode::CONFLICT,
             ServerError::InvalidInput { .. } => StatusCode::BAD_REQUEST,

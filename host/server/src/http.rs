@@ -6,180 +6,42 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, MatchedPath, Path, Query, Request, State};
-use axum::http::request::Parts;
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::{Stream, StreamExt};
 use opshost_api::id::url_segment;
 use opshost_api::{ErrorCode, OperationState, Snapshot};
+use opshost_contract::Action;
 use opshost_contract::strict_json::{self, StrictJsonError};
-use opshost_contract::{Action, OperationSpec};
-use opshost_runtime::store::StoredOperation;
-use opshost_runtime::{ListFilter, OperationRuntime, Owner, ServerError};
+use opshost_runtime::{ListFilter, Owner, ServerError};
 use serde::Deserialize;
 use serde_json::{Value, json};
-use tokio::sync::Semaphore;
 
-use crate::ServerConfig;
-use crate::auth::{Authenticator, Principal};
 use crate::error::ApiError;
-use crate::metrics::Metrics;
-use crate::openapi;
+use crate::state::{AppState, Caller, Shared, authorize};
 
-pub(crate) struct Shared {
-    pub(crate) runtime: OperationRuntime,
-    pub(crate) jobs: Option<opshost_jobs::Jobs>,
-    pub(crate) auth: Authenticator,
-    pub(crate) config: ServerConfig,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) in_flight: Semaphore,
-    pub(crate) frames: crate::sse::Frames,
-    pub(crate) draining: tokio_util::sync::CancellationToken,
-}
-
-pub(crate) type AppState = Arc<Shared>;
-
-pub(crate) fn router(shared: AppState) -> Router {
-    // Short requests count against `max_in_flight`; waits and watches hold no permit.
-    let admitted = Router::new()
+/// The routes that count against `max_in_flight`: list, start, get, cancel, signal and the
+/// contract.
+pub(crate) fn admitted() -> Router<AppState> {
+    Router::new()
         .route("/v1/operations", get(list))
         .route("/v1/operations/{key}", post(start).get(get_operation))
         .route("/v1/operations/{id}/cancel", post(cancel))
         .route("/v1/operations/{id}/signals/{signal}", post(signal))
         .route("/v1/contract", get(contract))
-        .merge(crate::admin::routes())
-        .route_layer(middleware::from_fn_with_state(shared.clone(), admit));
+}
+
+/// The routes that hold a request open and no permit: wait and watch.
+pub(crate) fn streaming() -> Router<AppState> {
     Router::new()
-        .merge(admitted)
         .route("/v1/operations/{id}/wait", get(wait))
         .route("/v1/operations/{id}/events", get(watch))
-        .route("/openapi.json", get(openapi_document))
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(metrics))
-        .fallback(|| async {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                ErrorCode::OperationNotFound,
-                "no such route",
-            )
-        })
-        .layer(middleware::from_fn_with_state(shared.clone(), record))
-        .with_state(shared)
-}
-
-async fn healthz(State(shared): State<AppState>) -> Response {
-    if shared.draining.is_cancelled() {
-        let body = Json(json!({ "status": "draining" }));
-        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
-    }
-    Json(json!({ "status": "ok" })).into_response()
-}
-
-async fn admit(State(shared): State<AppState>, request: Request, next: Next) -> Response {
-    match shared.in_flight.try_acquire() {
-        Ok(_permit) => next.run(request).await,
-        Err(_) => ApiError::overloaded(
-            format!(
-                "more than {} requests in flight",
-                shared.config.max_in_flight
-            ),
-            Duration::from_secs(1),
-        )
-        .into_response(),
-    }
-}
-
-async fn record(State(shared): State<AppState>, request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().to_string();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let response = next.run(request).await;
-    shared.metrics.request(
-        &method,
-        &route,
-        response.status().as_u16(),
-        started.elapsed(),
-    );
-    response
-}
-
-/// The authenticated caller of a request.
-pub(crate) struct Caller(pub(crate) Principal);
-
-impl FromRequestParts<AppState> for Caller {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .map(|value| value.to_str())
-            .transpose()
-            .map_err(|_| ApiError::from(crate::auth::AuthError::Malformed("not ASCII".into())))?;
-        Ok(Self(state.auth.authenticate(header)?))
-    }
-}
-
-impl Shared {
-    fn spec(&self, operation: &str) -> Result<&OperationSpec, ApiError> {
-        self.runtime.spec(operation).map_err(|_| {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                ErrorCode::OperationNotFound,
-                format!("service has no operation `{operation}`"),
-            )
-        })
-    }
-
-    /// The operation `id` if the caller's tenant owns it and `action` is granted.
-    async fn visible(
-        &self,
-        caller: &Principal,
-        id: &str,
-        action: Action,
-    ) -> Result<StoredOperation, ApiError> {
-        let stored = match self.runtime.load(id).await {
-            Ok(stored) => stored,
-            Err(ServerError::OperationNotFound { .. }) => return Err(ApiError::not_found(id)),
-            Err(error) => return Err(error.into()),
-        };
-        if stored.owner.tenant != caller.tenant {
-            return Err(ApiError::not_found(id));
-        }
-        authorize(caller, self.spec(&stored.snapshot.operation)?, action)?;
-        Ok(stored)
-    }
-
-    fn clamp_wait(&self, seconds: f64) -> Duration {
-        let max = self.config.max_wait();
-        if seconds.is_finite() && seconds > 0.0 {
-            Duration::from_secs_f64(seconds.min(max.as_secs_f64()))
-        } else {
-            Duration::ZERO
-        }
-    }
-}
-
-fn authorize(caller: &Principal, spec: &OperationSpec, action: Action) -> Result<(), ApiError> {
-    match spec.capabilities.missing(action, &caller.scopes) {
-        Some(capability) => Err(ApiError::missing_capability(
-            capability,
-            action.as_str(),
-            &spec.name,
-        )),
-        None => Ok(()),
-    }
 }
 
 /// Reads a JSON body, enforcing the content type and the size limit.
@@ -510,27 +372,4 @@ async fn contract(
         )
     })?;
     Ok(Json(contract.manifest().clone()))
-}
-
-async fn openapi_document(State(shared): State<AppState>) -> Json<Value> {
-    Json(openapi::document(shared.runtime.contract()))
-}
-
-async fn metrics(State(shared): State<AppState>) -> Response {
-    match shared.metrics.render(&shared.runtime).await {
-        Ok(text) => (
-            [(
-                header::CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-            )],
-            text,
-        )
-            .into_response(),
-        Err(message) => ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            ErrorCode::Internal,
-            message,
-        )
-        .into_response(),
-    }
 }

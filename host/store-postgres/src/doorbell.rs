@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{GenericClient, Pool};
 use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
 use tokio_postgres::{AsyncMessage, NoTls};
@@ -65,33 +65,36 @@ impl Doorbells {
 pub(crate) async fn notify(bells: Arc<Doorbells>, pool: Pool) {
     loop {
         bells.wake.notified().await;
-        let changes = std::mem::take(&mut *lock(&bells.unsent));
-        if changes.is_empty() {
-            continue;
-        }
-        let mut notices = vec![bells.host.clone()];
-        for (id, terminal) in changes {
-            let line = if terminal { format!("{id}\t!") } else { id };
-            let last = notices.last_mut().expect("one notice at least");
-            if last.len() + line.len() + 1 > NOTICE_BYTES {
-                notices.push(format!("{}\n{line}", bells.host));
-            } else {
-                last.push('\n');
-                last.push_str(&line);
-            }
-        }
         match pool.get().await {
-            Ok(db) => {
-                for notice in &notices {
-                    if let Err(error) = db
-                        .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, notice])
-                        .await
-                    {
-                        tracing::warn!(%error, "cannot notify the other hosts");
-                    }
-                }
-            }
+            Ok(db) => send_unsent(&bells, &db).await,
             Err(error) => tracing::warn!(%error, "cannot notify the other hosts"),
+        }
+    }
+}
+
+/// Sends every change queued so far, in as few notices as fit.
+pub(crate) async fn send_unsent(bells: &Doorbells, db: &impl GenericClient) {
+    let changes = std::mem::take(&mut *lock(&bells.unsent));
+    if changes.is_empty() {
+        return;
+    }
+    let mut notices = vec![bells.host.clone()];
+    for (id, terminal) in changes {
+        let line = if terminal { format!("{id}\t!") } else { id };
+        let last = notices.last_mut().expect("one notice at least");
+        if last.len() + line.len() + 1 > NOTICE_BYTES {
+            notices.push(format!("{}\n{line}", bells.host));
+        } else {
+            last.push('\n');
+            last.push_str(&line);
+        }
+    }
+    for notice in &notices {
+        if let Err(error) = db
+            .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, notice])
+            .await
+        {
+            tracing::warn!(%error, "cannot notify the other hosts");
         }
     }
 }
@@ -117,7 +120,7 @@ pub(crate) async fn listen(
             while let Some((channel, notice)) = notices.recv().await {
                 if channel == HOSTS_CHANNEL {
                     if notice != bells.host {
-                        bells.released.notify_waiters();
+                        bells.released.notify_one();
                     }
                     continue;
                 }

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::PostgresStore;
 
-use crate::{failed, unavailable};
+use crate::sql::{failed, unavailable};
 
 fn millis(at: DateTime<Utc>) -> i64 {
     at.timestamp_millis()
@@ -160,6 +160,16 @@ impl JobStore for PostgresStore {
         until: DateTime<Utc>,
     ) -> Result<Heartbeat, JobStoreError> {
         self.beat(id, attempt, |job| job.lease_until = Some(until))
+            .await
+    }
+
+    async fn hand_back(
+        &self,
+        id: &str,
+        attempt: u32,
+        now: DateTime<Utc>,
+    ) -> Result<Heartbeat, JobStoreError> {
+        self.beat(id, attempt, |job| rules::hand_back(job, now))
             .await
     }
 

@@ -16,8 +16,10 @@
 //! - **Migrations** are embedded and applied once, under an advisory lock (see `schema`).
 
 mod doorbell;
+mod hosts;
 mod jobs;
 mod schema;
+mod sql;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -36,6 +38,8 @@ use tokio::task::JoinHandle;
 use tokio_postgres::NoTls;
 
 use crate::doorbell::Doorbells;
+use crate::hosts::{keep_alive, renew};
+use crate::sql::{count, decode, describe, failed, json, prepared, state, unavailable};
 
 /// Connections a store keeps to the database.
 const POOL_SIZE: usize = 16;
@@ -150,103 +154,6 @@ impl PostgresStore {
     async fn db(&self) -> Result<Object, StoreError> {
         self.pool.get().await.map_err(unavailable)
     }
-}
-
-/// Extends this host's lease to `lease` from now on the database's clock.
-async fn renew(
-    db: &impl GenericClient,
-    host: &str,
-    lease: Duration,
-) -> Result<(), tokio_postgres::Error> {
-    let millis = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-    db.execute(
-        "INSERT INTO hosts (host, alive_until)
-         VALUES ($1, now() + $2::BIGINT * INTERVAL '1 millisecond')
-         ON CONFLICT (host) DO UPDATE SET alive_until = excluded.alive_until",
-        &[&host, &millis],
-    )
-    .await
-    .map(drop)
-}
-
-/// Renews the lease at a third of its length until the store is dropped.
-async fn keep_alive(pool: Pool, host: String, lease: Duration) {
-    let mut ticks = tokio::time::interval(lease / 3);
-    loop {
-        ticks.tick().await;
-        let renewed = match pool.get().await {
-            Ok(db) => renew(&db, &host, lease).await.map_err(|e| describe(&e)),
-            Err(error) => Err(error.to_string()),
-        };
-        if let Err(error) = renewed {
-            tracing::warn!(%host, %error, "cannot renew this host's lease");
-        }
-    }
-}
-
-/// A PostgreSQL error as a store error of the right kind: a lost connection (closed, or failing
-/// I/O), a server shutting down or short of resources, and a serialization failure are
-/// unavailable; an
-/// integrity violation is a conflict; damaged data is corrupt.
-pub(crate) fn failed(error: tokio_postgres::Error) -> StoreError {
-    let message = describe(&error);
-    let lost = error.is_closed()
-        || std::error::Error::source(&error).is_some_and(|cause| cause.is::<std::io::Error>());
-    let kind = match error.code().map(|code| code.code()) {
-        None if lost => StoreError::unavailable(message),
-        None => StoreError::internal(message),
-        Some(code)
-            if code.starts_with("08")
-                || code.starts_with("53")
-                || code.starts_with("57P")
-                || code == "40001"
-                || code == "40P01" =>
-        {
-            StoreError::unavailable(message)
-        }
-        Some(code) if code.starts_with("23") => StoreError::conflict(message),
-        Some("XX001" | "XX002") => StoreError::corrupt(message),
-        Some(_) => StoreError::internal(message),
-    };
-    kind.caused_by(error)
-}
-
-/// No connection could be had from the pool: the database is down or unreachable.
-pub(crate) fn unavailable(error: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::unavailable(format!("postgres: no connection: {error}")).caused_by(error)
-}
-
-/// `sql`, prepared once per connection (planning every call would cost more than running it).
-async fn prepared(
-    db: &impl GenericClient,
-    sql: &str,
-) -> Result<tokio_postgres::Statement, StoreError> {
-    db.prepare_cached(sql).await.map_err(failed)
-}
-
-/// The error with its cause: tokio-postgres keeps the server's message in the source.
-pub(crate) fn describe(error: &tokio_postgres::Error) -> String {
-    match std::error::Error::source(error) {
-        Some(cause) => format!("postgres: {error}: {cause}"),
-        None => format!("postgres: {error}"),
-    }
-}
-
-fn json(value: &impl serde::Serialize) -> Result<String, StoreError> {
-    serde_json::to_string(value).map_err(|e| StoreError::internal("cannot encode").caused_by(e))
-}
-
-fn decode<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, StoreError> {
-    serde_json::from_str(text)
-        .map_err(|e| StoreError::corrupt("postgres: a row does not decode").caused_by(e))
-}
-
-fn state(text: &str) -> Result<OperationState, StoreError> {
-    decode(&format!("\"{text}\""))
-}
-
-fn count(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 /// Columns of [`stored`], from `operations`.
@@ -621,13 +528,15 @@ impl OperationStore for PostgresStore {
         self.bells.bells.subscribe(id)
     }
 
-    /// Stops renewing this host's lease, ends it now and names this host on the hosts
-    /// channel, so that another host claims its unfinished operations at once.
+    /// Tells the other hosts of the changes not yet announced, stops renewing this host's
+    /// lease, ends it for good and names this host on the hosts channel, so that another host
+    /// claims its unfinished operations at once.
     async fn release(&self) -> Result<(), StoreError> {
         self.lease.abort();
         let db = self.db().await?;
+        doorbell::send_unsent(&self.bells, &db).await;
         db.execute(
-            "UPDATE hosts SET alive_until = now() - INTERVAL '1 millisecond' WHERE host = $1",
+            "UPDATE hosts SET alive_until = '-infinity' WHERE host = $1",
             &[&self.host],
         )
         .await

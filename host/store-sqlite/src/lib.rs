@@ -24,6 +24,7 @@
 //! it.
 
 mod checkpoint;
+mod job_writes;
 mod jobs;
 mod schema;
 mod writer;

@@ -26,7 +26,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use serde_json::Value;
 use tokio::sync::oneshot;
 
-use crate::jobs::{self, JobWrite, JobWritten};
+use crate::job_writes::{self, JobWrite, JobWritten};
 use crate::{Cache, SELECT_STORED, Shared, decode, lock, stored_from_row};
 
 /// Most writes committed in one transaction.
@@ -347,7 +347,7 @@ fn apply(db: &Connection, write: &Write) -> Outcome {
         Write::Signal { id, name, payload } => signal(db, id, name, payload),
         Write::Flush => Ok((Written::Flushed, Ring::None)),
         Write::Job(write) => Ok((
-            Written::Job(jobs::apply(db, write).map_err(sql)?),
+            Written::Job(job_writes::apply(db, write).map_err(sql)?),
             Ring::None,
         )),
         Write::Purge(at) => {

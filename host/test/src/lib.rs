@@ -31,8 +31,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use opshost_api::{Operation, OperationEvent, OperationSnapshot, Signal};
-use opshost_jobs::MemoryJobStore;
-use opshost_runtime::store::MemoryStore;
 use opshost_runtime::{OperationRuntime, Operations, Owner, ServerError};
 use opshost_sandbox::{
     DeploymentConfig, Grants, HandlerConfig, LimitsTable, RunEnv, SandboxError, WasmHost,
@@ -127,12 +125,7 @@ impl HarnessBuilder {
             clock: Arc::new(clock.clone()),
             faults: self.faults.map(Arc::new),
         };
-        let host = WasmHost::load(
-            &self.config,
-            Arc::new(MemoryStore::new()),
-            Arc::new(MemoryJobStore::new()),
-            env,
-        )?;
+        let host = WasmHost::builder(&self.config).env(env).build()?;
         Ok(Harness { host, clock })
     }
 }

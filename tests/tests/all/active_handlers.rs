@@ -21,12 +21,15 @@ fn orders() -> usize {
 }
 
 /// Fulfillment workers of each host.
-const WORKERS: usize = 256;
+const WORKERS: usize = 128;
 
 fn host<S: OperationStore + JobStore>(store: Arc<S>) -> WasmHost {
     let mut config = orders_deployment(Duration::from_secs(5), WORKERS);
     config.max_backlog = 20_000;
-    WasmHost::from_config_with_stores(&config, store.clone(), store).expect("the host loads")
+    WasmHost::builder(&config)
+        .stores(store)
+        .build()
+        .expect("the host loads")
 }
 
 /// Starts `count` orders over `hosts` in turn, 64 at a time, and waits until each completed.

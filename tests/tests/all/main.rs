@@ -8,6 +8,7 @@ mod hostile_guests;
 mod http_api;
 mod http_auth;
 mod http_client;
+mod http_connections;
 mod http_hardening;
 mod http_jobs;
 mod jobs;

@@ -20,7 +20,10 @@ const GRACE: Duration = Duration::from_secs(5);
 
 fn host(dir: &Path, config: &DeploymentConfig) -> WasmHost {
     let store = SqliteStore::open(dir).expect("the store opens");
-    WasmHost::from_config_with_store(config, Arc::new(store)).expect("the deployment loads")
+    WasmHost::builder(config)
+        .operations(Arc::new(store))
+        .build()
+        .expect("the deployment loads")
 }
 
 /// A host run that accepts `input` and dies before its handler runs.

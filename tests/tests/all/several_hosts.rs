@@ -24,7 +24,9 @@ async fn host_on(url: &str, lease: Duration) -> WasmHost {
             .await
             .expect("the store connects"),
     );
-    WasmHost::from_config_with_stores(&testing_deployment(GRACE), store.clone(), store)
+    WasmHost::builder(&testing_deployment(GRACE))
+        .stores(store)
+        .build()
         .expect("the host loads")
 }
 

@@ -15,12 +15,10 @@ use serde_json::{Value, json};
 
 fn host(dir: &std::path::Path) -> WasmHost {
     let store = Arc::new(SqliteStore::open(dir).expect("the store opens"));
-    WasmHost::from_config_with_stores(
-        &testing_jobs_deployment(Duration::from_secs(2)),
-        store.clone(),
-        store,
-    )
-    .expect("the deployment loads")
+    WasmHost::builder(&testing_jobs_deployment(Duration::from_secs(2)))
+        .stores(store)
+        .build()
+        .expect("the deployment loads")
 }
 
 async fn hand_off(host: &WasmHost, job: &str) -> String {

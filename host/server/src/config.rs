@@ -1,0 +1,76 @@
+//! The `[server]` table of the host config.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// HTTP tunables (the `[server]` table of the host config).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on; loopback unless set.
+    pub listen: SocketAddr,
+    /// Largest request body accepted (413 above it).
+    pub max_body_bytes: usize,
+    /// Longest `Prefer: wait=N` or `/wait?timeout=N` honoured, in seconds.
+    pub max_wait_secs: u64,
+    /// Interval of SSE keep-alive comments, in seconds.
+    pub keep_alive_secs: u64,
+    /// Short requests served at once before answering 503 `Overloaded`.
+    pub max_in_flight: usize,
+    /// Largest page of a listing.
+    pub page_limit: usize,
+    /// The capability the operator routes (`/v1/jobs`) require.
+    pub admin_capability: String,
+    /// Connections open at once; further ones are answered 503 and closed.
+    pub max_connections: usize,
+    /// Connections open at once from one IP address (set it to `max_connections` behind a
+    /// proxy, whose address every connection shares).
+    pub max_connections_per_client: usize,
+    /// How long a connection may take to send a complete request head, counted from when it
+    /// opens or its previous response ends; so also how long an idle keep-alive connection is
+    /// kept. A request body must arrive within the same time once its head has. Responses being
+    /// written (waits, watches) are not cut by it.
+    pub header_timeout_ms: u64,
+    /// How long a host that is asked to stop (SIGTERM, SIGINT) lets its running handlers and
+    /// job attempts finish before it stops them for the next start or another host to resume.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_body_bytes: 1024 * 1024,
+            max_wait_secs: 60,
+            keep_alive_secs: 15,
+            max_in_flight: 1024,
+            page_limit: 100,
+            admin_capability: "opshost.admin".into(),
+            max_connections: 16_384,
+            max_connections_per_client: 256,
+            header_timeout_ms: 10_000,
+            shutdown_grace_ms: 25_000,
+        }
+    }
+}
+
+impl ServerConfig {
+    pub(crate) fn max_wait(&self) -> Duration {
+        Duration::from_secs(self.max_wait_secs)
+    }
+
+    pub(crate) fn keep_alive(&self) -> Duration {
+        Duration::from_secs(self.keep_alive_secs.max(1))
+    }
+
+    pub(crate) fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.header_timeout_ms.max(1))
+    }
+
+    /// See [`ServerConfig::shutdown_grace_ms`].
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_millis(self.shutdown_grace_ms)
+    }
+}

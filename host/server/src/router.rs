@@ -1,0 +1,103 @@
+//! The whole router: the operation routes, the operator routes, the documents beside them,
+//! and the middleware every request passes (in-flight admission, metrics).
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use opshost_api::ErrorCode;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::{admin, http, openapi};
+
+/// The router over `shared`.
+pub(crate) fn router(shared: AppState) -> Router {
+    // Short requests count against `max_in_flight`; waits and watches hold no permit.
+    let admitted = http::admitted()
+        .merge(admin::routes())
+        .route_layer(middleware::from_fn_with_state(shared.clone(), admit));
+    Router::new()
+        .merge(admitted)
+        .merge(http::streaming())
+        .route("/openapi.json", get(openapi_document))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::OperationNotFound,
+                "no such route",
+            )
+        })
+        .layer(middleware::from_fn_with_state(shared.clone(), record))
+        .with_state(shared)
+}
+
+async fn healthz(State(shared): State<AppState>) -> Response {
+    if shared.draining.is_cancelled() {
+        let body = Json(json!({ "status": "draining" }));
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    }
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn admit(State(shared): State<AppState>, request: Request, next: Next) -> Response {
+    match shared.in_flight.try_acquire() {
+        Ok(_permit) => next.run(request).await,
+        Err(_) => ApiError::overloaded(
+            format!(
+                "more than {} requests in flight",
+                shared.config.max_in_flight
+            ),
+            Duration::from_secs(1),
+        )
+        .into_response(),
+    }
+}
+
+async fn record(State(shared): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().to_string();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let response = next.run(request).await;
+    shared.metrics.request(
+        &method,
+        &route,
+        response.status().as_u16(),
+        started.elapsed(),
+    );
+    response
+}
+
+async fn openapi_document(State(shared): State<AppState>) -> Json<Value> {
+    Json(openapi::document(shared.runtime.contract()))
+}
+
+async fn metrics(State(shared): State<AppState>) -> Response {
+    match shared.metrics.render(&shared.runtime).await {
+        Ok(text) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Err(message) => ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::Internal,
+            message,
+        )
+        .into_response(),
+    }
+}

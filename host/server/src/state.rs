@@ -1,0 +1,108 @@
+//! What every route shares: the runtime, the authenticator, the config and the metrics; the
+//! authenticated caller; and the tenant and capability checks every route runs first.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{StatusCode, header};
+use opshost_api::ErrorCode;
+use opshost_contract::{Action, OperationSpec};
+use opshost_runtime::store::StoredOperation;
+use opshost_runtime::{OperationRuntime, ServerError};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{AuthError, Authenticator, Principal};
+use crate::config::ServerConfig;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::sse::Frames;
+
+/// Everything a route needs.
+pub(crate) struct Shared {
+    pub(crate) runtime: OperationRuntime,
+    pub(crate) jobs: Option<opshost_jobs::Jobs>,
+    pub(crate) auth: Authenticator,
+    pub(crate) config: ServerConfig,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) in_flight: Semaphore,
+    pub(crate) frames: Frames,
+    pub(crate) draining: CancellationToken,
+}
+
+pub(crate) type AppState = Arc<Shared>;
+
+/// The authenticated caller of a request.
+pub(crate) struct Caller(pub(crate) Principal);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .map(|value| value.to_str())
+            .transpose()
+            .map_err(|_| ApiError::from(AuthError::Malformed("not ASCII".into())))?;
+        Ok(Self(state.auth.authenticate(header)?))
+    }
+}
+
+impl Shared {
+    pub(crate) fn spec(&self, operation: &str) -> Result<&OperationSpec, ApiError> {
+        self.runtime.spec(operation).map_err(|_| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::OperationNotFound,
+                format!("service has no operation `{operation}`"),
+            )
+        })
+    }
+
+    /// The operation `id` if the caller's tenant owns it and `action` is granted.
+    pub(crate) async fn visible(
+        &self,
+        caller: &Principal,
+        id: &str,
+        action: Action,
+    ) -> Result<StoredOperation, ApiError> {
+        let stored = match self.runtime.load(id).await {
+            Ok(stored) => stored,
+            Err(ServerError::OperationNotFound { .. }) => return Err(ApiError::not_found(id)),
+            Err(error) => return Err(error.into()),
+        };
+        if stored.owner.tenant != caller.tenant {
+            return Err(ApiError::not_found(id));
+        }
+        authorize(caller, self.spec(&stored.snapshot.operation)?, action)?;
+        Ok(stored)
+    }
+
+    pub(crate) fn clamp_wait(&self, seconds: f64) -> Duration {
+        let max = self.config.max_wait();
+        if seconds.is_finite() && seconds > 0.0 {
+            Duration::from_secs_f64(seconds.min(max.as_secs_f64()))
+        } else {
+            Duration::ZERO
+        }
+    }
+}
+
+/// Refuses `action` on `spec`'s operation unless the caller holds a capability it needs.
+pub(crate) fn authorize(
+    caller: &Principal,
+    spec: &OperationSpec,
+    action: Action,
+) -> Result<(), ApiError> {
+    match spec.capabilities.missing(action, &caller.scopes) {
+        Some(capability) => Err(ApiError::missing_capability(
+            capability,
+            action.as_str(),
+            &spec.name,
+        )),
+        None => Ok(()),
+    }
+}
