@@ -88,6 +88,15 @@ impl Drop for Serve {
     }
 }
 
+/// A two-thread tokio runtime for a test that drives servers from async code.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use opshost_server::ServerConfig;
-use opshost_tests::net::{TestServer, token, token_for};
+use opshost_tests::net::{TestServer, metric, token, token_for};
 use opshost_tests::testing_host;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -63,18 +63,7 @@ impl Api {
     }
 
     async fn metric(&self, name: &str) -> f64 {
-        let text = self
-            .http
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+        metric(&self.server.url, name).await
     }
 }
 

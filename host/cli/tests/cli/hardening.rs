@@ -10,7 +10,10 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+use opshost_tests::net::metric;
+
 use crate::common::{root, token, token_for};
+use crate::runtime;
 use crate::{START, Serve};
 
 /// The orders deployment with `server` appended to its `[server]` table.
@@ -28,14 +31,6 @@ fn write_config(dir: &Path, server: &str) -> PathBuf {
     let path = dir.join("host.toml");
     std::fs::write(&path, config).expect("config written");
     path
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime")
 }
 
 /// `host:port` of a served URL.
@@ -160,21 +155,6 @@ fn half_sent_requests_past_the_cap_are_refused_and_the_rest_closed_after_the_hea
     });
 }
 
-/// A metric's value from `/metrics`.
-async fn metric(http: &reqwest::Client, url: &str, name: &str) -> f64 {
-    let text = http
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in {text}"))
-}
-
 const WATCHES: usize = 10_000;
 
 #[test]
@@ -232,8 +212,8 @@ fn ten_thousand_watches_of_finished_operations_end_and_leave_nothing_behind() {
         );
         assert_eq!(no_content, WATCHES.div_ceil(3));
         assert_eq!(no_content + streamed, WATCHES);
-        assert_eq!(metric(&http, &serve.url, "opshost_watchers").await, 0.0);
-        assert_eq!(metric(&http, &serve.url, "opshost_doorbells").await, 0.0);
+        assert_eq!(metric(&serve.url, "opshost_watchers").await, 0.0);
+        assert_eq!(metric(&serve.url, "opshost_doorbells").await, 0.0);
     });
 }
 

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::Serve;
 use crate::common::{root, token};
+use crate::runtime;
 
 /// A host config: `contract`, its handler `handler` for `operation`, the fulfillment worker
 /// when `workers`, and `extra` tables.
@@ -64,14 +65,6 @@ fn exit_code(child: &mut Child, limit: Duration) -> Option<i32> {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-}
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a runtime")
 }
 
 /// Callers starting orders.
