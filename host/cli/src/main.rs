@@ -1,7 +1,6 @@
 //! `opshost`: serve operation handlers shipped as wasm components over HTTP, drive operations
 //! as a caller, mint development tokens and generate facades.
 
-mod config;
 mod progress;
 mod remote;
 mod scaffold;
@@ -20,8 +19,8 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use opshost_server::auth::{TokenRequest, mint_hs256};
 
-use crate::config::HostConfig;
 use crate::remote::Remote;
+use opshost_host::HostConfig;
 
 /// Exit codes a shell script can rely on.
 pub mod exit {

@@ -1,20 +1,14 @@
-//! `opshost serve`: the host config's stores, wasm host and HTTP API put together, run until
-//! SIGTERM or SIGINT, then drained gracefully.
+//! `opshost serve`: the host of the config file, served until SIGTERM or SIGINT, then drained
+//! gracefully (see `opshost_host`).
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{Context, Result};
-use opshost_sandbox::WasmHost;
-use opshost_server::{Authenticator, HttpApi};
-use opshost_store_postgres::PostgresStore;
-use opshost_store_sqlite::SqliteStore;
+use anyhow::Result;
+use opshost_host::{Host, HostConfig, StoreChoice};
 
-use crate::config::HostConfig;
 use crate::exit;
 
-/// Serves the deployment of the host config at `path`; see the module docs.
+/// Serves the deployment of the host config at `path`, with the command line's overrides.
 pub(crate) async fn serve(
     path: &std::path::Path,
     listen: Option<std::net::SocketAddr>,
@@ -32,78 +26,27 @@ pub(crate) async fn serve(
     if store.is_some() {
         config.store.url = store;
     }
-    let auth = Authenticator::from_config(&config.auth)?;
-    let host = if memory {
-        WasmHost::from_config(&config.deployment)?
-    } else if let Some(url) = &config.store.url {
-        let lease = Duration::from_millis(config.store.host_lease_ms.max(100));
-        let store = Arc::new(PostgresStore::connect_with_lease(url, lease).await?);
-        WasmHost::builder(&config.deployment)
-            .stores(store)
-            .build()?
-    } else {
-        let store = Arc::new(SqliteStore::open(&config.store.data_dir)?);
-        let engine = &mut config.deployment.engine;
-        if engine.cache_dir.is_none() {
-            engine.cache_dir = Some(config.store.data_dir.join("compiled"));
-        }
-        WasmHost::builder(&config.deployment)
-            .stores(store)
-            .build()?
-    };
-    host.recover()
-        .await
-        .context("cannot recover the operations of the previous run")?;
-    // On a shared store, what dead hosts left is taken over while this host runs.
-    let lease = Duration::from_millis(config.store.host_lease_ms.max(100));
-    let _take_over = host.take_over_orphans(lease / 2);
-    let (runtime, jobs) = (host.runtime().clone(), host.jobs().clone());
-    let (retention, interval) = (config.store.retention(), config.store.purge_interval());
-    tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(interval);
-        loop {
-            ticks.tick().await;
-            match runtime.purge_expired(retention).await {
-                Ok(0) => {}
-                Ok(purged) => tracing::info!(purged, "purged expired operations"),
-                Err(error) => tracing::warn!(%error, "retention purge failed"),
-            }
-            match jobs.purge_expired(retention).await {
-                Ok(0) => {}
-                Ok(purged) => tracing::info!(purged, "purged expired jobs"),
-                Err(error) => tracing::warn!(%error, "job retention purge failed"),
-            }
-        }
-    });
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-    let address = listener.local_addr()?;
-    println!("opshost listening on http://{address}");
     let grace = config.server.shutdown_grace();
-    let api =
-        HttpApi::new(host.runtime().clone(), auth, config.server).with_jobs(host.jobs().clone());
-    let draining = api.draining();
-    let served = tokio::spawn(api.serve(listener));
-    tokio::select! {
-        served = served => {
-            served.context("the server task failed")??;
-            return Ok(exit::OK);
-        }
-        signal = stop_signal() => eprintln!("{signal}: draining for up to {} ms", grace.as_millis()),
-    }
-    // New starts get 503, watches end; running work gets the grace period; then the store
-    // is made durable and, when shared, this host's claim released.
-    let began = std::time::Instant::now();
-    draining.cancel();
-    let shutdown = host.shutdown(grace).await?;
+    let choice = if memory {
+        StoreChoice::Memory
+    } else {
+        StoreChoice::FromConfig
+    };
+    let host = Host::open(config, choice).await?;
+    let listener = host.bind().await?;
+    println!("opshost listening on http://{}", listener.local_addr()?);
+    let stop = async {
+        let signal = stop_signal().await;
+        eprintln!("{signal}: draining for up to {} ms", grace.as_millis());
+    };
+    let stopped = host.serve(listener, stop).await?;
     eprintln!(
         "stopped after {} ms: {} of {} runs finished, {} left for recovery, {} job leases handed back",
-        began.elapsed().as_millis(),
-        shutdown.drained.running - shutdown.drained.stopped,
-        shutdown.drained.running,
-        shutdown.drained.stopped,
-        shutdown.handed_back
+        stopped.took.as_millis(),
+        stopped.drained.running - stopped.drained.stopped,
+        stopped.drained.running,
+        stopped.drained.stopped,
+        stopped.handed_back
     );
     Ok(exit::OK)
 }

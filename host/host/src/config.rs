@@ -1,4 +1,4 @@
-//! The host config file of `opshost serve`: the deployment (contract, handlers, limits) at the
+//! The host config file: the deployment (contract, handlers, limits) at the
 //! top level, plus optional `[server]` (HTTP) and `[auth]` (token keys) tables.
 //!
 //! ```toml
@@ -24,8 +24,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use opshost_sandbox::DeploymentConfig;
+use opshost_sandbox::{DeploymentConfig, SandboxError};
 use opshost_server::{AuthConfig, ServerConfig};
 use serde::Deserialize;
 
@@ -70,39 +69,32 @@ impl StoreConfig {
     }
 }
 
-/// Everything `opshost serve` reads from its config file.
+/// Everything a host reads from its config file.
 pub struct HostConfig {
+    /// The contract, its handlers and workers, limits and grants (the top level).
     pub deployment: DeploymentConfig,
+    /// `[server]`: the HTTP API.
     pub server: ServerConfig,
+    /// `[auth]`: the keys tokens are checked with.
     pub auth: AuthConfig,
+    /// `[store]`: where operations and jobs are kept.
     pub store: StoreConfig,
 }
 
 impl HostConfig {
     /// Reads the file, resolving relative paths against its directory.
-    pub fn from_path(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read config {}", path.display()))?;
-        let mut table: toml::Table =
-            toml::from_str(&text).with_context(|| format!("{}", path.display()))?;
-        let server: ServerConfig = match table.remove("server") {
-            Some(value) => value
-                .try_into()
-                .with_context(|| format!("{}: [server]", path.display()))?,
-            None => ServerConfig::default(),
-        };
-        let mut auth: AuthConfig = match table.remove("auth") {
-            Some(value) => value
-                .try_into()
-                .with_context(|| format!("{}: [auth]", path.display()))?,
-            None => AuthConfig::default(),
-        };
-        let store: StoreConfig = match table.remove("store") {
-            Some(value) => value
-                .try_into()
-                .with_context(|| format!("{}: [store]", path.display()))?,
-            None => StoreConfig::default(),
-        };
+    pub fn from_path(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mut table: toml::Table = toml::from_str(&text).map_err(|source| ConfigError::Toml {
+            path: path.to_owned(),
+            source: Box::new(source),
+        })?;
+        let server: ServerConfig = table_of(&mut table, "server", path)?;
+        let mut auth: AuthConfig = table_of(&mut table, "auth", path)?;
+        let store: StoreConfig = table_of(&mut table, "store", path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         for key in [&mut auth.ed25519_public_key, &mut auth.rs256_public_key]
             .into_iter()
@@ -110,7 +102,7 @@ impl HostConfig {
         {
             *key = base.join(&*key);
         }
-        let deployment = DeploymentConfig::from_table(table, path)?;
+        let deployment = DeploymentConfig::from_table(table, path).map_err(Box::new)?;
         Ok(Self {
             deployment,
             server,
@@ -118,4 +110,54 @@ impl HostConfig {
             store,
         })
     }
+}
+
+/// Table `name` of `table`, taken out of it, or its defaults when absent.
+fn table_of<T: Default + serde::de::DeserializeOwned>(
+    table: &mut toml::Table,
+    name: &'static str,
+    path: &Path,
+) -> Result<T, ConfigError> {
+    match table.remove(name) {
+        Some(value) => value.try_into().map_err(|source| ConfigError::Table {
+            path: path.to_owned(),
+            table: name,
+            source: Box::new(source),
+        }),
+        None => Ok(T::default()),
+    }
+}
+
+/// Why a host config file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read config {}: {source}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not TOML.
+    #[error("{}: {source}", .path.display())]
+    Toml {
+        /// The file.
+        path: PathBuf,
+        /// Where and why.
+        source: Box<toml::de::Error>,
+    },
+    /// A table does not hold what it should.
+    #[error("{}: [{table}]: {source}", .path.display())]
+    Table {
+        /// The file.
+        path: PathBuf,
+        /// The table.
+        table: &'static str,
+        /// Where and why.
+        source: Box<toml::de::Error>,
+    },
+    /// The deployment (contract, handlers, workers, limits) is refused.
+    #[error(transparent)]
+    Deployment(#[from] Box<SandboxError>),
 }

@@ -1,0 +1,223 @@
+//! An opshost host put together from its config file, as `opshost serve` runs it, or as a
+//! service embeds it.
+//!
+//! [`Host::open`] chooses the store (in memory, the SQLite file of `[store] data_dir`, or the
+//! PostgreSQL database of `[store] url`), loads the deployment into a [`WasmHost`], resumes what
+//! a previous run left unfinished, and starts the background work: taking over the operations
+//! of dead hosts on a shared store, and purging what retention let go. [`Host::serve`] serves
+//! the HTTP API until a stop is asked for, then drains the host gracefully.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), opshost_host::HostError> {
+//! use opshost_host::{Host, HostConfig, StoreChoice};
+//! let config = HostConfig::from_path("contracts/orders.deploy.toml".as_ref())?;
+//! let host = Host::open(config, StoreChoice::FromConfig).await?;
+//! let listener = host.bind().await?;
+//! let stopped = host.serve(listener, async { tokio::signal::ctrl_c().await.ok(); }).await?;
+//! println!("{} runs left for recovery", stopped.drained.stopped);
+//! # Ok(()) }
+//! ```
+
+mod config;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use opshost_runtime::ServerError;
+use opshost_sandbox::{SandboxError, WasmHost};
+use opshost_server::{AuthConfigError, Authenticator, HttpApi, ServerConfig};
+use opshost_store_postgres::PostgresStore;
+use opshost_store_sqlite::SqliteStore;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use config::{ConfigError, HostConfig, StoreConfig};
+
+/// Where a host keeps its operations and jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreChoice {
+    /// As `[store]` says: PostgreSQL when it names a `url`, else the SQLite file in
+    /// `data_dir`.
+    FromConfig,
+    /// In memory: nothing survives the process.
+    Memory,
+}
+
+/// Why a host could not be opened or served.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The config file is refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `[auth]` names no usable key.
+    #[error(transparent)]
+    Auth(#[from] AuthConfigError),
+    /// The SQLite store cannot be opened.
+    #[error(transparent)]
+    Sqlite(#[from] opshost_store_sqlite::OpenError),
+    /// The PostgreSQL store cannot be reached or set up.
+    #[error(transparent)]
+    Postgres(#[from] opshost_store_postgres::OpenError),
+    /// The deployment cannot be loaded.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// What a previous run left could not be resumed, or the store could not be released.
+    #[error("{what}: {source}")]
+    Runtime {
+        /// What was being done.
+        what: &'static str,
+        /// Why it failed.
+        source: ServerError,
+    },
+    /// The listen address cannot be bound.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The HTTP server stopped on its own.
+    #[error("the HTTP server failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// A host, open and resumed: see the crate docs.
+pub struct Host {
+    wasm: WasmHost,
+    auth: Authenticator,
+    server: ServerConfig,
+    background: Vec<JoinHandle<()>>,
+}
+
+impl Host {
+    /// Opens the stores `choice` names, loads the deployment, resumes what a previous run left
+    /// unfinished and starts the background work. Must run inside a tokio runtime.
+    pub async fn open(mut config: HostConfig, choice: StoreChoice) -> Result<Self, HostError> {
+        let auth = Authenticator::from_config(&config.auth)?;
+        let lease = Duration::from_millis(config.store.host_lease_ms.max(100));
+        let wasm = match (choice, &config.store.url) {
+            (StoreChoice::Memory, _) => WasmHost::from_config(&config.deployment)?,
+            (StoreChoice::FromConfig, Some(url)) => {
+                let store = Arc::new(PostgresStore::connect_with_lease(url, lease).await?);
+                WasmHost::builder(&config.deployment)
+                    .stores(store)
+                    .build()?
+            }
+            (StoreChoice::FromConfig, None) => {
+                let store = Arc::new(SqliteStore::open(&config.store.data_dir)?);
+                let engine = &mut config.deployment.engine;
+                if engine.cache_dir.is_none() {
+                    engine.cache_dir = Some(config.store.data_dir.join("compiled"));
+                }
+                WasmHost::builder(&config.deployment)
+                    .stores(store)
+                    .build()?
+            }
+        };
+        wasm.recover().await.map_err(|source| HostError::Runtime {
+            what: "cannot recover the operations of the previous run",
+            source,
+        })?;
+        let mut background = vec![purge(&wasm, &config.store)];
+        // On a shared store, what dead hosts left is taken over while this host runs.
+        background.extend(wasm.take_over_orphans(lease / 2));
+        Ok(Self {
+            wasm,
+            auth,
+            server: config.server,
+            background,
+        })
+    }
+
+    /// The wasm host: its runtime and jobs.
+    pub fn wasm(&self) -> &WasmHost {
+        &self.wasm
+    }
+
+    /// A listener on `[server] listen`.
+    pub async fn bind(&self) -> Result<TcpListener, HostError> {
+        let address = self.server.listen;
+        TcpListener::bind(address)
+            .await
+            .map_err(|source| HostError::Listen { address, source })
+    }
+
+    /// Serves the HTTP API on `listener` until `stop` resolves, then drains: new starts are
+    /// refused and watches end, running work gets `[server] shutdown_grace_ms`, what is left
+    /// is stopped for the next start or another host to resume, and the store is released.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        stop: impl Future<Output = ()>,
+    ) -> Result<Stopped, HostError> {
+        let grace = self.server.shutdown_grace();
+        let api = HttpApi::new(self.wasm.runtime().clone(), self.auth, self.server)
+            .with_jobs(self.wasm.jobs().clone());
+        let draining = api.draining();
+        let served = tokio::spawn(api.serve(listener));
+        tokio::select! {
+            served = served => {
+                return Err(HostError::Serve(match served {
+                    Ok(Ok(())) => std::io::Error::other("the server ended"),
+                    Ok(Err(error)) => error,
+                    Err(error) => std::io::Error::other(error),
+                }));
+            }
+            () = stop => {}
+        }
+        let began = Instant::now();
+        tracing::info!(grace_ms = grace.as_millis(), "draining");
+        draining.cancel();
+        self.background.iter().for_each(JoinHandle::abort);
+        let shutdown = self
+            .wasm
+            .shutdown(grace)
+            .await
+            .map_err(|source| HostError::Runtime {
+                what: "cannot release the store",
+                source,
+            })?;
+        Ok(Stopped {
+            drained: shutdown.drained,
+            handed_back: shutdown.handed_back,
+            took: began.elapsed(),
+        })
+    }
+}
+
+/// What [`Host::serve`] did once asked to stop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// Runs running when the drain began, and how many were stopped at its end.
+    pub drained: opshost_runtime::Drained,
+    /// Job leases handed back.
+    pub handed_back: usize,
+    /// How long the drain took.
+    pub took: Duration,
+}
+
+/// Purges terminal operations and final jobs past `[store] retention_days`, every
+/// `purge_interval_secs`.
+fn purge(wasm: &WasmHost, store: &StoreConfig) -> JoinHandle<()> {
+    let (runtime, jobs) = (wasm.runtime().clone(), wasm.jobs().clone());
+    let (retention, interval) = (store.retention(), store.purge_interval());
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        loop {
+            ticks.tick().await;
+            match runtime.purge_expired(retention).await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "purged expired operations"),
+                Err(error) => tracing::warn!(%error, "retention purge failed"),
+            }
+            match jobs.purge_expired(retention).await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "purged expired jobs"),
+                Err(error) => tracing::warn!(%error, "job retention purge failed"),
+            }
+        }
+    })
+}
