@@ -38,6 +38,12 @@ pub(crate) async fn serve(
     let stop = async {
         let signal = stop_signal().await;
         eprintln!("{signal}: draining for up to {} ms", grace.as_millis());
+        // A second signal does not wait for the drain.
+        tokio::spawn(async {
+            let again = stop_signal().await;
+            eprintln!("{again} again: stopping now; what ran is resumed at the next start");
+            std::process::exit(i32::from(exit::NOT_COMPLETED));
+        });
     };
     let stopped = host.serve(listener, stop).await?;
     eprintln!(

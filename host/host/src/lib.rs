@@ -84,6 +84,9 @@ pub enum HostError {
     Serve(std::io::Error),
 }
 
+/// How long a stopping host waits for answers still being written.
+const ANSWER_PATIENCE: Duration = Duration::from_secs(2);
+
 /// A host, open and resumed: see the crate docs.
 pub struct Host {
     wasm: WasmHost,
@@ -157,6 +160,7 @@ impl Host {
         let api = HttpApi::new(self.wasm.runtime().clone(), self.auth, self.server)
             .with_jobs(self.wasm.jobs().clone());
         let draining = api.draining();
+        let idle = api.idle();
         let served = tokio::spawn(api.serve(listener));
         tokio::select! {
             served = served => {
@@ -180,6 +184,10 @@ impl Host {
                 what: "cannot release the store",
                 source,
             })?;
+        // Answers still being written (a start waiting inline, say) get a moment to finish.
+        if tokio::time::timeout(ANSWER_PATIENCE, idle).await.is_err() {
+            tracing::warn!("requests still in flight when the host stopped");
+        }
         Ok(Stopped {
             drained: shutdown.drained,
             handed_back: shutdown.handed_back,

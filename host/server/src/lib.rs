@@ -50,6 +50,7 @@ pub struct HttpApi {
     auth: Authenticator,
     config: ServerConfig,
     draining: CancellationToken,
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl HttpApi {
@@ -59,8 +60,19 @@ impl HttpApi {
             runtime,
             jobs: None,
             auth,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
             config,
             draining: CancellationToken::new(),
+        }
+    }
+
+    /// Resolves once no short request (start, get, list, cancel, signal) is being served: a
+    /// host going down waits for it, so that an answer already being written is not cut.
+    pub fn idle(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let permits = Arc::clone(&self.in_flight);
+        let all = u32::try_from(self.config.max_in_flight.max(1)).unwrap_or(u32::MAX);
+        async move {
+            let _all = permits.acquire_many(all).await;
         }
     }
 
@@ -89,7 +101,7 @@ impl HttpApi {
         let metrics = Arc::new(Metrics::new());
         metrics.follow(&self.runtime);
         let router = router::router(Arc::new(state::Shared {
-            in_flight: tokio::sync::Semaphore::new(self.config.max_in_flight.max(1)),
+            in_flight: self.in_flight,
             runtime: self.runtime,
             jobs: self.jobs,
             auth: self.auth,

@@ -27,7 +27,7 @@ pub(crate) struct Shared {
     pub(crate) auth: Authenticator,
     pub(crate) config: ServerConfig,
     pub(crate) metrics: Arc<Metrics>,
-    pub(crate) in_flight: Semaphore,
+    pub(crate) in_flight: Arc<Semaphore>,
     pub(crate) frames: Frames,
     pub(crate) draining: CancellationToken,
 }

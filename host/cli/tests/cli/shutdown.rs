@@ -268,3 +268,38 @@ fn a_host_stopped_with_sigterm_is_taken_over_by_the_other_within_a_second() {
         }
     });
 }
+
+#[test]
+fn a_second_sigterm_stops_at_once_without_waiting_for_the_grace_period() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "testing.manifest.json",
+        "Testing.Scenario",
+        "test_handlers",
+        "[server]\nshutdown_grace_ms = 60000",
+    );
+    let mut host = Serve::on_data_dir(&config, data.path());
+    let token = token(&["testing.run"]);
+    runtime().block_on(async {
+        let response = reqwest::Client::new()
+            .post(format!("{}/v1/operations/Testing.Scenario", host.url))
+            .bearer_auth(&token)
+            .json(&json!({ "scenario": "echo-signals", "signals": 1 }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 202, "a handler to wait for");
+    });
+    let signalled = Instant::now();
+    sigterm(&host.child);
+    std::thread::sleep(Duration::from_millis(300));
+    sigterm(&host.child);
+    let code = exit_code(&mut host.child, Duration::from_secs(30));
+    assert_eq!(code, Some(1), "stopped without draining");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(30),
+        "did not wait out the 60 s grace"
+    );
+}
