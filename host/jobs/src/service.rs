@@ -8,7 +8,7 @@ use chrono::Utc;
 use futures::future::BoxFuture;
 use opshost_api::{ErrorCode, ErrorInfo};
 use opshost_contract::{Contract, QueueSpec};
-use opshost_runtime::{JobHandOff, OperationRuntime, ServerError};
+use opshost_runtime::{JobHandOff, OperationRuntime, ServerError, until_stored};
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -290,11 +290,11 @@ impl Inner {
                 let error = job.error.clone().unwrap_or_else(|| {
                     ErrorInfo::new(ErrorCode::HandlerFailed, format!("job `{}` died", job.id))
                 });
-                run.fail(error).await
+                until_stored(|| run.fail(error.clone())).await
             }
             Ok(run) => {
-                run.cancelled_with(&format!("job `{}` was cancelled", job.id))
-                    .await
+                let message = format!("job `{}` was cancelled", job.id);
+                until_stored(|| run.cancelled_with(&message)).await
             }
             Err(error) => Err(error),
         };

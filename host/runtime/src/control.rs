@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use opshost_api::{ErrorCode, ErrorInfo, Operation, OperationSnapshot};
 
-use crate::error::ServerError;
+use crate::error::{ServerError, until_stored};
 use crate::run::Run;
 
 /// A handler's failure, recorded on the failed snapshot with code `HandlerFailed`.
@@ -17,7 +17,8 @@ pub struct OperationFailure {
 }
 
 /// Drives one operation to its terminal state: started, progress, complete, fail. It acts
-/// through the operation's [`Run`] on this host.
+/// through the operation's [`Run`] on this host. Its ends (complete, fail, acknowledge a
+/// cancel, hand-off) wait out an unavailable store rather than lose the handler's work.
 pub struct OperationControl<Op: Operation> {
     run: Arc<Run>,
     marker: PhantomData<fn() -> Op>,
@@ -59,7 +60,9 @@ impl<Op: Operation> OperationControl<Op> {
     /// Completes the operation with its output.
     pub async fn complete(&self, output: Op::Output) -> Result<OperationSnapshot<Op>, ServerError> {
         let value = serde_json::to_value(output)?;
-        Ok(self.run.complete(value).await?.typed()?)
+        Ok(until_stored(|| self.run.complete(value.clone()))
+            .await?
+            .typed()?)
     }
 
     /// Fails the operation.
@@ -68,7 +71,9 @@ impl<Op: Operation> OperationControl<Op> {
         failure: OperationFailure,
     ) -> Result<OperationSnapshot<Op>, ServerError> {
         let error = ErrorInfo::new(ErrorCode::HandlerFailed, failure.message);
-        Ok(self.run.fail(error).await?.typed()?)
+        Ok(until_stored(|| self.run.fail(error.clone()))
+            .await?
+            .typed()?)
     }
 
     /// Whether a caller asked to cancel the operation.
@@ -83,7 +88,9 @@ impl<Op: Operation> OperationControl<Op> {
 
     /// Ends the operation `cancelled` after the handler cleaned up.
     pub async fn acknowledge_cancel(&self) -> Result<OperationSnapshot<Op>, ServerError> {
-        Ok(self.run.acknowledge_cancel().await?.typed()?)
+        Ok(until_stored(|| self.run.acknowledge_cancel())
+            .await?
+            .typed()?)
     }
 
     /// Hands the operation's terminal path to a new job on `queue` with `payload`; returns
@@ -95,7 +102,7 @@ impl<Op: Operation> OperationControl<Op> {
         payload: impl serde::Serialize,
     ) -> Result<String, ServerError> {
         let payload = serde_json::to_value(payload)?;
-        self.run.hand_off(queue, payload).await
+        until_stored(|| self.run.hand_off(queue, payload.clone())).await
     }
 
     /// Runs service-owned `work` that must drive the operation to a terminal state.

@@ -94,6 +94,28 @@ pub enum ServerError {
     Codec(#[from] serde_json::Error),
 }
 
+/// Runs `write` until the store takes it: while the store is unavailable, again after a
+/// growing pause (100 ms, doubling up to 5 s). For writes that must land however long a short
+/// outage lasts (a terminal state, a handler's failure); whatever bounds the caller bounds the
+/// wait.
+pub async fn until_stored<T, F, Fut>(mut write: F) -> Result<T, ServerError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ServerError>>,
+{
+    let mut pause = std::time::Duration::from_millis(100);
+    loop {
+        match write().await {
+            Err(ServerError::Store(store)) if store.is_unavailable() => {
+                tracing::warn!(error = %store, ?pause, "store unavailable; the write waits");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            }
+            outcome => return outcome,
+        }
+    }
+}
+
 fn issues_suffix(issues: &[SchemaIssue]) -> String {
     issues.iter().map(|issue| format!("; {issue}")).collect()
 }

@@ -16,7 +16,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{RestartPolicy, RuntimeConfig};
-use crate::error::ServerError;
+use crate::error::{ServerError, until_stored};
 use crate::handoff::JobHandOff;
 use crate::log::{Acceptance, OperationLog, next, non_terminal};
 use crate::run::{JobsPort, Run, Runs};
@@ -319,24 +319,11 @@ impl Executor {
             },
         };
         // The failure must be recorded, or the operation would stay open with nothing running
-        // it: while the store is unavailable, try again with a growing pause.
-        let mut pause = Duration::from_millis(100);
-        loop {
-            match run.fail(error.clone()).await {
-                Ok(_)
-                | Err(ServerError::OperationTerminal { .. } | ServerError::Superseded { .. }) => {
-                    return;
-                }
-                Err(ServerError::Store(store)) if store.is_unavailable() => {
-                    tracing::warn!(id = %run.id(), error = %store, ?pause, "cannot record a handler's failure yet");
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                }
-                Err(error) => {
-                    tracing::error!(id = %run.id(), %error, "cannot record handler failure");
-                    return;
-                }
+        // it.
+        match until_stored(|| run.fail(error.clone())).await {
+            Ok(_) | Err(ServerError::OperationTerminal { .. } | ServerError::Superseded { .. }) => {
             }
+            Err(error) => tracing::error!(id = %run.id(), %error, "cannot record handler failure"),
         }
     }
 

@@ -103,7 +103,7 @@ mod watch;
 
 pub use config::{RestartPolicy, RuntimeConfig};
 pub use control::{OperationControl, OperationFailure};
-pub use error::ServerError;
+pub use error::{ServerError, until_stored};
 pub use executor::{Drained, OperationHandler, Recovery};
 pub use handoff::JobHandOff;
 pub use log::{Acceptance, SignalWait, json_len};

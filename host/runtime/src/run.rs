@@ -87,14 +87,15 @@ impl Run {
         }
     }
 
-    /// The snapshot to change next: the store's, or the newer one this run wrote that the
-    /// store does not show readers yet.
+    /// The snapshot to change next: the newest this run saw or wrote (which the store may not
+    /// show readers yet), without reading the store. Another writer's change since then makes
+    /// the next compare-and-set conflict, and the conflict answers the stored snapshot.
     pub async fn snapshot(&self) -> Result<Snapshot, ServerError> {
-        let stored = self.log.get(&self.id).await?;
-        let written = lock(&self.latest)
-            .clone()
-            .filter(|written| written.revision > stored.revision);
-        Ok(written.unwrap_or(stored))
+        let seen = lock(&self.latest).clone();
+        match seen {
+            Some(seen) => Ok(seen),
+            None => Ok(self.wrote(self.log.get(&self.id).await?)),
+        }
     }
 
     /// Marks the operation running (idempotent while running).
@@ -190,7 +191,8 @@ impl Run {
                 self.id
             )));
         };
-        non_terminal(self.fence(&self.snapshot().await?)?)?;
+        // Read from the store: a job must not be enqueued for an operation already ended.
+        non_terminal(self.fence(&self.log.get(&self.id).await?)?)?;
         let job = jobs.enqueue_owned(&self.id, queue, payload).await?;
         self.handed_off.store(true, Ordering::SeqCst);
         Ok(job)

@@ -27,6 +27,7 @@ impl OperationLog {
             done: bool,
             first: bool,
             closed: bool,
+            end_checked: bool,
         }
         let state = Watch {
             bell: self.subscribe(id),
@@ -37,6 +38,7 @@ impl OperationLog {
             done: false,
             first: after.is_none(),
             closed: false,
+            end_checked: false,
         };
         Box::pin(futures::stream::unfold(state, |mut w| async move {
             loop {
@@ -64,15 +66,20 @@ impl OperationLog {
                     if w.closed {
                         return None;
                     }
-                    // Resumed at or past the end: nothing more will come.
-                    match w.log.get(&w.id).await {
-                        Ok(snapshot) if snapshot.is_terminal() && snapshot.revision <= w.last => {
-                            return None;
-                        }
-                        Ok(_) => {}
-                        Err(error) => {
-                            w.done = true;
-                            return Some((Err(error), w));
+                    // Resumed at or past the end: nothing more will come. Checked once: a later
+                    // end closes the doorbell, which was taken before the first read.
+                    if !std::mem::replace(&mut w.end_checked, true) {
+                        match w.log.get(&w.id).await {
+                            Ok(snapshot)
+                                if snapshot.is_terminal() && snapshot.revision <= w.last =>
+                            {
+                                return None;
+                            }
+                            Ok(_) => {}
+                            Err(error) => {
+                                w.done = true;
+                                return Some((Err(error), w));
+                            }
                         }
                     }
                     // A closed doorbell means the operation is terminal: read once more.

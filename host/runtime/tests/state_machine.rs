@@ -40,6 +40,18 @@ impl OperationHandler for Native {
     }
 }
 
+/// A body that completes the operation at once.
+fn completes() -> Body {
+    Arc::new(|run: Arc<Run>| {
+        Box::pin(async move {
+            run.complete(json!({ "note": "done" }))
+                .await
+                .map_err(|e| e.to_info())?;
+            Ok(())
+        })
+    })
+}
+
 fn runtime_with(store: Arc<dyn OperationStore>, body: Body) -> OperationRuntime {
     OperationRuntime::builder(contract())
         .store(store)
@@ -277,14 +289,7 @@ async fn a_handler_that_ignores_cancel_is_stopped_after_the_grace_period() {
 
 #[tokio::test]
 async fn a_signal_after_the_end_is_refused() {
-    let runtime = runtime(Arc::new(|run: Arc<Run>| {
-        Box::pin(async move {
-            run.complete(json!({ "note": "done" }))
-                .await
-                .map_err(|e| e.to_info())?;
-            Ok(())
-        })
-    }));
+    let runtime = runtime(completes());
     let accepted = start(&runtime).await;
     terminal(&runtime, &accepted.id).await;
     let refused = runtime
@@ -388,14 +393,7 @@ async fn recovery_with_the_fail_policy_fails_with_host_restarted() {
 
 #[tokio::test]
 async fn control_of_a_finished_operation_is_not_counted_as_running() {
-    let runtime = runtime(Arc::new(|run: Arc<Run>| {
-        Box::pin(async move {
-            run.complete(json!({ "note": "done" }))
-                .await
-                .map_err(|e| e.to_info())?;
-            Ok(())
-        })
-    }));
+    let runtime = runtime(completes());
     let accepted = start(&runtime).await;
     terminal(&runtime, &accepted.id).await;
     let late = runtime.attach(&accepted.id).await.unwrap();
@@ -424,5 +422,48 @@ async fn a_drained_executor_refuses_starts_and_stops_what_outlives_the_grace_per
     assert!(
         matches!(refused, Err(ServerError::ShuttingDown)),
         "{refused:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_run_superseded_by_a_later_attempt_writes_nothing() {
+    let store = Arc::new(MemoryStore::new());
+    let runtime = runtime_with(store.clone(), completes());
+    let accepted = runtime
+        .accept(OP, Some("fenced".into()), Some(input()))
+        .await
+        .unwrap()
+        .snapshot;
+    let stale = runtime.attach(&accepted.id).await.unwrap();
+    assert_eq!(stale.attempt(), 1);
+    // Another host restarts the operation as attempt 2.
+    let mut restarted = accepted.clone();
+    restarted.revision = 2;
+    restarted.attempt = 2;
+    store.update(restarted, EventKind::Restarted).await.unwrap();
+    for refused in [
+        stale.progress(json!({ "percent": 10 })).await,
+        stale.complete(json!({ "note": "stale" })).await,
+        stale
+            .fail(ErrorInfo::new(ErrorCode::HandlerFailed, "stale"))
+            .await,
+    ] {
+        assert!(
+            matches!(
+                refused,
+                Err(ServerError::Superseded {
+                    attempt: 1,
+                    current: 2,
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+    }
+    let current = runtime.get(&accepted.id).await.unwrap();
+    assert_eq!(
+        (current.revision, current.attempt),
+        (2, 2),
+        "nothing written"
     );
 }

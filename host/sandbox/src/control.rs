@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use opshost_api::{ErrorCode, ErrorInfo};
 use opshost_jobs::{Job, WorkerError};
-use opshost_runtime::{OperationRuntime, Run, ServerError, SignalWait};
+use opshost_runtime::{OperationRuntime, Run, ServerError, SignalWait, until_stored};
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -285,27 +285,6 @@ impl WasiView for GuestState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
-        }
-    }
-}
-
-/// Runs `write` until the store takes it: while the store is unavailable, again after a
-/// growing pause, so that a guest's terminal call outlives a short outage instead of turning a
-/// successful run into a failed one. The run's deadline bounds the wait.
-async fn until_stored<T, F, Fut>(mut write: F) -> Result<T, ServerError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, ServerError>>,
-{
-    let mut pause = Duration::from_millis(100);
-    loop {
-        match write().await {
-            Err(ServerError::Store(store)) if store.is_unavailable() => {
-                tracing::warn!(error = %store, ?pause, "store unavailable; the guest's call waits");
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(5));
-            }
-            outcome => return outcome,
         }
     }
 }

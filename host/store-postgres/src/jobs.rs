@@ -16,15 +16,10 @@ use serde_json::Value;
 
 use crate::PostgresStore;
 
-use crate::sql::{failed, unavailable};
+use crate::sql::{decode, failed, json, unavailable};
 
 fn millis(at: DateTime<Utc>) -> i64 {
     at.timestamp_millis()
-}
-
-fn decode(text: &str) -> Result<JobRecord, JobStoreError> {
-    serde_json::from_str(text)
-        .map_err(|e| JobStoreError::corrupt("postgres: a job does not decode").caused_by(e))
 }
 
 /// The job `id`, its row locked until the transaction ends.
@@ -37,8 +32,7 @@ async fn locked(db: &impl GenericClient, id: &str) -> Result<Option<JobRecord>, 
 }
 
 async fn save(db: &impl GenericClient, job: &JobRecord) -> Result<(), JobStoreError> {
-    let record = serde_json::to_string(job)
-        .map_err(|e| JobStoreError::internal("cannot encode").caused_by(e))?;
+    let record = json(job)?;
     db.execute(
         "INSERT INTO jobs (id, queue, state, due_at, updated_ms, operation, record)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
@@ -100,8 +94,7 @@ impl PostgresStore {
 #[async_trait]
 impl JobStore for PostgresStore {
     async fn enqueue(&self, job: JobRecord) -> Result<JobRecord, JobStoreError> {
-        let record = serde_json::to_string(&job)
-            .map_err(|e| JobStoreError::internal("cannot encode").caused_by(e))?;
+        let record = json(&job)?;
         let db = self.job_db().await?;
         let inserted = db
             .execute(

@@ -161,6 +161,39 @@ fn sigterm_under_load_loses_nothing_and_every_acknowledged_order_completes_after
     );
     assert_eq!((lost, failed), (0, 0));
     assert_eq!(completed, acknowledged.len());
+    assert!(
+        *refused.lock().unwrap() > 0,
+        "starts were refused while draining"
+    );
+    // Attempts stopped at the shutdown were handed back, not counted: every fulfillment job
+    // finished in its first attempt.
+    let attempts = runtime().block_on(job_attempts(&second.url));
+    assert_eq!(attempts.len(), acknowledged.len(), "one job per order");
+    assert!(attempts.iter().all(|n| *n == 1), "{attempts:?}");
+}
+
+/// The attempt number of every job of the host at `url`.
+async fn job_attempts(url: &str) -> Vec<u64> {
+    let admin = token(&["opshost.admin"]);
+    let http = reqwest::Client::new();
+    let mut attempts = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut request = http
+            .get(format!("{url}/v1/jobs"))
+            .bearer_auth(&admin)
+            .query(&[("limit", "100")]);
+        if let Some(after) = &after {
+            request = request.query(&[("after", after)]);
+        }
+        let page: Value = request.send().await.unwrap().json().await.unwrap();
+        let items = page["items"].as_array().expect("a page of jobs");
+        attempts.extend(items.iter().map(|job| job["attempt"].as_u64().unwrap()));
+        match page["next"].as_str() {
+            Some(next) => after = Some(next.to_owned()),
+            None => return attempts,
+        }
+    }
 }
 
 /// Operations running on the host that is stopped.

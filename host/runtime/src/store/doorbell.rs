@@ -12,13 +12,12 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::watch;
 
-type Bells = HashMap<String, (u64, watch::Sender<u64>)>;
+type Bells = HashMap<String, watch::Sender<u64>>;
 
 /// The doorbells of one store, by operation id.
 #[derive(Default)]
 pub struct Doorbells {
     bells: Arc<Mutex<Bells>>,
-    generation: std::sync::atomic::AtomicU64,
 }
 
 impl Doorbells {
@@ -30,21 +29,11 @@ impl Doorbells {
     /// A doorbell for operation `id`.
     pub fn subscribe(&self, id: &str) -> Doorbell {
         let mut bells = lock(&self.bells);
-        if bells
-            .get(id)
-            .is_some_and(|(_, sender)| sender.receiver_count() == 0)
-        {
-            bells.remove(id);
-        }
-        let (generation, sender) = bells.entry(id.to_owned()).or_insert_with(|| {
-            let generation = self
-                .generation
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            (generation, watch::channel(0).0)
-        });
+        let sender = bells
+            .entry(id.to_owned())
+            .or_insert_with(|| watch::channel(0).0);
         Doorbell {
             receiver: Some(sender.subscribe()),
-            generation: *generation,
             id: id.to_owned(),
             bells: Arc::clone(&self.bells),
         }
@@ -55,19 +44,17 @@ impl Doorbells {
     pub fn ring(&self, id: &str, terminal: bool) {
         let mut bells = lock(&self.bells);
         if terminal {
-            if let Some((_, sender)) = bells.remove(id) {
+            if let Some(sender) = bells.remove(id) {
                 bump(&sender);
             }
-        } else if let Some((_, sender)) = bells.get(id) {
+        } else if let Some(sender) = bells.get(id) {
             bump(sender);
         }
     }
 
     /// Rings every doorbell (after changes may have been missed).
     pub fn ring_all(&self) {
-        lock(&self.bells)
-            .values()
-            .for_each(|(_, sender)| bump(sender));
+        lock(&self.bells).values().for_each(bump);
     }
 
     /// How many operations have a doorbell held right now.
@@ -93,7 +80,6 @@ fn lock(bells: &Mutex<Bells>) -> MutexGuard<'_, Bells> {
 pub struct Doorbell {
     /// Taken (and so dropped) under the map's lock when the doorbell is dropped.
     receiver: Option<watch::Receiver<u64>>,
-    generation: u64,
     id: String,
     bells: Arc<Mutex<Bells>>,
 }
@@ -119,11 +105,12 @@ impl Drop for Doorbell {
     fn drop(&mut self) {
         let mut bells = lock(&self.bells);
         // Released under the lock, so that of holders dropped at once the last one sees no
-        // receiver left and removes the entry.
+        // receiver left and removes the entry. An entry made after a terminal ring removed this
+        // doorbell's has receivers of its own, so it stays.
         drop(self.receiver.take());
-        if let Some((generation, sender)) = bells.get(&self.id)
-            && *generation == self.generation
-            && sender.receiver_count() == 0
+        if bells
+            .get(&self.id)
+            .is_some_and(|sender| sender.receiver_count() == 0)
         {
             bells.remove(&self.id);
         }
