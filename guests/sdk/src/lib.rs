@@ -1,17 +1,62 @@
 //! The guest SDK: write an operation handler in plain Rust with the facade's types.
 //!
-//! ```ignore
+//! A handler implements [`OperationHandler`] for one operation of the facade and is exported
+//! with [`export_handler!`]; the component it builds (`cargo build --target wasm32-wasip2`)
+//! is what the host runs for every start of that operation. Each call on its [`Context`] is a
+//! host import: the host checks the payload against the contract, records it durably and
+//! shows it to watchers before the call returns.
+//!
+//! ```no_run
+//! use opshost_guest::{Context, HandlerError, OperationHandler, export_handler};
+//! use orders_participant::operations::OrdersProcess;
+//! use orders_participant::{
+//!     ProcessOrderProgress, ProcessOrderRequest, ProcessOrderResult, ProcessOrderResultStatus,
+//! };
+//!
 //! struct Process;
-//! impl opshost_guest::OperationHandler for Process {
-//!     type Operation = orders_participant::operations::OrdersProcess;
-//!     fn handle(ctx: &Context<Self::Operation>, input: ProcessOrderRequest) -> Result<(), HandlerError> {
+//!
+//! impl OperationHandler for Process {
+//!     type Operation = OrdersProcess;
+//!
+//!     fn handle(
+//!         ctx: &Context<OrdersProcess>,
+//!         input: ProcessOrderRequest,
+//!     ) -> Result<(), HandlerError> {
 //!         ctx.started()?;
-//!         ctx.complete(&output)?;
+//!         let steps = ["reserve", "charge", "ship"];
+//!         for (done, step) in steps.iter().enumerate() {
+//!             if ctx.cancel_requested() {
+//!                 ctx.acknowledge_cancel()?;
+//!                 return Ok(());
+//!             }
+//!             ctx.progress(&ProcessOrderProgress {
+//!                 step: (*step).into(),
+//!                 message: format!("{step} done"),
+//!                 completed: done as u64 + 1,
+//!                 total: steps.len() as u64,
+//!             })?;
+//!         }
+//!         let total_cents = input
+//!             .line_items
+//!             .iter()
+//!             .map(|item| item.quantity * item.unit_price_cents)
+//!             .sum();
+//!         ctx.complete(&ProcessOrderResult {
+//!             order_id: input.order_id,
+//!             status: ProcessOrderResultStatus::Shipped,
+//!             total_cents,
+//!             tracking_number: format!("TRK-{}", ctx.id()),
+//!             expedited: false,
+//!         })?;
 //!         Ok(())
 //!     }
 //! }
-//! opshost_guest::export_handler!(Process);
+//!
+//! export_handler!(Process);
 //! ```
+//!
+//! The example compiles on any target; it runs inside the host, where the test harness
+//! (`opshost-test`) drives the same handlers on a virtual clock.
 //!
 //! A job worker (the `worker` world) implements [`JobWorker`] and is exported with
 //! [`export_worker!`]; [`JobContext::control`] resumes the operation the job owns.
