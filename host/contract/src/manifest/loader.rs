@@ -1,16 +1,16 @@
-//! The manifest model and its loader.
+//! The manifest loader: walks the document once, checks every key it knows and refuses the
+//! rest, resolves `$ref`s to named schemas and compiles each schema, collecting every problem
+//! with its JSON pointer instead of stopping at the first.
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
+use super::{Contract, OperationSpec, SignalSpec};
 use crate::capabilities::Capabilities;
-use crate::error::{ContractError, ManifestIssue};
+use crate::error::ManifestIssue;
 use crate::schema::PayloadSchema;
-use crate::strict_json;
 
 const TOP_KEYS: &[&str] = &[
     "$schema",
@@ -33,160 +33,26 @@ const OPERATION_KEYS: &[&str] = &[
 const CAPABILITY_KEYS: &[&str] = &["call", "observe", "cancel", "control"];
 const PAYLOAD_KEYS: &[&str] = &["schema", "description"];
 const SIGNAL_KEYS: &[&str] = &["input", "description"];
-const QUEUE_KEYS: &[&str] = &[
-    "description",
-    "payload",
-    "progress",
-    "result",
-    "maxAttempts",
-    "backoff",
-    "timeoutMs",
-];
-const BACKOFF_KEYS: &[&str] = &["initialMs", "maxMs"];
-
-/// A loaded, validated contract: one service, its schemas and its operations.
-#[derive(Debug, Clone)]
-pub struct Contract {
-    service: String,
-    manifest: Arc<Value>,
-    schemas: BTreeMap<String, Value>,
-    operations: BTreeMap<String, OperationSpec>,
-    queues: BTreeMap<String, QueueSpec>,
-}
-
-/// A job queue of a contract: what its jobs carry and how failed attempts are retried.
-///
-/// ```json
-/// "queues": { "fulfillment": { "payload": { "schema": "FulfillmentJob" },
-///     "maxAttempts": 5, "backoff": { "initialMs": 1000, "maxMs": 60000 }, "timeoutMs": 30000 } }
-/// ```
-#[derive(Debug, Clone)]
-pub struct QueueSpec {
-    /// Queue name, e.g. `fulfillment`.
-    pub name: String,
-    /// Payload schema, checked at enqueue.
-    pub payload: PayloadSchema,
-    /// Progress schema; `None` accepts any JSON progress.
-    pub progress: Option<PayloadSchema>,
-    /// Result schema; `None` accepts any JSON result.
-    pub result: Option<PayloadSchema>,
-    /// Attempts before a job is `dead` (default 3).
-    pub max_attempts: u32,
-    /// Delay before the first retry (default 1 s); doubled on each retry, with jitter.
-    pub backoff_initial: Duration,
-    /// Longest delay between attempts (default 5 min).
-    pub backoff_max: Duration,
-    /// Longest one attempt may run (default 5 min).
-    pub timeout: Duration,
-}
-
-/// One operation of a contract, with schemas compiled and capability defaults resolved.
-#[derive(Debug, Clone)]
-pub struct OperationSpec {
-    /// Operation name, e.g. `Orders.Process`.
-    pub name: String,
-    /// Contract version, e.g. `v1`.
-    pub version: String,
-    /// Start input schema.
-    pub input: PayloadSchema,
-    /// Progress schema; `None` when the operation reports no progress.
-    pub progress: Option<PayloadSchema>,
-    /// Output schema.
-    pub output: PayloadSchema,
-    /// Resolved capability lists.
-    pub capabilities: Capabilities,
-    /// Whether callers may cancel.
-    pub cancel: bool,
-    /// Named signals.
-    pub signals: BTreeMap<String, SignalSpec>,
-}
-
-/// A named post-start input of an operation.
-#[derive(Debug, Clone)]
-pub struct SignalSpec {
-    /// Signal name, e.g. `Expedite`.
-    pub name: String,
-    /// Payload schema.
-    pub input: PayloadSchema,
-}
-
-impl Contract {
-    /// Loads a manifest file.
-    pub fn from_path(path: impl AsRef<Path>) -> Result<Self, ContractError> {
-        let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ContractError::Io {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::from_json(&text)
-    }
-
-    /// Parses and validates manifest text, reporting every problem found.
-    pub fn from_json(text: &str) -> Result<Self, ContractError> {
-        let root = strict_json::parse(text).map_err(|e| ContractError::Json(e.to_string()))?;
-        let mut loader = Loader::default();
-        let contract = loader.contract(&root);
-        match contract {
-            Some(contract) if loader.issues.is_empty() => Ok(contract),
-            _ => Err(ContractError::Invalid(loader.issues)),
-        }
-    }
-
-    /// The service's name.
-    pub fn service(&self) -> &str {
-        &self.service
-    }
-
-    /// The manifest document as loaded.
-    pub fn manifest(&self) -> &Value {
-        &self.manifest
-    }
-
-    /// The named schemas, as written.
-    pub fn schemas(&self) -> &BTreeMap<String, Value> {
-        &self.schemas
-    }
-
-    /// All operations by name.
-    pub fn operations(&self) -> &BTreeMap<String, OperationSpec> {
-        &self.operations
-    }
-
-    /// One operation by name.
-    pub fn operation(&self, name: &str) -> Option<&OperationSpec> {
-        self.operations.get(name)
-    }
-
-    /// All job queues by name.
-    pub fn queues(&self) -> &BTreeMap<String, QueueSpec> {
-        &self.queues
-    }
-
-    /// One job queue by name.
-    pub fn queue(&self, name: &str) -> Option<&QueueSpec> {
-        self.queues.get(name)
-    }
-}
 
 #[derive(Default)]
-struct Loader {
-    issues: Vec<ManifestIssue>,
+pub(super) struct Loader {
+    pub(super) issues: Vec<ManifestIssue>,
     defs: Map<String, Value>,
 }
 
-fn pointer(path: &str, key: &str) -> String {
+pub(super) fn pointer(path: &str, key: &str) -> String {
     format!("{path}/{}", key.replace('~', "~0").replace('/', "~1"))
 }
 
 impl Loader {
-    fn issue(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn issue(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.issues.push(ManifestIssue {
             path: path.into(),
             message: message.into(),
         });
     }
 
-    fn object<'v>(
+    pub(super) fn object<'v>(
         &mut self,
         value: &'v Value,
         path: &str,
@@ -208,7 +74,7 @@ impl Loader {
         Some(object)
     }
 
-    fn contract(&mut self, root: &Value) -> Option<Contract> {
+    pub(super) fn contract(&mut self, root: &Value) -> Option<Contract> {
         let top = self.object(root, "", TOP_KEYS)?;
         let service = match top.get("service") {
             Some(Value::String(name)) if !name.trim().is_empty() => name.clone(),
@@ -377,7 +243,7 @@ impl Loader {
         })
     }
 
-    fn required_payload(
+    pub(super) fn required_payload(
         &mut self,
         entry: &Map<String, Value>,
         key: &str,
@@ -393,7 +259,7 @@ impl Loader {
     }
 
     /// `{"schema": {"$ref": "Name"}}`, the shorthand `{"schema": "Name"}`, or an inline schema.
-    fn payload(&mut self, value: &Value, path: &str) -> Option<PayloadSchema> {
+    pub(super) fn payload(&mut self, value: &Value, path: &str) -> Option<PayloadSchema> {
         let entry = self.object(value, path, PAYLOAD_KEYS)?;
         let schema_path = pointer(path, "schema");
         let (name, mut schema) = match entry.get("schema") {
@@ -513,88 +379,13 @@ impl Loader {
     }
 }
 
-impl Loader {
-    fn queues(&mut self, value: &Value) -> BTreeMap<String, QueueSpec> {
-        let mut queues = BTreeMap::new();
-        let Some(object) = value.as_object() else {
-            self.issue("/queues", "expected an object of queue name → queue");
-            return queues;
-        };
-        for (name, entry) in object {
-            let path = pointer("/queues", name);
-            if !is_operation_name(name) {
-                self.issue(
-                    &path,
-                    "queue names are dot-separated identifiers, e.g. `fulfillment`",
-                );
-            }
-            if let Some(spec) = self.queue(name, entry, &path) {
-                queues.insert(name.clone(), spec);
-            }
-        }
-        queues
-    }
-
-    fn queue(&mut self, name: &str, value: &Value, path: &str) -> Option<QueueSpec> {
-        let entry = self.object(value, path, QUEUE_KEYS)?;
-        let payload = self.required_payload(entry, "payload", path);
-        let progress = entry
-            .get("progress")
-            .and_then(|v| self.payload(v, &pointer(path, "progress")));
-        let result = entry
-            .get("result")
-            .and_then(|v| self.payload(v, &pointer(path, "result")));
-        let max_attempts = self.count(entry.get("maxAttempts"), &pointer(path, "maxAttempts"), 3);
-        let timeout = self.millis(entry.get("timeoutMs"), &pointer(path, "timeoutMs"), 300_000);
-        let backoff_path = pointer(path, "backoff");
-        let backoff = entry
-            .get("backoff")
-            .and_then(|v| self.object(v, &backoff_path, BACKOFF_KEYS));
-        let field = |key: &str| backoff.and_then(|b| b.get(key));
-        let (initial, max) = (field("initialMs"), field("maxMs"));
-        let backoff_initial = self.millis(initial, &pointer(&backoff_path, "initialMs"), 1_000);
-        let backoff_max = self.millis(max, &pointer(&backoff_path, "maxMs"), 300_000);
-        if backoff_max < backoff_initial {
-            self.issue(&backoff_path, "`maxMs` is below `initialMs`");
-        }
-        Some(QueueSpec {
-            name: name.to_owned(),
-            payload: payload?,
-            progress,
-            result,
-            max_attempts: u32::try_from(max_attempts).unwrap_or(u32::MAX),
-            backoff_initial,
-            backoff_max,
-            timeout,
-        })
-    }
-
-    /// A positive integer, or `default` when absent.
-    fn count(&mut self, value: Option<&Value>, path: &str, default: u64) -> u64 {
-        match value {
-            None => default,
-            Some(v) => match v.as_u64() {
-                Some(n) if n >= 1 && n <= u64::from(u32::MAX) => n,
-                _ => {
-                    self.issue(path, format!("expected a whole number from 1 up, got {v}"));
-                    default
-                }
-            },
-        }
-    }
-
-    fn millis(&mut self, value: Option<&Value>, path: &str, default: u64) -> Duration {
-        Duration::from_millis(self.count(value, path, default))
-    }
-}
-
 fn is_identifier(name: &str) -> bool {
     let mut chars = name.chars();
     chars.next().is_some_and(|c| c.is_ascii_alphabetic())
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
-fn is_operation_name(name: &str) -> bool {
+pub(super) fn is_operation_name(name: &str) -> bool {
     name.split('.').all(is_identifier)
 }
 

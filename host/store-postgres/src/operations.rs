@@ -1,0 +1,420 @@
+//! [`OperationStore`] on PostgreSQL: operations, their events and signals, listing, purge,
+//! and the hand-over of operations between hosts.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use deadpool_postgres::GenericClient;
+use opshost_api::{EventKind, OperationEvent, OperationState, Snapshot};
+use opshost_runtime::store::{
+    CreateOutcome, Doorbell, ListFilter, OperationStore, Owner, Page, SignalOutcome, SignalRecord,
+    StateCount, StoreError, StoredOperation, UpdateOutcome,
+};
+use serde_json::Value;
+
+use crate::PostgresStore;
+use crate::doorbell;
+use crate::sql::{count, decode, failed, json, prepared, state};
+
+/// Columns of [`stored`], from `operations`.
+const SELECT_STORED: &str = "SELECT snapshot, input, tenant, subject FROM operations";
+
+/// [`SELECT_STORED`] of one operation.
+const SELECT_ONE: &str = "SELECT snapshot, input, tenant, subject FROM operations WHERE id = $1";
+
+fn stored(row: &tokio_postgres::Row) -> Result<StoredOperation, StoreError> {
+    let input: Option<String> = row.get(1);
+    Ok(StoredOperation {
+        snapshot: decode(row.get(0))?,
+        input: input.as_deref().map(decode).transpose()?,
+        owner: Owner {
+            tenant: row.get(2),
+            subject: row.get(3),
+        },
+    })
+}
+
+async fn current(db: &impl GenericClient, id: &str) -> Result<Option<Snapshot>, StoreError> {
+    let select = prepared(db, "SELECT snapshot FROM operations WHERE id = $1").await?;
+    db.query_opt(&select, &[&id])
+        .await
+        .map_err(failed)?
+        .map(|row| decode(row.get(0)))
+        .transpose()
+}
+
+async fn insert_event(
+    db: &impl GenericClient,
+    snapshot: &Snapshot,
+    kind: EventKind,
+    text: &str,
+) -> Result<(), StoreError> {
+    db.execute(
+        &prepared(
+            db,
+            "INSERT INTO events (id, revision, kind, snapshot) VALUES ($1, $2, $3, $4)",
+        )
+        .await?,
+        &[
+            &snapshot.id,
+            &count(snapshot.revision),
+            &kind.as_str(),
+            &text,
+        ],
+    )
+    .await
+    .map_err(failed)?;
+    Ok(())
+}
+
+#[async_trait]
+impl OperationStore for PostgresStore {
+    async fn create(&self, operation: StoredOperation) -> Result<CreateOutcome, StoreError> {
+        let snapshot = &operation.snapshot;
+        let text = json(snapshot)?;
+        let input = operation.input.as_ref().map(json).transpose()?;
+        let mut db = self.db().await?;
+        let tx = db.transaction().await.map_err(failed)?;
+        let inserted = tx
+            .execute(
+                &prepared(
+                    &tx,
+                    "INSERT INTO operations (id, operation, state, revision, tenant, subject,
+                     created_at, completed_at, input, snapshot, owner_host)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                 ON CONFLICT (id) DO NOTHING",
+                )
+                .await?,
+                &[
+                    &snapshot.id,
+                    &snapshot.operation,
+                    &snapshot.state.as_str(),
+                    &count(snapshot.revision),
+                    &operation.owner.tenant,
+                    &operation.owner.subject,
+                    &snapshot.created_at,
+                    &snapshot.completed_at,
+                    &input,
+                    &text,
+                    &self.host,
+                ],
+            )
+            .await
+            .map_err(failed)?;
+        if inserted == 0 {
+            let row = tx
+                .query_one(&prepared(&tx, SELECT_ONE).await?, &[&snapshot.id])
+                .await
+                .map_err(failed)?;
+            return Ok(CreateOutcome::Existing(stored(&row)?));
+        }
+        insert_event(&tx, snapshot, EventKind::Accepted, &text).await?;
+        tx.commit().await.map_err(failed)?;
+        self.bells.changed(&snapshot.id, false);
+        Ok(CreateOutcome::Created(snapshot.clone()))
+    }
+
+    async fn load(&self, id: &str) -> Result<Option<StoredOperation>, StoreError> {
+        let db = self.db().await?;
+        db.query_opt(&prepared(&db, SELECT_ONE).await?, &[&id])
+            .await
+            .map_err(failed)?
+            .as_ref()
+            .map(stored)
+            .transpose()
+    }
+
+    async fn update(&self, next: Snapshot, kind: EventKind) -> Result<UpdateOutcome, StoreError> {
+        let text = json(&next)?;
+        let mut db = self.db().await?;
+        let tx = db.transaction().await.map_err(failed)?;
+        let moved = tx
+            .execute(
+                &prepared(&tx, "UPDATE operations SET state = $2, revision = $3, completed_at = $4, snapshot = $5
+                 WHERE id = $1 AND revision = $3::BIGINT - 1").await?,
+                &[
+                    &next.id,
+                    &next.state.as_str(),
+                    &count(next.revision),
+                    &next.completed_at,
+                    &text,
+                ],
+            )
+            .await
+            .map_err(failed)?;
+        if moved == 0 {
+            return match current(&tx, &next.id).await? {
+                Some(current) => Ok(UpdateOutcome::Conflict(current)),
+                None => Err(StoreError::conflict(format!(
+                    "update of unknown operation `{}`",
+                    next.id
+                ))),
+            };
+        }
+        insert_event(&tx, &next, kind, &text).await?;
+        tx.commit().await.map_err(failed)?;
+        self.bells.changed(&next.id, next.is_terminal());
+        Ok(UpdateOutcome::Updated(next))
+    }
+
+    async fn events_after(&self, id: &str, after: u64) -> Result<Vec<OperationEvent>, StoreError> {
+        let db = self.db().await?;
+        let rows = db
+            .query(
+                &prepared(
+                    &db,
+                    "SELECT kind, snapshot FROM events WHERE id = $1 AND revision > $2
+                     ORDER BY revision",
+                )
+                .await?,
+                &[&id, &count(after)],
+            )
+            .await
+            .map_err(failed)?;
+        rows.iter()
+            .map(|row| {
+                let kind: &str = row.get(0);
+                let kind = EventKind::from_name(kind).ok_or_else(|| {
+                    StoreError::corrupt(format!("postgres: unknown event kind `{kind}`"))
+                })?;
+                Ok(OperationEvent::new(kind, decode(row.get(1))?))
+            })
+            .collect()
+    }
+
+    async fn append_signal(
+        &self,
+        id: &str,
+        name: &str,
+        payload: Value,
+    ) -> Result<SignalOutcome, StoreError> {
+        let payload = json(&payload)?;
+        let mut db = self.db().await?;
+        let tx = db.transaction().await.map_err(failed)?;
+        // The row lock orders signals among themselves and against the terminal change.
+        let row = tx
+            .query_opt(
+                &prepared(&tx, "SELECT state FROM operations WHERE id = $1 FOR UPDATE").await?,
+                &[&id],
+            )
+            .await
+            .map_err(failed)?;
+        let Some(row) = row else {
+            return Err(StoreError::conflict(format!(
+                "signal to unknown operation `{id}`"
+            )));
+        };
+        let current = state(row.get(0))?;
+        if current.is_terminal() {
+            return Ok(SignalOutcome::Terminal(current));
+        }
+        let sequence: i64 = tx
+            .query_one(
+                &prepared(
+                    &tx,
+                    "INSERT INTO signals (id, sequence, name, payload)
+                 SELECT $1, coalesce(max(sequence), 0) + 1, $2, $3 FROM signals WHERE id = $1
+                 RETURNING sequence",
+                )
+                .await?,
+                &[&id, &name, &payload],
+            )
+            .await
+            .map_err(failed)?
+            .get(0);
+        tx.commit().await.map_err(failed)?;
+        self.bells.changed(id, false);
+        Ok(SignalOutcome::Appended(sequence.unsigned_abs()))
+    }
+
+    async fn signals_after(&self, id: &str, after: u64) -> Result<Vec<SignalRecord>, StoreError> {
+        let db = self.db().await?;
+        let rows = db
+            .query(
+                &prepared(
+                    &db,
+                    "SELECT sequence, name, payload FROM signals WHERE id = $1 AND sequence > $2
+                     ORDER BY sequence",
+                )
+                .await?,
+                &[&id, &count(after)],
+            )
+            .await
+            .map_err(failed)?;
+        rows.iter()
+            .map(|row| {
+                let sequence: i64 = row.get(0);
+                Ok(SignalRecord {
+                    sequence: sequence.unsigned_abs(),
+                    name: row.get(1),
+                    payload: decode(row.get(2))?,
+                })
+            })
+            .collect()
+    }
+
+    async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
+        let limit = count(filter.limit as u64).saturating_add(1);
+        let rows = self
+            .db()
+            .await?
+            .query(
+                "SELECT snapshot FROM operations
+                 WHERE ($1::TEXT IS NULL OR tenant = $1) AND ($2::TEXT IS NULL OR operation = $2)
+                   AND ($3::TEXT IS NULL OR state = $3) AND ($4::TEXT IS NULL OR id > $4)
+                 ORDER BY id LIMIT $5",
+                &[
+                    &filter.tenant,
+                    &filter.operation,
+                    &filter.state.map(OperationState::as_str),
+                    &filter.after,
+                    &limit,
+                ],
+            )
+            .await
+            .map_err(failed)?;
+        let mut items = rows
+            .iter()
+            .map(|row| decode::<Snapshot>(row.get(0)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if items.len() > filter.limit {
+            items.truncate(filter.limit);
+            items.last().map(|last| last.id.clone())
+        } else {
+            None
+        };
+        Ok(Page { items, next })
+    }
+
+    async fn count_by_state(&self) -> Result<Vec<StateCount>, StoreError> {
+        let rows = self
+            .db()
+            .await?
+            .query(
+                "SELECT operation, state, count(*) FROM operations
+                 GROUP BY operation, state ORDER BY operation, state",
+                &[],
+            )
+            .await
+            .map_err(failed)?;
+        rows.iter()
+            .map(|row| {
+                let n: i64 = row.get(2);
+                Ok(StateCount {
+                    operation: row.get(0),
+                    state: state(row.get(1))?,
+                    count: n.unsigned_abs(),
+                })
+            })
+            .collect()
+    }
+
+    async fn unfinished(&self) -> Result<Vec<StoredOperation>, StoreError> {
+        let rows = self
+            .db()
+            .await?
+            .query(
+                &format!(
+                    "{SELECT_STORED} WHERE state IN ('pending', 'running') ORDER BY created_at, id"
+                ),
+                &[],
+            )
+            .await
+            .map_err(failed)?;
+        rows.iter().map(stored).collect()
+    }
+
+    async fn claim_orphans(&self) -> Result<Vec<StoredOperation>, StoreError> {
+        let rows = self
+            .db()
+            .await?
+            .query(
+                "UPDATE operations SET owner_host = $1 WHERE id IN (
+                     SELECT o.id FROM operations o LEFT JOIN hosts h ON h.host = o.owner_host
+                     WHERE o.state IN ('pending', 'running')
+                       AND (h.host IS NULL OR h.alive_until < now())
+                     FOR UPDATE OF o SKIP LOCKED)
+                 RETURNING snapshot, input, tenant, subject, created_at",
+                &[&self.host],
+            )
+            .await
+            .map_err(failed)?;
+        let mut claimed = rows
+            .iter()
+            .map(|row| Ok((row.get::<_, DateTime<Utc>>(4), stored(row)?)))
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        claimed.sort_by(|(a, x), (b, y)| (a, &x.snapshot.id).cmp(&(b, &y.snapshot.id)));
+        Ok(claimed.into_iter().map(|(_, stored)| stored).collect())
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64, StoreError> {
+        let mut db = self.db().await?;
+        let tx = db.transaction().await.map_err(failed)?;
+        let expired =
+            "SELECT id FROM operations WHERE completed_at IS NOT NULL AND completed_at < $1";
+        for table in ["events", "signals"] {
+            tx.execute(
+                &format!("DELETE FROM {table} WHERE id IN ({expired})"),
+                &[&cutoff],
+            )
+            .await
+            .map_err(failed)?;
+        }
+        let purged = tx
+            .execute(
+                &prepared(
+                    &tx,
+                    "DELETE FROM operations WHERE completed_at IS NOT NULL AND completed_at < $1",
+                )
+                .await?,
+                &[&cutoff],
+            )
+            .await
+            .map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
+        Ok(purged)
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        // Every write is committed before it is answered.
+        Ok(())
+    }
+
+    fn subscribe(&self, id: &str) -> Doorbell {
+        self.bells.bells.subscribe(id)
+    }
+
+    /// Tells the other hosts of the changes not yet announced, stops renewing this host's
+    /// lease, ends it for good and names this host on the hosts channel, so that another host
+    /// claims its unfinished operations at once.
+    async fn release(&self) -> Result<(), StoreError> {
+        self.lease.abort();
+        let db = self.db().await?;
+        doorbell::send_unsent(&self.bells, &db).await;
+        db.execute(
+            "UPDATE hosts SET alive_until = '-infinity' WHERE host = $1",
+            &[&self.host],
+        )
+        .await
+        .map_err(failed)?;
+        db.execute(
+            "SELECT pg_notify($1, $2)",
+            &[&doorbell::HOSTS_CHANNEL, &self.host],
+        )
+        .await
+        .map_err(failed)?;
+        tracing::info!(host = %self.host, "host lease released");
+        Ok(())
+    }
+
+    async fn orphans_released(&self) {
+        self.bells.released.notified().await
+    }
+
+    fn doorbells(&self) -> usize {
+        self.bells.bells.len()
+    }
+}
