@@ -15,7 +15,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::time::{Duration, Instant};
 
-use opshost_sandbox::engine::{EngineShape, new_engine};
+use opshost_sandbox::testing::{EngineShape, new_engine};
 use opshost_tests::{guest, testing_host};
 use serde_json::json;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};

@@ -160,10 +160,10 @@ impl Host {
         let api = HttpApi::new(self.wasm.runtime().clone(), self.auth, self.server)
             .with_jobs(self.wasm.jobs().clone());
         let draining = api.draining();
-        let idle = api.idle();
-        let served = tokio::spawn(api.serve(listener));
+        let closing = api.closing();
+        let mut served = tokio::spawn(api.serve(listener));
         tokio::select! {
-            served = served => {
+            served = &mut served => {
                 return Err(HostError::Serve(match served {
                     Ok(Ok(())) => std::io::Error::other("the server ended"),
                     Ok(Err(error)) => error,
@@ -184,9 +184,11 @@ impl Host {
                 what: "cannot release the store",
                 source,
             })?;
-        // Answers still being written (a start waiting inline, say) get a moment to finish.
-        if tokio::time::timeout(ANSWER_PATIENCE, idle).await.is_err() {
-            tracing::warn!("requests still in flight when the host stopped");
+        // The server closes: waits answer with the operation as it stands, and answers still
+        // being written get a moment to finish before their connections close.
+        closing.cancel();
+        if tokio::time::timeout(ANSWER_PATIENCE, served).await.is_err() {
+            tracing::warn!("connections still open when the host stopped");
         }
         Ok(Stopped {
             drained: shutdown.drained,

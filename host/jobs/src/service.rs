@@ -224,7 +224,8 @@ impl Jobs {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // Stop what is left, and wait until its worker and heartbeat have stopped (the attempt
-        // untracks itself then), so that nothing renews or writes after the hand-back.
+        // untracks itself then), so that nothing renews or writes after the hand-back. An
+        // attempt leased from now on sees the stop and hands its lease back itself.
         let left: Vec<(String, u32)> = lock(&self.inner.running)
             .iter()
             .map(|(id, attempt)| {
@@ -263,17 +264,27 @@ pub(crate) struct Attempt {
     pub(crate) stop: CancellationToken,
 }
 
+/// An attempt counted as running; dropping it ends the count.
+pub(crate) struct Tracked<'a> {
+    inner: &'a Inner,
+    id: &'a str,
+}
+
+impl Drop for Tracked<'_> {
+    fn drop(&mut self) {
+        lock(&self.inner.running).remove(self.id);
+    }
+}
+
 impl Inner {
     pub(crate) fn wake(&self, queue: &str) -> Arc<Notify> {
         Arc::clone(lock(&self.wake).entry(queue.to_owned()).or_default())
     }
 
-    pub(crate) fn track(&self, id: &str, attempt: Attempt) {
+    /// Counts `attempt` as running here until the returned guard is dropped.
+    pub(crate) fn track<'a>(&'a self, id: &'a str, attempt: Attempt) -> Tracked<'a> {
         lock(&self.running).insert(id.to_owned(), attempt);
-    }
-
-    pub(crate) fn untrack(&self, id: &str) {
-        lock(&self.running).remove(id);
+        Tracked { inner: self, id }
     }
 
     /// What a final job means for the operation it owns: a dead job fails it with the job's
@@ -321,12 +332,14 @@ impl Port {
 impl JobHandOff for Port {
     fn enqueue_owned<'a>(
         &'a self,
+        job_id: &'a str,
         operation_id: &'a str,
         queue: &'a str,
         payload: Value,
     ) -> BoxFuture<'a, Result<String, ServerError>> {
         Box::pin(async move {
             let options = EnqueueOptions {
+                id: Some(job_id.to_owned()),
                 operation: Some(operation_id.to_owned()),
                 ..EnqueueOptions::default()
             };

@@ -188,6 +188,32 @@ impl Jobs {
 
     async fn attempt(&self, record: JobRecord, run: &WorkerFn) {
         let inner = &self.inner;
+        let cancel = CancellationToken::new();
+        if record.cancel_requested {
+            cancel.cancel();
+        }
+        let lost = CancellationToken::new();
+        // Tracked from the lease to the last write, so that a shutdown sees every attempt that
+        // holds a lease here and waits for its end to be recorded.
+        let _tracked = inner.track(
+            &record.id,
+            Attempt {
+                number: record.attempt,
+                cancel: cancel.clone(),
+                stop: lost.clone(),
+            },
+        );
+        if inner.stop.is_cancelled() {
+            // Leased while the host began to stop: the job is due again at once elsewhere.
+            if let Err(error) = inner
+                .store
+                .hand_back(&record.id, record.attempt, Utc::now())
+                .await
+            {
+                tracing::warn!(job = %record.id, %error, "cannot hand back a job's lease");
+            }
+            return;
+        }
         let Ok(spec) = self.queue(&record.queue).cloned() else {
             return;
         };
@@ -199,19 +225,6 @@ impl Jobs {
             self.finish(&record, Finish::Completed(Value::Null)).await;
             return;
         }
-        let cancel = CancellationToken::new();
-        if record.cancel_requested {
-            cancel.cancel();
-        }
-        let lost = CancellationToken::new();
-        inner.track(
-            &record.id,
-            Attempt {
-                number: record.attempt,
-                cancel: cancel.clone(),
-                stop: lost.clone(),
-            },
-        );
         let heart = tokio::spawn(heartbeat(
             self.clone(),
             record.id.clone(),
@@ -236,11 +249,9 @@ impl Jobs {
         let Some(outcome) = outcome else {
             // Stopped before anyone takes the job on: its worker writes nothing more.
             let _ = task.await;
-            inner.untrack(&record.id);
             tracing::warn!(job = %record.id, "lease lost or handed back; the job runs elsewhere");
             return;
         };
-        inner.untrack(&record.id);
         let failure = match outcome {
             Ok(Err(joined)) if joined.is_cancelled() => {
                 // The tokio runtime is shutting down under the worker: the attempt did not

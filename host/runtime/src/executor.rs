@@ -103,6 +103,18 @@ pub(crate) struct Executor {
     runs: Arc<Runs>,
     slots: Option<Slots>,
     closing: CancellationToken,
+    /// Starts past the `closing` check and not yet launched: a drain waits for them, so that
+    /// none launches a run after the drain counted the runs.
+    admitting: AtomicUsize,
+}
+
+/// One start counted in [`Executor::admitting`] until dropped.
+struct Admitting<'a>(&'a AtomicUsize);
+
+impl Drop for Admitting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Executor {
@@ -118,6 +130,7 @@ impl Executor {
             runs: Arc::default(),
             slots,
             closing: CancellationToken::new(),
+            admitting: AtomicUsize::new(0),
         }
     }
 
@@ -125,8 +138,11 @@ impl Executor {
     /// pending. Lets the runs here end for up to `grace`, then stops those still running.
     pub(crate) async fn drain(&self, grace: Duration) -> Drained {
         self.closing.cancel();
-        let running = self.runs.len();
         let deadline = tokio::time::Instant::now() + grace;
+        while self.admitting.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let running = self.runs.len();
         while self.runs.len() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -184,6 +200,8 @@ impl Executor {
         key: Option<String>,
         input: Value,
     ) -> Result<Acceptance, ServerError> {
+        self.admitting.fetch_add(1, Ordering::SeqCst);
+        let _admitting = Admitting(&self.admitting);
         if self.closing.is_cancelled() {
             return Err(ServerError::ShuttingDown);
         }
@@ -210,7 +228,9 @@ impl Executor {
             .log
             .accept(owner, operation, key, Some(input.clone()))
             .await?;
-        if acceptance.created {
+        // Accepted while the host began to stop: the operation stays pending, for the next
+        // start of this host or another host to run.
+        if acceptance.created && !self.closing.is_cancelled() {
             self.launch(handler, acceptance.snapshot.clone(), Some(input));
         }
         Ok(acceptance)
@@ -223,9 +243,7 @@ impl Executor {
         snapshot: Snapshot,
         input: Option<Value>,
     ) {
-        let run = self
-            .runs
-            .launch(&self.log, &self.jobs, &snapshot.id, snapshot.attempt);
+        let run = self.runs.launch(&self.log, &self.jobs, &snapshot);
         let executor = Arc::clone(self);
         let closing = self.closing.clone();
         let queued = self.slots.as_ref().map(Queued::new);

@@ -12,9 +12,11 @@ use crate::error::ServerError;
 
 /// The jobs service, as the runtime sees it.
 pub trait JobHandOff: Send + Sync + 'static {
-    /// Durably enqueues a job on `queue` that owns operation `operation_id`; returns its id.
+    /// Durably enqueues job `job_id` on `queue`, owning operation `operation_id`; returns its
+    /// id. Enqueueing an id that exists returns that job, so a retried hand-off makes one job.
     fn enqueue_owned<'a>(
         &'a self,
+        job_id: &'a str,
         operation_id: &'a str,
         queue: &'a str,
         payload: Value,

@@ -12,7 +12,7 @@
 //! last holder drops it, whichever comes first: no run can outlive both.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
@@ -35,7 +35,8 @@ pub struct Run {
     cancel: CancellationToken,
     task: Mutex<Option<AbortHandle>>,
     latest: Mutex<Option<Snapshot>>,
-    handed_off: AtomicBool,
+    /// Hand-offs made by this run so far.
+    hand_offs: AtomicU32,
     log: Arc<OperationLog>,
     jobs: Arc<JobsPort>,
     runs: Weak<Runs>,
@@ -193,8 +194,14 @@ impl Run {
         };
         // Read from the store: a job must not be enqueued for an operation already ended.
         non_terminal(self.fence(&self.log.get(&self.id).await?)?)?;
-        let job = jobs.enqueue_owned(&self.id, queue, payload).await?;
-        self.handed_off.store(true, Ordering::SeqCst);
+        // The job's id is fixed by the run and its count of hand-offs, so a hand-off retried
+        // after a write whose answer was lost finds the job it made.
+        let made = self.hand_offs.load(Ordering::SeqCst);
+        let job_id = format!("{}.{}.{queue}.{made}", self.id, self.attempt);
+        let job = jobs
+            .enqueue_owned(&job_id, &self.id, queue, payload)
+            .await?;
+        self.hand_offs.fetch_add(1, Ordering::SeqCst);
         Ok(job)
     }
 
@@ -211,7 +218,7 @@ impl Run {
     }
 
     pub(crate) fn handed_off(&self) -> bool {
-        self.handed_off.load(Ordering::SeqCst)
+        self.hand_offs.load(Ordering::SeqCst) > 0
     }
 
     pub(crate) fn set_task(&self, task: AbortHandle) {
@@ -286,42 +293,48 @@ pub(crate) struct Runs {
 }
 
 impl Runs {
+    /// A run of `snapshot`'s attempt; its cancellation has fired already when the snapshot
+    /// records a cancel request.
     fn new_run(
         self: &Arc<Self>,
         log: &Arc<OperationLog>,
         jobs: &Arc<JobsPort>,
-        id: &str,
-        attempt: u32,
+        snapshot: &Snapshot,
     ) -> Arc<Run> {
+        let cancel = CancellationToken::new();
+        if snapshot.cancel_requested {
+            cancel.cancel();
+        }
         Arc::new(Run {
-            id: id.to_owned(),
-            attempt,
-            cancel: CancellationToken::new(),
+            id: snapshot.id.clone(),
+            attempt: snapshot.attempt,
+            cancel,
             task: Mutex::new(None),
             latest: Mutex::new(None),
-            handed_off: AtomicBool::new(false),
+            hand_offs: AtomicU32::new(0),
             log: Arc::clone(log),
             jobs: Arc::clone(jobs),
             runs: Arc::downgrade(self),
         })
     }
 
-    /// A new run of `id`'s attempt `attempt`, replacing any other run of it here (one of an
+    /// A new run of `snapshot`'s attempt, replacing any other run of it here (one of an
     /// earlier attempt, which that attempt's fence keeps from writing).
     pub(crate) fn launch(
         self: &Arc<Self>,
         log: &Arc<OperationLog>,
         jobs: &Arc<JobsPort>,
-        id: &str,
-        attempt: u32,
+        snapshot: &Snapshot,
     ) -> Arc<Run> {
-        let run = self.new_run(log, jobs, id, attempt);
-        lock(&self.by_id).insert(id.to_owned(), Arc::downgrade(&run));
+        let run = self.new_run(log, jobs, snapshot);
+        lock(&self.by_id).insert(snapshot.id.clone(), Arc::downgrade(&run));
         run
     }
 
-    /// The run of `snapshot`'s operation here, joined if there is one, else a new one: looked
-    /// up and inserted under one lock, so that two callers attaching at once share one run.
+    /// The run of `snapshot`'s operation here, joined if there is one of its attempt, else a
+    /// new one: looked up and inserted under one lock, so that two callers attaching at once
+    /// share one run. A run of an earlier attempt (one that another host or a restart has
+    /// superseded, and that has not ended yet) is replaced, never joined.
     pub(crate) fn join(
         self: &Arc<Self>,
         log: &Arc<OperationLog>,
@@ -329,10 +342,12 @@ impl Runs {
         snapshot: &Snapshot,
     ) -> Arc<Run> {
         let mut by_id = lock(&self.by_id);
-        if let Some(run) = by_id.get(&snapshot.id).and_then(Weak::upgrade) {
+        if let Some(run) = by_id.get(&snapshot.id).and_then(Weak::upgrade)
+            && run.attempt >= snapshot.attempt
+        {
             return run;
         }
-        let run = self.new_run(log, jobs, &snapshot.id, snapshot.attempt);
+        let run = self.new_run(log, jobs, snapshot);
         by_id.insert(snapshot.id.clone(), Arc::downgrade(&run));
         run
     }

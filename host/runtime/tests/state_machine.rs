@@ -2,6 +2,7 @@
 //! Transitions, the attach rule, cancel and its forced end, signals after the end, recovery
 //! decisions, and how long a run counts as active.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -175,23 +176,30 @@ async fn a_handler_error_fails_the_operation_with_it() {
     );
 }
 
-/// Enqueues nothing, remembers what it was asked, and owns whatever `owns` lists.
+/// Enqueues nothing, remembers the job ids it was asked for, and owns whatever `owns` lists.
+/// With `lose_first_answer`, the first enqueue is recorded but answered with an error, as
+/// when a write commits and its connection drops.
 #[derive(Default)]
 struct FakeJobs {
     owns: Vec<String>,
     enqueued: Mutex<Vec<String>>,
+    lose_first_answer: AtomicBool,
 }
 
 impl JobHandOff for FakeJobs {
     fn enqueue_owned<'a>(
         &'a self,
-        operation_id: &'a str,
+        job_id: &'a str,
+        _operation_id: &'a str,
         _queue: &'a str,
         _payload: Value,
     ) -> BoxFuture<'a, Result<String, ServerError>> {
         Box::pin(async move {
-            self.enqueued.lock().unwrap().push(operation_id.to_owned());
-            Ok(format!("job-of-{operation_id}"))
+            self.enqueued.lock().unwrap().push(job_id.to_owned());
+            if self.lose_first_answer.swap(false, Ordering::SeqCst) {
+                return Err(ServerError::ShuttingDown);
+            }
+            Ok(job_id.to_owned())
         })
     }
 
@@ -466,4 +474,79 @@ async fn a_run_superseded_by_a_later_attempt_writes_nothing() {
         (2, 2),
         "nothing written"
     );
+}
+
+#[tokio::test]
+async fn attaching_after_a_later_attempt_began_gets_a_run_of_that_attempt_which_can_end_it() {
+    let store = Arc::new(MemoryStore::new());
+    let runtime = runtime_with(store.clone(), completes());
+    let accepted = runtime
+        .accept(OP, Some("moved".into()), Some(input()))
+        .await
+        .unwrap()
+        .snapshot;
+    let stale = runtime.attach(&accepted.id).await.unwrap();
+    let mut restarted = accepted.clone();
+    restarted.revision = 2;
+    restarted.attempt = 2;
+    store.update(restarted, EventKind::Restarted).await.unwrap();
+
+    let current = runtime.attach(&accepted.id).await.unwrap();
+    assert_eq!((stale.attempt(), current.attempt()), (1, 2));
+    current.complete(json!({ "note": "done" })).await.unwrap();
+    assert_eq!(
+        runtime.get(&accepted.id).await.unwrap().state,
+        OperationState::Completed
+    );
+}
+
+#[tokio::test]
+async fn a_run_of_an_operation_with_a_pending_cancel_request_starts_cancelled() {
+    let store = Arc::new(MemoryStore::new());
+    let runtime = runtime_with(store.clone(), completes());
+    let accepted = runtime
+        .accept(OP, Some("cancelling".into()), Some(input()))
+        .await
+        .unwrap()
+        .snapshot;
+    let mut requested = accepted.clone();
+    requested.revision = 2;
+    requested.cancel_requested = true;
+    store
+        .update(requested, EventKind::CancelRequested)
+        .await
+        .unwrap();
+
+    let run = runtime.attach(&accepted.id).await.unwrap();
+    assert!(run.cancellation().is_cancelled());
+}
+
+#[tokio::test]
+async fn a_hand_off_retried_after_a_lost_answer_names_the_same_job_and_the_next_one_another() {
+    let runtime = runtime(completes());
+    let jobs = Arc::new(FakeJobs {
+        lose_first_answer: AtomicBool::new(true),
+        ..FakeJobs::default()
+    });
+    runtime.connect_jobs(jobs.clone());
+    let accepted = runtime
+        .accept(OP, Some("handed".into()), Some(input()))
+        .await
+        .unwrap()
+        .snapshot;
+    let run = runtime.attach(&accepted.id).await.unwrap();
+    let payload = json!({ "behaviour": "complete" });
+    assert!(
+        run.hand_off("testing.owned", payload.clone())
+            .await
+            .is_err()
+    );
+    let retried = run
+        .hand_off("testing.owned", payload.clone())
+        .await
+        .unwrap();
+    let next = run.hand_off("testing.owned", payload).await.unwrap();
+    let enqueued = jobs.enqueued.lock().unwrap().clone();
+    assert_eq!(enqueued, [retried.clone(), retried.clone(), next.clone()]);
+    assert_ne!(retried, next);
 }

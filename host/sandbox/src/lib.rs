@@ -1,11 +1,11 @@
 //! Runs operation handlers shipped as wasm components under wasmtime.
 //!
 //! - [`config`]: the deployment config (TOML) mapping operations to components.
-//! - [`engine`]: the one wasmtime `Engine` (pooled when possible) and its epoch ticker.
-//! - [`cache`]: loading components: sha256 pins and the precompiled-component cache.
+//! - `engine`: the one wasmtime `Engine` (pooled when possible) and its epoch ticker.
+//! - `cache`: loading components: sha256 pins and the precompiled-component cache.
 //! - [`grants`]: what WASI a handler may use — nothing beyond WASI's defaults unless granted.
 //! - [`limits`]: memory, CPU, deadline, progress rate and payload size of each run.
-//! - [`control`]: the `opshost:operation/control` and `job` imports, bound to one operation.
+//! - `control`: the `opshost:operation/control` and `job` imports, bound to one operation.
 //! - [`clock`]: time as guests see it (system, or virtual in tests).
 //! - [`faults`]: faults a test injects into the control imports.
 //! - [`check_component`]: every problem a deployment would have with a component.
@@ -13,12 +13,12 @@
 //!   attempt of a worker component) in a fresh `Store`.
 
 mod bindings;
-pub mod cache;
+mod cache;
 mod check;
 pub mod clock;
 pub mod config;
-pub mod control;
-pub mod engine;
+mod control;
+mod engine;
 mod error;
 pub mod faults;
 pub mod grants;
@@ -37,3 +37,10 @@ pub use faults::{Fault, Faults, Import};
 pub use grants::{DirGrant, Grants};
 pub use host::{Shutdown, WasmHost, WasmHostBuilder};
 pub use limits::{LimitBreach, Limits, LimitsTable};
+
+/// The engine and the component loader, for tests and benches that measure them directly.
+#[cfg(feature = "testing")]
+pub mod testing {
+    pub use crate::cache::{ComponentLoader, Origin, sha256_hex};
+    pub use crate::engine::{EngineShape, new_engine};
+}

@@ -20,11 +20,13 @@ use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::metrics::gauge::Gauge;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
 
@@ -129,13 +131,16 @@ fn admit(open: &Arc<Mutex<Open>>, client: IpAddr) -> Option<Admitted> {
     })
 }
 
-/// Serves `router` on `listener` under the limits of `config` until the listener fails.
-/// `gauge` follows the number of open connections.
+/// Serves `router` on `listener` under the limits of `config` until `closing` is cancelled:
+/// then accepts nothing more, lets each connection finish the answer it is writing, closes
+/// idle ones, and returns once all are closed. `gauge` follows the number of open
+/// connections.
 pub(crate) async fn serve(
     listener: TcpListener,
     router: Router,
     config: &ServerConfig,
     gauge: Gauge,
+    closing: CancellationToken,
 ) -> std::io::Result<()> {
     let open = Arc::new(Mutex::new(Open {
         max: fit_descriptors(config.max_connections.max(1)),
@@ -146,8 +151,13 @@ pub(crate) async fn serve(
     }));
     let header_timeout = config.header_timeout();
     let dead_peer = Duration::from_secs(config.keep_alive_secs.max(1) * 2);
+    let graceful = GracefulShutdown::new();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = closing.cancelled() => break,
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) if is_connection_error(&error) => continue,
             Err(error) => {
@@ -164,18 +174,21 @@ pub(crate) async fn serve(
         };
         tune(&stream, dead_peer);
         let service = TowerToHyperService::new(router.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), service);
+        let served = graceful.watch(connection);
         tokio::spawn(async move {
             let _admitted = admitted;
-            let served = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-            if let Err(error) = served {
+            if let Err(error) = served.await {
                 tracing::debug!(%peer, %error, "connection ended");
             }
         });
     }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
 }
 
 /// Answers 503 and closes. A fresh socket's send buffer is empty, so the answer is written at

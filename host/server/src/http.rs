@@ -155,7 +155,7 @@ async fn start(
     if let Some(seconds) = preferred_wait(&headers) {
         let wait = shared.clamp_wait(seconds);
         // The operation is accepted: a wait that fails (the store went away) still answers 202.
-        match shared.runtime.wait(&snapshot.id, Some(wait)).await {
+        match shared.wait(&snapshot.id, wait).await {
             Ok(waited) => {
                 snapshot = waited;
                 applied = Some(wait.as_secs());
@@ -205,7 +205,7 @@ async fn wait(
             .timeout
             .unwrap_or(shared.config.max_wait().as_secs_f64()),
     );
-    Ok(Json(shared.runtime.wait(&id, Some(timeout)).await?))
+    Ok(Json(shared.wait(&id, timeout).await?))
 }
 
 #[derive(Deserialize)]

@@ -50,6 +50,7 @@ pub struct HttpApi {
     auth: Authenticator,
     config: ServerConfig,
     draining: CancellationToken,
+    closing: CancellationToken,
     in_flight: Arc<tokio::sync::Semaphore>,
 }
 
@@ -63,16 +64,7 @@ impl HttpApi {
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
             config,
             draining: CancellationToken::new(),
-        }
-    }
-
-    /// Resolves once no short request (start, get, list, cancel, signal) is being served: a
-    /// host going down waits for it, so that an answer already being written is not cut.
-    pub fn idle(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let permits = Arc::clone(&self.in_flight);
-        let all = u32::try_from(self.config.max_in_flight.max(1)).unwrap_or(u32::MAX);
-        async move {
-            let _all = permits.acquire_many(all).await;
+            closing: CancellationToken::new(),
         }
     }
 
@@ -82,6 +74,13 @@ impl HttpApi {
     /// waits, cancels and signals are still served.
     pub fn draining(&self) -> CancellationToken {
         self.draining.clone()
+    }
+
+    /// The token that closes the server when cancelled: [`HttpApi::serve`] accepts no more
+    /// connections, open waits answer with the operation as it stands, each connection
+    /// finishes the answer it is writing and is closed, and `serve` returns once all are.
+    pub fn closing(&self) -> CancellationToken {
+        self.closing.clone()
     }
 
     /// Also serves the operator routes over `jobs` (list, get, retry, cancel), to callers
@@ -109,17 +108,19 @@ impl HttpApi {
             metrics: Arc::clone(&metrics),
             frames: Default::default(),
             draining: self.draining,
+            closing: self.closing.clone(),
         }));
         (router, metrics)
     }
 
-    /// Serves on `listener` until the listener fails, under the connection limits of the
-    /// config: `max_connections` in all and `max_connections_per_client` from one address,
-    /// `header_timeout_ms` for a request head or an idle connection, and dead peers found by
-    /// TCP keep-alive.
+    /// Serves on `listener` until [`HttpApi::closing`] is cancelled (then closes gracefully)
+    /// or the listener fails, under the connection limits of the config: `max_connections` in
+    /// all and `max_connections_per_client` from one address, `header_timeout_ms` for a
+    /// request head or an idle connection, and dead peers found by TCP keep-alive.
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
         let config = self.config.clone();
+        let closing = self.closing.clone();
         let (router, metrics) = self.build();
-        connections::serve(listener, router, &config, metrics.connections()).await
+        connections::serve(listener, router, &config, metrics.connections(), closing).await
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
-use opshost_api::ErrorCode;
+use opshost_api::{ErrorCode, Snapshot};
 use opshost_contract::{Action, OperationSpec};
 use opshost_runtime::store::StoredOperation;
 use opshost_runtime::{OperationRuntime, ServerError};
@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     pub(crate) in_flight: Arc<Semaphore>,
     pub(crate) frames: Frames,
     pub(crate) draining: CancellationToken,
+    /// Cancelled when the server closes: waits answer at once.
+    pub(crate) closing: CancellationToken,
 }
 
 pub(crate) type AppState = Arc<Shared>;
@@ -79,6 +81,15 @@ impl Shared {
         }
         authorize(caller, self.spec(&stored.snapshot.operation)?, action)?;
         Ok(stored)
+    }
+
+    /// Waits up to `timeout` for operation `id` to end, or until the server closes; answers
+    /// the operation as it stands then.
+    pub(crate) async fn wait(&self, id: &str, timeout: Duration) -> Result<Snapshot, ServerError> {
+        tokio::select! {
+            waited = self.runtime.wait(id, Some(timeout)) => waited,
+            () = self.closing.cancelled() => self.runtime.get(id).await,
+        }
     }
 
     pub(crate) fn clamp_wait(&self, seconds: f64) -> Duration {

@@ -3,6 +3,7 @@
 //! on SQLite and on two hosts sharing PostgreSQL.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -32,8 +33,22 @@ fn host<S: OperationStore + JobStore>(store: Arc<S>) -> WasmHost {
         .expect("the host loads")
 }
 
-/// Starts `count` orders over `hosts` in turn, 64 at a time, and waits until each completed.
-async fn run_orders(hosts: &[&WasmHost], count: usize) {
+/// Starts `count` orders over `hosts` in turn, 64 at a time, and waits until each completed;
+/// answers the most runs seen active at once on the hosts while they ran.
+async fn run_orders(hosts: &[&WasmHost], count: usize) -> usize {
+    let runtimes: Vec<_> = hosts.iter().map(|h| h.runtime().clone()).collect();
+    let finished = Arc::new(AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let finished = Arc::clone(&finished);
+        async move {
+            let mut peak = 0;
+            while !finished.load(Ordering::SeqCst) {
+                peak = peak.max(runtimes.iter().map(|r| r.active_handlers()).sum());
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            peak
+        }
+    });
     let ids: Vec<String> = futures::stream::iter(0..count)
         .map(|n| {
             let host = hosts[n % hosts.len()];
@@ -59,6 +74,17 @@ async fn run_orders(hosts: &[&WasmHost], count: usize) {
             .unwrap_or_else(|e| panic!("wait: {e}"));
         assert_eq!(done.state, OperationState::Completed, "{done:?}");
     }
+    finished.store(true, Ordering::SeqCst);
+    sampler.await.unwrap()
+}
+
+/// The gauge counted the runs while they ran: more than none, and never more than one per
+/// order (a worker that takes an order over joins its run).
+fn assert_counted_while_running(peak: usize) {
+    assert!(
+        peak > 0 && peak <= orders(),
+        "peak of active handlers: {peak}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,7 +92,8 @@ async fn no_handler_is_active_after_ten_thousand_handed_off_orders_on_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(SqliteStore::open(dir.path()).expect("the store opens"));
     let host = host(store);
-    run_orders(&[&host], orders()).await;
+    let peak = run_orders(&[&host], orders()).await;
+    assert_counted_while_running(peak);
     assert_eq!(host.runtime().active_handlers(), 0);
     assert_eq!(host.runtime().doorbells(), 0);
 }
@@ -82,7 +109,8 @@ async fn no_handler_is_active_after_ten_thousand_handed_off_orders_on_two_postgr
         )
     };
     let (a, b) = (host(connect().await), host(connect().await));
-    run_orders(&[&a, &b], orders()).await;
+    let peak = run_orders(&[&a, &b], orders()).await;
+    assert_counted_while_running(peak);
     for host in [&a, &b] {
         assert_eq!(host.runtime().active_handlers(), 0);
         assert_eq!(host.runtime().doorbells(), 0);

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use opshost_api::{ErrorCode, OperationState, Snapshot};
-use opshost_sandbox::cache::{ComponentLoader, Origin, sha256_hex};
-use opshost_sandbox::engine::{EngineShape, new_engine};
+use opshost_sandbox::testing::{ComponentLoader, Origin, sha256_hex};
+use opshost_sandbox::testing::{EngineShape, new_engine};
 use opshost_sandbox::{Allocation, DeploymentConfig, DirGrant, SandboxError, WasmHost};
 use opshost_tests::{
     guest, load, run_scenario, start_scenario, testing_deployment, testing_host_limited,

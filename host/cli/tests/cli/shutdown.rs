@@ -85,12 +85,14 @@ fn sigterm_under_load_loses_nothing_and_every_acknowledged_order_completes_after
     let token = token(&["orders.write", "orders.read"]);
     let acknowledged: Arc<Mutex<Vec<String>>> = Arc::default();
     let refused = Arc::new(Mutex::new(0usize));
+    let cut: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
     let drain = runtime().block_on(async {
         let http = reqwest::Client::new();
         let callers: Vec<_> = (0..CALLERS)
             .map(|caller| {
                 let (http, token, url) = (http.clone(), token.clone(), first.url.clone());
                 let (acknowledged, refused) = (Arc::clone(&acknowledged), Arc::clone(&refused));
+                let cut = Arc::clone(&cut);
                 tokio::spawn(async move {
                     for n in 0.. {
                         let order = json!({
@@ -116,8 +118,15 @@ fn sigterm_under_load_loses_nothing_and_every_acknowledged_order_completes_after
                                 *refused.lock().unwrap() += 1;
                                 tokio::time::sleep(Duration::from_millis(50)).await;
                             }
-                            // The host has exited.
-                            Err(_) => return,
+                            // The host has closed its listener.
+                            Err(error) if error.is_connect() => return,
+                            // Sent as the host closed the connection it came on: the caller
+                            // cannot know whether it was accepted, so it retries with its
+                            // key once a host is back.
+                            Err(_) => {
+                                cut.lock().unwrap().push((format!("k-{caller}-{n}"), order));
+                                return;
+                            }
                         }
                     }
                 })
@@ -135,14 +144,32 @@ fn sigterm_under_load_loses_nothing_and_every_acknowledged_order_completes_after
         }
         drain
     });
-    let acknowledged = acknowledged.lock().unwrap().clone();
+    let mut acknowledged = acknowledged.lock().unwrap().clone();
+    let cut = cut.lock().unwrap().clone();
+    let second = Serve::on_data_dir(&config, data.path());
+    // A start whose answer was cut is retried under its key: the host that is back answers
+    // for the operation if the first one accepted it, or accepts it now.
+    runtime().block_on(async {
+        for (key, order) in &cut {
+            let response = reqwest::Client::new()
+                .post(format!("{}/v1/operations/Orders.Process", second.url))
+                .bearer_auth(&token)
+                .header("idempotency-key", key)
+                .json(order)
+                .send()
+                .await
+                .unwrap();
+            assert!(response.status().is_success(), "{}", response.status());
+            let snapshot: Value = response.json().await.unwrap();
+            acknowledged.push(snapshot["id"].as_str().unwrap().to_owned());
+        }
+    });
     assert!(
         acknowledged.len() >= CALLERS,
         "the load ran: {}",
         acknowledged.len()
     );
 
-    let second = Serve::on_data_dir(&config, data.path());
     let (mut completed, mut lost, mut failed) = (0, 0, 0);
     for id in &acknowledged {
         let waited = second.call(&token, &["wait", id, "--timeout", "120"]);
@@ -154,10 +181,11 @@ fn sigterm_under_load_loses_nothing_and_every_acknowledged_order_completes_after
     }
     eprintln!(
         "SIGTERM under load from {CALLERS} callers: drained and exited 0 in {drain:?}; {} starts \
-         acknowledged, {} refused while draining; after the restart {completed} completed, \
-         {lost} lost, {failed} failed",
-        acknowledged.len(),
-        refused.lock().unwrap()
+         acknowledged, {} refused while draining, {} cut and retried; after the restart \
+         {completed} completed, {lost} lost, {failed} failed",
+        acknowledged.len() - cut.len(),
+        refused.lock().unwrap(),
+        cut.len()
     );
     assert_eq!((lost, failed), (0, 0));
     assert_eq!(completed, acknowledged.len());
@@ -335,4 +363,67 @@ fn a_second_sigterm_stops_at_once_without_waiting_for_the_grace_period() {
         signalled.elapsed() < Duration::from_secs(30),
         "did not wait out the 60 s grace"
     );
+}
+
+#[test]
+fn a_draining_host_reports_unhealthy_refuses_starts_serves_reads_and_answers_open_waits() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "testing.manifest.json",
+        "Testing.Scenario",
+        "test_handlers",
+        "[server]\nshutdown_grace_ms = 2000",
+    );
+    let mut host = Serve::on_data_dir(&config, data.path());
+    let token = token(&["testing.run"]);
+    runtime().block_on(async {
+        let http = reqwest::Client::new();
+        let start = || {
+            http.post(format!("{}/v1/operations/Testing.Scenario", host.url))
+                .bearer_auth(&token)
+                .json(&json!({ "scenario": "echo-signals", "signals": 1 }))
+                .send()
+        };
+        let started: Value = start().await.unwrap().json().await.unwrap();
+        let id = started["id"].as_str().unwrap().to_owned();
+        // A wait that outlives the host: it must get an answer, not a cut connection.
+        let wait = tokio::spawn({
+            let (http, token) = (http.clone(), token.clone());
+            let url = format!("{}/v1/operations/{id}/wait?timeout=60", host.url);
+            async move { http.get(url).bearer_auth(&token).send().await }
+        });
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        sigterm(&host.child);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+
+        let health = http
+            .get(format!("{}/healthz", host.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 503, "load balancers look elsewhere");
+        let refused = start().await.unwrap();
+        assert_eq!(refused.status(), 503);
+        assert!(refused.headers().contains_key("retry-after"));
+        let read = http
+            .get(format!("{}/v1/operations/{id}", host.url))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(read.status(), 200, "reads are served while draining");
+
+        let waited = wait.await.unwrap().expect("the wait was answered");
+        assert_eq!(waited.status(), 200);
+        let snapshot: Value = waited.json().await.unwrap();
+        assert_eq!(snapshot["id"], id.as_str());
+        assert_eq!(
+            snapshot["state"], "running",
+            "the operation as it stood, left for the next start"
+        );
+    });
+    let code = exit_code(&mut host.child, Duration::from_secs(30));
+    assert_eq!(code, Some(0));
 }
