@@ -191,3 +191,4 @@ pub mod job_conformance;
 pub mod jobs;
 pub mod net;
 pub mod postgres;
+pub mod upstream;

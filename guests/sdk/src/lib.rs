@@ -61,6 +61,8 @@
 //! A job worker (the `worker` world) implements [`JobWorker`] and is exported with
 //! [`export_worker!`]; [`JobContext::control`] resumes the operation the job owns.
 
+pub mod http;
+
 use std::marker::PhantomData;
 use std::time::Duration;
 
@@ -193,6 +195,12 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<String, HostError> {
 }
 
 impl<Op: Operation> Context<Op> {
+    /// The outbound HTTP client: requests go only where the component's `grants.http`
+    /// allows (see [`http`]).
+    pub fn http(&self) -> http::Http {
+        http::Http
+    }
+
     /// The operation's id.
     pub fn id(&self) -> &str {
         &self.id
@@ -273,6 +281,12 @@ pub struct JobContext {
 }
 
 impl JobContext {
+    /// The outbound HTTP client: requests go only where the component's `grants.http`
+    /// allows (see [`http`]).
+    pub fn http(&self) -> http::Http {
+        http::Http
+    }
+
     /// The job's id.
     pub fn id(&self) -> &str {
         &self.invocation.job_id

@@ -176,6 +176,12 @@ impl OperationHandler for Scenarios {
                 )?;
                 Ok(())
             }
+            Scenario::Fetch
+            | Scenario::FetchFollow
+            | Scenario::FetchLoop
+            | Scenario::Exfiltrate => Err(HandlerError::new(
+                "outbound HTTP scenarios are served by the test-egress guest",
+            )),
         }
     }
 }

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RuntimeConfig;
 use crate::error::ServerError;
+use crate::outbound::OutboundLog;
 use crate::store::{
     CreateOutcome, Doorbell, ListFilter, OperationStore, Owner, Page, SignalOutcome, SignalRecord,
     StateCount, StoredOperation, UpdateOutcome,
@@ -51,6 +52,7 @@ pub(crate) struct OperationLog {
     store: Arc<dyn OperationStore>,
     config: RuntimeConfig,
     feed: broadcast::Sender<OperationEvent>,
+    outbound: OutboundLog,
 }
 
 /// A change the log applies: the event it records and the snapshot after it, or nothing to do.
@@ -73,7 +75,12 @@ impl OperationLog {
             store,
             config,
             feed: broadcast::channel(FEED_CAPACITY).0,
+            outbound: OutboundLog::default(),
         }
+    }
+
+    pub(crate) fn outbound(&self) -> &OutboundLog {
+        &self.outbound
     }
 
     pub(crate) fn service(&self) -> &str {

@@ -17,6 +17,7 @@ use crate::bindings::{Handler, HandlerPre};
 use crate::cache::{ComponentLoader, sha256_hex};
 use crate::config::DeploymentConfig;
 use crate::control::GuestState;
+use crate::egress::{Secrets, check_grant};
 use crate::engine::{EngineShape, new_engine};
 use crate::error::SandboxError;
 use crate::grants::{Grants, ungranted_imports};
@@ -83,10 +84,14 @@ pub fn check_component(
             grants: &w.grants,
         });
     let mut problems = Vec::new();
+    let secrets = Secrets::read(&config.secrets);
+    if let Err(error) = &secrets {
+        problems.push(error.clone());
+    }
     let mut uses = 0;
     for used in handlers.chain(workers) {
         uses += 1;
-        used.problems(&mut problems, &engine, &compiled, &digest);
+        used.problems(&mut problems, &engine, &compiled, &digest, &secrets);
     }
     if uses == 0 {
         problems.push(format!(
@@ -117,6 +122,7 @@ impl Use<'_> {
         engine: &Engine,
         component: &Component,
         digest: &str,
+        secrets: &Result<Secrets, String>,
     ) {
         let role = &self.role;
         if let Some(missing) = self.missing {
@@ -137,7 +143,7 @@ impl Use<'_> {
                 "{role}: sha256 is {digest}, but the config pins {pin}"
             ));
         }
-        let imports = ungranted_imports(engine, component);
+        let imports = ungranted_imports(engine, component, self.grants);
         if !imports.is_empty() {
             problems.push(format!(
                 "{role}: imports what it was not granted: {}",
@@ -145,6 +151,11 @@ impl Use<'_> {
             ));
         }
         if let Err(error) = self.grants.check() {
+            problems.push(format!("{role}: {error}"));
+        }
+        if let (Some(grant), Ok(secrets)) = (&self.grants.http, secrets)
+            && let Err(error) = check_grant(grant, secrets)
+        {
             problems.push(format!("{role}: {error}"));
         }
     }

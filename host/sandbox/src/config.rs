@@ -27,6 +27,17 @@
 //! limits = { memory_mb = 32 }
 //! grants = { env = { REGION = "eu" }, dirs = [{ host = "catalog", guest = "/catalog" }] }
 //!
+//! [handlers.grants.http]   # outbound HTTP; nothing else is reachable
+//! allow = ["https://payments.example.com"]
+//! headers = { "https://payments.example.com" = { authorization = "Bearer {{ secrets.PAYMENTS_TOKEN }}" } }
+//!
+//! [secrets]   # read at load; a missing one stops the load, naming it
+//! PAYMENTS_TOKEN = { env = "PAYMENTS_TOKEN" }   # or { file = "secrets/payments" }
+//!
+//! [egress]
+//! hosts = { "payments.internal" = ["10.0.0.7"] }   # fixed answers instead of DNS
+//! ca_file = "certs/internal-ca.pem"                # trusted besides the Mozilla roots
+//!
 //! [[workers]]
 //! queue = "fulfillment"
 //! component = "target/wasm32-wasip2/release/orders_fulfillment.wasm"
@@ -39,6 +50,7 @@
 //!
 //! Relative paths are resolved against the config file's directory.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -46,6 +58,7 @@ use opshost_jobs::JobsConfig;
 use opshost_runtime::RestartPolicy;
 use serde::Deserialize;
 
+use crate::egress::{EgressSettings, SecretSource};
 use crate::error::SandboxError;
 use crate::grants::Grants;
 use crate::limits::LimitsTable;
@@ -81,6 +94,12 @@ pub struct DeploymentConfig {
     /// How workers hold and look for jobs.
     #[serde(default)]
     pub jobs: JobsSettings,
+    /// Values grants build outbound headers from, read at load and never shown to guests.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, SecretSource>,
+    /// How outbound requests reach the origins grants allow.
+    #[serde(default)]
+    pub egress: EgressSettings,
 }
 
 /// One job queue and the component that works it.
@@ -265,6 +284,8 @@ impl DeploymentConfig {
             handlers: Vec::new(),
             workers: Vec::new(),
             jobs: JobsSettings::default(),
+            secrets: BTreeMap::new(),
+            egress: EgressSettings::default(),
         }
     }
 
@@ -303,6 +324,10 @@ impl DeploymentConfig {
         if let Some(dir) = &mut config.engine.cache_dir {
             *dir = base.join(&*dir);
         }
+        for secret in config.secrets.values_mut() {
+            secret.resolve(base);
+        }
+        config.egress.resolve(base);
         Ok(config)
     }
 

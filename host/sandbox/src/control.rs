@@ -16,11 +16,13 @@ use opshost_runtime::{OperationRuntime, Run, ServerError, SignalWait, until_stor
 use tokio_util::sync::CancellationToken;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::opshost::operation::control::Host;
 use crate::bindings::opshost::operation::types::{self, ControlError, Failure, Signal};
 use crate::bindings::worker::opshost::operation::job;
 use crate::clock::{Clock, SystemClock};
+use crate::egress::Egress;
 use crate::faults::{Fault, Faults, Import};
 use crate::limits::{LimitBreach, Limits, StoreLimits};
 
@@ -53,10 +55,12 @@ enum Binding {
     Run(Arc<Run>),
 }
 
-/// Per-store state of one guest: WASI, limits, the operation its store is bound to (through
-/// that operation's [`Run`]), and a worker's job.
+/// Per-store state of one guest: WASI, outbound HTTP, limits, the operation its store is bound
+/// to (through that operation's [`Run`]), and a worker's job.
 pub struct GuestState {
     wasi: WasiCtx,
+    http: WasiHttpCtx,
+    egress: Egress,
     table: ResourceTable,
     runtime: OperationRuntime,
     bound: Binding,
@@ -98,12 +102,15 @@ impl GuestState {
         runtime: OperationRuntime,
         run: Arc<Run>,
         wasi: WasiCtx,
+        egress: Egress,
         limits: Limits,
         env: RunEnv,
     ) -> Self {
         Self {
             env,
             wasi,
+            http: WasiHttpCtx::new(),
+            egress,
             table: ResourceTable::new(),
             runtime,
             bound: Binding::Run(run),
@@ -120,12 +127,15 @@ impl GuestState {
         runtime: OperationRuntime,
         job: Job,
         wasi: WasiCtx,
+        egress: Egress,
         limits: Limits,
         env: RunEnv,
     ) -> Self {
         Self {
             env,
             wasi,
+            http: WasiHttpCtx::new(),
+            egress,
             table: ResourceTable::new(),
             runtime,
             bound: match job.operation_id() {
@@ -179,9 +189,20 @@ impl GuestState {
         &mut self.limits
     }
 
-    /// The limit a control call ran into, if any: it decides how the run ends.
-    pub fn breach(&self) -> Option<&LimitBreach> {
-        self.breach.as_ref()
+    /// Called at each epoch tick the guest was running: counts CPU, and stops a guest that
+    /// ran out of it or kept on sending requests the host refused.
+    pub fn tick(&mut self) -> Result<(), LimitBreach> {
+        if let Some(breach) = self.egress.breach() {
+            self.breach.get_or_insert_with(|| breach.clone());
+            return Err(breach);
+        }
+        self.limits.tick()
+    }
+
+    /// The limit a control call or outbound HTTP ran into, if any: it decides how the run
+    /// ends.
+    pub fn breach(&self) -> Option<LimitBreach> {
+        self.breach.clone().or_else(|| self.egress.breach())
     }
 
     /// Refuses a payload beyond the size limit. A handler's operation fails at once; a
@@ -277,6 +298,16 @@ impl GuestState {
     /// Fires when the job (if any) is cancelled; never otherwise.
     fn job_cancellation(&self) -> CancellationToken {
         self.job.as_ref().map(Job::cancellation).unwrap_or_default()
+    }
+}
+
+impl WasiHttpView for GuestState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.egress,
+        }
     }
 }
 

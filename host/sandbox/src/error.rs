@@ -55,6 +55,9 @@ pub enum SandboxError {
         /// What is wrong, naming the grant.
         message: String,
     },
+    /// A secret of `[secrets]` cannot be read, or `[egress]` is wrong.
+    #[error("{0}")]
+    Secrets(String),
     /// The wasmtime engine could not be created.
     #[error("wasmtime engine: {0}")]
     Engine(String),

@@ -1,7 +1,8 @@
 //! What a handler may reach through WASI.
 //!
 //! Deny by default: no preopened directories, no environment variables, no arguments, no
-//! network, and stdio discarded. Three steps, as Spin's factors do it:
+//! network, and stdio discarded. Outbound HTTP is granted per component through `http` (see
+//! [`crate::egress`]). Three steps, as Spin's factors do it:
 //!
 //! 1. **Link once**: every store's linker has the base WASI interfaces ([`BASE_INTERFACES`])
 //!    and opshost's own; nothing else is ever linked.
@@ -20,10 +21,12 @@ use wasmtime::component::Component;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
 use crate::clock::{Clock, SystemClock, WasiClock};
+use crate::egress::HttpGrant;
 
 /// Interface prefixes every component may import. Their content is empty unless granted:
 /// filesystem interfaces see only granted directories, `wasi:cli/environment` only granted
-/// variables. Sockets, HTTP and anything else are never granted.
+/// variables. HTTP needs `grants.http` ([`HTTP_INTERFACES`]); sockets and anything else are
+/// never granted.
 pub const BASE_INTERFACES: &[&str] = &[
     "opshost:operation/",
     "wasi:io/",
@@ -32,6 +35,9 @@ pub const BASE_INTERFACES: &[&str] = &[
     "wasi:cli/",
     "wasi:filesystem/",
 ];
+
+/// Interface prefixes a component granted `grants.http` may import as well.
+pub const HTTP_INTERFACES: &[&str] = &["wasi:http/outgoing-handler", "wasi:http/types"];
 
 /// The `grants` table of a handler or worker.
 ///
@@ -49,6 +55,9 @@ pub struct Grants {
     /// Directories preopened for the guest.
     #[serde(default)]
     pub dirs: Vec<DirGrant>,
+    /// Outbound HTTP: the origins the guest may reach, and headers the host adds.
+    #[serde(default)]
+    pub http: Option<HttpGrant>,
 }
 
 /// One preopened directory.
@@ -107,12 +116,22 @@ impl Grants {
     }
 }
 
-/// The imports of `component` outside [`BASE_INTERFACES`]; empty when it may load.
-pub fn ungranted_imports(engine: &Engine, component: &Component) -> Vec<String> {
+/// The imports of `component` that `grants` do not allow; empty when it may load.
+pub fn ungranted_imports(engine: &Engine, component: &Component, grants: &Grants) -> Vec<String> {
+    let http: &[&str] = if grants.http.is_some() {
+        HTTP_INTERFACES
+    } else {
+        &[]
+    };
     component
         .component_type()
         .imports(engine)
         .map(|(name, _)| name.to_owned())
-        .filter(|name| !BASE_INTERFACES.iter().any(|base| name.starts_with(base)))
+        .filter(|name| {
+            !BASE_INTERFACES
+                .iter()
+                .chain(http)
+                .any(|base| name.starts_with(base))
+        })
         .collect()
 }

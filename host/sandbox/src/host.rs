@@ -25,6 +25,7 @@ use crate::bindings::{Handler, HandlerPre};
 use crate::cache::ComponentLoader;
 use crate::config::DeploymentConfig;
 use crate::control::{GuestState, RunEnv};
+use crate::egress::{Egress, EgressPolicy, EgressRun, Network, Secrets};
 use crate::engine::{self, Allocation, EngineShape};
 use crate::error::SandboxError;
 use crate::grants::{self, Grants};
@@ -111,9 +112,12 @@ impl WasmHost {
         let (engine, allocation) = engine::new_engine(shape)?;
         tracing::info!(?allocation, "engine ready");
         let mut loader = ComponentLoader::new(&engine, config.engine.cache_dir.clone());
+        let secrets = Secrets::read(&config.secrets).map_err(SandboxError::Secrets)?;
+        let network = Network::new(&config.egress).map_err(SandboxError::Secrets)?;
         let mut linker = Linker::<GuestState>::new(&engine);
         let link_error = |e: wasmtime::Error| SandboxError::Engine(e.to_string());
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link_error)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link_error)?;
         Handler::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)
             .map_err(link_error)?;
         for (handler, limits) in config.handlers.iter().zip(handler_limits) {
@@ -124,6 +128,7 @@ impl WasmHost {
                 handler.sha256.as_deref(),
                 &handler.grants,
             )?;
+            let egress = egress_policy(&handler.component, &handler.grants, &secrets, &network)?;
             let pre = linker
                 .instantiate_pre(&component)
                 .and_then(HandlerPre::new)
@@ -137,12 +142,15 @@ impl WasmHost {
                     pre,
                     limits,
                     grants: handler.grants.clone(),
+                    egress,
                     env: env.clone(),
                 }),
             );
         }
         let mut worker_linker = Linker::<GuestState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut worker_linker).map_err(link_error)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut worker_linker)
+            .map_err(link_error)?;
         Worker::add_to_linker::<_, HasSelf<GuestState>>(&mut worker_linker, |state| state)
             .map_err(link_error)?;
         for (worker, limits) in config.workers.iter().zip(worker_limits) {
@@ -153,6 +161,7 @@ impl WasmHost {
                 worker.sha256.as_deref(),
                 &worker.grants,
             )?;
+            let egress = egress_policy(&worker.component, &worker.grants, &secrets, &network)?;
             let pre = worker_linker
                 .instantiate_pre(&component)
                 .and_then(WorkerPre::new)
@@ -164,6 +173,7 @@ impl WasmHost {
                 runtime: runtime.clone(),
                 limits,
                 grants: worker.grants.clone(),
+                egress,
                 env: env.clone(),
             });
             jobs.worker(&worker.queue, worker.concurrency, move |job| {
@@ -344,7 +354,7 @@ fn load(
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-    let imports = grants::ungranted_imports(engine, &component);
+    let imports = grants::ungranted_imports(engine, &component, grants);
     if !imports.is_empty() {
         return Err(SandboxError::UngrantedImports {
             path: path.display().to_string(),
@@ -356,6 +366,24 @@ fn load(
         message,
     })?;
     Ok(component)
+}
+
+/// The outbound policy of a component granted `grants.http`, if it is.
+fn egress_policy(
+    path: &Path,
+    grants: &Grants,
+    secrets: &Secrets,
+    network: &Arc<Network>,
+) -> Result<Option<Arc<EgressPolicy>>, SandboxError> {
+    let Some(grant) = &grants.http else {
+        return Ok(None);
+    };
+    EgressPolicy::new(grant, secrets, network)
+        .map(|policy| Some(Arc::new(policy)))
+        .map_err(|message| SandboxError::Grant {
+            path: path.display().to_string(),
+            message,
+        })
 }
 
 fn component_error(path: &Path, error: wasmtime::Error) -> SandboxError {
@@ -373,6 +401,7 @@ struct WasmHandler {
     pre: HandlerPre<GuestState>,
     limits: Limits,
     grants: Grants,
+    egress: Option<Arc<EgressPolicy>>,
     env: RunEnv,
 }
 
@@ -387,13 +416,24 @@ impl OperationHandler for WasmHandler {
         let pre = self.pre.clone();
         let runtime = self.runtime.upgrade();
         let (limits, grants, env) = (self.limits, self.grants.clone(), self.env.clone());
+        let egress = self.egress.clone();
         Box::pin(async move {
             let runtime = runtime
                 .ok_or_else(|| ErrorInfo::new(ErrorCode::Internal, "the host is shutting down"))?;
             let wasi = grants
                 .wasi_context(Arc::clone(&env.clock))
                 .map_err(|message| ErrorInfo::new(ErrorCode::Internal, message))?;
-            let state = GuestState::new(runtime, run, wasi, limits, env);
+            let egress = Egress::new(
+                egress,
+                EgressRun::new(
+                    limits.http,
+                    runtime.clone(),
+                    Some(snapshot.id.clone()),
+                    None,
+                    snapshot.attempt,
+                ),
+            );
+            let state = GuestState::new(runtime, run, wasi, egress, limits, env);
             let mut store = sandboxed_store(&engine, state);
             let invocation = Invocation {
                 operation_id: snapshot.id,
@@ -414,7 +454,7 @@ impl OperationHandler for WasmHandler {
                 .into()),
             };
             match (store.data().breach(), outcome) {
-                (Some(breach), _) => Err(limit_exceeded(breach)),
+                (Some(breach), _) => Err(limit_exceeded(&breach)),
                 (None, Ok(Ok(()))) => Ok(()),
                 (None, Ok(Err(failure))) => Err(guest_failure(failure)),
                 (None, Err(trap)) => Err(trapped("handler", &trap)),
@@ -430,7 +470,7 @@ fn sandboxed_store(engine: &Engine, state: GuestState) -> Store<GuestState> {
     store.limiter(|state| state.limits_mut());
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|mut context| {
-        context.data_mut().limits_mut().tick()?;
+        context.data_mut().tick()?;
         Ok(UpdateDeadline::Yield(1))
     });
     store
@@ -443,6 +483,7 @@ struct WasmWorker {
     runtime: OperationRuntime,
     limits: Limits,
     grants: Grants,
+    egress: Option<Arc<EgressPolicy>>,
     env: RunEnv,
 }
 
@@ -459,10 +500,21 @@ impl WasmWorker {
             .grants
             .wasi_context(Arc::clone(&self.env.clock))
             .map_err(|message| WorkerError(ErrorInfo::new(ErrorCode::Internal, message)))?;
+        let egress = Egress::new(
+            self.egress.clone(),
+            EgressRun::new(
+                self.limits.http,
+                self.runtime.clone(),
+                job.operation_id().map(str::to_owned),
+                Some(job.id().to_owned()),
+                job.attempt(),
+            ),
+        );
         let state = GuestState::for_job(
             self.runtime.clone(),
             job,
             wasi,
+            egress,
             self.limits,
             self.env.clone(),
         );
@@ -473,7 +525,7 @@ impl WasmWorker {
         }
         .await;
         if let Some(breach) = store.data().breach() {
-            return Err(WorkerError(limit_exceeded(breach)));
+            return Err(WorkerError(limit_exceeded(&breach)));
         }
         match outcome {
             Ok(Ok(result)) => serde_json::from_str(&result).map_err(|e| {

@@ -4,6 +4,7 @@
 //! - `engine`: the one wasmtime `Engine` (pooled when possible) and its epoch ticker.
 //! - `cache`: loading components: sha256 pins and the precompiled-component cache.
 //! - [`grants`]: what WASI a handler may use — nothing beyond WASI's defaults unless granted.
+//! - [`egress`]: outbound HTTP through allow-lists, with secrets the guest never sees.
 //! - [`limits`]: memory, CPU, deadline, progress rate and payload size of each run.
 //! - `control`: the `opshost:operation/control` and `job` imports, bound to one operation.
 //! - [`clock`]: time as guests see it (system, or virtual in tests).
@@ -18,6 +19,7 @@ mod check;
 pub mod clock;
 pub mod config;
 mod control;
+pub mod egress;
 mod engine;
 mod error;
 pub mod faults;
@@ -36,7 +38,7 @@ pub use error::SandboxError;
 pub use faults::{Fault, Faults, Import};
 pub use grants::{DirGrant, Grants};
 pub use host::{Shutdown, WasmHost, WasmHostBuilder};
-pub use limits::{LimitBreach, Limits, LimitsTable};
+pub use limits::{HttpLimits, LimitBreach, Limits, LimitsTable};
 
 /// The engine and the component loader, for tests and benches that measure them directly.
 #[cfg(feature = "testing")]

@@ -34,6 +34,18 @@ pub struct LimitsTable {
     pub max_history_bytes: Option<u64>,
     /// Events one operation's history may hold, its terminal event included.
     pub max_events: Option<u64>,
+    /// Longest an outbound connection (TCP and TLS) may take to open, in milliseconds.
+    pub http_connect_timeout_ms: Option<u64>,
+    /// Longest from sending an outbound request to its response's head, in milliseconds.
+    pub http_first_byte_timeout_ms: Option<u64>,
+    /// Longest wait between two reads of an outbound response's body, in milliseconds.
+    pub http_between_bytes_timeout_ms: Option<u64>,
+    /// Largest outbound response body, in bytes.
+    pub http_max_response_bytes: Option<u64>,
+    /// Outbound requests one run may have in flight at once.
+    pub http_max_in_flight: Option<u32>,
+    /// Outbound requests one run may send in all.
+    pub http_max_requests: Option<u64>,
 }
 
 /// The limits of one component's runs, every field resolved.
@@ -53,6 +65,40 @@ pub struct Limits {
     pub max_history_bytes: u64,
     /// Events one operation's history may hold, its terminal event included.
     pub max_events: u64,
+    /// Outbound HTTP: timeouts, response size and request counts of one run.
+    pub http: HttpLimits,
+}
+
+/// What one run may do over outbound HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Longest a connection (TCP and TLS) may take to open.
+    pub connect_timeout: Duration,
+    /// Longest from sending a request to its response's head.
+    pub first_byte_timeout: Duration,
+    /// Longest wait between two reads of a response's body.
+    pub between_bytes_timeout: Duration,
+    /// Largest response body, in bytes.
+    pub max_response_bytes: u64,
+    /// Requests in flight at once.
+    pub max_in_flight: u32,
+    /// Requests in all.
+    pub max_requests: u64,
+}
+
+impl Default for HttpLimits {
+    /// 5 s to connect, 30 s to the first byte and between bytes, 16 MiB responses, 16 requests
+    /// at once and 1,000 in all.
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            first_byte_timeout: Duration::from_secs(30),
+            between_bytes_timeout: Duration::from_secs(30),
+            max_response_bytes: 16 << 20,
+            max_in_flight: 16,
+            max_requests: 1_000,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -67,6 +113,7 @@ impl Default for Limits {
             max_payload_bytes: 1 << 20,
             max_history_bytes: 16 << 20,
             max_events: 10_000,
+            http: HttpLimits::default(),
         }
     }
 }
@@ -104,6 +151,7 @@ impl Limits {
                 .max_events
                 .or(defaults.max_events)
                 .unwrap_or(base.max_events),
+            http: HttpLimits::resolve(defaults, own),
         }
     }
 
@@ -145,6 +193,45 @@ impl Limits {
             });
         }
         Ok(())
+    }
+}
+
+impl HttpLimits {
+    fn resolve(defaults: &LimitsTable, own: &LimitsTable) -> Self {
+        let base = Self::default();
+        let millis = |own: Option<u64>, default: Option<u64>, base: Duration| {
+            own.or(default)
+                .map_or(base, |ms| Duration::from_millis(ms.max(1)))
+        };
+        Self {
+            connect_timeout: millis(
+                own.http_connect_timeout_ms,
+                defaults.http_connect_timeout_ms,
+                base.connect_timeout,
+            ),
+            first_byte_timeout: millis(
+                own.http_first_byte_timeout_ms,
+                defaults.http_first_byte_timeout_ms,
+                base.first_byte_timeout,
+            ),
+            between_bytes_timeout: millis(
+                own.http_between_bytes_timeout_ms,
+                defaults.http_between_bytes_timeout_ms,
+                base.between_bytes_timeout,
+            ),
+            max_response_bytes: own
+                .http_max_response_bytes
+                .or(defaults.http_max_response_bytes)
+                .unwrap_or(base.max_response_bytes),
+            max_in_flight: own
+                .http_max_in_flight
+                .or(defaults.http_max_in_flight)
+                .map_or(base.max_in_flight, |n| n.max(1)),
+            max_requests: own
+                .http_max_requests
+                .or(defaults.http_max_requests)
+                .unwrap_or(base.max_requests),
+        }
     }
 }
 
@@ -205,6 +292,16 @@ pub enum LimitBreach {
         /// The limit.
         limit: u64,
     },
+    /// The guest kept sending outbound requests after the host refused them for `limit`.
+    #[error("{detail}; the guest kept on after {refusals} refusals (limits.{limit})")]
+    Http {
+        /// The limit, e.g. `http_max_requests`.
+        limit: &'static str,
+        /// The last refusal.
+        detail: String,
+        /// Refusals before the run was stopped.
+        refusals: u32,
+    },
     /// The operation's history would exceed `max_events`.
     #[error(
         "the operation's history would exceed {limit} events, its terminal event included (limits.max_events)"
@@ -225,6 +322,7 @@ impl LimitBreach {
             Self::Payload { .. } => "max_payload_bytes",
             Self::History { .. } => "max_history_bytes",
             Self::Events { .. } => "max_events",
+            Self::Http { limit, .. } => limit,
         }
     }
 
