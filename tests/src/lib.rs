@@ -11,6 +11,7 @@ use opshost_api::{OperationState, Snapshot};
 use opshost_contract::Contract;
 use opshost_runtime::store::OperationStore;
 use opshost_runtime::{OperationRuntime, RuntimeConfig};
+use opshost_sandbox::egress::HttpGrant;
 use opshost_sandbox::{DeploymentConfig, HandlerConfig, JobsSettings, WasmHost, WorkerConfig};
 use serde_json::Value;
 
@@ -105,11 +106,10 @@ pub fn orders_deployment(cancel_grace: Duration, workers: usize) -> DeploymentCo
         "orders_process",
         cancel_grace,
     );
-    config.workers = vec![WorkerConfig::new(
-        "fulfillment",
-        guest("orders_fulfillment"),
-        workers,
-    )];
+    let mut worker = WorkerConfig::new("fulfillment", guest("orders_fulfillment"), workers);
+    // It may charge through a payments service; here none is granted.
+    worker.grants.http = Some(HttpGrant::default());
+    config.workers = vec![worker];
     config
 }
 

@@ -2,6 +2,12 @@
 //! drives it to its end in four steps with real work between them, each reported as
 //! progress. Honours cancel (releases what it reserved, then acknowledges) and the `Expedite`
 //! signal (shorter waits, expedited shipping). A redelivered job starts the steps again.
+//!
+//! When the host grants it `PAYMENTS_URL` (and that origin in `grants.http`), the charging
+//! step charges the order there: `POST {PAYMENTS_URL}/v1/charges`. The host adds the
+//! service's token; the worker never holds it. A refused or failed charge fails the attempt,
+//! so the job's retries and backoff take over; a repeated charge of an order is answered with
+//! the first one.
 
 use std::time::Duration;
 
@@ -103,6 +109,9 @@ impl JobWorker for Fulfillment {
                 Err(other) => return Err(other.into()),
             }
             order.work(index, &input.line_items);
+            if *step == "charging" {
+                charge(job, &input.order_id, order.total_cents)?;
+            }
             ctx.progress(&progress(step, message, index as u64 + 1))?;
         }
         ctx.complete(&ProcessOrderResult {
@@ -114,6 +123,26 @@ impl JobWorker for Fulfillment {
         })?;
         Ok(())
     }
+}
+
+/// Charges the order through the payments service the host grants, if it grants one.
+fn charge(job: &JobContext, order_id: &str, amount_cents: u64) -> Result<(), HandlerError> {
+    let Ok(payments) = std::env::var("PAYMENTS_URL") else {
+        return Ok(());
+    };
+    let response = job
+        .http()
+        .post(&format!("{}/v1/charges", payments.trim_end_matches('/')))
+        .json(&serde_json::json!({ "orderId": order_id, "amountCents": amount_cents }))
+        .send()
+        .map_err(|error| HandlerError::new(format!("charging {order_id}: {error}")))?;
+    if !response.is_success() {
+        return Err(HandlerError::new(format!(
+            "charging {order_id}: the payments service answered {}",
+            response.status()
+        )));
+    }
+    Ok(())
 }
 
 export_worker!(Fulfillment);

@@ -108,6 +108,14 @@ enum Command {
         /// Operation id.
         id: String,
     },
+    /// Print the outbound HTTP requests an operation sent, one per line: time, attempt,
+    /// method, origin and path, then the status, duration and bytes, or why it was refused.
+    Outbound {
+        #[command(flatten)]
+        connection: Connection,
+        /// Operation id.
+        id: String,
+    },
     /// Wait for an operation to end and print its snapshot.
     Wait {
         #[command(flatten)]
@@ -375,6 +383,11 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Get { connection, id } => {
             Remote::new(&connection.url, &connection.token)?
                 .get(&id)
+                .await
+        }
+        Command::Outbound { connection, id } => {
+            Remote::new(&connection.url, &connection.token)?
+                .outbound(&id)
                 .await
         }
         Command::Wait {

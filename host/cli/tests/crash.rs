@@ -30,7 +30,8 @@ fn write_config(dir: &Path) -> PathBuf {
     let config = format!(
         "contract = {contract:?}\nmax_concurrent_operations = 2000\n\n\
          [[handlers]]\noperation = \"Orders.Process\"\ncomponent = {wasm:?}\n\n\
-         [[workers]]\nqueue = \"fulfillment\"\ncomponent = {worker:?}\nconcurrency = 64\n\n\
+         [[workers]]\nqueue = \"fulfillment\"\ncomponent = {worker:?}\nconcurrency = 64\n\
+         grants = {{ http = {{ allow = [] }} }}\n\n\
          [server]\nmax_in_flight = 4096\n\n[auth]\nhs256_secret_env = \"OPSHOST_JWT_SECRET\"\n",
     );
     let path = dir.join("host.toml");

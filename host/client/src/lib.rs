@@ -82,7 +82,9 @@ use serde::Deserialize;
 use serde_json::Value;
 
 pub use error::ClientError;
-pub use opshost_api::{ErrorCode, JobPage, JobRecord, JobState, OperationEvent};
+pub use opshost_api::{
+    ErrorCode, JobPage, JobRecord, JobState, OperationEvent, OutboundPage, OutboundRecord,
+};
 pub use watch::{EventStream, TypedEventStream};
 
 /// Options of a start request.
@@ -219,6 +221,15 @@ impl Client {
     /// The current snapshot.
     pub async fn get(&self, id: &str) -> Result<Snapshot, ClientError> {
         send(self.request(Method::GET, &format!("/v1/operations/{}", segment(id)))).await
+    }
+
+    /// The outbound HTTP requests the operation's handler and workers sent from that host.
+    pub async fn outbound(&self, id: &str) -> Result<OutboundPage, ClientError> {
+        send(self.request(
+            Method::GET,
+            &format!("/v1/operations/{}/outbound", segment(id)),
+        ))
+        .await
     }
 
     /// The terminal snapshot, or the current one after `timeout` (the host caps it).

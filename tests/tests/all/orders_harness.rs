@@ -4,6 +4,8 @@
 use std::time::{Duration, Instant};
 
 use opshost_api::{ErrorCode, OperationState};
+use opshost_sandbox::Grants;
+use opshost_sandbox::egress::HttpGrant;
 use opshost_test::{Clock, Fault, Faults, Harness, HarnessBuilder, Import};
 use opshost_tests::{guest, root};
 use orders_participant::operations::OrdersProcess;
@@ -19,6 +21,10 @@ fn orders() -> HarnessBuilder {
     Harness::builder(root().join("contracts/orders_service.manifest.json"))
         .handler("Orders.Process", guest("orders_process"))
         .worker("fulfillment", guest("orders_fulfillment"), 4)
+        .grants(Grants {
+            http: Some(HttpGrant::default()),
+            ..Grants::default()
+        })
 }
 
 fn order() -> ProcessOrderRequest {

@@ -24,7 +24,8 @@ fn write_config(dir: &Path, server: &str) -> PathBuf {
     let config = format!(
         "contract = {contract:?}\n\n\
          [[handlers]]\noperation = \"Orders.Process\"\ncomponent = {wasm:?}\n\n\
-         [[workers]]\nqueue = \"fulfillment\"\ncomponent = {worker:?}\nconcurrency = 16\n\n\
+         [[workers]]\nqueue = \"fulfillment\"\ncomponent = {worker:?}\nconcurrency = 16\n\
+         grants = {{ http = {{ allow = [] }} }}\n\n\
          [jobs]\nlease_ms = 2000\n\n\
          [server]\n{server}\n\n[auth]\nhs256_secret_env = \"OPSHOST_JWT_SECRET\"\n",
     );

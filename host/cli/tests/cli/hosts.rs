@@ -17,7 +17,8 @@ fn write_config(dir: &Path) -> PathBuf {
     let config = format!(
         "contract = {contract:?}\n\n\
          [[handlers]]\noperation = \"Orders.Process\"\ncomponent = {wasm:?}\n\n\
-         [[workers]]\nqueue = \"fulfillment\"\ncomponent = {worker:?}\nconcurrency = 16\n\n\
+         [[workers]]\nqueue = \"fulfillment\"\ncomponent = {worker:?}\nconcurrency = 16\n\
+         grants = {{ http = {{ allow = [] }} }}\n\n\
          [jobs]\nlease_ms = 1000\n\n[store]\nhost_lease_ms = 1000\n\n\
          [auth]\nhs256_secret_env = \"OPSHOST_JWT_SECRET\"\n",
     );

@@ -26,7 +26,8 @@ fn write_config(
     let worker = wasm("orders_fulfillment");
     let workers = if operation == "Orders.Process" {
         format!(
-            "[[workers]]\nqueue = \"fulfillment\"\ncomponent = {worker:?}\nconcurrency = 64\n\n"
+            "[[workers]]\nqueue = \"fulfillment\"\ncomponent = {worker:?}\nconcurrency = 64\n\
+             grants = {{ http = {{ allow = [] }} }}\n\n"
         )
     } else {
         String::new()

@@ -3,6 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 
 /// The HS256 secret every test host and token uses.
 pub const SECRET: &str = "opshost-cli-test-secret-0123456789";
@@ -24,6 +25,34 @@ pub fn opshost() -> Command {
     command
 }
 
+/// The payments service the orders example charges, on the address its config grants: started
+/// once per test process, on a thread of its own.
+pub fn payments() -> &'static payments::Payments {
+    static PAYMENTS: OnceLock<payments::Payments> = OnceLock::new();
+    PAYMENTS.get_or_init(|| {
+        let token = std::fs::read_to_string(root().join("contracts/payments.token"))
+            .expect("the demo token");
+        let payments = payments::Payments::new(token.trim_end());
+        let router = payments.router();
+        let (bound, listening) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:18091")
+                    .await
+                    .expect("127.0.0.1:18091 is free for the payments service");
+                bound.send(()).expect("the test waits");
+                axum::serve(listener, router).await
+            })
+        });
+        listening.recv().expect("the payments service listens");
+        payments
+    })
+}
+
 /// Starts `opshost serve --config config --data-dir data --listen listen`; answers the process
 /// and the URL it prints.
 pub fn serve(config: &Path, data: &Path, listen: &str) -> (Child, String) {
@@ -35,6 +64,9 @@ pub fn serve(config: &Path, data: &Path, listen: &str) -> (Child, String) {
 pub fn serve_on(config: &Path, store: &[&std::ffi::OsStr], listen: &str) -> (Child, String) {
     let wasm = root().join("target/wasm32-wasip2/release/orders_process.wasm");
     assert!(wasm.exists(), "build the guests first: ./dev guests");
+    if config.ends_with("contracts/orders.deploy.toml") {
+        payments();
+    }
     let mut child = opshost()
         .arg("serve")
         .arg("--config")

@@ -1,0 +1,78 @@
+//! The orders example through its payments service, from outside: a real `opshost serve`
+//! whose fulfillment worker charges each order over HTTP with a token only the host holds.
+
+use serde_json::json;
+
+use crate::common::{payments, token};
+use crate::{Serve, json, text};
+
+/// Starts an order with a fresh id and waits for it; answers its id.
+fn order(serve: &Serve, token: &str, order_id: &str) -> String {
+    let input = json!({
+        "orderId": order_id,
+        "lineItems": [{ "sku": "KB-ERGO-01", "quantity": 2, "unitPriceCents": 12900 }]
+    })
+    .to_string();
+    let started = serve.call(token, &["start", "Orders.Process", "--input", &input]);
+    assert!(started.status.success(), "{}", text(&started.stderr));
+    let id = json(&started)["id"].as_str().expect("an id").to_owned();
+    let waited = serve.call(token, &["wait", &id]);
+    assert_eq!(
+        json(&waited)["state"],
+        "completed",
+        "{}",
+        text(&waited.stdout)
+    );
+    id
+}
+
+#[test]
+fn an_order_is_charged_through_the_payments_service_with_the_token_the_host_holds() {
+    let serve = Serve::start();
+    let token = token(&["orders.write", "orders.read"]);
+    let order_id = format!("ord_{}", ulid::Ulid::new());
+    let id = order(&serve, &token, &order_id);
+    let charge = payments()
+        .charges()
+        .into_iter()
+        .find(|charge| charge.order_id == order_id)
+        .expect("the order was charged");
+    assert_eq!(charge.amount_cents, 25_800);
+    let outbound = serve.call(&token, &["outbound", &id]);
+    let lines = text(&outbound.stdout);
+    assert!(outbound.status.success(), "{}", text(&outbound.stderr));
+    assert!(
+        lines.contains("POST http://127.0.0.1:18091/v1/charges  201 in"),
+        "{lines}"
+    );
+    assert!(
+        !lines.contains("dev-payments-token"),
+        "no secret in records: {lines}"
+    );
+}
+
+#[test]
+fn a_payments_outage_fails_the_job_attempt_and_the_retry_charges_the_order() {
+    let serve = Serve::start();
+    let token = token(&["orders.write", "orders.read"]);
+    let order_id = format!("ord_{}", ulid::Ulid::new());
+    payments().fail_order(&order_id, 1);
+    let id = order(&serve, &token, &order_id);
+    assert!(
+        payments()
+            .charges()
+            .iter()
+            .any(|charge| charge.order_id == order_id)
+    );
+    let outbound = serve.call(&token, &["outbound", &id]);
+    let lines: Vec<String> = text(&outbound.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].contains("attempt 1 job") && lines[0].contains("  503 in"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[1].contains("attempt 2 job") && lines[1].contains("  201 in"),
+        "{lines:?}"
+    );
+}
