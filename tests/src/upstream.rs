@@ -74,8 +74,10 @@ struct To {
 }
 
 /// `/hello`: a small JSON answer. `/echo`: each request header back as `x-echo-NAME`.
-/// `/redirect?to=URL`: 302 to it. `/big`: 1 GiB. `/drip`: a byte a second, for ever.
-/// `/status/CODE`: that status. Anything else: 404.
+/// `/echo-body`: the request headers as the body. `/redirect?to=URL`: 302 to it. `/big`: 1 GiB
+/// streamed. `/large`: 2 MiB with its length declared. `/drip`: a byte a second, for ever.
+/// `/slow`: `/hello` after 50 ms. `/stall`: no answer for an hour. `/status/CODE`: that
+/// status. Anything else: 404.
 async fn answer(
     State(seen): State<Arc<Mutex<Vec<Seen>>>>,
     method: Method,
@@ -113,6 +115,20 @@ async fn answer(
                 }
             }
             response
+        }
+        "echo-body" => headers
+            .iter()
+            .map(|(name, value)| format!("{name}: {}\n", String::from_utf8_lossy(value.as_bytes())))
+            .collect::<String>()
+            .into_response(),
+        "large" => vec![b'x'; 2 << 20].into_response(),
+        "slow" => {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            r#"{"hello":"world"}"#.into_response()
+        }
+        "stall" => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            StatusCode::NO_CONTENT.into_response()
         }
         "redirect" => (
             StatusCode::FOUND,

@@ -3,7 +3,8 @@
 //!
 //! - `fetch`: one `GET` of `url` (with `header`, if given).
 //! - `fetch-follow`: a `GET` of `url`, then of the `location` of a redirect.
-//! - `fetch-loop`: `count` `GET`s of `url`, ignoring every error.
+//! - `fetch-loop`: `count` `GET`s of `url`, ignoring every error; the note lists how long each
+//!   one took, in microseconds, from the call to the end of its body.
 //! - `exfiltrate`: a `GET` of `url`, then a `POST` to `then` of everything its response showed.
 
 use opshost_guest::http::{HttpError, Response};
@@ -38,8 +39,12 @@ impl OperationHandler for Egress {
             },
             Scenario::FetchLoop => {
                 let (mut ok, mut errors) = (0u64, serde_json::Map::new());
+                let mut micros = Vec::new();
                 for _ in 0..input.count.unwrap_or(1) {
-                    match ctx.http().get(&url).send() {
+                    let began = std::time::Instant::now();
+                    let sent = ctx.http().get(&url).send();
+                    micros.push(began.elapsed().as_micros() as u64);
+                    match sent {
                         Ok(_) => ok += 1,
                         Err(error) => {
                             let count = errors.entry(error.error_code()).or_insert(json!(0));
@@ -47,7 +52,7 @@ impl OperationHandler for Egress {
                         }
                     }
                 }
-                json!({ "ok": ok, "errors": errors })
+                json!({ "ok": ok, "errors": errors, "micros": micros })
             }
             Scenario::Exfiltrate => {
                 let first = seen(ctx.http().get(&url).send());

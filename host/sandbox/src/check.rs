@@ -17,7 +17,7 @@ use crate::bindings::{Handler, HandlerPre};
 use crate::cache::{ComponentLoader, sha256_hex};
 use crate::config::DeploymentConfig;
 use crate::control::GuestState;
-use crate::egress::{Secrets, check_grant};
+use crate::egress::{EgressSettings, Secrets, check_grant};
 use crate::engine::{EngineShape, new_engine};
 use crate::error::SandboxError;
 use crate::grants::{Grants, ungranted_imports};
@@ -91,7 +91,14 @@ pub fn check_component(
     let mut uses = 0;
     for used in handlers.chain(workers) {
         uses += 1;
-        used.problems(&mut problems, &engine, &compiled, &digest, &secrets);
+        used.problems(
+            &mut problems,
+            &engine,
+            &compiled,
+            &digest,
+            &secrets,
+            &config.egress,
+        );
     }
     if uses == 0 {
         problems.push(format!(
@@ -123,6 +130,7 @@ impl Use<'_> {
         component: &Component,
         digest: &str,
         secrets: &Result<Secrets, String>,
+        egress: &EgressSettings,
     ) {
         let role = &self.role;
         if let Some(missing) = self.missing {
@@ -154,7 +162,7 @@ impl Use<'_> {
             problems.push(format!("{role}: {error}"));
         }
         if let (Some(grant), Ok(secrets)) = (&self.grants.http, secrets)
-            && let Err(error) = check_grant(grant, secrets)
+            && let Err(error) = check_grant(grant, secrets, egress)
         {
             problems.push(format!("{role}: {error}"));
         }

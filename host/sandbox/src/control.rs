@@ -196,6 +196,10 @@ impl GuestState {
             self.breach.get_or_insert_with(|| breach.clone());
             return Err(breach);
         }
+        if self.egress.take_waited() {
+            // The tick passed while the guest waited for the network, not while it ran.
+            return Ok(());
+        }
         self.limits.tick()
     }
 

@@ -42,6 +42,8 @@ pub struct LimitsTable {
     pub http_between_bytes_timeout_ms: Option<u64>,
     /// Largest outbound response body, in bytes.
     pub http_max_response_bytes: Option<u64>,
+    /// Largest outbound request body, in bytes.
+    pub http_max_request_bytes: Option<u64>,
     /// Outbound requests one run may have in flight at once.
     pub http_max_in_flight: Option<u32>,
     /// Outbound requests one run may send in all.
@@ -80,6 +82,8 @@ pub struct HttpLimits {
     pub between_bytes_timeout: Duration,
     /// Largest response body, in bytes.
     pub max_response_bytes: u64,
+    /// Largest request body, in bytes.
+    pub max_request_bytes: u64,
     /// Requests in flight at once.
     pub max_in_flight: u32,
     /// Requests in all.
@@ -87,14 +91,15 @@ pub struct HttpLimits {
 }
 
 impl Default for HttpLimits {
-    /// 5 s to connect, 30 s to the first byte and between bytes, 16 MiB responses, 16 requests
-    /// at once and 1,000 in all.
+    /// 5 s to connect, 30 s to the first byte and between bytes, 16 MiB responses and
+    /// requests, 16 requests at once and 1,000 in all.
     fn default() -> Self {
         Self {
             connect_timeout: Duration::from_secs(5),
             first_byte_timeout: Duration::from_secs(30),
             between_bytes_timeout: Duration::from_secs(30),
             max_response_bytes: 16 << 20,
+            max_request_bytes: 16 << 20,
             max_in_flight: 16,
             max_requests: 1_000,
         }
@@ -223,6 +228,10 @@ impl HttpLimits {
                 .http_max_response_bytes
                 .or(defaults.http_max_response_bytes)
                 .unwrap_or(base.max_response_bytes),
+            max_request_bytes: own
+                .http_max_request_bytes
+                .or(defaults.http_max_request_bytes)
+                .unwrap_or(base.max_request_bytes),
             max_in_flight: own
                 .http_max_in_flight
                 .or(defaults.http_max_in_flight)

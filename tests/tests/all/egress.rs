@@ -108,12 +108,14 @@ async fn a_listed_name_reached_through_its_ip_literal_is_denied() {
     let mut config = deployment(&[format!("http://payments.test:{port}")]);
     config.egress.hosts = BTreeMap::from([("payments.test".into(), vec![public_address()])]);
     let host = load(&config);
-    let (_, seen) = fetch(
-        &host,
-        json!({ "scenario": "fetch", "url": upstream.url("/hello") }),
-    )
-    .await;
+    let literal = format!("http://{}:{port}/hello", public_address());
+    let (snapshot, seen) = fetch(&host, json!({ "scenario": "fetch", "url": literal })).await;
     assert_eq!(seen["error"], "HTTP-request-denied");
+    let denied = records(&host, &snapshot)[0]
+        .denied
+        .clone()
+        .unwrap_or_default();
+    assert!(denied.contains("not in grants.http.allow"), "{denied}");
     assert!(upstream.seen().is_empty());
 }
 
@@ -182,10 +184,14 @@ async fn a_redirect_is_handed_to_the_guest_and_its_unlisted_target_is_denied() {
     let upstream = Upstream::start().await;
     let host = load(&deployment(&[upstream.origin()]));
     let url = upstream.url("/redirect?to=http://elsewhere.test/steal");
-    let (_, seen) = fetch(&host, json!({ "scenario": "fetch-follow", "url": url })).await;
+    let (snapshot, seen) = fetch(&host, json!({ "scenario": "fetch-follow", "url": url })).await;
     assert_eq!(seen["redirect"], "http://elsewhere.test/steal");
     assert_eq!(seen["then"]["error"], "HTTP-request-denied");
     assert_eq!(upstream.seen().len(), 1, "the host did not follow it");
+    let records = records(&host, &snapshot);
+    assert_eq!(records[0].status, Some(302));
+    assert_eq!(records[1].origin, "http://elsewhere.test:80");
+    assert!(records[1].denied.is_some(), "{records:?}");
 }
 
 #[tokio::test]
@@ -415,10 +421,9 @@ async fn an_empty_allow_list_refuses_every_request() {
     assert!(upstream.seen().is_empty());
 }
 
-/// An address no test resolves to anything real: `payments.test` is only ever checked, never
-/// connected to, in the test that uses it.
+/// A public address, only ever checked, never connected to, in the test that uses it.
 fn public_address() -> IpAddr {
-    "192.0.2.10".parse().unwrap()
+    "93.184.216.34".parse().unwrap()
 }
 
 fn list(entries: &[&str]) -> AllowList {
@@ -491,10 +496,123 @@ fn loopback_private_link_local_multicast_and_unspecified_addresses_are_special()
         ("224.0.0.1", "multicast or reserved"),
         ("0.0.0.0", "unspecified"),
         ("::", "unspecified"),
+        ("64:ff9b::a9fe:a9fe", "link-local"),
+        ("2002:a9fe:a9fe::1", "link-local"),
+        ("::a9fe:a9fe", "link-local"),
+        ("64:ff9b:1::1", "translated or tunnelled"),
+        ("2001::1", "translated or tunnelled"),
+        ("fec0::1", "private"),
+        ("192.0.2.10", "reserved"),
+        ("198.18.0.1", "reserved"),
+        ("192.0.0.8", "reserved"),
+        ("2001:db8::1", "reserved"),
     ] {
         assert_eq!(special(ip.parse().unwrap()), Some(kind), "{ip}");
     }
-    for public in ["93.184.216.34", "2606:4700::1111", "192.0.2.10"] {
+    for public in ["93.184.216.34", "2606:4700::1111", "64:ff9b::5db8:d822"] {
         assert_eq!(special(public.parse().unwrap()), None, "{public}");
     }
+}
+
+#[tokio::test]
+async fn a_secret_echoed_in_a_body_cannot_be_sent_to_another_origin() {
+    let (upstream, other) = (Upstream::start().await, Upstream::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, config) = with_secret(&upstream, &other, dir.path());
+    let host = load(&config);
+    let (snapshot, seen) = fetch(
+        &host,
+        json!({
+            "scenario": "exfiltrate",
+            "url": upstream.url("/echo-body"),
+            "then": other.url("/collect"),
+        }),
+    )
+    .await;
+    assert!(
+        seen["saw"]["body"].as_str().unwrap().contains(&secret),
+        "this server reflects it in its body"
+    );
+    let posted = seen["posted"].as_str().unwrap_or_default();
+    assert!(posted.starts_with("HTTP-request-denied"), "{seen}");
+    assert!(other.seen().is_empty(), "nothing reached the other origin");
+    let records = records(&host, &snapshot);
+    let denied = records[1].denied.clone().unwrap_or_default();
+    assert!(
+        denied.contains("carries a secret held for another origin"),
+        "{records:?}"
+    );
+}
+
+#[tokio::test]
+async fn time_spent_waiting_on_the_network_is_not_cpu_time() {
+    let upstream = Upstream::start().await;
+    let mut config = deployment(&[upstream.origin()]);
+    config.limits.cpu_ms = Some(200);
+    let host = load(&config);
+    let (_, seen) = fetch(
+        &host,
+        json!({ "scenario": "fetch-loop", "url": upstream.url("/slow"), "count": 40 }),
+    )
+    .await;
+    assert_eq!(
+        seen["ok"], 40,
+        "40 waits of 50 ms under 200 ms of CPU: {seen}"
+    );
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out_at_the_first_byte() {
+    let upstream = Upstream::start().await;
+    let mut config = deployment(&[upstream.origin()]);
+    config.limits.http_first_byte_timeout_ms = Some(300);
+    let host = load(&config);
+    let terminal = beside_a_healthy_fetch(
+        &host,
+        &upstream.url("/hello"),
+        json!({ "scenario": "fetch", "url": upstream.url("/stall") }),
+    )
+    .await;
+    assert_eq!(note(&terminal)["error"], "connection-read-timeout");
+    let record = records(&host, &terminal).remove(0);
+    assert!(record.duration_ms < 5_000, "{record:?}");
+    assert!(record.error.is_some(), "{record:?}");
+}
+
+#[tokio::test]
+async fn a_declared_length_over_the_limit_is_refused_before_the_body_is_read() {
+    let upstream = Upstream::start().await;
+    let mut config = deployment(&[upstream.origin()]);
+    config.limits.http_max_response_bytes = Some(1 << 20);
+    let host = load(&config);
+    let (snapshot, seen) = fetch(
+        &host,
+        json!({ "scenario": "fetch", "url": upstream.url("/large") }),
+    )
+    .await;
+    assert_eq!(seen["error"], "HTTP-response-body-size");
+    let record = records(&host, &snapshot).remove(0);
+    assert_eq!((record.status, record.bytes), (Some(200), 0));
+}
+
+#[tokio::test]
+async fn a_guest_that_keeps_fetching_oversized_responses_ends_in_limit_exceeded() {
+    let upstream = Upstream::start().await;
+    let mut config = deployment(&[upstream.origin()]);
+    config.limits.http_max_response_bytes = Some(1 << 20);
+    let host = load(&config);
+    let terminal = beside_a_healthy_fetch(
+        &host,
+        &upstream.url("/hello"),
+        json!({ "scenario": "fetch-loop", "url": upstream.url("/large"), "count": 1000 }),
+    )
+    .await;
+    assert_eq!(terminal.state, OperationState::Failed, "{terminal:?}");
+    let error = terminal.error.expect("an error");
+    assert_eq!(error.code, ErrorCode::LimitExceeded);
+    assert!(
+        error.message.contains("limits.http_max_response_bytes"),
+        "{}",
+        error.message
+    );
 }

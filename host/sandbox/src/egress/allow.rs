@@ -84,6 +84,20 @@ impl Origin {
         }
     }
 
+    /// The `Host` header of a request to this origin: the host (IPv6 in brackets), and the
+    /// port unless it is the scheme's.
+    pub fn host_header(&self) -> String {
+        let host = match self.ip() {
+            Some(IpAddr::V6(ip)) => format!("[{ip}]"),
+            _ => self.host.clone(),
+        };
+        if self.port == self.scheme.default_port() {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+
     /// The host as an IP address, when the URL wrote one.
     pub fn ip(&self) -> Option<IpAddr> {
         self.host.parse().ok()

@@ -1,12 +1,12 @@
 //! [`Egress`]: the `wasi:http` hooks of one store, and [`EgressRun`]: what one run sent.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use opshost_api::OutboundRecord;
 use opshost_runtime::OperationRuntime;
@@ -15,7 +15,7 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::EgressPolicy;
 use super::allow::{Origin, Scheme};
-use super::send::{self, Bounded, OnEnd, Timeouts};
+use super::send::{self, Bounded, OnEnd, Outgoing, Timeouts};
 use crate::limits::{HttpLimits, LimitBreach};
 
 /// Refusals for a limit a run may ignore before it is stopped with `LimitExceeded`.
@@ -31,6 +31,7 @@ pub(crate) struct EgressRun {
     attempt: u32,
     requests: AtomicU64,
     in_flight: AtomicU32,
+    waited: Arc<AtomicBool>,
     refusals: AtomicU32,
     breach: Mutex<Option<LimitBreach>>,
 }
@@ -52,6 +53,7 @@ impl EgressRun {
             attempt,
             requests: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
+            waited: Arc::default(),
             refusals: AtomicU32::new(0),
             breach: Mutex::new(None),
         })
@@ -103,31 +105,36 @@ impl EgressRun {
     async fn send(
         self: Arc<Self>,
         policy: Option<Arc<EgressPolicy>>,
-        mut request: Request<WasiBody>,
+        request: Request<WasiBody>,
         options: Option<RequestOptions>,
     ) -> Result<(Response<WasiBody>, send::Io), Error> {
+        self.waited.store(true, Ordering::Relaxed);
         let uri = request.uri().clone();
         let origin = match (uri.scheme_str().and_then(Scheme::parse), uri.host()) {
             (Some(scheme), Some(host)) => Some(Origin::new(scheme, host, uri.port_u16())),
             _ => None,
         };
-        let record = Pending {
-            run: Arc::clone(&self),
-            at: Utc::now(),
-            began: Instant::now(),
-            method: request.method().to_string(),
-            origin: origin.as_ref().map_or_else(
+        let record = Pending::new(
+            Arc::clone(&self),
+            request.method().as_str(),
+            origin.as_ref().map_or_else(
                 || uri.authority().map_or("", |a| a.as_str()).to_owned(),
                 Origin::to_string,
             ),
-            path: uri.path().to_owned(),
-        };
+            uri.path(),
+        );
         let Some(policy) = policy else {
             return Err(record.deny("the component has no grants.http".into()));
         };
         let Some(origin) = origin else {
             return Err(record.deny(format!("`{uri}` has no http or https origin")));
         };
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(record.deny("a URL with user information is refused".into()));
+        }
+        if matches!(*request.method(), Method::TRACE | Method::CONNECT) {
+            return Err(record.deny(format!("method {} is refused", request.method())));
+        }
         let limits = self.limits;
         if self.requests.fetch_add(1, Ordering::SeqCst) >= limits.max_requests {
             let detail = format!("the run already sent its {} requests", limits.max_requests);
@@ -146,25 +153,40 @@ impl EgressRun {
         if !policy.allow.admits(&origin) {
             return Err(record.deny(format!("{origin} is not in grants.http.allow")));
         }
+        let foreign = policy.foreign_secrets(&origin);
+        let (mut parts, body) = request.into_parts();
+        let query = parts.uri.query().unwrap_or_default().as_bytes();
+        if send::carries(query, &foreign)
+            || send::carries(parts.uri.path().as_bytes(), &foreign)
+            || parts
+                .headers
+                .values()
+                .any(|value| send::carries(value.as_bytes(), &foreign))
+        {
+            return Err(record.deny(format!(
+                "the request carries a secret held for another origin than {origin}"
+            )));
+        }
         let address = match policy
             .network
             .resolver
-            .address(&origin, &policy.allow)
+            .address(&origin, &policy.allow, limits.connect_timeout)
             .await
         {
             Ok(address) => address,
             Err(why) => return Err(record.deny(why)),
         };
-        if let Some((_, headers)) = policy.headers.iter().find(|(o, _)| *o == origin) {
-            for (name, value) in headers {
-                request.headers_mut().insert(name, value.clone());
+        if let Some(own) = policy.headers_of(&origin) {
+            for (name, value) in &own.headers {
+                parts.headers.insert(name, value.clone());
             }
         }
         let tls = match origin.scheme {
             Scheme::Https => match ServerName::try_from(origin.host.clone()) {
                 Ok(name) => Some((policy.network.tls.clone(), name)),
                 Err(_) => {
-                    return Err(record.deny(format!("`{}` is not a TLS server name", origin.host)));
+                    let why = format!("`{}` is not a TLS server name", origin.host);
+                    return Err(record.deny(why));
                 }
             },
             Scheme::Http => None,
@@ -176,24 +198,50 @@ impl EgressRun {
             first_byte: clamp(options.first_byte_timeout, limits.first_byte_timeout),
             between_bytes: clamp(options.between_bytes_timeout, limits.between_bytes_timeout),
         };
-        let (response, io) = match send::send(request, address, tls, &timeouts).await {
+        let max_request = limits.max_request_bytes;
+        let body = if foreign.is_empty() {
+            Outgoing::new(body, max_request).boxed_unsync()
+        } else {
+            // Another origin's secret must not leave in the body either: it is read whole and
+            // checked before anything is sent.
+            let whole = match send::read_whole(body, max_request).await {
+                Ok(whole) => whole,
+                Err(error) => return Err(record.fail(None, error)),
+            };
+            if send::carries(&whole, &foreign) {
+                return Err(record.deny(format!(
+                    "the request body carries a secret held for another origin than {origin}"
+                )));
+            }
+            http_body_util::Full::new(whole)
+                .map_err(|never| match never {})
+                .boxed_unsync()
+        };
+        let request = Request::from_parts(parts, body);
+        let sent = send::send(request, &origin.host_header(), address, tls, &timeouts).await;
+        self.waited.store(true, Ordering::Relaxed);
+        let (response, io) = match sent {
             Ok(sent) => sent,
-            Err(error) => return Err(record.fail(None, error)),
+            Err(error) => {
+                if let Some(limit) = timeout_limit(&error) {
+                    self.refuse(limit, &error.to_string());
+                }
+                return Err(record.fail(None, error));
+            }
         };
         let status = response.status().as_u16();
         let (mut parts, body) = response.into_parts();
-        strip_secrets(&mut parts.headers, &policy.secrets);
+        send::strip_secrets(&mut parts.headers, &policy.secrets);
         let max = limits.max_response_bytes;
         let declared = parts
             .headers
             .get(http::header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|length| length > max) {
-            let detail = format!(
-                "a response of {} bytes is over {max}",
-                declared.unwrap_or(0)
+        if let Some(length) = declared.filter(|length| *length > max) {
+            self.refuse(
+                "http_max_response_bytes",
+                &format!("a response of {length} bytes is over {max}"),
             );
-            self.refuse("http_max_response_bytes", &detail);
             return Err(record.fail(Some(status), Error::HttpResponseBodySize(Some(max))));
         }
         let run = Arc::clone(&self);
@@ -204,32 +252,39 @@ impl EgressRun {
                     "http_max_response_bytes",
                     &format!("a response body went over {max} bytes"),
                 );
+            } else if failure
+                .as_deref()
+                .is_some_and(|f| f.contains("between_bytes"))
+            {
+                run.refuse("http_between_bytes_timeout_ms", "a response body stalled");
             }
             record.end(Some(status), bytes, failure);
         });
-        let body = Bounded::new(body, max, timeouts.between_bytes, on_end).boxed_unsync();
+        let body = Bounded::new(
+            body,
+            max,
+            timeouts.between_bytes,
+            Arc::clone(&policy.secrets),
+            Arc::clone(&self.waited),
+            on_end,
+        )
+        .boxed_unsync();
         Ok((Response::from_parts(parts, body), io))
+    }
+
+    /// Whether the guest waited for the network since the last call: that time is not its
+    /// CPU time.
+    pub(crate) fn take_waited(&self) -> bool {
+        self.waited.swap(false, Ordering::Relaxed)
     }
 }
 
-/// Removes every header whose value carries one of `secrets`.
-fn strip_secrets(headers: &mut http::HeaderMap, secrets: &[Arc<str>]) {
-    if secrets.is_empty() {
-        return;
-    }
-    let carrying: Vec<http::HeaderName> = headers
-        .iter()
-        .filter(|(_, value)| {
-            let bytes = value.as_bytes();
-            secrets.iter().any(|secret| {
-                let secret = secret.as_bytes();
-                bytes.windows(secret.len()).any(|window| window == secret)
-            })
-        })
-        .map(|(name, _)| name.clone())
-        .collect();
-    for name in carrying {
-        headers.remove(&name);
+/// The limit a failed request ran into, if it was one of the run's timeouts.
+fn timeout_limit(error: &Error) -> Option<&'static str> {
+    match error {
+        Error::ConnectionTimeout => Some("http_connect_timeout_ms"),
+        Error::ConnectionReadTimeout => Some("http_first_byte_timeout_ms"),
+        _ => None,
     }
 }
 
@@ -250,7 +305,20 @@ impl Drop for InFlight {
     }
 }
 
-/// The record of one request, saved once it ends.
+/// Longest text kept in a record's field.
+const FIELD_BYTES: usize = 512;
+
+/// `text`, cut to [`FIELD_BYTES`] at a character boundary.
+fn field(text: &str) -> String {
+    let mut end = text.len().min(FIELD_BYTES);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
+}
+
+/// The record of one request, saved once when it ends, or as abandoned when the guest or the
+/// run drops it before.
 struct Pending {
     run: Arc<EgressRun>,
     at: DateTime<Utc>,
@@ -258,40 +326,69 @@ struct Pending {
     method: String,
     origin: String,
     path: String,
+    saved: bool,
 }
 
 impl Pending {
-    fn save(self, status: Option<u16>, bytes: u64, denied: Option<String>, error: Option<String>) {
+    fn new(run: Arc<EgressRun>, method: &str, origin: String, path: &str) -> Self {
+        Self {
+            run,
+            at: Utc::now(),
+            began: Instant::now(),
+            method: field(method),
+            origin: field(&origin),
+            path: field(path),
+            saved: false,
+        }
+    }
+
+    fn write(
+        &mut self,
+        status: Option<u16>,
+        bytes: u64,
+        denied: Option<String>,
+        error: Option<String>,
+    ) {
+        self.saved = true;
         let record = OutboundRecord {
             at: self.at,
             attempt: self.run.attempt,
             job: self.run.job.clone(),
-            method: self.method,
-            origin: self.origin,
-            path: self.path,
+            method: std::mem::take(&mut self.method),
+            origin: std::mem::take(&mut self.origin),
+            path: std::mem::take(&mut self.path),
             status,
             duration_ms: u64::try_from(self.began.elapsed().as_millis()).unwrap_or(u64::MAX),
             bytes,
-            denied,
-            error,
+            denied: denied.as_deref().map(field),
+            error: error.as_deref().map(field),
         };
         self.run.save(record);
     }
 
     /// Records a refusal; answers the error the guest reads (`HTTP-request-denied`).
-    fn deny(self, why: String) -> Error {
-        self.save(None, 0, Some(why), None);
+    fn deny(mut self, why: String) -> Error {
+        self.write(None, 0, Some(why), None);
         Error::HttpRequestDenied
     }
 
     /// Records a failure after the request was sent; answers `error` for the guest.
-    fn fail(self, status: Option<u16>, error: Error) -> Error {
-        self.save(status, 0, None, Some(error.to_string()));
+    fn fail(mut self, status: Option<u16>, error: Error) -> Error {
+        self.write(status, 0, None, Some(error.to_string()));
         error
     }
 
-    fn end(self, status: Option<u16>, bytes: u64, failure: Option<String>) {
-        self.save(status, bytes, None, failure);
+    fn end(mut self, status: Option<u16>, bytes: u64, failure: Option<String>) {
+        self.write(status, bytes, None, failure);
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        if !self.saved {
+            let abandoned = "abandoned before it ended (the guest dropped it, or its run ended)";
+            self.write(None, 0, None, Some(abandoned.into()));
+        }
     }
 }
 
@@ -309,6 +406,11 @@ impl Egress {
     /// The limit the run kept breaking, once it broke it too often.
     pub(crate) fn breach(&self) -> Option<LimitBreach> {
         self.run.breach()
+    }
+
+    /// Whether the guest waited for the network since the last call.
+    pub(crate) fn take_waited(&self) -> bool {
+        self.run.take_waited()
     }
 }
 

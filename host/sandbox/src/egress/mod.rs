@@ -99,12 +99,19 @@ impl Network {
     }
 }
 
+/// The headers a grant adds to the requests for one origin, and the secrets they carry.
+struct OriginHeaders {
+    origin: Origin,
+    headers: HeaderMap,
+    secrets: Vec<Arc<str>>,
+}
+
 /// One component's outbound policy: its allow-list and the secret headers of each origin.
 pub(crate) struct EgressPolicy {
     allow: AllowList,
-    headers: Vec<(Origin, HeaderMap)>,
-    /// Values of the secrets the headers carry, stripped from responses.
-    secrets: Vec<Arc<str>>,
+    headers: Vec<OriginHeaders>,
+    /// Values of every secret the headers carry, stripped from responses.
+    secrets: Arc<[Arc<str>]>,
     network: Arc<Network>,
 }
 
@@ -119,7 +126,7 @@ impl EgressPolicy {
         let allow =
             AllowList::parse(&grant.allow).map_err(|e| format!("grants.http.allow: {e}"))?;
         let mut headers = Vec::new();
-        let mut used = Vec::new();
+        let mut used: Vec<Arc<str>> = Vec::new();
         for (origin, values) in &grant.headers {
             let context = |e: String| format!("grants.http.headers.\"{origin}\": {e}");
             let parsed = Origin::parse(origin).map_err(context)?;
@@ -127,6 +134,7 @@ impl EgressPolicy {
                 return Err(context("this origin is not in grants.http.allow".into()));
             }
             let mut map = HeaderMap::new();
+            let mut carried = Vec::new();
             for (name, template) in values {
                 let header = HeaderName::from_bytes(name.as_bytes())
                     .map_err(|_| context(format!("`{name}` is not a header name")))?;
@@ -135,21 +143,53 @@ impl EgressPolicy {
                     .map_err(|_| context(format!("the value of {name} is not a header value")))?;
                 value.set_sensitive(true);
                 map.insert(header, value);
-                used.extend(secrets_used);
+                carried.extend(secrets_used);
             }
-            headers.push((parsed, map));
+            let loopback = parsed.ip().is_some_and(|ip| ip.is_loopback());
+            if !carried.is_empty() && parsed.scheme == Scheme::Http && !loopback {
+                return Err(context(
+                    "a secret is sent only over https (or http to a loopback address)".into(),
+                ));
+            }
+            used.extend(carried.iter().cloned());
+            headers.push(OriginHeaders {
+                origin: parsed,
+                headers: map,
+                secrets: carried,
+            });
         }
         Ok(Self {
             allow,
             headers,
-            secrets: used,
+            secrets: used.into(),
             network: Arc::clone(network),
         })
     }
+
+    /// The headers the grant adds to requests for `origin`, if any.
+    fn headers_of(&self, origin: &Origin) -> Option<&OriginHeaders> {
+        self.headers.iter().find(|entry| entry.origin == *origin)
+    }
+
+    /// The secrets a request to `origin` must not carry: those held for other origins only.
+    fn foreign_secrets(&self, origin: &Origin) -> Arc<[Arc<str>]> {
+        let own = self
+            .headers_of(origin)
+            .map_or(&[][..], |entry| &entry.secrets);
+        self.secrets
+            .iter()
+            .filter(|secret| !own.contains(secret))
+            .cloned()
+            .collect()
+    }
 }
 
-/// Checks `grant` as loading would, without a network: the error names what is wrong.
-pub fn check_grant(grant: &HttpGrant, secrets: &Secrets) -> Result<(), String> {
-    let network = Network::new(&EgressSettings::default())?;
+/// Checks `grant` as loading would under `settings`: the error names what is wrong.
+pub fn check_grant(
+    grant: &HttpGrant,
+    secrets: &Secrets,
+    settings: &EgressSettings,
+) -> Result<(), String> {
+    let network = Network::new(settings)?;
     EgressPolicy::new(grant, secrets, &network).map(drop)
 }

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 use super::allow::{AllowList, Origin};
 
@@ -27,23 +28,36 @@ impl Resolver {
         }
     }
 
-    async fn resolve(&self, origin: &Origin) -> Result<Vec<IpAddr>, String> {
+    async fn resolve(&self, origin: &Origin, limit: Duration) -> Result<Vec<IpAddr>, String> {
         if let Some(ip) = origin.ip() {
             return Ok(vec![ip]);
         }
         if let Some(ips) = self.hosts.get(&origin.host) {
             return Ok(ips.clone());
         }
-        let found = tokio::net::lookup_host((origin.host.as_str(), origin.port))
+        let lookup = tokio::net::lookup_host((origin.host.as_str(), origin.port));
+        let found = tokio::time::timeout(limit, lookup)
             .await
+            .map_err(|_| {
+                format!(
+                    "resolving {} took over {} ms",
+                    origin.host,
+                    limit.as_millis()
+                )
+            })?
             .map_err(|e| format!("cannot resolve {}: {e}", origin.host))?;
         Ok(found.map(|address| address.ip()).collect())
     }
 
-    /// The address to connect to for `origin`: the first it resolves to that is public, or
-    /// that `allow` names explicitly. The error says why none is.
-    pub async fn address(&self, origin: &Origin, allow: &AllowList) -> Result<SocketAddr, String> {
-        let ips = self.resolve(origin).await?;
+    /// The address to connect to for `origin`: the first it resolves to (within `limit`) that
+    /// is public, or that `allow` names explicitly. The error says why none is.
+    pub async fn address(
+        &self,
+        origin: &Origin,
+        allow: &AllowList,
+        limit: Duration,
+    ) -> Result<SocketAddr, String> {
+        let ips = self.resolve(origin, limit).await?;
         let mut refused = None;
         for ip in ips {
             let ip = canonical(ip);
@@ -64,11 +78,25 @@ impl Resolver {
     }
 }
 
-/// An IPv4 address written as IPv6 (`::ffff:a.b.c.d`) is that IPv4 address.
+/// An IPv4 address written as IPv6 is that IPv4 address: mapped (`::ffff:a.b.c.d`),
+/// compatible (`::a.b.c.d`), NAT64 (`64:ff9b::a.b.c.d`) or 6to4 (`2002:aabb:ccdd::`).
 fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
+    let IpAddr::V6(v6) = ip else {
+        return ip;
+    };
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        return IpAddr::V4(v4);
+    }
+    let embedded = |high: u16, low: u16| {
+        let [a, b] = high.to_be_bytes();
+        let [c, d] = low.to_be_bytes();
+        IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+    };
+    match v6.segments() {
+        [0, 0, 0, 0, 0, 0, high, low] if high != 0 => embedded(high, low),
+        [0x64, 0xff9b, 0, 0, 0, 0, high, low] => embedded(high, low),
+        [0x2002, high, low, ..] => embedded(high, low),
+        _ => ip,
     }
 }
 
@@ -92,6 +120,11 @@ fn special_v4(ip: Ipv4Addr) -> Option<&'static str> {
         Some("link-local")
     } else if ip.is_multicast() || ip.is_broadcast() || a >= 240 {
         Some("multicast or reserved")
+    } else if (a == 192 && b == 0 && ip.octets()[2] == 0)
+        || (a == 198 && (18..20).contains(&b))
+        || ip.is_documentation()
+    {
+        Some("reserved")
     } else {
         None
     }
@@ -103,10 +136,14 @@ fn special_v6(ip: Ipv6Addr) -> Option<&'static str> {
         Some("loopback")
     } else if ip.is_unspecified() {
         Some("unspecified")
-    } else if first & 0xfe00 == 0xfc00 {
+    } else if first & 0xfe00 == 0xfc00 || first & 0xffc0 == 0xfec0 {
         Some("private")
     } else if first & 0xffc0 == 0xfe80 {
         Some("link-local")
+    } else if ip.segments()[..3] == [0x64, 0xff9b, 1] || ip.segments()[..2] == [0x2001, 0] {
+        Some("translated or tunnelled")
+    } else if ip.segments()[..2] == [0x2001, 0xdb8] {
+        Some("reserved")
     } else if ip.is_multicast() {
         Some("multicast or reserved")
     } else {

@@ -6,6 +6,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -32,20 +33,15 @@ pub(crate) struct Timeouts {
 pub(crate) type Io = Pin<Box<dyn Future<Output = Result<(), Error>> + Send>>;
 
 /// Sends `request` to `address` (over TLS, checking the certificate against `tls`'s name,
-/// when given). `Host` is set from the request's URL, which is then sent in origin form.
+/// when given), with `Host: host` whatever the guest set; the URL is sent in origin form.
 pub(crate) async fn send(
     mut request: Request<WasiBody>,
+    host: &str,
     address: SocketAddr,
     tls: Option<(TlsConnector, ServerName<'static>)>,
     timeouts: &Timeouts,
 ) -> Result<(Response<Incoming>, Io), Error> {
-    let authority = request
-        .uri()
-        .authority()
-        .ok_or(Error::HttpRequestUriInvalid)?
-        .as_str()
-        .to_owned();
-    let host = HeaderValue::from_str(&authority).map_err(|_| Error::HttpRequestUriInvalid)?;
+    let host = HeaderValue::from_str(host).map_err(|_| Error::HttpRequestUriInvalid)?;
     request.headers_mut().remove(http::header::HOST);
     request.headers_mut().insert(http::header::HOST, host);
     let path: Uri = request
@@ -111,26 +107,50 @@ where
 /// How a response body ended: its bytes, and why it stopped early, if it did.
 pub(crate) type OnEnd = Box<dyn FnOnce(u64, Option<String>) + Send>;
 
+/// Whether `haystack` holds one of `secrets`.
+pub(crate) fn carries(haystack: &[u8], secrets: &[Arc<str>]) -> bool {
+    secrets.iter().any(|secret| {
+        let secret = secret.as_bytes();
+        !secret.is_empty()
+            && haystack
+                .windows(secret.len())
+                .any(|window| window == secret)
+    })
+}
+
 /// A response body that fails once it passes `max` bytes or waits longer than `gap` for the
-/// next bytes, and reports how it ended once (at its end, its failure, or its drop).
+/// next bytes (counted from the guest's first read), drops trailers that carry a secret, and
+/// reports how it ended once (at its end, its failure, or its drop). Each wait for the network
+/// is flagged in `waited`, so that it is not counted as the guest's CPU time.
 pub(crate) struct Bounded {
     inner: Incoming,
     read: u64,
     max: u64,
     gap: Duration,
-    timer: Pin<Box<Sleep>>,
+    timer: Option<Pin<Box<Sleep>>>,
+    secrets: Arc<[Arc<str>]>,
+    waited: Arc<AtomicBool>,
     on_end: Option<OnEnd>,
     failed: bool,
 }
 
 impl Bounded {
-    pub(crate) fn new(inner: Incoming, max: u64, gap: Duration, on_end: OnEnd) -> Self {
+    pub(crate) fn new(
+        inner: Incoming,
+        max: u64,
+        gap: Duration,
+        secrets: Arc<[Arc<str>]>,
+        waited: Arc<AtomicBool>,
+        on_end: OnEnd,
+    ) -> Self {
         Self {
             inner,
             read: 0,
             max,
             gap,
-            timer: Box::pin(tokio::time::sleep(gap)),
+            timer: None,
+            secrets,
+            waited,
             on_end: Some(on_end),
             failed: false,
         }
@@ -161,8 +181,12 @@ impl Body for Bounded {
         if this.failed {
             return Poll::Ready(None);
         }
+        let gap = this.gap;
         match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
+            Poll::Ready(Some(Ok(mut frame))) => {
+                if let Some(trailers) = frame.trailers_mut() {
+                    strip_secrets(trailers, &this.secrets);
+                }
                 if let Some(data) = frame.data_ref() {
                     this.read += data.len() as u64;
                     if this.read > this.max {
@@ -175,8 +199,7 @@ impl Body for Bounded {
                         );
                     }
                 }
-                let next = Instant::now() + this.gap;
-                this.timer.as_mut().reset(next);
+                this.timer = Some(Box::pin(tokio::time::sleep_until(Instant::now() + gap)));
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
@@ -188,12 +211,16 @@ impl Body for Bounded {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                if this.timer.as_mut().poll(cx).is_ready() {
-                    let gap = this.gap.as_millis();
+                this.waited.store(true, Ordering::Relaxed);
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(gap)));
+                if timer.as_mut().poll(cx).is_ready() {
                     return this.fail(
                         Error::ConnectionReadTimeout,
                         format!(
-                            "no response bytes for {gap} ms (limits.http_between_bytes_timeout_ms)"
+                            "no response bytes for {} ms (limits.http_between_bytes_timeout_ms)",
+                            gap.as_millis()
                         ),
                     );
                 }
@@ -219,6 +246,83 @@ impl Drop for Bounded {
             self.end(failure);
         }
     }
+}
+
+/// Removes every header whose value carries one of `secrets`.
+pub(crate) fn strip_secrets(headers: &mut http::HeaderMap, secrets: &[Arc<str>]) {
+    if secrets.is_empty() {
+        return;
+    }
+    let carrying: Vec<http::HeaderName> = headers
+        .iter()
+        .filter(|(_, value)| carries(value.as_bytes(), secrets))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in carrying {
+        headers.remove(&name);
+    }
+}
+
+/// A request body bounded to `max` bytes.
+pub(crate) struct Outgoing {
+    inner: WasiBody,
+    sent: u64,
+    max: u64,
+}
+
+impl Outgoing {
+    pub(crate) fn new(inner: WasiBody, max: u64) -> Self {
+        Self {
+            inner,
+            sent: 0,
+            max,
+        }
+    }
+}
+
+impl Body for Outgoing {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(data) = frame.data_ref()
+        {
+            this.sent += data.len() as u64;
+            if this.sent > this.max {
+                return Poll::Ready(Some(Err(Error::HttpRequestBodySize(Some(this.max)))));
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Reads the whole of `body`, refusing more than `max` bytes.
+pub(crate) async fn read_whole(mut body: WasiBody, max: u64) -> Result<Bytes, Error> {
+    use http_body_util::BodyExt;
+    let mut whole = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame?.into_data() {
+            if whole.len() as u64 + data.len() as u64 > max {
+                return Err(Error::HttpRequestBodySize(Some(max)));
+            }
+            whole.extend_from_slice(&data);
+        }
+    }
+    Ok(whole.freeze())
 }
 
 /// The TLS client of every `https` request: the Mozilla roots plus the deployment's own.
