@@ -15,6 +15,13 @@ pub const PER_OPERATION: usize = 256;
 /// Operations whose requests are kept.
 pub const OPERATIONS: usize = 4096;
 
+/// The requests kept for one operation, and how many older ones were dropped.
+#[derive(Default)]
+struct Kept {
+    records: VecDeque<OutboundRecord>,
+    dropped: u64,
+}
+
 /// See the module docs.
 #[derive(Default)]
 pub struct OutboundLog {
@@ -23,7 +30,7 @@ pub struct OutboundLog {
 
 #[derive(Default)]
 struct Inner {
-    by_operation: HashMap<String, OutboundPage>,
+    by_operation: HashMap<String, Kept>,
     /// Operations in the order of their first request, to forget the oldest.
     order: VecDeque<String>,
 }
@@ -40,12 +47,12 @@ impl OutboundLog {
             }
             inner.order.push_back(operation.to_owned());
         }
-        let page = inner.by_operation.entry(operation.to_owned()).or_default();
-        if page.records.len() >= PER_OPERATION {
-            page.records.remove(0);
-            page.dropped += 1;
+        let kept = inner.by_operation.entry(operation.to_owned()).or_default();
+        if kept.records.len() >= PER_OPERATION {
+            kept.records.pop_front();
+            kept.dropped += 1;
         }
-        page.records.push(record);
+        kept.records.push_back(record);
     }
 
     /// The requests of operation `operation` kept here, oldest first.
@@ -54,7 +61,10 @@ impl OutboundLog {
         inner
             .by_operation
             .get(operation)
-            .cloned()
+            .map(|kept| OutboundPage {
+                records: kept.records.iter().cloned().collect(),
+                dropped: kept.dropped,
+            })
             .unwrap_or_default()
     }
 }
