@@ -5,6 +5,8 @@
 //! - `fetch-follow`: a `GET` of `url`, then of the `location` of a redirect.
 //! - `fetch-loop`: `count` `GET`s of `url`, ignoring every error; the note lists how long each
 //!   one took, in microseconds, from the call to the end of its body.
+//! - `fetch-parallel`: `count` `GET`s of `url` handed to the host at once, then awaited; the
+//!   note counts the answers and the errors by code.
 //! - `exfiltrate`: a `GET` of `url`, then a `POST` to `then` of everything its response showed.
 
 use opshost_guest::http::{HttpError, Response};
@@ -54,6 +56,7 @@ impl OperationHandler for Egress {
                 }
                 json!({ "ok": ok, "errors": errors, "micros": micros })
             }
+            Scenario::FetchParallel => parallel(&url, input.count.unwrap_or(1)),
             Scenario::Exfiltrate => {
                 let first = seen(ctx.http().get(&url).send());
                 let then = input.then.clone().unwrap_or_default();
@@ -75,6 +78,48 @@ impl OperationHandler for Egress {
         })?;
         Ok(())
     }
+}
+
+/// Hands `count` `GET`s of `url` to the host before waiting for any, through `wasi:http`
+/// directly (the SDK's requests are one at a time).
+fn parallel(url: &str, count: u64) -> Value {
+    use wasip2::http::outgoing_handler::handle;
+    use wasip2::http::types::{Fields, OutgoingBody, OutgoingRequest, Scheme};
+    let Some((authority, path)) = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split_once('/'))
+    else {
+        return json!({ "error": "expected http://authority/path" });
+    };
+    let path = format!("/{path}");
+    let mut pending = Vec::new();
+    let mut errors = serde_json::Map::new();
+    let mut count_error = |code: String| {
+        let count = errors.entry(code).or_insert(json!(0));
+        *count = json!(count.as_u64().unwrap_or(0) + 1);
+    };
+    for _ in 0..count {
+        let request = OutgoingRequest::new(Fields::new());
+        let _ = request.set_scheme(Some(&Scheme::Http));
+        let _ = request.set_authority(Some(authority));
+        let _ = request.set_path_with_query(Some(&path));
+        let body = request.body().expect("a body");
+        match handle(request, None) {
+            Ok(future) => pending.push(future),
+            Err(code) => count_error(format!("{code:?}")),
+        }
+        let _ = OutgoingBody::finish(body, None);
+    }
+    let mut ok = 0u64;
+    for future in pending {
+        future.subscribe().block();
+        match future.get() {
+            Some(Ok(Ok(_))) => ok += 1,
+            Some(Ok(Err(code))) => count_error(format!("{code:?}")),
+            _ => count_error("no answer".into()),
+        }
+    }
+    json!({ "ok": ok, "errors": errors })
 }
 
 /// What the guest saw of a response, or of the error instead of one.

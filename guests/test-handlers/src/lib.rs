@@ -179,6 +179,7 @@ impl OperationHandler for Scenarios {
             Scenario::Fetch
             | Scenario::FetchFollow
             | Scenario::FetchLoop
+            | Scenario::FetchParallel
             | Scenario::Exfiltrate => Err(HandlerError::new(
                 "outbound HTTP scenarios are served by the test-egress guest",
             )),

@@ -37,6 +37,7 @@
 //! [egress]
 //! hosts = { "payments.internal" = ["10.0.0.7"] }   # fixed answers instead of DNS
 //! ca_file = "certs/internal-ca.pem"                # trusted besides the Mozilla roots
+//! max_connections = 1024                           # outbound requests in flight, all runs
 //!
 //! [[workers]]
 //! queue = "fulfillment"

@@ -616,3 +616,57 @@ async fn a_guest_that_keeps_fetching_oversized_responses_ends_in_limit_exceeded(
         error.message
     );
 }
+
+#[tokio::test]
+async fn requests_beyond_the_in_flight_limit_are_refused_until_others_end() {
+    let upstream = Upstream::start().await;
+    let mut config = deployment(&[upstream.origin()]);
+    config.limits.http_max_in_flight = Some(3);
+    let host = load(&config);
+    let (snapshot, seen) = fetch(
+        &host,
+        json!({ "scenario": "fetch-parallel", "url": upstream.url("/slow"), "count": 6 }),
+    )
+    .await;
+    assert_eq!(seen["ok"], 3, "{seen}");
+    assert_eq!(
+        seen["errors"]["ErrorCode::ConnectionLimitReached"], 3,
+        "{seen}"
+    );
+    let records = records(&host, &snapshot);
+    let refused = records
+        .iter()
+        .filter(|r| {
+            r.denied
+                .as_deref()
+                .is_some_and(|d| d.contains("http_max_in_flight"))
+        })
+        .count();
+    assert_eq!(refused, 3, "{records:?}");
+}
+
+#[tokio::test]
+async fn requests_beyond_the_hosts_outbound_cap_are_refused() {
+    let upstream = Upstream::start().await;
+    let mut config = deployment(&[upstream.origin()]);
+    config.egress.max_connections = Some(2);
+    let host = load(&config);
+    let (snapshot, seen) = fetch(
+        &host,
+        json!({ "scenario": "fetch-parallel", "url": upstream.url("/slow"), "count": 5 }),
+    )
+    .await;
+    assert_eq!(seen["ok"], 2, "{seen}");
+    assert_eq!(
+        seen["errors"]["ErrorCode::ConnectionLimitReached"], 3,
+        "{seen}"
+    );
+    let records = records(&host, &snapshot);
+    assert!(
+        records.iter().any(|r| r
+            .denied
+            .as_deref()
+            .is_some_and(|d| d.contains("max_connections"))),
+        "{records:?}"
+    );
+}

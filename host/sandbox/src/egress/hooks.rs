@@ -153,6 +153,13 @@ impl EgressRun {
         if !policy.allow.admits(&origin) {
             return Err(record.deny(format!("{origin} is not in grants.http.allow")));
         }
+        let Ok(host_slot) = Arc::clone(&policy.network.slots).try_acquire_owned() else {
+            record.deny(format!(
+                "the host already has {} outbound requests in flight ([egress] max_connections)",
+                policy.network.max_connections
+            ));
+            return Err(Error::ConnectionLimitReached);
+        };
         let foreign = policy.foreign_secrets(&origin);
         let (mut parts, body) = request.into_parts();
         let query = parts.uri.query().unwrap_or_default().as_bytes();
@@ -246,7 +253,7 @@ impl EgressRun {
         }
         let run = Arc::clone(&self);
         let on_end: OnEnd = Box::new(move |bytes, failure| {
-            drop(in_flight);
+            drop((in_flight, host_slot));
             if bytes > max {
                 run.refuse(
                     "http_max_response_bytes",

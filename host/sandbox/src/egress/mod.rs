@@ -68,6 +68,10 @@ pub struct EgressSettings {
     /// relative to the config file.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// Outbound requests in flight on this host at once, all runs together (default 1,024);
+    /// beyond it requests are refused.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
 }
 
 impl EgressSettings {
@@ -79,10 +83,16 @@ impl EgressSettings {
     }
 }
 
-/// What every policy of a deployment shares: its resolver and its TLS client.
+/// Outbound requests in flight on one host, unless `[egress] max_connections` says otherwise.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// What every policy of a deployment shares: its resolver, its TLS client and the host's slots
+/// for requests in flight.
 pub(crate) struct Network {
     resolver: Resolver,
     tls: TlsConnector,
+    slots: Arc<tokio::sync::Semaphore>,
+    max_connections: usize,
 }
 
 impl Network {
@@ -92,9 +102,12 @@ impl Network {
                 .map_err(|e| format!("egress.ca_file: cannot read {}: {e}", file.display()))?,
             None => Vec::new(),
         };
+        let max_connections = settings.max_connections.unwrap_or(MAX_CONNECTIONS).max(1);
         Ok(Arc::new(Self {
             resolver: Resolver::new(&settings.hosts),
             tls: send::tls_connector(&extra)?,
+            slots: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+            max_connections,
         }))
     }
 }
