@@ -443,7 +443,12 @@ impl OperationHandler for WasmHandler {
                 input: input.unwrap_or(Value::Null).to_string(),
             };
             let run = async {
-                let handler = pre.instantiate_async(&mut store).await?;
+                let handler = loop {
+                    match pre.instantiate_async(&mut store).await {
+                        Err(error) if pool_exhausted(&error) => wait_for_pool().await,
+                        instantiated => break instantiated?,
+                    }
+                };
                 handler.call_handle(&mut store, &invocation).await
             };
             let outcome = match tokio::time::timeout(limits.deadline, run).await {
@@ -520,7 +525,12 @@ impl WasmWorker {
         );
         let mut store = sandboxed_store(&self.engine, state);
         let outcome = async {
-            let worker = self.pre.instantiate_async(&mut store).await?;
+            let worker = loop {
+                match self.pre.instantiate_async(&mut store).await {
+                    Err(error) if pool_exhausted(&error) => wait_for_pool().await,
+                    instantiated => break instantiated?,
+                }
+            };
             worker.call_run(&mut store, &invocation).await
         }
         .await;
@@ -538,6 +548,20 @@ impl WasmWorker {
             Err(trap) => Err(WorkerError(trapped("worker", &trap))),
         }
     }
+}
+
+/// Whether instantiating failed only because every slot of the instance pool is taken: for a
+/// moment after runs end, their stores may still hold their slots.
+fn pool_exhausted(error: &wasmtime::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| cause.is::<wasmtime::PoolConcurrencyLimitError>())
+}
+
+/// Waits a moment for a slot of the instance pool to be given back.
+async fn wait_for_pool() {
+    tracing::debug!("instance pool full; waiting for a slot");
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
 }
 
 fn limit_exceeded(breach: &LimitBreach) -> ErrorInfo {

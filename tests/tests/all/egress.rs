@@ -37,6 +37,14 @@ async fn beside_a_healthy_fetch(host: &WasmHost, healthy: &str, input: Value) ->
     terminal
 }
 
+/// Asserts the operation failed with `LimitExceeded` naming `limit`.
+fn assert_limit_exceeded(terminal: Snapshot, limit: &str) {
+    assert_eq!(terminal.state, OperationState::Failed, "{terminal:?}");
+    let error = terminal.error.expect("an error");
+    assert_eq!(error.code, ErrorCode::LimitExceeded);
+    assert!(error.message.contains(limit), "{}", error.message);
+}
+
 /// What the guest saw, from its completed operation's note.
 fn note(snapshot: &Snapshot) -> Value {
     assert_eq!(snapshot.state, OperationState::Completed, "{snapshot:?}");
@@ -261,14 +269,7 @@ async fn a_guest_looping_over_requests_ends_in_limit_exceeded_naming_the_limit()
         json!({ "scenario": "fetch-loop", "url": upstream.url("/hello"), "count": 100_000 }),
     )
     .await;
-    assert_eq!(terminal.state, OperationState::Failed, "{terminal:?}");
-    let error = terminal.error.expect("an error");
-    assert_eq!(error.code, ErrorCode::LimitExceeded);
-    assert!(
-        error.message.contains("limits.http_max_requests"),
-        "{}",
-        error.message
-    );
+    assert_limit_exceeded(terminal, "limits.http_max_requests");
     let sent = upstream.seen().len();
     assert_eq!(sent, 50 + 1, "50 from the loop and 1 healthy fetch");
 }
@@ -607,14 +608,34 @@ async fn a_guest_that_keeps_fetching_oversized_responses_ends_in_limit_exceeded(
         json!({ "scenario": "fetch-loop", "url": upstream.url("/large"), "count": 1000 }),
     )
     .await;
-    assert_eq!(terminal.state, OperationState::Failed, "{terminal:?}");
-    let error = terminal.error.expect("an error");
-    assert_eq!(error.code, ErrorCode::LimitExceeded);
-    assert!(
-        error.message.contains("limits.http_max_response_bytes"),
-        "{}",
-        error.message
+    assert_limit_exceeded(terminal, "limits.http_max_response_bytes");
+}
+
+/// Hands `count` slow requests to the host at once under `config`; asserts `ok` of them
+/// answered and the rest were refused with `connection-limit-reached`, each recorded with a
+/// reason naming `limit`.
+async fn parallel_refusals(
+    config: &DeploymentConfig,
+    url: String,
+    count: u64,
+    ok: u64,
+    limit: &str,
+) {
+    let host = load(config);
+    let input = json!({ "scenario": "fetch-parallel", "url": url, "count": count });
+    let (snapshot, seen) = fetch(&host, input).await;
+    assert_eq!(seen["ok"], ok, "{seen}");
+    let refused = count - ok;
+    assert_eq!(
+        seen["errors"]["ErrorCode::ConnectionLimitReached"], refused,
+        "{seen}"
     );
+    let records = records(&host, &snapshot);
+    let named = records
+        .iter()
+        .filter(|r| r.denied.as_deref().is_some_and(|d| d.contains(limit)))
+        .count();
+    assert_eq!(named as u64, refused, "{records:?}");
 }
 
 #[tokio::test]
@@ -622,27 +643,7 @@ async fn requests_beyond_the_in_flight_limit_are_refused_until_others_end() {
     let upstream = Upstream::start().await;
     let mut config = deployment(&[upstream.origin()]);
     config.limits.http_max_in_flight = Some(3);
-    let host = load(&config);
-    let (snapshot, seen) = fetch(
-        &host,
-        json!({ "scenario": "fetch-parallel", "url": upstream.url("/slow"), "count": 6 }),
-    )
-    .await;
-    assert_eq!(seen["ok"], 3, "{seen}");
-    assert_eq!(
-        seen["errors"]["ErrorCode::ConnectionLimitReached"], 3,
-        "{seen}"
-    );
-    let records = records(&host, &snapshot);
-    let refused = records
-        .iter()
-        .filter(|r| {
-            r.denied
-                .as_deref()
-                .is_some_and(|d| d.contains("http_max_in_flight"))
-        })
-        .count();
-    assert_eq!(refused, 3, "{records:?}");
+    parallel_refusals(&config, upstream.url("/slow"), 6, 3, "http_max_in_flight").await;
 }
 
 #[tokio::test]
@@ -650,23 +651,5 @@ async fn requests_beyond_the_hosts_outbound_cap_are_refused() {
     let upstream = Upstream::start().await;
     let mut config = deployment(&[upstream.origin()]);
     config.egress.max_connections = Some(2);
-    let host = load(&config);
-    let (snapshot, seen) = fetch(
-        &host,
-        json!({ "scenario": "fetch-parallel", "url": upstream.url("/slow"), "count": 5 }),
-    )
-    .await;
-    assert_eq!(seen["ok"], 2, "{seen}");
-    assert_eq!(
-        seen["errors"]["ErrorCode::ConnectionLimitReached"], 3,
-        "{seen}"
-    );
-    let records = records(&host, &snapshot);
-    assert!(
-        records.iter().any(|r| r
-            .denied
-            .as_deref()
-            .is_some_and(|d| d.contains("max_connections"))),
-        "{records:?}"
-    );
+    parallel_refusals(&config, upstream.url("/slow"), 5, 2, "max_connections").await;
 }
