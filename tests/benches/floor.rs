@@ -50,6 +50,16 @@ impl WasiView for Bare {
 
 impl opshost::operation::types::Host for Bare {}
 
+impl opshost::operation::log::Host for Bare {
+    async fn write(
+        &mut self,
+        _level: opshost::operation::log::Level,
+        _message: String,
+        _fields: Vec<(String, String)>,
+    ) {
+    }
+}
+
 impl opshost::operation::control::Host for Bare {
     async fn started(&mut self) -> Result<(), ControlError> {
         Ok(())

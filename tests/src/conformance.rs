@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use chrono::{Duration as Age, Utc};
-use opshost_api::{EventKind, OperationState, Snapshot};
+use opshost_api::{EventKind, LogLevel, LogLine, LogStream, OperationState, Snapshot};
 use opshost_runtime::store::{
     CreateOutcome, ListFilter, OperationStore, Owner, SignalOutcome, StoredOperation, UpdateOutcome,
 };
@@ -422,6 +422,10 @@ pub async fn purge_removes_only_terminal_operations_older_than_the_cutoff(
         .append_signal("old-done", "S", json!(1))
         .await
         .unwrap();
+    store
+        .append_logs("old-done", vec![log_line("gone with it")])
+        .await
+        .unwrap();
 
     let mut old_running = snapshot("old-running", "Op");
     old_running.created_at = long_ago;
@@ -441,8 +445,70 @@ pub async fn purge_removes_only_terminal_operations_older_than_the_cutoff(
     assert_eq!(purged, 1);
     assert!(store.load("old-done").await.unwrap().is_none());
     assert!(store.events_after("old-done", 0).await.unwrap().is_empty());
+    assert!(
+        store
+            .logs_after("old-done", 0, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert!(store.load("old-running").await.unwrap().is_some());
     assert!(store.load("recent-done").await.unwrap().is_some());
+}
+
+fn log_line(message: &str) -> LogLine {
+    LogLine {
+        seq: 0,
+        at: Utc::now(),
+        attempt: 1,
+        job: None,
+        stream: LogStream::Stdout,
+        level: LogLevel::Info,
+        message: message.into(),
+        fields: Default::default(),
+    }
+}
+
+/// See the module docs.
+pub async fn logs_are_numbered_in_order_and_read_after_a_sequence(store: Arc<dyn OperationStore>) {
+    store
+        .create(stored(snapshot("logged", "Op"), None))
+        .await
+        .unwrap();
+    store
+        .append_logs(
+            "logged",
+            vec![log_line("one"), log_line("two"), log_line("three")],
+        )
+        .await
+        .unwrap();
+    let mut worker = log_line("four");
+    worker.job = Some("job-1".into());
+    worker.fields.insert("order".into(), "ord_1".into());
+    store
+        .append_logs("logged", vec![worker, log_line("five")])
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    let all = store.logs_after("logged", 0, 100).await.unwrap();
+    let seen: Vec<(u64, &str)> = all.iter().map(|l| (l.seq, l.message.as_str())).collect();
+    assert_eq!(
+        seen,
+        [
+            (1, "one"),
+            (2, "two"),
+            (3, "three"),
+            (4, "four"),
+            (5, "five")
+        ]
+    );
+    assert_eq!(all[3].job.as_deref(), Some("job-1"));
+    assert_eq!(all[3].fields["order"], "ord_1");
+    let later = store.logs_after("logged", 3, 100).await.unwrap();
+    assert_eq!(later.iter().map(|l| l.seq).collect::<Vec<_>>(), [4, 5]);
+    let first_two = store.logs_after("logged", 0, 2).await.unwrap();
+    assert_eq!(first_two.iter().map(|l| l.seq).collect::<Vec<_>>(), [1, 2]);
+    assert!(store.logs_after("other", 0, 10).await.unwrap().is_empty());
 }
 
 /// Generates one `#[tokio::test]` per conformance check for the store that `$make` (an async
@@ -519,6 +585,12 @@ macro_rules! store_conformance {
         async fn unfinished_lists_every_non_terminal_operation() {
             let (store, _guard) = $make.await;
             $crate::conformance::unfinished_lists_every_non_terminal_operation(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn logs_are_numbered_in_order_and_read_after_a_sequence() {
+            let (store, _guard) = $make.await;
+            $crate::conformance::logs_are_numbered_in_order_and_read_after_a_sequence(store)
+                .await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn purge_removes_only_terminal_operations_older_than_the_cutoff() {

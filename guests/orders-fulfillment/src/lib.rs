@@ -113,6 +113,7 @@ impl JobWorker for Fulfillment {
                 charge(job, &input.order_id, order.total_cents)?;
             }
             ctx.progress(&progress(step, message, index as u64 + 1))?;
+            opshost_guest::log::info!("{message}: done"; order = input.order_id, step = step);
         }
         ctx.complete(&ProcessOrderResult {
             order_id: input.order_id,

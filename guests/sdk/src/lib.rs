@@ -62,6 +62,7 @@
 //! [`export_worker!`]; [`JobContext::control`] resumes the operation the job owns.
 
 pub mod http;
+pub mod log;
 
 use std::marker::PhantomData;
 use std::time::Duration;
@@ -92,6 +93,7 @@ pub mod worker_bindings {
         with: {
             "opshost:operation/types@0.1.0": crate::bindings::opshost::operation::types,
             "opshost:operation/control@0.1.0": crate::bindings::opshost::operation::control,
+            "opshost:operation/log@0.1.0": crate::bindings::opshost::operation::log,
         },
     });
 }

@@ -176,6 +176,26 @@ impl OperationHandler for Scenarios {
                 )?;
                 Ok(())
             }
+            Scenario::Print => {
+                for n in 0..input.count.unwrap_or(1) {
+                    println!("line {n} to stdout");
+                    eprintln!("line {n} to stderr");
+                    opshost_guest::log::info!("line {n} through log"; n = n, kind = "structured");
+                }
+                done(ctx, "printed", Vec::new())
+            }
+            Scenario::PrintFlood => {
+                use std::io::Write;
+                let chunk = vec![b'x'; 64 << 10];
+                let mut left = input.bytes.unwrap_or(0);
+                let mut stdout = std::io::stdout();
+                while left > 0 {
+                    let take = left.min(chunk.len() as u64) as usize;
+                    let _ = stdout.write_all(&chunk[..take]);
+                    left -= take as u64;
+                }
+                done(ctx, "flooded", Vec::new())
+            }
             Scenario::Fetch
             | Scenario::FetchFollow
             | Scenario::FetchLoop

@@ -108,6 +108,17 @@ enum Command {
         /// Operation id.
         id: String,
     },
+    /// Print an operation's log lines (what its handler and job workers wrote, and the
+    /// outbound requests they made), or follow them until the operation ends.
+    Logs {
+        #[command(flatten)]
+        connection: Connection,
+        /// Operation id.
+        id: String,
+        /// Keep printing lines as they are written, until the operation has ended.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Print the outbound HTTP requests an operation sent, one per line: time, attempt,
     /// method, origin and path, then the status, duration and bytes, or why it was refused.
     Outbound {
@@ -383,6 +394,15 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Get { connection, id } => {
             Remote::new(&connection.url, &connection.token)?
                 .get(&id)
+                .await
+        }
+        Command::Logs {
+            connection,
+            id,
+            follow,
+        } => {
+            Remote::new(&connection.url, &connection.token)?
+                .logs(&id, follow)
                 .await
         }
         Command::Outbound { connection, id } => {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use futures::StreamExt;
-use opshost_api::{EventKind, OperationState, Snapshot};
+use opshost_api::{EventKind, LogLine, OperationState, Snapshot};
 use opshost_client::{Client, ClientError, JobQuery, JobState, ListQuery, StartOptions};
 use serde_json::Value;
 
@@ -60,6 +60,27 @@ impl Remote {
     pub async fn get(&self, id: &str) -> Result<u8> {
         print_json(&self.client.get(id).await?)?;
         Ok(exit::OK)
+    }
+
+    pub async fn logs(&self, id: &str, follow: bool) -> Result<u8> {
+        if follow {
+            let mut lines = self.client.follow_logs(id, 0).await?;
+            while let Some(line) = lines.next().await {
+                println!("{}", log_line(&line?));
+            }
+            return Ok(exit::OK);
+        }
+        let mut after = 0;
+        loop {
+            let lines = self.client.logs(id, after, LOG_PAGE).await?;
+            for line in &lines {
+                println!("{}", log_line(line));
+            }
+            match lines.last() {
+                Some(last) if lines.len() == LOG_PAGE => after = last.seq,
+                _ => return Ok(exit::OK),
+            }
+        }
     }
 
     pub async fn outbound(&self, id: &str) -> Result<u8> {
@@ -269,4 +290,34 @@ fn report(terminal: &Snapshot) -> Result<u8> {
         error.map(|e| e.message.as_str()).unwrap_or_default()
     );
     Ok(exit::NOT_COMPLETED)
+}
+
+/// Log lines read at once.
+const LOG_PAGE: usize = 1000;
+
+/// One log line as a line of text: time, attempt (and job), stream, level, message, fields.
+fn log_line(line: &LogLine) -> String {
+    let job = line
+        .job
+        .as_deref()
+        .map_or_else(String::new, |job| format!(" job {job}"));
+    let stream = serde_json::to_value(line.stream)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let level = serde_json::to_value(line.level)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let fields: String = line
+        .fields
+        .iter()
+        .map(|(key, value)| format!(" {key}={value}"))
+        .collect();
+    format!(
+        "{}  attempt {}{job}  {stream:<6} {level:<5}  {}{fields}",
+        line.at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        line.attempt,
+        line.message
+    )
 }

@@ -70,6 +70,7 @@
 //! ```
 
 mod error;
+mod logs;
 mod watch;
 
 use std::marker::PhantomData;
@@ -83,7 +84,8 @@ use serde_json::Value;
 
 pub use error::ClientError;
 pub use opshost_api::{
-    ErrorCode, JobPage, JobRecord, JobState, OperationEvent, OutboundPage, OutboundRecord,
+    ErrorCode, JobPage, JobRecord, JobState, LogLevel, LogLine, LogStream, OperationEvent,
+    OutboundPage, OutboundRecord,
 };
 pub use watch::{EventStream, TypedEventStream};
 

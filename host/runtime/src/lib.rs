@@ -94,6 +94,7 @@ mod error;
 mod executor;
 mod handoff;
 mod log;
+pub mod logs;
 pub mod outbound;
 mod router;
 mod run;

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RuntimeConfig;
 use crate::error::ServerError;
+use crate::logs::LogSink;
 use crate::outbound::OutboundLog;
 use crate::store::{
     CreateOutcome, Doorbell, ListFilter, OperationStore, Owner, Page, SignalOutcome, SignalRecord,
@@ -53,6 +54,7 @@ pub(crate) struct OperationLog {
     config: RuntimeConfig,
     feed: broadcast::Sender<OperationEvent>,
     outbound: OutboundLog,
+    logs: LogSink,
 }
 
 /// A change the log applies: the event it records and the snapshot after it, or nothing to do.
@@ -69,6 +71,7 @@ impl OperationLog {
         if let Some(contract) = contract {
             let _ = cell.set(contract);
         }
+        let logs = LogSink::new(Arc::clone(&store));
         Self {
             service,
             contract: cell,
@@ -76,11 +79,16 @@ impl OperationLog {
             config,
             feed: broadcast::channel(FEED_CAPACITY).0,
             outbound: OutboundLog::default(),
+            logs,
         }
     }
 
     pub(crate) fn outbound(&self) -> &OutboundLog {
         &self.outbound
+    }
+
+    pub(crate) fn logs(&self) -> &LogSink {
+        &self.logs
     }
 
     pub(crate) fn service(&self) -> &str {

@@ -162,6 +162,26 @@ impl OperationRuntime {
         self.log.contract()
     }
 
+    /// Where handlers and workers send their log lines (see [`LogSink`](crate::logs::LogSink)).
+    pub fn log_sink(&self) -> &crate::logs::LogSink {
+        self.log.logs()
+    }
+
+    /// At most `limit` log lines of operation `id` after line `after`, oldest first.
+    pub async fn logs(
+        &self,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<opshost_api::LogLine>, ServerError> {
+        Ok(self.log.store().logs_after(id, after, limit).await?)
+    }
+
+    /// A doorbell that rings at every change of operation `id` and closes at its end.
+    pub fn doorbell(&self, id: &str) -> crate::store::Doorbell {
+        self.log.subscribe(id)
+    }
+
     /// The outbound requests its handlers and workers sent, per operation.
     pub fn outbound(&self) -> &crate::outbound::OutboundLog {
         self.log.outbound()
@@ -312,6 +332,7 @@ impl OperationRuntime {
     /// its operations at once, so that another host takes over what is left without waiting
     /// for the lease to run out. Call it last, after [`OperationRuntime::drain`].
     pub async fn release_store(&self) -> Result<(), ServerError> {
+        self.log.logs().flush().await;
         Ok(self.log.store().release().await?)
     }
 

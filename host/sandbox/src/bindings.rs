@@ -18,6 +18,7 @@ pub mod worker {
         with: {
             "opshost:operation/types": super::opshost::operation::types,
             "opshost:operation/control": super::opshost::operation::control,
+            "opshost:operation/log": super::opshost::operation::log,
         },
     });
 }

@@ -10,17 +10,17 @@
 use std::path::Path;
 
 use wasmtime::Engine;
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::Component;
 
-use crate::bindings::worker::{Worker, WorkerPre};
-use crate::bindings::{Handler, HandlerPre};
+use crate::bindings::HandlerPre;
+use crate::bindings::worker::WorkerPre;
 use crate::cache::{ComponentLoader, sha256_hex};
 use crate::config::DeploymentConfig;
-use crate::control::GuestState;
 use crate::egress::{EgressSettings, Secrets, check_grant};
 use crate::engine::{EngineShape, new_engine};
 use crate::error::SandboxError;
 use crate::grants::{Grants, ungranted_imports};
+use crate::host::{handler_linker, worker_linker};
 use crate::limits::Limits;
 
 /// Every problem found with `component` under `config`; empty when it would load.
@@ -208,15 +208,9 @@ fn serves(declared: &[String], operation: &str) -> Option<String> {
 }
 
 fn exports_handler(engine: &Engine, component: &Component) -> wasmtime::Result<()> {
-    let mut linker = Linker::<GuestState>::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    Handler::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)?;
-    HandlerPre::new(linker.instantiate_pre(component)?).map(drop)
+    HandlerPre::new(handler_linker(engine)?.instantiate_pre(component)?).map(drop)
 }
 
 fn exports_worker(engine: &Engine, component: &Component) -> wasmtime::Result<()> {
-    let mut linker = Linker::<GuestState>::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    Worker::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)?;
-    WorkerPre::new(linker.instantiate_pre(component)?).map(drop)
+    WorkerPre::new(worker_linker(engine)?.instantiate_pre(component)?).map(drop)
 }

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use opshost_api::{ErrorCode, ErrorInfo};
+use opshost_api::{ErrorCode, ErrorInfo, LogLevel, LogStream};
 use opshost_jobs::{Job, WorkerError};
 use opshost_runtime::{OperationRuntime, Run, ServerError, SignalWait, until_stored};
 use tokio_util::sync::CancellationToken;
@@ -19,8 +19,10 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::opshost::operation::control::Host;
+use crate::bindings::opshost::operation::log;
 use crate::bindings::opshost::operation::types::{self, ControlError, Failure, Signal};
 use crate::bindings::worker::opshost::operation::job;
+use crate::capture::Capture;
 use crate::clock::{Clock, SystemClock};
 use crate::egress::Egress;
 use crate::faults::{Fault, Faults, Import};
@@ -61,6 +63,7 @@ pub struct GuestState {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     egress: Egress,
+    capture: Arc<Capture>,
     table: ResourceTable,
     runtime: OperationRuntime,
     bound: Binding,
@@ -103,6 +106,7 @@ impl GuestState {
         run: Arc<Run>,
         wasi: WasiCtx,
         egress: Egress,
+        capture: Arc<Capture>,
         limits: Limits,
         env: RunEnv,
     ) -> Self {
@@ -111,6 +115,7 @@ impl GuestState {
             wasi,
             http: WasiHttpCtx::new(),
             egress,
+            capture,
             table: ResourceTable::new(),
             runtime,
             bound: Binding::Run(run),
@@ -128,6 +133,7 @@ impl GuestState {
         job: Job,
         wasi: WasiCtx,
         egress: Egress,
+        capture: Arc<Capture>,
         limits: Limits,
         env: RunEnv,
     ) -> Self {
@@ -136,6 +142,7 @@ impl GuestState {
             wasi,
             http: WasiHttpCtx::new(),
             egress,
+            capture,
             table: ResourceTable::new(),
             runtime,
             bound: match job.operation_id() {
@@ -341,6 +348,24 @@ fn json(text: &str, what: &str) -> Result<serde_json::Value, ControlError> {
 }
 
 impl types::Host for GuestState {}
+
+impl log::Host for GuestState {
+    async fn write(&mut self, level: log::Level, message: String, fields: Vec<(String, String)>) {
+        let level = match level {
+            log::Level::Trace => LogLevel::Trace,
+            log::Level::Debug => LogLevel::Debug,
+            log::Level::Info => LogLevel::Info,
+            log::Level::Warn => LogLevel::Warn,
+            log::Level::Error => LogLevel::Error,
+        };
+        self.capture.line(
+            LogStream::Log,
+            level,
+            &message,
+            fields.into_iter().collect(),
+        );
+    }
+}
 
 impl Host for GuestState {
     async fn started(&mut self) -> Result<(), ControlError> {

@@ -8,18 +8,20 @@
 //!    and opshost's own; nothing else is ever linked.
 //! 2. **Check each component at load** ([`check_imports`]): a component importing anything
 //!    outside its grants is refused with the list of offending imports.
-//! 3. **Build each store's context** ([`Grants::wasi_context`]): the handler's preopened
+//! 3. **Build each store's context** (`Grants::wasi_context`): the handler's preopened
 //!    directories (read-only or read-write, through cap-std) and named environment variables.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use opshost_api::LogStream;
 use serde::Deserialize;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder};
 
+use crate::capture::Capture;
 use crate::clock::{Clock, SystemClock, WasiClock};
 use crate::egress::HttpGrant;
 
@@ -83,11 +85,24 @@ impl Grants {
 
     /// Checks every granted directory can be opened; the error names the one that cannot.
     pub fn check(&self) -> Result<(), String> {
-        self.wasi_context(Arc::new(SystemClock)).map(drop)
+        self.builder(Arc::new(SystemClock)).map(drop)
     }
 
-    /// The WASI context of one store: exactly these grants, and `clock`'s time.
-    pub fn wasi_context(&self, clock: Arc<dyn Clock>) -> Result<WasiCtx, String> {
+    /// The WASI context of one store: exactly these grants, `clock`'s time, and stdout and
+    /// stderr kept by `capture`.
+    pub(crate) fn wasi_context(
+        &self,
+        clock: Arc<dyn Clock>,
+        capture: &Arc<Capture>,
+    ) -> Result<WasiCtx, String> {
+        let mut builder = self.builder(clock)?;
+        builder
+            .stdout(capture.output(LogStream::Stdout))
+            .stderr(capture.output(LogStream::Stderr));
+        Ok(builder.build())
+    }
+
+    fn builder(&self, clock: Arc<dyn Clock>) -> Result<WasiCtxBuilder, String> {
         let mut builder = WasiCtxBuilder::new();
         builder
             .allow_blocking_current_thread(false)
@@ -112,7 +127,7 @@ impl Grants {
                     )
                 })?;
         }
-        Ok(builder.build())
+        Ok(builder)
     }
 }
 

@@ -23,6 +23,7 @@ use crate::bindings::opshost::operation::types::{Failure, Invocation, JobInvocat
 use crate::bindings::worker::{Worker, WorkerPre};
 use crate::bindings::{Handler, HandlerPre};
 use crate::cache::ComponentLoader;
+use crate::capture::Capture;
 use crate::config::DeploymentConfig;
 use crate::control::{GuestState, RunEnv};
 use crate::egress::{Egress, EgressPolicy, EgressRun, Network, Secrets};
@@ -114,12 +115,8 @@ impl WasmHost {
         let mut loader = ComponentLoader::new(&engine, config.engine.cache_dir.clone());
         let secrets = Secrets::read(&config.secrets).map_err(SandboxError::Secrets)?;
         let network = Network::new(&config.egress).map_err(SandboxError::Secrets)?;
-        let mut linker = Linker::<GuestState>::new(&engine);
         let link_error = |e: wasmtime::Error| SandboxError::Engine(e.to_string());
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link_error)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker).map_err(link_error)?;
-        Handler::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)
-            .map_err(link_error)?;
+        let linker = handler_linker(&engine).map_err(link_error)?;
         for (handler, limits) in config.handlers.iter().zip(handler_limits) {
             let component = load(
                 &mut loader,
@@ -147,12 +144,7 @@ impl WasmHost {
                 }),
             );
         }
-        let mut worker_linker = Linker::<GuestState>::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut worker_linker).map_err(link_error)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut worker_linker)
-            .map_err(link_error)?;
-        Worker::add_to_linker::<_, HasSelf<GuestState>>(&mut worker_linker, |state| state)
-            .map_err(link_error)?;
+        let worker_linker = worker_linker(&engine).map_err(link_error)?;
         for (worker, limits) in config.workers.iter().zip(worker_limits) {
             let component = load(
                 &mut loader,
@@ -368,6 +360,25 @@ fn load(
     Ok(component)
 }
 
+/// The linker of the `handler` world: WASI, `wasi:http` (a component imports it only when
+/// granted) and opshost's imports.
+pub(crate) fn handler_linker(engine: &Engine) -> wasmtime::Result<Linker<GuestState>> {
+    let mut linker = Linker::<GuestState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    Handler::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)?;
+    Ok(linker)
+}
+
+/// The linker of the `worker` world, as [`handler_linker`].
+pub(crate) fn worker_linker(engine: &Engine) -> wasmtime::Result<Linker<GuestState>> {
+    let mut linker = Linker::<GuestState>::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    Worker::add_to_linker::<_, HasSelf<GuestState>>(&mut linker, |state| state)?;
+    Ok(linker)
+}
+
 /// The outbound policy of a component granted `grants.http`, if it is.
 fn egress_policy(
     path: &Path,
@@ -420,8 +431,16 @@ impl OperationHandler for WasmHandler {
         Box::pin(async move {
             let runtime = runtime
                 .ok_or_else(|| ErrorInfo::new(ErrorCode::Internal, "the host is shutting down"))?;
+            let capture = Capture::new(
+                runtime.clone(),
+                Some(snapshot.id.clone()),
+                None,
+                snapshot.attempt,
+                limits.log_lines_per_second,
+                limits.log_bytes_per_second,
+            );
             let wasi = grants
-                .wasi_context(Arc::clone(&env.clock))
+                .wasi_context(Arc::clone(&env.clock), &capture)
                 .map_err(|message| ErrorInfo::new(ErrorCode::Internal, message))?;
             let egress = Egress::new(
                 egress,
@@ -433,7 +452,7 @@ impl OperationHandler for WasmHandler {
                     snapshot.attempt,
                 ),
             );
-            let state = GuestState::new(runtime, run, wasi, egress, limits, env);
+            let state = GuestState::new(runtime, run, wasi, egress, capture, limits, env);
             let mut store = sandboxed_store(&engine, state);
             let invocation = Invocation {
                 operation_id: snapshot.id,
@@ -501,9 +520,17 @@ impl WasmWorker {
             payload: job.payload_json().to_string(),
             operation_id: job.operation_id().map(str::to_owned),
         };
+        let capture = Capture::new(
+            self.runtime.clone(),
+            job.operation_id().map(str::to_owned),
+            Some(job.id().to_owned()),
+            job.attempt(),
+            self.limits.log_lines_per_second,
+            self.limits.log_bytes_per_second,
+        );
         let wasi = self
             .grants
-            .wasi_context(Arc::clone(&self.env.clock))
+            .wasi_context(Arc::clone(&self.env.clock), &capture)
             .map_err(|message| WorkerError(ErrorInfo::new(ErrorCode::Internal, message)))?;
         let egress = Egress::new(
             self.egress.clone(),
@@ -520,6 +547,7 @@ impl WasmWorker {
             job,
             wasi,
             egress,
+            capture,
             self.limits,
             self.env.clone(),
         );

@@ -15,6 +15,7 @@
 
 mod bindings;
 mod cache;
+mod capture;
 mod check;
 pub mod clock;
 pub mod config;

@@ -48,6 +48,10 @@ pub struct LimitsTable {
     pub http_max_in_flight: Option<u32>,
     /// Outbound requests one run may send in all.
     pub http_max_requests: Option<u64>,
+    /// Log lines (stdout, stderr and the `log` import together) one run may write a second.
+    pub log_lines_per_second: Option<u32>,
+    /// Bytes of log lines one run may write a second.
+    pub log_bytes_per_second: Option<u64>,
 }
 
 /// The limits of one component's runs, every field resolved.
@@ -69,6 +73,10 @@ pub struct Limits {
     pub max_events: u64,
     /// Outbound HTTP: timeouts, response size and request counts of one run.
     pub http: HttpLimits,
+    /// Log lines one run may write a second; more are dropped and counted.
+    pub log_lines_per_second: u32,
+    /// Bytes of log lines one run may write a second.
+    pub log_bytes_per_second: u64,
 }
 
 /// What one run may do over outbound HTTP.
@@ -107,8 +115,9 @@ impl Default for HttpLimits {
 }
 
 impl Default for Limits {
-    /// 64 MiB, 30 s of CPU, a 24 h deadline, 20 progress events a second, 1 MiB payloads, and
-    /// a history of at most 16 MiB of progress in 10,000 events.
+    /// 64 MiB, 30 s of CPU, a 24 h deadline, 20 progress events a second, 1 MiB payloads, a
+    /// history of at most 16 MiB of progress in 10,000 events, and 100 log lines or 64 KiB of
+    /// them a second.
     fn default() -> Self {
         Self {
             memory_bytes: 64 << 20,
@@ -119,6 +128,8 @@ impl Default for Limits {
             max_history_bytes: 16 << 20,
             max_events: 10_000,
             http: HttpLimits::default(),
+            log_lines_per_second: 100,
+            log_bytes_per_second: 64 << 10,
         }
     }
 }
@@ -157,6 +168,14 @@ impl Limits {
                 .or(defaults.max_events)
                 .unwrap_or(base.max_events),
             http: HttpLimits::resolve(defaults, own),
+            log_lines_per_second: own
+                .log_lines_per_second
+                .or(defaults.log_lines_per_second)
+                .map_or(base.log_lines_per_second, |n| n.max(1)),
+            log_bytes_per_second: own
+                .log_bytes_per_second
+                .or(defaults.log_bytes_per_second)
+                .map_or(base.log_bytes_per_second, |n| n.max(1)),
         }
     }
 

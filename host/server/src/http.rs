@@ -275,7 +275,7 @@ async fn watch(
 
 /// `events`, with a keep-alive comment every `interval`; ends with them. The ticker is
 /// not reset by events, so an event costs no timer work.
-fn with_keep_alive(
+pub(crate) fn with_keep_alive(
     events: impl Stream<Item = axum::body::Bytes> + Send + 'static,
     interval: Duration,
 ) -> impl Stream<Item = Result<axum::body::Bytes, Infallible>> + Send + 'static {

@@ -25,6 +25,7 @@ mod config;
 mod connections;
 mod error;
 mod http;
+mod logs;
 mod metrics;
 pub mod openapi;
 mod router;

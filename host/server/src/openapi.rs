@@ -188,6 +188,30 @@ fn generic_paths() -> Map<String, Value> {
             "204": { "description": "Resumed at or past the terminal revision: nothing more will come" }
         }))
     } }));
+    paths.insert("/v1/operations/{id}/logs".into(), json!({ "get": {
+        "operationId": "logs",
+        "summary": "The operation's log lines: what its handler and job workers wrote to stdout, stderr and the log import, and the outbound requests they made. With follow=true, Server-Sent Events (`event: log`, `id` = the line's seq) until the operation has ended and its last lines are out",
+        "parameters": [
+            id_parameter(),
+            { "name": "after", "in": "query", "schema": { "type": "integer", "minimum": 0 }, "description": "Lines after this seq" },
+            { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1, "maximum": 10000 }, "description": "Most lines (default 1000); not with follow" },
+            { "name": "follow", "in": "query", "schema": { "type": "boolean" } },
+            { "name": "Last-Event-ID", "in": "header", "schema": { "type": "string" }, "description": "With follow: resume after this seq" }
+        ],
+        "responses": with_errors(json!({ "200": { "description": "Lines, oldest first", "content": {
+            "application/x-ndjson": { "schema": { "type": "object", "properties": {
+                "seq": { "type": "integer" },
+                "at": { "type": "string", "format": "date-time" },
+                "attempt": { "type": "integer" },
+                "job": { "type": "string" },
+                "stream": { "type": "string", "enum": ["stdout", "stderr", "log", "http", "host"] },
+                "level": { "type": "string", "enum": ["trace", "debug", "info", "warn", "error"] },
+                "message": { "type": "string" },
+                "fields": { "type": "object", "additionalProperties": { "type": "string" } }
+            }, "required": ["seq", "at", "attempt", "stream", "level", "message"] } },
+            "text/event-stream": { "schema": { "type": "string" } }
+        } } }))
+    } }));
     paths.insert("/v1/operations/{id}/outbound".into(), json!({ "get": {
         "operationId": "outbound",
         "summary": "The outbound HTTP requests the operation's handler and job workers sent from this host: method, origin, path without query, status, duration, bytes, and why a refused one was refused (the last 256)",

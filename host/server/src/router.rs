@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{admin, http, openapi};
+use crate::{admin, http, logs, openapi};
 
 /// The router over `shared`.
 pub(crate) fn router(shared: AppState) -> Router {
@@ -25,6 +25,7 @@ pub(crate) fn router(shared: AppState) -> Router {
     Router::new()
         .merge(admitted)
         .merge(http::streaming())
+        .merge(logs::routes())
         .route("/openapi.json", get(openapi_document))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

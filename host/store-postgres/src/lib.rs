@@ -18,6 +18,7 @@
 mod doorbell;
 mod hosts;
 mod jobs;
+mod logs;
 mod operations;
 mod schema;
 mod sql;

@@ -4,16 +4,16 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
-use opshost_api::{EventKind, OperationEvent, OperationState, Snapshot};
+use opshost_api::{EventKind, LogLine, OperationEvent, OperationState, Snapshot};
 use opshost_runtime::store::{
     CreateOutcome, Doorbell, ListFilter, OperationStore, Owner, Page, SignalOutcome, SignalRecord,
     StateCount, StoreError, StoredOperation, UpdateOutcome,
 };
 use serde_json::Value;
 
-use crate::PostgresStore;
 use crate::doorbell;
 use crate::sql::{count, decode, failed, json, prepared, state};
+use crate::{PostgresStore, logs};
 
 /// Columns of [`stored`], from `operations`.
 const SELECT_STORED: &str = "SELECT snapshot, input, tenant, subject FROM operations";
@@ -226,6 +226,21 @@ impl OperationStore for PostgresStore {
         Ok(SignalOutcome::Appended(sequence.unsigned_abs()))
     }
 
+    async fn append_logs(&self, id: &str, lines: Vec<LogLine>) -> Result<(), StoreError> {
+        let mut db = self.db().await?;
+        logs::append(&mut db, id, &lines).await
+    }
+
+    async fn logs_after(
+        &self,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LogLine>, StoreError> {
+        let db = self.db().await?;
+        logs::after(&db, id, after, limit).await
+    }
+
     async fn signals_after(&self, id: &str, after: u64) -> Result<Vec<SignalRecord>, StoreError> {
         let db = self.db().await?;
         let rows = db
@@ -355,7 +370,7 @@ impl OperationStore for PostgresStore {
         let tx = db.transaction().await.map_err(failed)?;
         let expired =
             "SELECT id FROM operations WHERE completed_at IS NOT NULL AND completed_at < $1";
-        for table in ["events", "signals"] {
+        for table in ["events", "signals", "logs"] {
             tx.execute(
                 &format!("DELETE FROM {table} WHERE id IN ({expired})"),
                 &[&cutoff],

@@ -57,6 +57,13 @@ const MIGRATIONS: &[&str] = &[
          alive_until TIMESTAMPTZ NOT NULL
      );
      ALTER TABLE operations ADD COLUMN owner_host TEXT;",
+    // 3: the log lines of operations (encoded JSON), numbered per operation.
+    "CREATE TABLE logs (
+         id   TEXT NOT NULL,
+         seq  BIGINT NOT NULL,
+         line TEXT NOT NULL,
+         PRIMARY KEY (id, seq)
+     );",
 ];
 
 /// Key of the advisory lock migrations run under ("opshost" in ASCII).

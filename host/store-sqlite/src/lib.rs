@@ -26,6 +26,7 @@
 mod checkpoint;
 mod job_writes;
 mod jobs;
+mod log_writes;
 mod schema;
 mod writer;
 
@@ -35,7 +36,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use opshost_api::{EventKind, OperationEvent, OperationState, Snapshot};
+use opshost_api::{EventKind, LogLine, OperationEvent, OperationState, Snapshot};
 use opshost_runtime::store::{
     CreateOutcome, Doorbell, Doorbells, ListFilter, OperationStore, Owner, Page, SignalOutcome,
     SignalRecord, StateCount, StoreError, StoredOperation, UpdateOutcome,
@@ -387,6 +388,42 @@ impl OperationStore for SqliteStore {
                 })
             })?;
             rows.collect()
+        })
+        .await
+    }
+
+    async fn append_logs(&self, id: &str, lines: Vec<LogLine>) -> Result<(), StoreError> {
+        let lines = lines
+            .iter()
+            .map(serde_json::to_string)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| StoreError::internal("cannot encode a log line").caused_by(e))?;
+        let write = Write::Logs {
+            id: id.to_owned(),
+            lines,
+        };
+        match self.write(write).await? {
+            Written::Logged => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    async fn logs_after(
+        &self,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LogLine>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |db| {
+            log_writes::after(db, &id, after, limit)?
+                .into_iter()
+                .map(|(seq, line)| {
+                    let mut line: LogLine = decode(&line)?;
+                    line.seq = seq;
+                    Ok(line)
+                })
+                .collect()
         })
         .await
     }

@@ -48,6 +48,13 @@ const MIGRATIONS: &[&str] = &[
      ) WITHOUT ROWID;
      CREATE INDEX jobs_due ON jobs (queue, due_at) WHERE due_at IS NOT NULL;
      CREATE INDEX jobs_by_operation ON jobs (operation) WHERE operation IS NOT NULL AND due_at IS NOT NULL;",
+    // 3: the log lines of operations (encoded JSON), numbered per operation.
+    "CREATE TABLE logs (
+         id   TEXT NOT NULL,
+         seq  INTEGER NOT NULL,
+         line TEXT NOT NULL,
+         PRIMARY KEY (id, seq)
+     ) WITHOUT ROWID;",
 ];
 
 /// Per-connection settings: every commit synced, an 8 MiB page cache, temporary tables in memory.

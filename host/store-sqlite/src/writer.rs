@@ -27,7 +27,7 @@ use serde_json::Value;
 use tokio::sync::oneshot;
 
 use crate::job_writes::{self, JobWrite, JobWritten};
-use crate::{Cache, SELECT_STORED, Shared, decode, lock, stored_from_row};
+use crate::{Cache, SELECT_STORED, Shared, decode, lock, log_writes, stored_from_row};
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -55,6 +55,11 @@ pub(crate) enum Write {
     Flush,
     /// A change to the jobs table.
     Job(JobWrite),
+    /// Log lines of operation `id`, each already encoded.
+    Logs {
+        id: String,
+        lines: Vec<String>,
+    },
 }
 
 /// The outcome of one [`Write`], sent once its transaction committed.
@@ -66,6 +71,7 @@ pub(crate) enum Written {
     Purged(u64),
     Flushed,
     Job(JobWritten),
+    Logged,
 }
 
 /// What a committed write changes in memory: the cache and the doorbells.
@@ -101,6 +107,7 @@ impl Write {
         match self {
             Self::Update { kind, .. } => must_be_durable(*kind),
             Self::Job(write) => write.must_be_durable(),
+            Self::Logs { .. } => false,
             _ => true,
         }
     }
@@ -346,6 +353,10 @@ fn apply(db: &Connection, write: &Write) -> Outcome {
         } => update(db, next, *kind, snapshot),
         Write::Signal { id, name, payload } => signal(db, id, name, payload),
         Write::Flush => Ok((Written::Flushed, Ring::None)),
+        Write::Logs { id, lines } => {
+            log_writes::append(db, id, lines).map_err(sql)?;
+            Ok((Written::Logged, Ring::None))
+        }
         Write::Job(write) => Ok((
             Written::Job(job_writes::apply(db, write).map_err(sql)?),
             Ring::None,
@@ -361,6 +372,11 @@ fn apply(db: &Connection, write: &Write) -> Outcome {
             .map_err(sql)?;
             db.execute(
                 &format!("DELETE FROM signals WHERE id IN ({expired})"),
+                params![cutoff],
+            )
+            .map_err(sql)?;
+            db.execute(
+                &format!("DELETE FROM logs WHERE id IN ({expired})"),
                 params![cutoff],
             )
             .map_err(sql)?;

@@ -13,6 +13,7 @@ mod http_connections;
 mod http_hardening;
 mod http_jobs;
 mod jobs;
+mod logs;
 mod native_handler;
 mod orders_guest;
 mod orders_harness;

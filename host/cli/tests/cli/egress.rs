@@ -76,3 +76,41 @@ fn a_payments_outage_fails_the_job_attempt_and_the_retry_charges_the_order() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn an_orders_logs_are_followed_until_it_ends_with_its_steps_and_its_charge() {
+    let serve = Serve::start();
+    let token = token(&["orders.write", "orders.read"]);
+    let order_id = format!("ord_{}", ulid::Ulid::new());
+    let input = json!({
+        "orderId": order_id,
+        "lineItems": [{ "sku": "KB-ERGO-01", "quantity": 1, "unitPriceCents": 12900 }]
+    })
+    .to_string();
+    let started = serve.call(&token, &["start", "Orders.Process", "--input", &input]);
+    let id = json(&started)["id"].as_str().expect("an id").to_owned();
+    let followed = serve.call(&token, &["logs", &id, "--follow"]);
+    assert!(followed.status.success(), "{}", text(&followed.stderr));
+    let lines = text(&followed.stdout);
+    for step in [
+        "Reserving stock: done",
+        "Charging payment: done",
+        "Packing items: done",
+        "Handing over to the carrier: done",
+    ] {
+        assert!(lines.contains(step), "{step} in {lines}");
+    }
+    assert!(
+        lines.contains("POST http://127.0.0.1:18091/v1/charges  201 in"),
+        "{lines}"
+    );
+    assert!(lines.contains(&format!("order={order_id}")), "{lines}");
+    let state = serve.call(&token, &["get", &id]);
+    assert_eq!(
+        json(&state)["state"],
+        "completed",
+        "the follow ended with the order"
+    );
+    let again = serve.call(&token, &["logs", &id]);
+    assert_eq!(text(&again.stdout), lines, "read back, the same lines");
+}

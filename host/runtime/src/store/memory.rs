@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use opshost_api::{EventKind, OperationEvent, Snapshot};
+use opshost_api::{EventKind, LogLine, OperationEvent, Snapshot};
 use serde_json::Value;
 
 use super::{
@@ -18,6 +18,7 @@ struct Entry {
     owner: Owner,
     events: Vec<(EventKind, Snapshot)>,
     signals: Vec<SignalRecord>,
+    logs: Vec<LogLine>,
 }
 
 impl Entry {
@@ -80,6 +81,7 @@ impl OperationStore for MemoryStore {
                 owner,
                 events: vec![(EventKind::Accepted, snapshot.clone())],
                 signals: Vec::new(),
+                logs: Vec::new(),
             },
         );
         self.bells.ring(&id, false);
@@ -240,6 +242,35 @@ impl OperationStore for MemoryStore {
 
     async fn flush(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    async fn append_logs(&self, id: &str, lines: Vec<LogLine>) -> Result<(), StoreError> {
+        let mut state = self.lock()?;
+        if let Some(entry) = state.entries.get_mut(id) {
+            for mut line in lines {
+                line.seq = entry.logs.len() as u64 + 1;
+                entry.logs.push(line);
+            }
+        }
+        Ok(())
+    }
+
+    async fn logs_after(
+        &self,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LogLine>, StoreError> {
+        let state = self.lock()?;
+        Ok(state.entries.get(id).map_or_else(Vec::new, |entry| {
+            entry
+                .logs
+                .iter()
+                .skip(usize::try_from(after).unwrap_or(usize::MAX))
+                .take(limit)
+                .cloned()
+                .collect()
+        }))
     }
 
     fn subscribe(&self, id: &str) -> Doorbell {

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 pub use doorbell::{Doorbell, Doorbells};
 pub use memory::MemoryStore;
-use opshost_api::{EventKind, OperationEvent, OperationState, Snapshot};
+use opshost_api::{EventKind, LogLine, OperationEvent, OperationState, Snapshot};
 use serde_json::Value;
 
 /// The error beneath a [`StoreError`], shared so that the error can be cloned.
@@ -256,6 +256,18 @@ pub trait OperationStore: Send + Sync + 'static {
 
     /// Signals with a sequence above `after`, oldest first.
     async fn signals_after(&self, id: &str, after: u64) -> Result<Vec<SignalRecord>, StoreError>;
+
+    /// Appends log lines to operation `id`'s logs, in order; their `seq` is the store's to
+    /// give. Lines are kept as long as the operation and purged with it.
+    async fn append_logs(&self, id: &str, lines: Vec<LogLine>) -> Result<(), StoreError>;
+
+    /// At most `limit` log lines of operation `id` with a `seq` above `after`, oldest first.
+    async fn logs_after(
+        &self,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<LogLine>, StoreError>;
 
     /// Lists operations by filter.
     async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError>;

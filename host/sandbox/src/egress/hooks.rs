@@ -1,5 +1,6 @@
 //! [`Egress`]: the `wasi:http` hooks of one store, and [`EgressRun`]: what one run sent.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -8,7 +9,7 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
-use opshost_api::OutboundRecord;
+use opshost_api::{LogLevel, LogLine, LogStream, OutboundRecord};
 use opshost_runtime::OperationRuntime;
 use tokio_rustls::rustls::pki_types::ServerName;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
@@ -98,6 +99,7 @@ impl EgressRun {
             "outbound request"
         );
         if let Some(operation) = &self.operation {
+            self.runtime.log_sink().log(operation, log_line(&record));
             self.runtime.outbound().record(operation, record);
         }
     }
@@ -283,6 +285,48 @@ impl EgressRun {
     /// CPU time.
     pub(crate) fn take_waited(&self) -> bool {
         self.waited.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// An outbound request as a line of its operation's logs.
+fn log_line(record: &OutboundRecord) -> LogLine {
+    let outcome = match (&record.denied, &record.error, record.status) {
+        (Some(why), _, _) => format!("denied: {why}"),
+        (None, Some(error), _) => format!("failed after {} ms: {error}", record.duration_ms),
+        (None, None, status) => format!(
+            "{} in {} ms, {} bytes",
+            status.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            record.duration_ms,
+            record.bytes
+        ),
+    };
+    let mut fields = BTreeMap::from([
+        ("method".to_owned(), record.method.clone()),
+        ("origin".to_owned(), record.origin.clone()),
+        ("path".to_owned(), record.path.clone()),
+        ("duration_ms".to_owned(), record.duration_ms.to_string()),
+        ("bytes".to_owned(), record.bytes.to_string()),
+    ]);
+    if let Some(status) = record.status {
+        fields.insert("status".to_owned(), status.to_string());
+    }
+    let failed = record.denied.is_some() || record.error.is_some();
+    LogLine {
+        seq: 0,
+        at: record.at,
+        attempt: record.attempt,
+        job: record.job.clone(),
+        stream: LogStream::Http,
+        level: if failed {
+            LogLevel::Warn
+        } else {
+            LogLevel::Info
+        },
+        message: format!(
+            "{} {}{}  {outcome}",
+            record.method, record.origin, record.path
+        ),
+        fields,
     }
 }
 

@@ -1,0 +1,63 @@
+//! Guest logs on the wire: what a handler or job worker wrote, line by line, with the attempt
+//! that wrote it.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// Where a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    /// The guest's standard output, one line per line written.
+    Stdout,
+    /// The guest's standard error.
+    Stderr,
+    /// The `log` import (the SDK's `log::info!` and friends).
+    Log,
+    /// An outbound HTTP request the host sent for the guest.
+    Http,
+    /// The host, about the run (for example lines it dropped).
+    Host,
+}
+
+/// How much a log line matters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Fine detail.
+    Trace,
+    /// For debugging.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Something to look at.
+    Warn,
+    /// Something failed.
+    Error,
+}
+
+/// One line of an operation's logs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LogLine {
+    /// Increasing within the operation; a reader resumes after the last one it saw.
+    pub seq: u64,
+    /// When it was written.
+    pub at: DateTime<Utc>,
+    /// The attempt that wrote it: the operation's, or the job's when `job` is set.
+    pub attempt: u32,
+    /// The job whose worker wrote it, when a worker did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Where it came from.
+    pub stream: LogStream,
+    /// How much it matters.
+    pub level: LogLevel,
+    /// The text.
+    pub message: String,
+    /// Key-value fields (from the `log` import, or an outbound request's details).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, String>,
+}
