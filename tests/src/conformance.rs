@@ -509,6 +509,17 @@ pub async fn logs_are_numbered_in_order_and_read_after_a_sequence(store: Arc<dyn
     let first_two = store.logs_after("logged", 0, 2).await.unwrap();
     assert_eq!(first_two.iter().map(|l| l.seq).collect::<Vec<_>>(), [1, 2]);
     assert!(store.logs_after("other", 0, 10).await.unwrap().is_empty());
+    // Lines for an operation that does not exist are not kept for one created later.
+    store
+        .append_logs("ghost", vec![log_line("lost")])
+        .await
+        .unwrap();
+    store
+        .create(stored(snapshot("ghost", "Op"), None))
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    assert!(store.logs_after("ghost", 0, 10).await.unwrap().is_empty());
 }
 
 /// Generates one `#[tokio::test]` per conformance check for the store that `$make` (an async

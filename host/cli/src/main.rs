@@ -80,6 +80,10 @@ enum Command {
         /// Keep operations in memory only (lost when the host stops).
         #[arg(long)]
         memory: bool,
+        /// How the host writes its own logs to stderr: `text`, or `json` (one object a line,
+        /// with the fields of the run or job each line is about).
+        #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+        log_format: LogFormat,
     },
     /// Start an operation and print its snapshot (or watch it with `--watch`).
     Start {
@@ -281,15 +285,35 @@ enum JobsAction {
     },
 }
 
+/// How the host writes its own logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Lines for people.
+    Text,
+    /// One JSON object a line, for log collectors.
+    Json,
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()).await {
+    let cli = Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match &cli.command {
+        Command::Serve {
+            log_format: LogFormat::Json,
+            ..
+        } => logs
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+        _ => logs.init(),
+    }
+    match run(cli).await {
         Ok(code) => ExitCode::from(code),
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -306,6 +330,7 @@ async fn run(cli: Cli) -> Result<u8> {
             data_dir,
             store,
             memory,
+            log_format: _,
         } => serve::serve(&config, listen, data_dir, store, memory).await,
         Command::Token {
             sub,

@@ -19,6 +19,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::error::{JobError, WorkerError};
 use crate::model::{Finish, Heartbeat, JobRecord, JobState};
@@ -237,7 +238,14 @@ impl Jobs {
             record: record.clone(),
             cancel: cancel.clone(),
         };
-        let mut task = tokio::spawn(run(job));
+        let span = tracing::info_span!(
+            "job",
+            job = %record.id,
+            queue = %record.queue,
+            attempt = record.attempt,
+            operation = record.operation.as_deref().unwrap_or("")
+        );
+        let mut task = tokio::spawn(run(job).instrument(span));
         let outcome = tokio::select! {
             outcome = tokio::time::timeout(spec.timeout, &mut task) => Some(outcome),
             _ = lost.cancelled() => None,

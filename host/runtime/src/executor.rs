@@ -14,6 +14,7 @@ use opshost_api::{ErrorCode, ErrorInfo, EventKind, OperationState, Snapshot};
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::config::{RestartPolicy, RuntimeConfig};
 use crate::error::{ServerError, until_stored};
@@ -249,6 +250,13 @@ impl Executor {
         let queued = self.slots.as_ref().map(Queued::new);
         let (registered, gate) = tokio::sync::oneshot::channel::<()>();
         let task_run = Arc::clone(&run);
+        // The host's own lines about this run carry its operation and attempt.
+        let span = tracing::info_span!(
+            "run",
+            operation = %snapshot.id,
+            name = %snapshot.operation,
+            attempt = snapshot.attempt
+        );
         let task = tokio::spawn(async move {
             let run = task_run;
             // Run only once cancel can find the task, so a fast handler cannot finish first.
@@ -277,7 +285,7 @@ impl Executor {
                 }
                 () = executor.changed_elsewhere(&run) => {}
             }
-        });
+        }.instrument(span));
         run.set_task(task.abort_handle());
         let _ = registered.send(());
     }

@@ -82,7 +82,12 @@ impl LogSink {
         self.appended.subscribe()
     }
 
-    /// Lines dropped because the queue was full.
+    /// Counts `lines` a run dropped over its rate.
+    pub fn count_dropped(&self, lines: u64) {
+        self.dropped.fetch_add(lines, Ordering::Relaxed);
+    }
+
+    /// Lines dropped since the host started: over a run's rate, or with the queue full.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }

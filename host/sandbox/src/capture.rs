@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -32,6 +33,10 @@ pub(crate) struct Capture {
     lines_per_second: u32,
     bytes_per_second: u64,
     window: Mutex<Window>,
+    /// The unfinished last line of stdout and of stderr.
+    pending: Mutex<[Vec<u8>; 2]>,
+    /// Whether the run wrote any line (or dropped one) since the last [`Capture::finish`].
+    wrote: AtomicBool,
 }
 
 /// What the run wrote in the current second, and what it had to drop.
@@ -65,6 +70,8 @@ impl Capture {
                 bytes: 0,
                 dropped: 0,
             }),
+            pending: Mutex::default(),
+            wrote: AtomicBool::new(false),
         })
     }
 
@@ -76,6 +83,7 @@ impl Capture {
         message: &str,
         fields: BTreeMap<String, String>,
     ) {
+        self.wrote.store(true, Ordering::Relaxed);
         let bytes = message.len() as u64
             + fields
                 .iter()
@@ -134,12 +142,95 @@ impl Capture {
     }
 
     fn dropped_note(&self, dropped: u64) {
+        self.runtime.log_sink().count_dropped(dropped);
         let message = format!(
             "{dropped} lines dropped: the run wrote faster than {} lines or {} bytes a second (limits.log_lines_per_second, limits.log_bytes_per_second)",
             self.lines_per_second, self.bytes_per_second
         );
         let fields = BTreeMap::from([("dropped".to_owned(), dropped.to_string())]);
         self.keep(LogStream::Host, LogLevel::Warn, &message, fields);
+    }
+
+    /// Writes what is still unwritten (the unfinished last line of stdout and stderr, and the
+    /// count of lines dropped) and waits until every line of the run is in the store, so that
+    /// a reader who sees the operation end sees all of its lines. Call it before the run's
+    /// terminal change.
+    pub(crate) async fn finish(&self) {
+        if !self.wrote.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        let pending =
+            std::mem::take(&mut *self.pending.lock().unwrap_or_else(PoisonError::into_inner));
+        for (stream, line) in [LogStream::Stdout, LogStream::Stderr]
+            .into_iter()
+            .zip(pending)
+        {
+            if !line.is_empty() {
+                self.emit(stream, &line);
+            }
+        }
+        let dropped = std::mem::take(
+            &mut self
+                .window
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .dropped,
+        );
+        if dropped > 0 {
+            self.dropped_note(dropped);
+        }
+        self.runtime.log_sink().flush().await;
+    }
+
+    /// Whether the run wrote (or dropped) a line since the last [`Capture::finish`].
+    pub(crate) fn wrote(&self) -> bool {
+        self.wrote.load(Ordering::Relaxed)
+    }
+
+    /// Takes output written to `stream`: whole lines are kept, the rest waits for its end.
+    fn take(&self, stream: LogStream, bytes: &[u8]) {
+        self.wrote.store(true, Ordering::Relaxed);
+        let index = usize::from(stream == LogStream::Stderr);
+        let mut rest = bytes;
+        while !rest.is_empty() {
+            let mut ready = None;
+            {
+                let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+                let line = &mut pending[index];
+                let room = MAX_LINE - line.len();
+                match rest[..rest.len().min(room)]
+                    .iter()
+                    .position(|b| *b == b'\n')
+                {
+                    Some(at) => {
+                        line.extend_from_slice(&rest[..at]);
+                        ready = Some(std::mem::take(line));
+                        rest = &rest[at + 1..];
+                    }
+                    None => {
+                        let taken = rest.len().min(room);
+                        line.extend_from_slice(&rest[..taken]);
+                        rest = &rest[taken..];
+                        if line.len() >= MAX_LINE {
+                            ready = Some(std::mem::take(line));
+                        }
+                    }
+                }
+            }
+            if let Some(line) = ready {
+                self.emit(stream, &line);
+            }
+        }
+    }
+
+    fn emit(&self, stream: LogStream, line: &[u8]) {
+        let line = String::from_utf8_lossy(line);
+        let line = line.strip_suffix('\r').unwrap_or(&line);
+        let level = match stream {
+            LogStream::Stderr => LogLevel::Warn,
+            _ => LogLevel::Info,
+        };
+        self.line(stream, level, line, BTreeMap::new());
     }
 
     /// A stdout or stderr for the guest that writes into this capture.
@@ -186,60 +277,15 @@ impl StdoutStream for CapturedOutput {
 struct Lines {
     capture: Arc<Capture>,
     stream: LogStream,
-    pending: Vec<u8>,
 }
 
 impl Lines {
     fn new(capture: Arc<Capture>, stream: LogStream) -> Self {
-        Self {
-            capture,
-            stream,
-            pending: Vec::new(),
-        }
+        Self { capture, stream }
     }
 
     fn take(&mut self, bytes: &[u8]) {
-        let mut rest = bytes;
-        while !rest.is_empty() {
-            let room = MAX_LINE - self.pending.len();
-            match rest[..rest.len().min(room)]
-                .iter()
-                .position(|b| *b == b'\n')
-            {
-                Some(at) => {
-                    self.pending.extend_from_slice(&rest[..at]);
-                    self.emit();
-                    rest = &rest[at + 1..];
-                }
-                None => {
-                    let taken = rest.len().min(room);
-                    self.pending.extend_from_slice(&rest[..taken]);
-                    rest = &rest[taken..];
-                    if self.pending.len() >= MAX_LINE {
-                        self.emit();
-                    }
-                }
-            }
-        }
-    }
-
-    fn emit(&mut self) {
-        let line = String::from_utf8_lossy(&self.pending);
-        let line = line.strip_suffix('\r').unwrap_or(&line);
-        let level = match self.stream {
-            LogStream::Stderr => LogLevel::Warn,
-            _ => LogLevel::Info,
-        };
-        self.capture.line(self.stream, level, line, BTreeMap::new());
-        self.pending.clear();
-    }
-}
-
-impl Drop for Lines {
-    fn drop(&mut self) {
-        if !self.pending.is_empty() {
-            self.emit();
-        }
+        self.capture.take(self.stream, bytes);
     }
 }
 

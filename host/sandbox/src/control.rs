@@ -393,6 +393,7 @@ impl Host for GuestState {
         let value = json(&output, "output")?;
         let run = self.run().await?;
         self.flush_progress(&run).await;
+        self.capture.finish().await;
         until_stored(|| run.complete(value.clone()))
             .await
             .map(drop)
@@ -415,6 +416,7 @@ impl Host for GuestState {
         };
         let run = self.run().await?;
         self.flush_progress(&run).await;
+        self.capture.finish().await;
         until_stored(|| run.fail(error.clone()))
             .await
             .map(drop)
@@ -434,6 +436,7 @@ impl Host for GuestState {
     async fn acknowledge_cancel(&mut self) -> Result<(), ControlError> {
         let run = self.run().await?;
         self.flush_progress(&run).await;
+        self.capture.finish().await;
         until_stored(|| run.acknowledge_cancel())
             .await
             .map(drop)

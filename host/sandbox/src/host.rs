@@ -452,7 +452,8 @@ impl OperationHandler for WasmHandler {
                     snapshot.attempt,
                 ),
             );
-            let state = GuestState::new(runtime, run, wasi, egress, capture, limits, env);
+            let written = Arc::clone(&capture);
+            let state = GuestState::new(runtime.clone(), run, wasi, egress, capture, limits, env);
             let mut store = sandboxed_store(&engine, state);
             let invocation = Invocation {
                 operation_id: snapshot.id,
@@ -477,7 +478,14 @@ impl OperationHandler for WasmHandler {
                 }
                 .into()),
             };
-            match (store.data().breach(), outcome) {
+            let breach = store.data().breach();
+            // The run is over: its last lines are written before the executor records how it
+            // ended.
+            drop(store);
+            if finished(written) {
+                runtime.log_sink().flush().await;
+            }
+            match (breach, outcome) {
                 (Some(breach), _) => Err(limit_exceeded(&breach)),
                 (None, Ok(Ok(()))) => Ok(()),
                 (None, Ok(Err(failure))) => Err(guest_failure(failure)),
@@ -542,6 +550,7 @@ impl WasmWorker {
                 job.attempt(),
             ),
         );
+        let written = Arc::clone(&capture);
         let state = GuestState::for_job(
             self.runtime.clone(),
             job,
@@ -562,7 +571,12 @@ impl WasmWorker {
             worker.call_run(&mut store, &invocation).await
         }
         .await;
-        if let Some(breach) = store.data().breach() {
+        let breach = store.data().breach();
+        drop(store);
+        if finished(written) {
+            self.runtime.log_sink().flush().await;
+        }
+        if let Some(breach) = breach {
             return Err(WorkerError(limit_exceeded(&breach)));
         }
         match outcome {
@@ -576,6 +590,14 @@ impl WasmWorker {
             Err(trap) => Err(WorkerError(trapped("worker", &trap))),
         }
     }
+}
+
+/// Ends a run's capture (its unfinished lines and count of dropped ones are queued as it
+/// goes); answers whether the run wrote anything that must reach the store first.
+fn finished(capture: Arc<Capture>) -> bool {
+    let wrote = capture.wrote();
+    drop(capture);
+    wrote
 }
 
 /// Whether instantiating failed only because every slot of the instance pool is taken: for a

@@ -30,6 +30,9 @@ const DEFAULT_LIMIT: usize = 1000;
 /// Most lines in one answer.
 const MAX_LIMIT: usize = 10_000;
 
+/// Bytes of lines in one answer, about.
+const MAX_BYTES: usize = 4 << 20;
+
 /// Lines read from the store at once while following.
 const PAGE: usize = 500;
 
@@ -73,7 +76,11 @@ async fn logs(
         let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
         let lines = shared.runtime.logs(&id, after, limit).await?;
         let mut body = Vec::new();
+        // A reader pages by `seq`: an answer stops after about `MAX_BYTES`.
         for line in &lines {
+            if body.len() >= MAX_BYTES {
+                break;
+            }
             serde_json::to_writer(&mut body, line).map_err(|e| {
                 ApiError::new(
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -52,6 +52,7 @@ pub struct Metrics {
     doorbells: Gauge,
     watchers: Gauge,
     connections: Gauge,
+    log_lines_dropped: Gauge,
     requests: Family<RouteLabels, Counter>,
     request_durations: HistogramFamily<RouteLabels>,
 }
@@ -68,6 +69,7 @@ impl Metrics {
         let doorbells = Gauge::default();
         let watchers = Gauge::default();
         let connections = Gauge::default();
+        let log_lines_dropped = Gauge::default();
         let requests = Family::<RouteLabels, Counter>::default();
         let request_durations: HistogramFamily<RouteLabels> =
             Family::new_with_constructor(latency_histogram);
@@ -107,6 +109,11 @@ impl Metrics {
             connections.clone(),
         );
         registry.register(
+            "log_lines_dropped",
+            "Guest log lines dropped on this host since it started: over a run's rate, or with the store's queue full",
+            log_lines_dropped.clone(),
+        );
+        registry.register(
             "http_requests",
             "HTTP requests by method, route and status",
             requests.clone(),
@@ -125,6 +132,7 @@ impl Metrics {
             doorbells,
             watchers,
             connections,
+            log_lines_dropped,
             requests,
             request_durations,
         }
@@ -209,6 +217,8 @@ impl Metrics {
             .set(i64::try_from(runtime.active_handlers()).unwrap_or(i64::MAX));
         self.doorbells
             .set(i64::try_from(runtime.doorbells()).unwrap_or(i64::MAX));
+        self.log_lines_dropped
+            .set(i64::try_from(runtime.log_sink().dropped()).unwrap_or(i64::MAX));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .map_err(|e| e.to_string())?;

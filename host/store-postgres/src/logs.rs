@@ -31,13 +31,18 @@ pub(crate) async fn append(db: &mut Object, id: &str, lines: &[LogLine]) -> Resu
         .await
         .map_err(failed)?
         .get(0);
-    let insert = prepared(&tx, "INSERT INTO logs (id, seq, line) VALUES ($1, $2, $3)").await?;
-    for (offset, line) in encoded.iter().enumerate() {
-        let seq = last + count(offset as u64) + 1;
-        tx.execute(&insert, &[&id, &seq, line])
-            .await
-            .map_err(failed)?;
-    }
+    // One statement for the batch: the row lock is held for one round trip more.
+    tx.execute(
+        &prepared(
+            &tx,
+            "INSERT INTO logs (id, seq, line)
+             SELECT $1, $2 + ord, line FROM unnest($3::text[]) WITH ORDINALITY AS lines(line, ord)",
+        )
+        .await?,
+        &[&id, &last, &encoded],
+    )
+    .await
+    .map_err(failed)?;
     tx.commit().await.map_err(failed)
 }
 

@@ -4,7 +4,14 @@
 use rusqlite::{Connection, params};
 
 /// Appends `lines` (encoded JSON) to operation `id`'s logs, numbered after its last one.
+/// Lines of an operation that does not exist (purged meanwhile) are dropped.
 pub(crate) fn append(db: &Connection, id: &str, lines: &[String]) -> rusqlite::Result<()> {
+    let exists = db
+        .prepare_cached("SELECT 1 FROM operations WHERE id = ?1")?
+        .exists(params![id])?;
+    if !exists {
+        return Ok(());
+    }
     let last: u64 = db
         .prepare_cached("SELECT coalesce(max(seq), 0) FROM logs WHERE id = ?1")?
         .query_row(params![id], |row| row.get(0))?;
