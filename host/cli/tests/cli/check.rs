@@ -45,6 +45,23 @@ fn a_component_as_configured_passes() {
 }
 
 #[test]
+fn a_worker_granted_outbound_http_passes_and_without_the_grant_is_refused() {
+    let worker = wasm("orders_fulfillment");
+    let (code, out) = check(&worker, &root().join("contracts/orders.deploy.toml"));
+    assert_eq!(code, 0, "{out}");
+    let dir = tempfile::tempdir().unwrap();
+    let contract = root().join("contracts/orders_service.manifest.json");
+    let path = dir.path().join("host.toml");
+    let body = format!(
+        "contract = {contract:?}\n[[workers]]\nqueue = \"fulfillment\"\ncomponent = {worker:?}\n"
+    );
+    std::fs::write(&path, body).unwrap();
+    let (code, out) = check(&worker, &path);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("wasi:http/outgoing-handler"), "{out}");
+}
+
+#[test]
 fn every_problem_of_a_component_is_reported_not_just_the_first() {
     let dir = tempfile::tempdir().unwrap();
     let net = wasm("test_net");
