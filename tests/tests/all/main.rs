@@ -12,6 +12,7 @@ mod http_client;
 mod http_connections;
 mod http_hardening;
 mod http_jobs;
+mod http_logs;
 mod jobs;
 mod logs;
 mod native_handler;
