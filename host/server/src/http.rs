@@ -232,16 +232,7 @@ async fn watch(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let stored = shared.visible(&caller, &id, Action::Observe).await?;
-    let last_event_id = match headers.get("last-event-id") {
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .and_then(|text| text.trim().parse::<u64>().ok())
-                .ok_or_else(|| ApiError::invalid("Last-Event-ID must be a revision number"))?,
-        ),
-        None => None,
-    };
+    let last_event_id = last_event_id(&headers, "a revision number")?;
     let after = last_event_id.or(query.after);
     if stored.snapshot.is_terminal() && after.is_some_and(|after| after >= stored.snapshot.revision)
     {
@@ -271,6 +262,20 @@ async fn watch(
         body,
     )
         .into_response())
+}
+
+/// The `Last-Event-ID` a stream is resumed from, if any; `what` says what it must be.
+pub(crate) fn last_event_id(headers: &HeaderMap, what: &str) -> Result<Option<u64>, ApiError> {
+    headers
+        .get("last-event-id")
+        .map(|value| {
+            value
+                .to_str()
+                .ok()
+                .and_then(|text| text.trim().parse::<u64>().ok())
+                .ok_or_else(|| ApiError::invalid(format!("Last-Event-ID must be {what}")))
+        })
+        .transpose()
 }
 
 /// `events`, with a keep-alive comment every `interval`; ends with them. The ticker is

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::error::ApiError;
-use crate::http::with_keep_alive;
+use crate::http::{last_event_id, with_keep_alive};
 use crate::state::{AppState, Caller};
 
 /// Lines in one answer unless `limit` says fewer.
@@ -61,16 +61,7 @@ async fn logs(
 ) -> Result<Response, ApiError> {
     let stored = shared.visible(&caller, &id, Action::Observe).await?;
     let id = stored.snapshot.id;
-    let resume = match headers.get("last-event-id") {
-        Some(value) => Some(
-            value
-                .to_str()
-                .ok()
-                .and_then(|text| text.trim().parse::<u64>().ok())
-                .ok_or_else(|| ApiError::invalid("Last-Event-ID must be a log line's seq"))?,
-        ),
-        None => None,
-    };
+    let resume = last_event_id(&headers, "a log line's seq")?;
     let after = resume.or(query.after).unwrap_or(0);
     if !query.follow {
         let limit = query.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, MAX_LIMIT);
@@ -144,6 +135,8 @@ impl Follow {
             if self.done {
                 return None;
             }
+            // Taken before the read, so that a change between the read and the wait wakes it.
+            let mut bell = self.shared.runtime.doorbell(&self.id);
             let lines = match self.shared.runtime.logs(&self.id, self.after, PAGE).await {
                 Ok(lines) => lines,
                 Err(error) => {
@@ -165,7 +158,7 @@ impl Follow {
             if self.pending.len() > 0 {
                 continue;
             }
-            self.wait().await;
+            self.wait(&mut bell).await;
             match self.shared.runtime.get(&self.id).await {
                 Ok(snapshot) if snapshot.is_terminal() => {
                     self.ended = true;
@@ -179,13 +172,14 @@ impl Follow {
 
     /// Waits until lines are written for this operation here, the operation changes, or a
     /// moment passed (lines written by another host).
-    async fn wait(&mut self) {
-        let mut bell = self.shared.runtime.doorbell(&self.id);
+    async fn wait(&mut self, bell: &mut opshost_runtime::store::Doorbell) {
         let appended = async {
             loop {
                 match self.appended.recv().await {
                     Ok(id) if id == self.id => return,
-                    Ok(_) | Err(RecvError::Lagged(_)) => {}
+                    // Missed notices may have named this operation: look again.
+                    Err(RecvError::Lagged(_)) => return,
+                    Ok(_) => {}
                     Err(RecvError::Closed) => return std::future::pending().await,
                 }
             }

@@ -235,21 +235,31 @@ async fn a_gigabyte_response_stops_at_the_size_limit() {
     assert!(error.contains("http_max_response_bytes"), "{error}");
 }
 
-#[tokio::test]
-async fn a_server_that_drips_a_byte_a_second_times_out_between_bytes() {
+/// Fetches `path` of a fresh server under `limit` beside a healthy fetch; asserts the guest
+/// read `connection-read-timeout` within 5 s and answers the request's record.
+async fn timed_out(path: &str, limit: impl FnOnce(&mut LimitsTable)) -> OutboundRecord {
     let upstream = Upstream::start().await;
     let mut config = deployment(&[upstream.origin()]);
-    config.limits.http_between_bytes_timeout_ms = Some(300);
+    limit(&mut config.limits);
     let host = load(&config);
     let terminal = beside_a_healthy_fetch(
         &host,
         &upstream.url("/hello"),
-        json!({ "scenario": "fetch", "url": upstream.url("/drip") }),
+        json!({ "scenario": "fetch", "url": upstream.url(path) }),
     )
     .await;
     assert_eq!(note(&terminal)["error"], "connection-read-timeout");
     let record = records(&host, &terminal).remove(0);
     assert!(record.duration_ms < 5_000, "{record:?}");
+    record
+}
+
+#[tokio::test]
+async fn a_server_that_drips_a_byte_a_second_times_out_between_bytes() {
+    let record = timed_out("/drip", |limits| {
+        limits.http_between_bytes_timeout_ms = Some(300);
+    })
+    .await;
     let error = record.error.unwrap_or_default();
     assert!(error.contains("http_between_bytes_timeout_ms"), "{error}");
 }
@@ -564,19 +574,10 @@ async fn time_spent_waiting_on_the_network_is_not_cpu_time() {
 
 #[tokio::test]
 async fn a_server_that_never_answers_times_out_at_the_first_byte() {
-    let upstream = Upstream::start().await;
-    let mut config = deployment(&[upstream.origin()]);
-    config.limits.http_first_byte_timeout_ms = Some(300);
-    let host = load(&config);
-    let terminal = beside_a_healthy_fetch(
-        &host,
-        &upstream.url("/hello"),
-        json!({ "scenario": "fetch", "url": upstream.url("/stall") }),
-    )
+    let record = timed_out("/stall", |limits| {
+        limits.http_first_byte_timeout_ms = Some(300);
+    })
     .await;
-    assert_eq!(note(&terminal)["error"], "connection-read-timeout");
-    let record = records(&host, &terminal).remove(0);
-    assert!(record.duration_ms < 5_000, "{record:?}");
     assert!(record.error.is_some(), "{record:?}");
 }
 
