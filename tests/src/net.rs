@@ -86,6 +86,13 @@ fn read(path: &std::path::Path) -> Vec<u8> {
 
 /// The value of metric `name` in the `/metrics` of the host at `url`.
 pub async fn metric(url: &str, name: &str) -> f64 {
+    metric_if_shown(url, name)
+        .await
+        .unwrap_or_else(|| panic!("no metric {name} at {url}/metrics"))
+}
+
+/// The value of metric `name` at `url`, if the host shows it.
+pub async fn metric_if_shown(url: &str, name: &str) -> Option<f64> {
     let text = reqwest::get(format!("{url}/metrics"))
         .await
         .unwrap_or_else(|e| panic!("GET /metrics: {e}"))
@@ -94,7 +101,6 @@ pub async fn metric(url: &str, name: &str) -> f64 {
         .unwrap_or_else(|e| panic!("/metrics body: {e}"));
     text.lines()
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {name} in {text}"))
 }
 
 /// A host's HTTP API on 127.0.0.1, stopped when dropped.

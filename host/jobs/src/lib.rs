@@ -21,5 +21,5 @@ mod worker;
 pub use error::{JobError, JobStoreError, WorkerError};
 pub use model::{CancelOutcome, Finish, Heartbeat, JobFilter, JobPage, JobRecord, JobState};
 pub use service::{EnqueueOptions, Jobs, JobsConfig};
-pub use store::{JobStore, MemoryJobStore};
+pub use store::{JobStore, MemoryJobStore, QueueCount};
 pub use worker::{Job, backoff};

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::error::JobError;
 use crate::model::{CancelOutcome, JobFilter, JobPage, JobRecord, JobState};
-use crate::store::JobStore;
+use crate::store::{JobStore, QueueCount};
 
 /// How workers hold and look for jobs.
 #[derive(Debug, Clone)]
@@ -61,6 +61,8 @@ pub(crate) struct Inner {
     pub(crate) config: JobsConfig,
     wake: Mutex<HashMap<String, Arc<Notify>>>,
     running: Mutex<HashMap<String, Attempt>>,
+    /// Attempts started on this host, by queue.
+    attempts: Mutex<HashMap<String, u64>>,
     pub(crate) stop: CancellationToken,
 }
 
@@ -81,6 +83,7 @@ impl Jobs {
                 config,
                 wake: Mutex::default(),
                 running: Mutex::default(),
+                attempts: Mutex::default(),
                 stop: CancellationToken::new(),
             }),
         };
@@ -199,6 +202,22 @@ impl Jobs {
         Ok(job)
     }
 
+    /// How many jobs each queue holds in each state.
+    pub async fn counts(&self) -> Result<Vec<QueueCount>, JobError> {
+        Ok(self.inner.store.count_by_state().await?)
+    }
+
+    /// Attempts started on this host since it started, by queue.
+    pub fn attempts(&self) -> Vec<(String, u64)> {
+        let attempts = lock(&self.inner.attempts);
+        let mut attempts: Vec<(String, u64)> = attempts
+            .iter()
+            .map(|(queue, n)| (queue.clone(), *n))
+            .collect();
+        attempts.sort();
+        attempts
+    }
+
     /// Deletes final jobs last changed more than `retention` ago; returns how many.
     pub async fn purge_expired(&self, retention: Duration) -> Result<u64, JobError> {
         let retention = chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
@@ -279,6 +298,11 @@ impl Drop for Tracked<'_> {
 impl Inner {
     pub(crate) fn wake(&self, queue: &str) -> Arc<Notify> {
         Arc::clone(lock(&self.wake).entry(queue.to_owned()).or_default())
+    }
+
+    /// Counts an attempt started on `queue`.
+    pub(crate) fn count_attempt(&self, queue: &str) {
+        *lock(&self.attempts).entry(queue.to_owned()).or_default() += 1;
     }
 
     /// Counts `attempt` as running here until the returned guard is dropped.

@@ -96,6 +96,34 @@ pub trait JobStore: Send + Sync + 'static {
     /// When the next job of `queue` becomes due (a queued job's `runAt`, a running job's
     /// lease end), if any job may become due.
     async fn next_due(&self, queue: &str) -> Result<Option<DateTime<Utc>>, JobStoreError>;
+
+    /// How many jobs each queue holds in each state (states without jobs are left out).
+    async fn count_by_state(&self) -> Result<Vec<QueueCount>, JobStoreError>;
+}
+
+/// Counts read as (queue, state name, count), for stores that read them with SQL; rows of a
+/// state this version does not know are left out.
+pub fn queue_counts(rows: Vec<(String, String, u64)>) -> Vec<QueueCount> {
+    rows.into_iter()
+        .filter_map(|(queue, state, count)| {
+            Some(QueueCount {
+                queue,
+                state: JobState::from_name(&state)?,
+                count,
+            })
+        })
+        .collect()
+}
+
+/// How many jobs of one queue are in one state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueCount {
+    /// The queue.
+    pub queue: String,
+    /// The state.
+    pub state: JobState,
+    /// The jobs.
+    pub count: u64,
 }
 
 /// The error a job gets when its lease ran out during its last attempt.
@@ -436,5 +464,23 @@ impl JobStore for MemoryJobStore {
 
     async fn next_due(&self, queue: &str) -> Result<Option<DateTime<Utc>>, JobStoreError> {
         Ok(self.jobs().first_due(queue).map(|(_, at, _)| *at))
+    }
+
+    async fn count_by_state(&self) -> Result<Vec<QueueCount>, JobStoreError> {
+        let mut counts: BTreeMap<(String, &'static str), (JobState, u64)> = BTreeMap::new();
+        for job in self.jobs().by_id.values() {
+            counts
+                .entry((job.queue.clone(), job.state.as_str()))
+                .or_insert((job.state, 0))
+                .1 += 1;
+        }
+        Ok(counts
+            .into_iter()
+            .map(|((queue, _), (state, count))| QueueCount {
+                queue,
+                state,
+                count,
+            })
+            .collect())
     }
 }

@@ -245,6 +245,7 @@ impl Jobs {
             attempt = record.attempt,
             operation = record.operation.as_deref().unwrap_or("")
         );
+        inner.count_attempt(&record.queue);
         let mut task = tokio::spawn(run(job).instrument(span));
         let outcome = tokio::select! {
             outcome = tokio::time::timeout(spec.timeout, &mut task) => Some(outcome),

@@ -101,6 +101,7 @@ mod run;
 mod runtime;
 pub mod store;
 mod typed;
+mod usage;
 mod watch;
 
 pub use config::{RestartPolicy, RuntimeConfig};
@@ -118,4 +119,5 @@ pub use run::Run;
 pub use runtime::{InMemoryOperationRuntime, OperationRuntime, RuntimeBuilder, WeakRuntime};
 pub use store::{ListFilter, Owner, Page, SignalRecord};
 pub use typed::Operations;
+pub use usage::Usage;
 pub use watch::EventStream;

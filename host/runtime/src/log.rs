@@ -22,6 +22,7 @@ use crate::store::{
     CreateOutcome, Doorbell, ListFilter, OperationStore, Owner, Page, SignalOutcome, SignalRecord,
     StateCount, StoredOperation, UpdateOutcome,
 };
+use crate::usage::UsageFeed;
 
 /// Events kept for slow subscribers of [`OperationLog::events`] before they lag.
 const FEED_CAPACITY: usize = 1024;
@@ -55,6 +56,7 @@ pub(crate) struct OperationLog {
     feed: broadcast::Sender<OperationEvent>,
     outbound: OutboundLog,
     logs: LogSink,
+    usage: UsageFeed,
 }
 
 /// A change the log applies: the event it records and the snapshot after it, or nothing to do.
@@ -80,6 +82,7 @@ impl OperationLog {
             feed: broadcast::channel(FEED_CAPACITY).0,
             outbound: OutboundLog::default(),
             logs,
+            usage: UsageFeed::new(),
         }
     }
 
@@ -89,6 +92,10 @@ impl OperationLog {
 
     pub(crate) fn logs(&self) -> &LogSink {
         &self.logs
+    }
+
+    pub(crate) fn usage(&self) -> &UsageFeed {
+        &self.usage
     }
 
     pub(crate) fn service(&self) -> &str {

@@ -177,6 +177,16 @@ impl OperationRuntime {
         Ok(self.log.store().logs_after(id, after, limit).await?)
     }
 
+    /// Announces what a run of a component used, for metrics.
+    pub fn record_usage(&self, usage: crate::Usage) {
+        self.log.usage().record(usage);
+    }
+
+    /// What runs use, as they end.
+    pub fn usage(&self) -> broadcast::Receiver<crate::Usage> {
+        self.log.usage().subscribe()
+    }
+
     /// A doorbell that rings at every change of operation `id` and closes at its end.
     pub fn doorbell(&self, id: &str) -> crate::store::Doorbell {
         self.log.subscribe(id)

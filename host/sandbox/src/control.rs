@@ -196,6 +196,11 @@ impl GuestState {
         &mut self.limits
     }
 
+    /// What the run used so far: CPU time in wasm and the most linear memory held.
+    pub fn used(&self) -> (std::time::Duration, usize) {
+        self.limits.used()
+    }
+
     /// Called at each epoch tick the guest was running: counts CPU, and stops a guest that
     /// ran out of it or kept on sending requests the host refused.
     pub fn tick(&mut self) -> Result<(), LimitBreach> {

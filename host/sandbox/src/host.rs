@@ -13,7 +13,7 @@ use opshost_jobs::{Job, JobStore, Jobs, MemoryJobStore, WorkerError};
 use opshost_runtime::store::{MemoryStore, OperationStore};
 use opshost_runtime::{
     Drained, OperationHandler, OperationRuntime, Owner, Recovery, RestartPolicy, Run,
-    RuntimeConfig, ServerError, WeakRuntime,
+    RuntimeConfig, ServerError, Usage, WeakRuntime,
 };
 use serde_json::Value;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -455,6 +455,7 @@ impl OperationHandler for WasmHandler {
             let written = Arc::clone(&capture);
             let state = GuestState::new(runtime.clone(), run, wasi, egress, capture, limits, env);
             let mut store = sandboxed_store(&engine, state);
+            let operation = snapshot.operation.clone();
             let invocation = Invocation {
                 operation_id: snapshot.id,
                 operation: snapshot.operation,
@@ -479,6 +480,13 @@ impl OperationHandler for WasmHandler {
                 .into()),
             };
             let breach = store.data().breach();
+            let (cpu, peak_memory_bytes) = store.data().used();
+            runtime.record_usage(Usage {
+                kind: "handler",
+                name: operation,
+                cpu,
+                peak_memory_bytes,
+            });
             // The run is over: its last lines are written before the executor records how it
             // ended.
             drop(store);
@@ -521,6 +529,7 @@ struct WasmWorker {
 
 impl WasmWorker {
     async fn run(&self, job: Job) -> Result<serde_json::Value, WorkerError> {
+        let queue = job.queue().to_owned();
         let invocation = JobInvocation {
             job_id: job.id().to_owned(),
             queue: job.queue().to_owned(),
@@ -572,6 +581,13 @@ impl WasmWorker {
         }
         .await;
         let breach = store.data().breach();
+        let (cpu, peak_memory_bytes) = store.data().used();
+        self.runtime.record_usage(Usage {
+            kind: "worker",
+            name: queue,
+            cpu,
+            peak_memory_bytes,
+        });
         drop(store);
         if finished(written) {
             self.runtime.log_sink().flush().await;

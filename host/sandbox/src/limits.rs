@@ -376,6 +376,7 @@ const TABLE_ELEMENTS_PER_MIB: usize = (1 << 20) / std::mem::size_of::<usize>();
 pub struct StoreLimits {
     limits: Limits,
     memory: usize,
+    peak_memory: usize,
     ticks: u32,
 }
 
@@ -385,6 +386,7 @@ impl StoreLimits {
         Self {
             limits,
             memory: 0,
+            peak_memory: 0,
             ticks: 0,
         }
     }
@@ -392,6 +394,11 @@ impl StoreLimits {
     /// The limits this store runs under.
     pub fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// The CPU time counted so far, and the most linear memory held at once.
+    pub fn used(&self) -> (Duration, usize) {
+        (EPOCH_TICK * self.ticks, self.peak_memory)
     }
 
     /// Called at each epoch tick the guest was running: counts it, and refuses once the CPU
@@ -423,6 +430,7 @@ impl ResourceLimiter for StoreLimits {
             .into());
         }
         self.memory = total;
+        self.peak_memory = self.peak_memory.max(total);
         Ok(true)
     }
 

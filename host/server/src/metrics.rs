@@ -1,13 +1,17 @@
 //! Prometheus metrics at `/metrics`: operations by state, start→terminal latency, handlers
-//! running, and HTTP requests by route and status.
+//! running, jobs by queue and state and the attempts started here, the CPU time and peak
+//! memory of each run by operation or queue, log lines dropped, and HTTP requests by route and
+//! status.
 //!
-//! Operation counts are read from the store at scrape time; latencies come from the runtime's
-//! event feed, so they cover every operation this host changed, whoever started it.
+//! Operation and job counts are read from the store at scrape time; latencies come from the
+//! runtime's event feed, so they cover every operation this host changed, whoever started it;
+//! runs' usage comes from the runtime's usage feed as each run ends.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use opshost_api::OperationEvent;
+use opshost_jobs::Jobs;
 use opshost_runtime::OperationRuntime;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -29,6 +33,23 @@ struct StateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct JobLabels {
+    queue: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueueLabels {
+    queue: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RunLabels {
+    kind: String,
+    name: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RouteLabels {
     method: String,
     route: String,
@@ -42,6 +63,11 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.001, 2.0, 17))
 }
 
+fn memory_histogram() -> Histogram {
+    // 64 KiB .. 4 GiB
+    Histogram::new(exponential_buckets(65_536.0, 2.0, 17))
+}
+
 /// The host's metrics registry.
 pub struct Metrics {
     registry: Registry,
@@ -53,6 +79,10 @@ pub struct Metrics {
     watchers: Gauge,
     connections: Gauge,
     log_lines_dropped: Gauge,
+    jobs: Family<JobLabels, Gauge>,
+    job_attempts: Family<QueueLabels, Gauge>,
+    run_cpu: HistogramFamily<RunLabels>,
+    run_memory: HistogramFamily<RunLabels>,
     requests: Family<RouteLabels, Counter>,
     request_durations: HistogramFamily<RouteLabels>,
 }
@@ -70,6 +100,10 @@ impl Metrics {
         let watchers = Gauge::default();
         let connections = Gauge::default();
         let log_lines_dropped = Gauge::default();
+        let jobs = Family::<JobLabels, Gauge>::default();
+        let job_attempts = Family::<QueueLabels, Gauge>::default();
+        let run_cpu: HistogramFamily<RunLabels> = Family::new_with_constructor(latency_histogram);
+        let run_memory: HistogramFamily<RunLabels> = Family::new_with_constructor(memory_histogram);
         let requests = Family::<RouteLabels, Counter>::default();
         let request_durations: HistogramFamily<RouteLabels> =
             Family::new_with_constructor(latency_histogram);
@@ -114,6 +148,26 @@ impl Metrics {
             log_lines_dropped.clone(),
         );
         registry.register(
+            "jobs",
+            "Jobs in the store by queue and state (dead ones included until purged)",
+            jobs.clone(),
+        );
+        registry.register(
+            "job_attempts",
+            "Job attempts started on this host since it started, by queue",
+            job_attempts.clone(),
+        );
+        registry.register(
+            "run_cpu_seconds",
+            "CPU time a run spent in wasm, by kind (handler or worker) and operation or queue",
+            run_cpu.clone(),
+        );
+        registry.register(
+            "run_peak_memory_bytes",
+            "The most linear memory a run held at once, by kind and operation or queue",
+            run_memory.clone(),
+        );
+        registry.register(
             "http_requests",
             "HTTP requests by method, route and status",
             requests.clone(),
@@ -133,6 +187,10 @@ impl Metrics {
             watchers,
             connections,
             log_lines_dropped,
+            jobs,
+            job_attempts,
+            run_cpu,
+            run_memory,
             requests,
             request_durations,
         }
@@ -149,8 +207,32 @@ impl Metrics {
         Watching(self.watchers.clone())
     }
 
-    /// Follows the runtime's event feed until the runtime is dropped.
+    /// Follows the runtime's event and usage feeds until the runtime is dropped.
     pub(crate) fn follow(self: &Arc<Self>, runtime: &OperationRuntime) {
+        let metrics = Arc::clone(self);
+        let mut usage = runtime.usage();
+        tokio::spawn(async move {
+            loop {
+                match usage.recv().await {
+                    Ok(usage) => {
+                        let labels = RunLabels {
+                            kind: usage.kind.to_owned(),
+                            name: usage.name,
+                        };
+                        metrics
+                            .run_cpu
+                            .get_or_create(&labels)
+                            .observe(usage.cpu.as_secs_f64());
+                        metrics
+                            .run_memory
+                            .get_or_create(&labels)
+                            .observe(usage.peak_memory_bytes as f64);
+                    }
+                    Err(RecvError::Lagged(_)) => {}
+                    Err(RecvError::Closed) => return,
+                }
+            }
+        });
         let metrics = Arc::clone(self);
         let mut events = runtime.events();
         tokio::spawn(async move {
@@ -202,7 +284,28 @@ impl Metrics {
     }
 
     /// The text exposition, with store counts read now.
-    pub(crate) async fn render(&self, runtime: &OperationRuntime) -> Result<String, String> {
+    pub(crate) async fn render(
+        &self,
+        runtime: &OperationRuntime,
+        jobs: Option<&Jobs>,
+    ) -> Result<String, String> {
+        if let Some(jobs) = jobs {
+            let counts = jobs.counts().await.map_err(|e| e.to_string())?;
+            self.jobs.clear();
+            for count in counts {
+                self.jobs
+                    .get_or_create(&JobLabels {
+                        queue: count.queue,
+                        state: count.state.as_str().to_owned(),
+                    })
+                    .set(i64::try_from(count.count).unwrap_or(i64::MAX));
+            }
+            for (queue, attempts) in jobs.attempts() {
+                self.job_attempts
+                    .get_or_create(&QueueLabels { queue })
+                    .set(i64::try_from(attempts).unwrap_or(i64::MAX));
+            }
+        }
         let counts = runtime.count_by_state().await.map_err(|e| e.to_string())?;
         self.operations.clear();
         for count in counts {

@@ -85,7 +85,11 @@ async fn openapi_document(State(shared): State<AppState>) -> Json<Value> {
 }
 
 async fn metrics(State(shared): State<AppState>) -> Response {
-    match shared.metrics.render(&shared.runtime).await {
+    match shared
+        .metrics
+        .render(&shared.runtime, shared.jobs.as_ref())
+        .await
+    {
         Ok(text) => (
             [(
                 header::CONTENT_TYPE,

@@ -8,7 +8,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
 use deadpool_postgres::{GenericClient, Object};
-use opshost_jobs::store::{JobStore, apply_finish, page, rules};
+use opshost_jobs::store::{JobStore, QueueCount, apply_finish, page, queue_counts, rules};
 use opshost_jobs::{
     CancelOutcome, Finish, Heartbeat, JobFilter, JobPage, JobRecord, JobStoreError,
 };
@@ -285,6 +285,26 @@ impl JobStore for PostgresStore {
             .map_err(failed)?
             .map(|row| decode(row.get(0)))
             .transpose()
+    }
+
+    async fn count_by_state(&self) -> Result<Vec<QueueCount>, JobStoreError> {
+        let rows = self
+            .job_db()
+            .await?
+            .query(
+                "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state ORDER BY queue, state",
+                &[],
+            )
+            .await
+            .map_err(failed)?;
+        Ok(queue_counts(
+            rows.iter()
+                .map(|row| {
+                    let count: i64 = row.get(2);
+                    (row.get(0), row.get(1), count.unsigned_abs())
+                })
+                .collect(),
+        ))
     }
 
     async fn next_due(&self, queue: &str) -> Result<Option<DateTime<Utc>>, JobStoreError> {

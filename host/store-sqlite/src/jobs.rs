@@ -4,7 +4,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, TimeZone, Utc};
-use opshost_jobs::store::{JobStore, page};
+use opshost_jobs::store::{JobStore, QueueCount, page, queue_counts};
 use opshost_jobs::{
     CancelOutcome, Finish, Heartbeat, JobFilter, JobPage, JobRecord, JobStoreError,
 };
@@ -194,6 +194,19 @@ impl JobStore for SqliteStore {
             }
         })
         .await
+    }
+
+    async fn count_by_state(&self) -> Result<Vec<QueueCount>, JobStoreError> {
+        let rows: Vec<(String, String, u64)> = self
+            .read(|db| {
+                let mut select = db.prepare_cached(
+                    "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state ORDER BY queue, state",
+                )?;
+                let rows = select.query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))?;
+                rows.collect()
+            })
+            .await?;
+        Ok(queue_counts(rows))
     }
 
     async fn next_due(&self, queue: &str) -> Result<Option<DateTime<Utc>>, JobStoreError> {

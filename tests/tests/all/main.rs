@@ -15,6 +15,7 @@ mod http_jobs;
 mod http_logs;
 mod jobs;
 mod logs;
+mod metrics;
 mod native_handler;
 mod orders_guest;
 mod orders_harness;
