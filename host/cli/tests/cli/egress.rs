@@ -114,3 +114,71 @@ fn an_orders_logs_are_followed_until_it_ends_with_its_steps_and_its_charge() {
     let again = serve.call(&token, &["logs", &id]);
     assert_eq!(text(&again.stdout), lines, "read back, the same lines");
 }
+
+#[test]
+fn serve_with_json_logs_writes_each_outbound_request_with_its_operation() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    crate::common::payments();
+    let data = tempfile::tempdir().unwrap();
+    let log = data.path().join("host.log");
+    let mut child = crate::common::opshost()
+        .args([
+            "serve",
+            "--config",
+            "contracts/orders.deploy.toml",
+            "--log-format",
+            "json",
+        ])
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let url = first
+        .trim()
+        .strip_prefix("opshost listening on ")
+        .unwrap()
+        .to_owned();
+    let token = token(&["orders.write", "orders.read"]);
+    let call = |args: &[&str]| {
+        crate::common::opshost()
+            .args(args)
+            .args(["--url", &url, "--token", &token])
+            .output()
+            .unwrap()
+    };
+    let input = json!({
+        "orderId": format!("ord_{}", ulid::Ulid::new()),
+        "lineItems": [{ "sku": "A", "quantity": 1, "unitPriceCents": 100 }]
+    })
+    .to_string();
+    let started = call(&["start", "Orders.Process", "--input", &input]);
+    let id = json(&started)["id"].as_str().expect("an id").to_owned();
+    let waited = call(&["wait", &id]);
+    assert_eq!(json(&waited)["state"], "completed");
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines = std::fs::read_to_string(&log).unwrap();
+    let request = lines
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| line["fields"]["message"] == "outbound request")
+        .unwrap_or_else(|| panic!("no outbound request in {lines}"));
+    assert_eq!(request["fields"]["operation"], id.as_str(), "{request}");
+    assert_eq!(request["fields"]["status"], 201, "{request}");
+    assert_eq!(request["fields"]["path"], "/v1/charges", "{request}");
+    assert!(
+        lines
+            .lines()
+            .all(|line| !line.contains("dev-payments-token"))
+    );
+}
