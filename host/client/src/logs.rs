@@ -38,7 +38,9 @@ impl Client {
     }
 
     /// The log lines of operation `id` after line `after` as they are written, ending once the
-    /// operation has ended and its last lines are out.
+    /// operation has ended and its last lines are out. A stream the host closes before that
+    /// (it is going down) ends with a `Protocol` error naming the last line seen, after which
+    /// the caller resumes.
     pub async fn follow_logs(
         &self,
         id: &str,
@@ -57,19 +59,34 @@ impl Client {
             let body = response.bytes().await.map_err(ClientError::Transport)?;
             return Err(ClientError::from_body(status, &body, None));
         }
-        Ok(response
-            .bytes_stream()
-            .eventsource()
-            .filter_map(|message| async move {
-                match message {
-                    Ok(message) if message.event == "log" => Some(
-                        serde_json::from_str(&message.data)
-                            .map_err(|e| ClientError::Protocol(format!("a log line: {e}"))),
-                    ),
-                    Ok(_) => None,
-                    Err(error) => Some(Err(ClientError::Protocol(error.to_string()))),
+        let events = response.bytes_stream().eventsource().boxed();
+        let lines = futures::stream::unfold(
+            (events, after, false),
+            |(mut events, mut last, ended)| async move {
+                if ended {
+                    return None;
                 }
-            })
-            .boxed())
+                loop {
+                    let item = match events.next().await {
+                        Some(Ok(message)) if message.event == "log" => {
+                            serde_json::from_str::<LogLine>(&message.data)
+                                .map_err(|e| ClientError::Protocol(format!("a log line: {e}")))
+                        }
+                        Some(Ok(message)) if message.event == "end" => return None,
+                        Some(Ok(_)) => continue,
+                        Some(Err(error)) => Err(ClientError::Protocol(error.to_string())),
+                        None => Err(ClientError::Protocol(format!(
+                            "the host closed the follow before the operation's end; resume after line {last}"
+                        ))),
+                    };
+                    if let Ok(line) = &item {
+                        last = line.seq;
+                    }
+                    let ended = item.is_err();
+                    return Some((item, (events, last, ended)));
+                }
+            },
+        );
+        Ok(lines.boxed())
     }
 }

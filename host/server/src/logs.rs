@@ -3,8 +3,9 @@
 //!
 //! Without `follow`, the lines after `after` as JSON lines (`application/x-ndjson`), at most
 //! `limit`. With `follow=true`, Server-Sent Events (`event: log`, `id` = the line's `seq`,
-//! resumable with `Last-Event-ID`) as lines are written, ending once the operation has ended
-//! and its last lines are out.
+//! resumable with `Last-Event-ID`) as lines are written; once the operation has ended and its
+//! last lines are out, one `event: end` closes the stream. A stream that closes without it (the
+//! host is going down) is to be resumed, elsewhere or later.
 
 use std::time::Duration;
 
@@ -108,10 +109,18 @@ fn follow(shared: AppState, id: String, after: u64) -> impl Stream<Item = Bytes>
         pending: Vec::new().into_iter(),
         ended: false,
         done: false,
+        finished: false,
     };
     futures::stream::unfold(state, |mut state| async move {
-        let line = state.next().await?;
-        Some((frame(&line), state))
+        match state.next().await {
+            Some(line) => Some((frame(&line), state)),
+            None if state.done && !state.finished => {
+                state.finished = true;
+                let end = crate::sse::encode("end", state.after, "{}");
+                Some((end, state))
+            }
+            None => None,
+        }
     })
 }
 
@@ -122,7 +131,10 @@ struct Follow {
     appended: tokio::sync::broadcast::Receiver<String>,
     pending: std::vec::IntoIter<LogLine>,
     ended: bool,
+    /// The operation has ended and its last lines were read.
     done: bool,
+    /// `event: end` was sent.
+    finished: bool,
 }
 
 impl Follow {

@@ -106,11 +106,36 @@ async fn a_follow_resumed_with_last_event_id_sends_the_rest_and_ends_with_the_op
     )
     .await
     .expect("the follow ends once the operation has ended and its lines are out");
-    let seqs: Vec<String> = events
+    let events: Vec<(String, String)> = events
         .into_iter()
         .map(|event| event.unwrap())
-        .filter(|event| event.event == "log")
-        .map(|event| event.id)
+        .map(|event| (event.event, event.id))
         .collect();
-    assert_eq!(seqs, ["6", "7", "8", "9"]);
+    let expected: Vec<(String, String)> = [
+        ("log", "6"),
+        ("log", "7"),
+        ("log", "8"),
+        ("log", "9"),
+        ("end", "9"),
+    ]
+    .iter()
+    .map(|(event, id)| ((*event).to_owned(), (*id).to_owned()))
+    .collect();
+    assert_eq!(events, expected, "the lines, then the end");
+}
+
+#[tokio::test]
+async fn the_rust_client_follows_to_the_end_without_an_error() {
+    let (_host, server, id) = printed().await;
+    let client = opshost_client::Client::new(&server.url, token(&["testing.run"])).unwrap();
+    let followed: Vec<_> = client
+        .follow_logs(&id, 0)
+        .await
+        .unwrap()
+        .collect::<Vec<_>>()
+        .await;
+    let seqs: Vec<u64> = followed.into_iter().map(|line| line.unwrap().seq).collect();
+    assert_eq!(seqs, (1..=9).collect::<Vec<_>>());
+    let read = client.logs(&id, 0, 100).await.unwrap();
+    assert_eq!(read.len(), 9);
 }
