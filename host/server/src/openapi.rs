@@ -190,7 +190,7 @@ fn generic_paths() -> Map<String, Value> {
     } }));
     paths.insert("/v1/operations/{id}/logs".into(), json!({ "get": {
         "operationId": "logs",
-        "summary": "The operation's log lines: what its handler and job workers wrote to stdout, stderr and the log import, and the outbound requests they made. With follow=true, Server-Sent Events (`event: log`, `id` = the line's seq) until the operation has ended and its last lines are out",
+        "summary": "The operation's log lines: what its handler and job workers wrote to stdout, stderr and the log import, and the outbound requests they made. With follow=true, Server-Sent Events (`event: log`, `id` = the line's seq) until the operation has ended and its last lines are out, then one `event: end`; a stream closed without it is to be resumed",
         "parameters": [
             id_parameter(),
             { "name": "after", "in": "query", "schema": { "type": "integer", "minimum": 0 }, "description": "Lines after this seq" },
