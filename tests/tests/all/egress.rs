@@ -284,6 +284,39 @@ async fn a_guest_looping_over_requests_ends_in_limit_exceeded_naming_the_limit()
     assert_eq!(sent, 50 + 1, "50 from the loop and 1 healthy fetch");
 }
 
+/// What a guest that reads `echo` of a server holding a secret and posts what it saw to
+/// another origin leaves behind.
+struct Exfiltrated {
+    secret: String,
+    other: Upstream,
+    host: WasmHost,
+    snapshot: Snapshot,
+    seen: Value,
+    _dir: tempfile::TempDir,
+}
+
+/// Runs the exfiltrate scenario: `GET` of `echo` on the origin the secret is for, then a
+/// `POST` of everything its response showed to another origin.
+async fn exfiltrate(echo: &str) -> Exfiltrated {
+    let (upstream, other) = (Upstream::start().await, Upstream::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, config) = with_secret(&upstream, &other, dir.path());
+    let host = load(&config);
+    let (snapshot, seen) = fetch(
+        &host,
+        json!({ "scenario": "exfiltrate", "url": upstream.url(echo), "then": other.url("/collect") }),
+    )
+    .await;
+    Exfiltrated {
+        secret,
+        other,
+        host,
+        snapshot,
+        seen,
+        _dir: dir,
+    }
+}
+
 /// A secret written to a file, its source, and the deployment granting `upstream` with an
 /// `authorization` header built from it and `other` with nothing.
 fn with_secret(
@@ -346,24 +379,17 @@ async fn a_secret_header_is_added_by_the_host_and_stripped_from_what_the_guest_s
 
 #[tokio::test]
 async fn a_guest_echoing_its_request_to_another_origin_sends_no_secret() {
-    let (upstream, other) = (Upstream::start().await, Upstream::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    let (secret, config) = with_secret(&upstream, &other, dir.path());
-    let host = load(&config);
-    let (_, seen) = fetch(
-        &host,
-        json!({
-            "scenario": "exfiltrate",
-            "url": upstream.url("/echo"),
-            "then": other.url("/collect"),
-        }),
-    )
-    .await;
+    let exfiltrated = exfiltrate("/echo").await;
+    let (secret, other, seen) = (
+        exfiltrated.secret.as_str(),
+        &exfiltrated.other,
+        &exfiltrated.seen,
+    );
     assert_eq!(seen["posted"], 404, "{seen}");
     let collected = other.seen();
     assert_eq!(collected.len(), 1);
-    assert!(!collected[0].body.contains(&secret), "{:?}", collected[0]);
-    assert!(collected[0].headers.values().all(|v| !v.contains(&secret)));
+    assert!(!collected[0].body.contains(secret), "{:?}", collected[0]);
+    assert!(collected[0].headers.values().all(|v| !v.contains(secret)));
     assert!(!collected[0].headers.contains_key("authorization"));
 }
 
@@ -527,27 +553,21 @@ fn loopback_private_link_local_multicast_and_unspecified_addresses_are_special()
 
 #[tokio::test]
 async fn a_secret_echoed_in_a_body_cannot_be_sent_to_another_origin() {
-    let (upstream, other) = (Upstream::start().await, Upstream::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    let (secret, config) = with_secret(&upstream, &other, dir.path());
-    let host = load(&config);
-    let (snapshot, seen) = fetch(
-        &host,
-        json!({
-            "scenario": "exfiltrate",
-            "url": upstream.url("/echo-body"),
-            "then": other.url("/collect"),
-        }),
-    )
-    .await;
+    let exfiltrated = exfiltrate("/echo-body").await;
+    let (secret, other, seen) = (
+        exfiltrated.secret.as_str(),
+        &exfiltrated.other,
+        &exfiltrated.seen,
+    );
+    let (host, snapshot) = (&exfiltrated.host, &exfiltrated.snapshot);
     assert!(
-        seen["saw"]["body"].as_str().unwrap().contains(&secret),
+        seen["saw"]["body"].as_str().unwrap().contains(secret),
         "this server reflects it in its body"
     );
     let posted = seen["posted"].as_str().unwrap_or_default();
     assert!(posted.starts_with("HTTP-request-denied"), "{seen}");
     assert!(other.seen().is_empty(), "nothing reached the other origin");
-    let records = records(&host, &snapshot);
+    let records = records(host, snapshot);
     let denied = records[1].denied.clone().unwrap_or_default();
     assert!(
         denied.contains("carries a secret held for another origin"),

@@ -45,6 +45,22 @@ fn write_config(
     path
 }
 
+/// `opshost serve` of `Testing.Scenario` (the test-handlers guest) with `shutdown_grace_ms`
+/// of `grace_ms`, on directories that live as long as the answer.
+fn testing_serve(grace_ms: u64) -> (Serve, [tempfile::TempDir; 2]) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "testing.manifest.json",
+        "Testing.Scenario",
+        "test_handlers",
+        &format!("[server]\nshutdown_grace_ms = {grace_ms}"),
+    );
+    let host = Serve::on_data_dir(&config, data.path());
+    (host, [dir, data])
+}
+
 fn sigterm(child: &Child) {
     let status = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -333,16 +349,7 @@ fn a_host_stopped_with_sigterm_is_taken_over_by_the_other_within_a_second() {
 
 #[test]
 fn a_second_sigterm_stops_at_once_without_waiting_for_the_grace_period() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        "testing.manifest.json",
-        "Testing.Scenario",
-        "test_handlers",
-        "[server]\nshutdown_grace_ms = 60000",
-    );
-    let mut host = Serve::on_data_dir(&config, data.path());
+    let (mut host, _dirs) = testing_serve(60_000);
     let token = token(&["testing.run"]);
     runtime().block_on(async {
         let response = reqwest::Client::new()
@@ -368,16 +375,7 @@ fn a_second_sigterm_stops_at_once_without_waiting_for_the_grace_period() {
 
 #[test]
 fn a_draining_host_reports_unhealthy_refuses_starts_serves_reads_and_answers_open_waits() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        "testing.manifest.json",
-        "Testing.Scenario",
-        "test_handlers",
-        "[server]\nshutdown_grace_ms = 2000",
-    );
-    let mut host = Serve::on_data_dir(&config, data.path());
+    let (mut host, _dirs) = testing_serve(2_000);
     let token = token(&["testing.run"]);
     runtime().block_on(async {
         let http = reqwest::Client::new();
