@@ -10,12 +10,10 @@ pub mod id;
 mod job;
 mod log;
 mod operation;
-mod outbound;
 mod snapshot;
 
 pub use error::{ErrorCode, ErrorInfo};
 pub use job::{JobPage, JobRecord, JobState};
 pub use log::{LogLevel, LogLine, LogStream};
 pub use operation::{Operation, Signal};
-pub use outbound::{OutboundPage, OutboundRecord};
 pub use snapshot::{EventKind, OperationEvent, OperationSnapshot, OperationState, Snapshot};

@@ -123,14 +123,6 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
-    /// Print the outbound HTTP requests an operation sent, one per line: time, attempt,
-    /// method, origin and path, then the status, duration and bytes, or why it was refused.
-    Outbound {
-        #[command(flatten)]
-        connection: Connection,
-        /// Operation id.
-        id: String,
-    },
     /// Wait for an operation to end and print its snapshot.
     Wait {
         #[command(flatten)]
@@ -428,11 +420,6 @@ async fn run(cli: Cli) -> Result<u8> {
         } => {
             Remote::new(&connection.url, &connection.token)?
                 .logs(&id, follow)
-                .await
-        }
-        Command::Outbound { connection, id } => {
-            Remote::new(&connection.url, &connection.token)?
-                .outbound(&id)
                 .await
         }
         Command::Wait {

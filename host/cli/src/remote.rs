@@ -76,48 +76,13 @@ impl Remote {
             for line in &lines {
                 println!("{}", log_line(line));
             }
+            // The host may answer fewer lines than asked (it cuts answers by size): only an
+            // empty page is the end.
             match lines.last() {
-                Some(last) if lines.len() == LOG_PAGE => after = last.seq,
-                _ => return Ok(exit::OK),
+                Some(last) => after = last.seq,
+                None => return Ok(exit::OK),
             }
         }
-    }
-
-    pub async fn outbound(&self, id: &str) -> Result<u8> {
-        let page = self.client.outbound(id).await?;
-        if page.dropped > 0 {
-            println!("({} older requests not kept)", page.dropped);
-        }
-        for record in &page.records {
-            let outcome = match (&record.denied, &record.error, record.status) {
-                (Some(why), _, _) => format!("denied: {why}"),
-                (None, Some(error), status) => {
-                    let status = status.map_or_else(String::new, |s| format!("{s} "));
-                    format!("{status}failed after {} ms: {error}", record.duration_ms)
-                }
-                (None, None, status) => format!(
-                    "{} in {} ms, {} bytes",
-                    status.map_or_else(|| "-".to_owned(), |s| s.to_string()),
-                    record.duration_ms,
-                    record.bytes
-                ),
-            };
-            let job = record
-                .job
-                .as_deref()
-                .map_or_else(String::new, |job| format!(" job {job}"));
-            println!(
-                "{}  attempt {}{job}  {} {}{}  {outcome}",
-                record
-                    .at
-                    .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-                record.attempt,
-                record.method,
-                record.origin,
-                record.path
-            );
-        }
-        Ok(exit::OK)
     }
 
     pub async fn wait(&self, id: &str, timeout: Option<u64>) -> Result<u8> {

@@ -85,7 +85,6 @@ use serde_json::Value;
 pub use error::ClientError;
 pub use opshost_api::{
     ErrorCode, JobPage, JobRecord, JobState, LogLevel, LogLine, LogStream, OperationEvent,
-    OutboundPage, OutboundRecord,
 };
 pub use watch::{EventStream, TypedEventStream};
 
@@ -223,15 +222,6 @@ impl Client {
     /// The current snapshot.
     pub async fn get(&self, id: &str) -> Result<Snapshot, ClientError> {
         send(self.request(Method::GET, &format!("/v1/operations/{}", segment(id)))).await
-    }
-
-    /// The outbound HTTP requests the operation's handler and workers sent from that host.
-    pub async fn outbound(&self, id: &str) -> Result<OutboundPage, ClientError> {
-        send(self.request(
-            Method::GET,
-            &format!("/v1/operations/{}/outbound", segment(id)),
-        ))
-        .await
     }
 
     /// The terminal snapshot, or the current one after `timeout` (the host caps it).

@@ -95,7 +95,6 @@ mod executor;
 mod handoff;
 mod log;
 pub mod logs;
-pub mod outbound;
 mod router;
 mod run;
 mod runtime;

@@ -17,7 +17,6 @@ use tokio_util::sync::CancellationToken;
 use crate::config::RuntimeConfig;
 use crate::error::ServerError;
 use crate::logs::LogSink;
-use crate::outbound::OutboundLog;
 use crate::store::{
     CreateOutcome, Doorbell, ListFilter, OperationStore, Owner, Page, SignalOutcome, SignalRecord,
     StateCount, StoredOperation, UpdateOutcome,
@@ -54,7 +53,6 @@ pub(crate) struct OperationLog {
     store: Arc<dyn OperationStore>,
     config: RuntimeConfig,
     feed: broadcast::Sender<OperationEvent>,
-    outbound: OutboundLog,
     logs: LogSink,
     usage: UsageFeed,
 }
@@ -80,14 +78,9 @@ impl OperationLog {
             store,
             config,
             feed: broadcast::channel(FEED_CAPACITY).0,
-            outbound: OutboundLog::default(),
             logs,
             usage: UsageFeed::new(),
         }
-    }
-
-    pub(crate) fn outbound(&self) -> &OutboundLog {
-        &self.outbound
     }
 
     pub(crate) fn logs(&self) -> &LogSink {

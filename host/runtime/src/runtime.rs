@@ -192,11 +192,6 @@ impl OperationRuntime {
         self.log.subscribe(id)
     }
 
-    /// The outbound requests its handlers and workers sent, per operation.
-    pub fn outbound(&self) -> &crate::outbound::OutboundLog {
-        self.log.outbound()
-    }
-
     /// Runs `handler` for every operation named `operation` started from now on.
     pub fn install_handler(&self, operation: &str, handler: Arc<dyn OperationHandler>) {
         self.executor.install(operation, handler);

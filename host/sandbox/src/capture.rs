@@ -182,6 +182,21 @@ impl Capture {
         self.runtime.log_sink().flush().await;
     }
 
+    /// The operation the run belongs to, if any.
+    pub(crate) fn operation(&self) -> Option<&str> {
+        self.operation.as_deref()
+    }
+
+    /// The job the run works, if it is a worker's.
+    pub(crate) fn job(&self) -> Option<&str> {
+        self.job.as_deref()
+    }
+
+    /// The run's attempt.
+    pub(crate) fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
     /// Whether the run wrote (or dropped) a line since the last [`Capture::finish`].
     pub(crate) fn wrote(&self) -> bool {
         self.wrote.load(Ordering::Relaxed)
@@ -244,6 +259,19 @@ impl Capture {
 
 impl Drop for Capture {
     fn drop(&mut self) {
+        let pending = std::mem::take(
+            self.pending
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for (stream, line) in [LogStream::Stdout, LogStream::Stderr]
+            .into_iter()
+            .zip(pending)
+        {
+            if !line.is_empty() {
+                self.emit(stream, &line);
+            }
+        }
         let dropped = self.window.get_mut().map_or(0, |window| window.dropped);
         if dropped > 0 {
             self.dropped_note(dropped);

@@ -442,16 +442,7 @@ impl OperationHandler for WasmHandler {
             let wasi = grants
                 .wasi_context(Arc::clone(&env.clock), &capture)
                 .map_err(|message| ErrorInfo::new(ErrorCode::Internal, message))?;
-            let egress = Egress::new(
-                egress,
-                EgressRun::new(
-                    limits.http,
-                    runtime.clone(),
-                    Some(snapshot.id.clone()),
-                    None,
-                    snapshot.attempt,
-                ),
-            );
+            let egress = Egress::new(egress, EgressRun::new(limits.http, Arc::clone(&capture)));
             let written = Arc::clone(&capture);
             let state = GuestState::new(runtime.clone(), run, wasi, egress, capture, limits, env);
             let mut store = sandboxed_store(&engine, state);
@@ -551,13 +542,7 @@ impl WasmWorker {
             .map_err(|message| WorkerError(ErrorInfo::new(ErrorCode::Internal, message)))?;
         let egress = Egress::new(
             self.egress.clone(),
-            EgressRun::new(
-                self.limits.http,
-                self.runtime.clone(),
-                job.operation_id().map(str::to_owned),
-                Some(job.id().to_owned()),
-                job.attempt(),
-            ),
+            EgressRun::new(self.limits.http, Arc::clone(&capture)),
         );
         let written = Arc::clone(&capture);
         let state = GuestState::for_job(

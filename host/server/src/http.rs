@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::{Stream, StreamExt};
 use opshost_api::id::url_segment;
-use opshost_api::{ErrorCode, OperationState, OutboundPage, Snapshot};
+use opshost_api::{ErrorCode, OperationState, Snapshot};
 use opshost_contract::Action;
 use opshost_contract::strict_json::{self, StrictJsonError};
 use opshost_runtime::{ListFilter, Owner, ServerError};
@@ -33,7 +33,6 @@ pub(crate) fn admitted() -> Router<AppState> {
         .route("/v1/operations", get(list))
         .route("/v1/operations/{key}", post(start).get(get_operation))
         .route("/v1/operations/{id}/cancel", post(cancel))
-        .route("/v1/operations/{id}/outbound", get(outbound))
         .route("/v1/operations/{id}/signals/{signal}", post(signal))
         .route("/v1/contract", get(contract))
 }
@@ -187,16 +186,6 @@ async fn get_operation(
 ) -> Result<Json<Snapshot>, ApiError> {
     let stored = shared.visible(&caller, &id, Action::Observe).await?;
     Ok(Json(stored.snapshot))
-}
-
-/// The outbound HTTP requests the operation's handler and job workers sent from this host.
-async fn outbound(
-    State(shared): State<AppState>,
-    Caller(caller): Caller,
-    Path(id): Path<String>,
-) -> Result<Json<OutboundPage>, ApiError> {
-    let stored = shared.visible(&caller, &id, Action::Observe).await?;
-    Ok(Json(shared.runtime.outbound().page(&stored.snapshot.id)))
 }
 
 #[derive(Deserialize)]

@@ -18,6 +18,7 @@ use axum::routing::get;
 use futures::Stream;
 use opshost_api::{ErrorCode, LogLine};
 use opshost_contract::Action;
+use opshost_runtime::ServerError;
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -177,7 +178,13 @@ impl Follow {
                     self.shared.runtime.log_sink().flush().await;
                 }
                 Ok(_) => {}
-                Err(_) => self.done = true,
+                // Gone (purged): nothing more will come.
+                Err(ServerError::OperationNotFound { .. }) => self.done = true,
+                Err(error) => {
+                    // Closed without `end`: the reader resumes.
+                    tracing::warn!(operation = %self.id, %error, "cannot read an operation followed");
+                    return None;
+                }
             }
         }
     }

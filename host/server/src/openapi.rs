@@ -212,31 +212,6 @@ fn generic_paths() -> Map<String, Value> {
             "text/event-stream": { "schema": { "type": "string" } }
         } } }))
     } }));
-    paths.insert("/v1/operations/{id}/outbound".into(), json!({ "get": {
-        "operationId": "outbound",
-        "summary": "The outbound HTTP requests the operation's handler and job workers sent from this host: method, origin, path without query, status, duration, bytes, and why a refused one was refused (the last 256)",
-        "parameters": [id_parameter()],
-        "responses": with_errors(json!({ "200": { "description": "Requests, oldest first", "content": { "application/json": { "schema": {
-            "type": "object",
-            "properties": {
-                "records": { "type": "array", "items": { "type": "object", "properties": {
-                    "at": { "type": "string", "format": "date-time" },
-                    "attempt": { "type": "integer" },
-                    "job": { "type": "string" },
-                    "method": { "type": "string" },
-                    "origin": { "type": "string" },
-                    "path": { "type": "string" },
-                    "status": { "type": "integer" },
-                    "durationMs": { "type": "integer" },
-                    "bytes": { "type": "integer" },
-                    "denied": { "type": "string" },
-                    "error": { "type": "string" }
-                }, "required": ["at", "attempt", "method", "origin", "path", "durationMs", "bytes"] } },
-                "dropped": { "type": "integer" }
-            },
-            "required": ["records", "dropped"]
-        } } } } }))
-    } }));
     paths.insert(
         "/v1/operations/{id}/cancel".into(),
         json!({ "post": {

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use opshost_api::{ErrorCode, OperationState, OutboundRecord, Snapshot};
+use opshost_api::{ErrorCode, LogStream, OperationState, Snapshot};
 use opshost_sandbox::egress::{AllowList, HttpGrant, Origin, Scheme, SecretSource, special};
 use opshost_sandbox::{DeploymentConfig, LimitsTable, SandboxError, WasmHost, check_component};
 use opshost_tests::upstream::Upstream;
@@ -55,9 +55,43 @@ fn note(snapshot: &Snapshot) -> Value {
     serde_json::from_str(&text).expect("the note is JSON")
 }
 
-/// The outbound records the host kept for `snapshot`'s operation.
-fn records(host: &WasmHost, snapshot: &Snapshot) -> Vec<OutboundRecord> {
-    host.runtime().outbound().page(&snapshot.id).records
+/// One outbound request, as its operation's logs show it.
+#[derive(Debug)]
+struct Request {
+    attempt: u32,
+    method: String,
+    origin: String,
+    path: String,
+    status: Option<u16>,
+    duration_ms: u64,
+    bytes: u64,
+    denied: Option<String>,
+    error: Option<String>,
+}
+
+/// The outbound requests in `snapshot`'s operation's logs (stream `http`), oldest first.
+async fn records(host: &WasmHost, snapshot: &Snapshot) -> Vec<Request> {
+    host.runtime().log_sink().flush().await;
+    let lines = host.runtime().logs(&snapshot.id, 0, 10_000).await.unwrap();
+    lines
+        .into_iter()
+        .filter(|line| line.stream == LogStream::Http)
+        .map(|line| {
+            let field = |name: &str| line.fields.get(name).cloned();
+            let number = |name: &str| field(name).map_or(0, |v| v.parse().unwrap());
+            Request {
+                attempt: line.attempt,
+                method: field("method").unwrap(),
+                origin: field("origin").unwrap(),
+                path: field("path").unwrap(),
+                status: field("status").map(|v| v.parse().unwrap()),
+                duration_ms: number("duration_ms"),
+                bytes: number("bytes"),
+                denied: field("denied"),
+                error: field("error"),
+            }
+        })
+        .collect()
 }
 
 /// Runs `input` alone and answers what the guest saw.
@@ -79,7 +113,7 @@ async fn a_granted_origin_is_reached_with_the_host_header_of_its_url_and_recorde
     let got = upstream.seen();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].headers["host"], upstream.address.to_string());
-    let records = records(&host, &snapshot);
+    let records = records(&host, &snapshot).await;
     assert_eq!(records.len(), 1, "{records:?}");
     let record = &records[0];
     assert_eq!(
@@ -103,7 +137,7 @@ async fn a_host_that_is_not_listed_is_denied_and_the_denial_recorded() {
     )
     .await;
     assert_eq!(note(&terminal)["error"], "HTTP-request-denied");
-    let records = records(&host, &terminal);
+    let records = records(&host, &terminal).await;
     let denied = records[0].denied.as_deref().unwrap_or_default();
     assert!(denied.contains("not in grants.http.allow"), "{denied}");
     assert!(upstream.seen().iter().all(|seen| seen.uri == "/hello"));
@@ -119,7 +153,7 @@ async fn a_listed_name_reached_through_its_ip_literal_is_denied() {
     let literal = format!("http://{}:{port}/hello", public_address());
     let (snapshot, seen) = fetch(&host, json!({ "scenario": "fetch", "url": literal })).await;
     assert_eq!(seen["error"], "HTTP-request-denied");
-    let denied = records(&host, &snapshot)[0]
+    let denied = records(&host, &snapshot).await[0]
         .denied
         .clone()
         .unwrap_or_default();
@@ -141,7 +175,7 @@ async fn the_cloud_metadata_address_is_denied_by_name_and_by_literal() {
     )
     .await;
     assert_eq!(seen["error"], "HTTP-request-denied");
-    let denied = records(&host, &by_name)[0]
+    let denied = records(&host, &by_name).await[0]
         .denied
         .clone()
         .unwrap_or_default();
@@ -169,7 +203,7 @@ async fn a_name_resolving_to_loopback_is_denied_unless_an_entry_names_the_addres
     let input = json!({ "scenario": "fetch", "url": format!("{name}/hello") });
     let (refused, seen) = fetch(&host, input.clone()).await;
     assert_eq!(seen["error"], "HTTP-request-denied");
-    let denied = records(&host, &refused)[0]
+    let denied = records(&host, &refused).await[0]
         .denied
         .clone()
         .unwrap_or_default();
@@ -196,7 +230,7 @@ async fn a_redirect_is_handed_to_the_guest_and_its_unlisted_target_is_denied() {
     assert_eq!(seen["redirect"], "http://elsewhere.test/steal");
     assert_eq!(seen["then"]["error"], "HTTP-request-denied");
     assert_eq!(upstream.seen().len(), 1, "the host did not follow it");
-    let records = records(&host, &snapshot);
+    let records = records(&host, &snapshot).await;
     assert_eq!(records[0].status, Some(302));
     assert_eq!(records[1].origin, "http://elsewhere.test:80");
     assert!(records[1].denied.is_some(), "{records:?}");
@@ -229,7 +263,7 @@ async fn a_gigabyte_response_stops_at_the_size_limit() {
     .await;
     let seen = note(&terminal);
     assert_eq!(seen["error"], "HTTP-response-body-size", "{seen}");
-    let record = records(&host, &terminal).remove(0);
+    let record = records(&host, &terminal).await.remove(0);
     assert!(record.bytes <= (1 << 20) + (64 << 10), "{record:?}");
     let error = record.error.unwrap_or_default();
     assert!(error.contains("http_max_response_bytes"), "{error}");
@@ -237,7 +271,7 @@ async fn a_gigabyte_response_stops_at_the_size_limit() {
 
 /// Fetches `path` of a fresh server under `limit` beside a healthy fetch; asserts the guest
 /// read `connection-read-timeout` within 5 s and answers the request's record.
-async fn timed_out(path: &str, limit: impl FnOnce(&mut LimitsTable)) -> OutboundRecord {
+async fn timed_out(path: &str, limit: impl FnOnce(&mut LimitsTable)) -> Request {
     let upstream = Upstream::start().await;
     let mut config = deployment(&[upstream.origin()]);
     limit(&mut config.limits);
@@ -249,7 +283,7 @@ async fn timed_out(path: &str, limit: impl FnOnce(&mut LimitsTable)) -> Outbound
     )
     .await;
     assert_eq!(note(&terminal)["error"], "connection-read-timeout");
-    let record = records(&host, &terminal).remove(0);
+    let record = records(&host, &terminal).await.remove(0);
     assert!(record.duration_ms < 5_000, "{record:?}");
     record
 }
@@ -567,7 +601,7 @@ async fn a_secret_echoed_in_a_body_cannot_be_sent_to_another_origin() {
     let posted = seen["posted"].as_str().unwrap_or_default();
     assert!(posted.starts_with("HTTP-request-denied"), "{seen}");
     assert!(other.seen().is_empty(), "nothing reached the other origin");
-    let records = records(host, snapshot);
+    let records = records(host, snapshot).await;
     let denied = records[1].denied.clone().unwrap_or_default();
     assert!(
         denied.contains("carries a secret held for another origin"),
@@ -613,7 +647,7 @@ async fn a_declared_length_over_the_limit_is_refused_before_the_body_is_read() {
     )
     .await;
     assert_eq!(seen["error"], "HTTP-response-body-size");
-    let record = records(&host, &snapshot).remove(0);
+    let record = records(&host, &snapshot).await.remove(0);
     assert_eq!((record.status, record.bytes), (Some(200), 0));
 }
 
@@ -651,7 +685,7 @@ async fn parallel_refusals(
         seen["errors"]["ErrorCode::ConnectionLimitReached"], refused,
         "{seen}"
     );
-    let records = records(&host, &snapshot);
+    let records = records(&host, &snapshot).await;
     let named = records
         .iter()
         .filter(|r| r.denied.as_deref().is_some_and(|d| d.contains(limit)))
@@ -673,4 +707,19 @@ async fn requests_beyond_the_hosts_outbound_cap_are_refused() {
     let mut config = deployment(&[upstream.origin()]);
     config.egress.max_connections = Some(2);
     parallel_refusals(&config, upstream.url("/slow"), 5, 2, "max_connections").await;
+}
+
+#[tokio::test]
+async fn refused_requests_count_against_the_runs_total_too() {
+    let upstream = Upstream::start().await;
+    let mut config = deployment(&[upstream.origin()]);
+    config.limits.http_max_requests = Some(50);
+    let host = load(&config);
+    let terminal = beside_a_healthy_fetch(
+        &host,
+        &upstream.url("/hello"),
+        json!({ "scenario": "fetch-loop", "url": "http://unlisted.test/", "count": 100_000 }),
+    )
+    .await;
+    assert_limit_exceeded(terminal, "limits.http_max_requests");
 }

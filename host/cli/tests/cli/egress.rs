@@ -38,9 +38,9 @@ fn an_order_is_charged_through_the_payments_service_with_the_token_the_host_hold
         .find(|charge| charge.order_id == order_id)
         .expect("the order was charged");
     assert_eq!(charge.amount_cents, 25_800);
-    let outbound = serve.call(&token, &["outbound", &id]);
-    let lines = text(&outbound.stdout);
-    assert!(outbound.status.success(), "{}", text(&outbound.stderr));
+    let logs = serve.call(&token, &["logs", &id]);
+    let lines = text(&logs.stdout);
+    assert!(logs.status.success(), "{}", text(&logs.stderr));
     assert!(
         lines.contains("POST http://127.0.0.1:18091/v1/charges  201 in"),
         "{lines}"
@@ -64,8 +64,12 @@ fn a_payments_outage_fails_the_job_attempt_and_the_retry_charges_the_order() {
             .iter()
             .any(|charge| charge.order_id == order_id)
     );
-    let outbound = serve.call(&token, &["outbound", &id]);
-    let lines: Vec<String> = text(&outbound.stdout).lines().map(str::to_owned).collect();
+    let logs = serve.call(&token, &["logs", &id]);
+    let lines: Vec<String> = text(&logs.stdout)
+        .lines()
+        .filter(|line| line.contains("  http "))
+        .map(str::to_owned)
+        .collect();
     assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(
         lines[0].contains("attempt 1 job") && lines[0].contains("  503 in"),

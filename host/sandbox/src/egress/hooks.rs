@@ -6,30 +6,26 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use chrono::{DateTime, Utc};
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
-use opshost_api::{LogLevel, LogLine, LogStream, OutboundRecord};
-use opshost_runtime::OperationRuntime;
+use opshost_api::{LogLevel, LogStream};
 use tokio_rustls::rustls::pki_types::ServerName;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::EgressPolicy;
 use super::allow::{Origin, Scheme};
 use super::send::{self, Bounded, OnEnd, Outgoing, Timeouts};
+use crate::capture::Capture;
 use crate::limits::{HttpLimits, LimitBreach};
 
 /// Refusals for a limit a run may ignore before it is stopped with `LimitExceeded`.
 const TOLERATED_REFUSALS: u32 = 10;
 
 /// What one run (a handler's attempt or a job's) sent: counts against its limits, refusals,
-/// and where its records go.
+/// and the run's capture, where each request is written as a log line.
 pub(crate) struct EgressRun {
     limits: HttpLimits,
-    runtime: OperationRuntime,
-    operation: Option<String>,
-    job: Option<String>,
-    attempt: u32,
+    capture: Arc<Capture>,
     requests: AtomicU64,
     in_flight: AtomicU32,
     waited: Arc<AtomicBool>,
@@ -38,20 +34,11 @@ pub(crate) struct EgressRun {
 }
 
 impl EgressRun {
-    /// A run of `operation`'s attempt `attempt` (or of job `job`'s), under `limits`.
-    pub(crate) fn new(
-        limits: HttpLimits,
-        runtime: OperationRuntime,
-        operation: Option<String>,
-        job: Option<String>,
-        attempt: u32,
-    ) -> Arc<Self> {
+    /// The outbound accounting of the run `capture` writes for, under `limits`.
+    pub(crate) fn new(limits: HttpLimits, capture: Arc<Capture>) -> Arc<Self> {
         Arc::new(Self {
             limits,
-            runtime,
-            operation,
-            job,
-            attempt,
+            capture,
             requests: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
             waited: Arc::default(),
@@ -83,34 +70,12 @@ impl EgressRun {
         }
     }
 
-    fn save(&self, record: OutboundRecord) {
-        tracing::info!(
-            operation = self.operation.as_deref().unwrap_or(""),
-            job = self.job.as_deref().unwrap_or(""),
-            attempt = record.attempt,
-            method = %record.method,
-            origin = %record.origin,
-            path = %record.path,
-            status = record.status,
-            duration_ms = record.duration_ms,
-            bytes = record.bytes,
-            denied = record.denied.as_deref().unwrap_or(""),
-            error = record.error.as_deref().unwrap_or(""),
-            "outbound request"
-        );
-        if let Some(operation) = &self.operation {
-            self.runtime.log_sink().log(operation, log_line(&record));
-            self.runtime.outbound().record(operation, record);
-        }
-    }
-
     async fn send(
         self: Arc<Self>,
         policy: Option<Arc<EgressPolicy>>,
         request: Request<WasiBody>,
         options: Option<RequestOptions>,
     ) -> Result<(Response<WasiBody>, send::Io), Error> {
-        self.waited.store(true, Ordering::Relaxed);
         let uri = request.uri().clone();
         let origin = match (uri.scheme_str().and_then(Scheme::parse), uri.host()) {
             (Some(scheme), Some(host)) => Some(Origin::new(scheme, host, uri.port_u16())),
@@ -125,6 +90,13 @@ impl EgressRun {
             ),
             uri.path(),
         );
+        // Every request counts against the run's total, refused or not.
+        let limits = self.limits;
+        if self.requests.fetch_add(1, Ordering::SeqCst) >= limits.max_requests {
+            let detail = format!("the run already sent its {} requests", limits.max_requests);
+            self.refuse("http_max_requests", &detail);
+            return Err(record.deny(format!("{detail} (limits.http_max_requests)")));
+        }
         let Some(policy) = policy else {
             return Err(record.deny("the component has no grants.http".into()));
         };
@@ -136,12 +108,6 @@ impl EgressRun {
         }
         if matches!(*request.method(), Method::TRACE | Method::CONNECT) {
             return Err(record.deny(format!("method {} is refused", request.method())));
-        }
-        let limits = self.limits;
-        if self.requests.fetch_add(1, Ordering::SeqCst) >= limits.max_requests {
-            let detail = format!("the run already sent its {} requests", limits.max_requests);
-            self.refuse("http_max_requests", &detail);
-            return Err(record.deny(format!("{detail} (limits.http_max_requests)")));
         }
         let Some(in_flight) = InFlight::enter(&self) else {
             let detail = format!(
@@ -176,6 +142,8 @@ impl EgressRun {
                 "the request carries a secret held for another origin than {origin}"
             )));
         }
+        // From here on the guest waits on the network: that time is not its CPU time.
+        self.waited.store(true, Ordering::Relaxed);
         let address = match policy
             .network
             .resolver
@@ -288,48 +256,6 @@ impl EgressRun {
     }
 }
 
-/// An outbound request as a line of its operation's logs.
-fn log_line(record: &OutboundRecord) -> LogLine {
-    let outcome = match (&record.denied, &record.error, record.status) {
-        (Some(why), _, _) => format!("denied: {why}"),
-        (None, Some(error), _) => format!("failed after {} ms: {error}", record.duration_ms),
-        (None, None, status) => format!(
-            "{} in {} ms, {} bytes",
-            status.map_or_else(|| "-".to_owned(), |s| s.to_string()),
-            record.duration_ms,
-            record.bytes
-        ),
-    };
-    let mut fields = BTreeMap::from([
-        ("method".to_owned(), record.method.clone()),
-        ("origin".to_owned(), record.origin.clone()),
-        ("path".to_owned(), record.path.clone()),
-        ("duration_ms".to_owned(), record.duration_ms.to_string()),
-        ("bytes".to_owned(), record.bytes.to_string()),
-    ]);
-    if let Some(status) = record.status {
-        fields.insert("status".to_owned(), status.to_string());
-    }
-    let failed = record.denied.is_some() || record.error.is_some();
-    LogLine {
-        seq: 0,
-        at: record.at,
-        attempt: record.attempt,
-        job: record.job.clone(),
-        stream: LogStream::Http,
-        level: if failed {
-            LogLevel::Warn
-        } else {
-            LogLevel::Info
-        },
-        message: format!(
-            "{} {}{}  {outcome}",
-            record.method, record.origin, record.path
-        ),
-        fields,
-    }
-}
-
 /// The limit a failed request ran into, if it was one of the run's timeouts.
 fn timeout_limit(error: &Error) -> Option<&'static str> {
     match error {
@@ -372,7 +298,6 @@ fn field(text: &str) -> String {
 /// run drops it before.
 struct Pending {
     run: Arc<EgressRun>,
-    at: DateTime<Utc>,
     began: Instant,
     method: String,
     origin: String,
@@ -384,7 +309,6 @@ impl Pending {
     fn new(run: Arc<EgressRun>, method: &str, origin: String, path: &str) -> Self {
         Self {
             run,
-            at: Utc::now(),
             began: Instant::now(),
             method: field(method),
             origin: field(&origin),
@@ -393,6 +317,8 @@ impl Pending {
         }
     }
 
+    /// Writes the request as a line of the run's logs (stream `http`), and as a line of the
+    /// host's own.
     fn write(
         &mut self,
         status: Option<u16>,
@@ -401,20 +327,54 @@ impl Pending {
         error: Option<String>,
     ) {
         self.saved = true;
-        let record = OutboundRecord {
-            at: self.at,
-            attempt: self.run.attempt,
-            job: self.run.job.clone(),
-            method: std::mem::take(&mut self.method),
-            origin: std::mem::take(&mut self.origin),
-            path: std::mem::take(&mut self.path),
+        let duration_ms = u64::try_from(self.began.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let capture = &self.run.capture;
+        tracing::info!(
+            operation = capture.operation().unwrap_or(""),
+            job = capture.job().unwrap_or(""),
+            attempt = capture.attempt(),
+            method = %self.method,
+            origin = %self.origin,
+            path = %self.path,
             status,
-            duration_ms: u64::try_from(self.began.elapsed().as_millis()).unwrap_or(u64::MAX),
+            duration_ms,
             bytes,
-            denied: denied.as_deref().map(field),
-            error: error.as_deref().map(field),
+            denied = denied.as_deref().unwrap_or(""),
+            error = error.as_deref().unwrap_or(""),
+            "outbound request"
+        );
+        let outcome = match (&denied, &error, status) {
+            (Some(why), _, _) => format!("denied: {why}"),
+            (None, Some(error), _) => format!("failed after {duration_ms} ms: {error}"),
+            (None, None, status) => format!(
+                "{} in {duration_ms} ms, {bytes} bytes",
+                status.map_or_else(|| "-".to_owned(), |s| s.to_string())
+            ),
         };
-        self.run.save(record);
+        let level = if denied.is_some() || error.is_some() {
+            LogLevel::Warn
+        } else {
+            LogLevel::Info
+        };
+        let message = format!("{} {}{}  {outcome}", self.method, self.origin, self.path);
+        let mut fields = BTreeMap::from([
+            ("method".to_owned(), std::mem::take(&mut self.method)),
+            ("origin".to_owned(), std::mem::take(&mut self.origin)),
+            ("path".to_owned(), std::mem::take(&mut self.path)),
+            ("duration_ms".to_owned(), duration_ms.to_string()),
+            ("bytes".to_owned(), bytes.to_string()),
+        ]);
+        let optional = [
+            ("status", status.map(|s| s.to_string())),
+            ("denied", denied.as_deref().map(field)),
+            ("error", error.as_deref().map(field)),
+        ];
+        for (name, value) in optional {
+            if let Some(value) = value {
+                fields.insert(name.to_owned(), value);
+            }
+        }
+        capture.line(LogStream::Http, level, &message, fields);
     }
 
     /// Records a refusal; answers the error the guest reads (`HTTP-request-denied`).
