@@ -8,6 +8,7 @@
 //! handles (custom section `opshost-operation`, written by the guest SDK's `export_handler!`).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -16,7 +17,7 @@ use crate::bindings::HandlerPre;
 use crate::bindings::worker::WorkerPre;
 use crate::cache::{ComponentLoader, sha256_hex};
 use crate::config::DeploymentConfig;
-use crate::egress::{EgressSettings, Secrets, check_grant};
+use crate::egress::{Network, Secrets, check_grant};
 use crate::engine::{EngineShape, new_engine};
 use crate::error::SandboxError;
 use crate::grants::{Grants, ungranted_imports};
@@ -85,7 +86,11 @@ pub fn check_component(
         });
     let mut problems = Vec::new();
     let secrets = Secrets::read(&config.secrets);
-    if let Err(error) = &secrets {
+    let network = Network::new(&config.egress);
+    for error in [secrets.as_ref().err(), network.as_ref().err()]
+        .into_iter()
+        .flatten()
+    {
         problems.push(error.clone());
     }
     let mut uses = 0;
@@ -97,7 +102,7 @@ pub fn check_component(
             &compiled,
             &digest,
             &secrets,
-            &config.egress,
+            &network,
         );
     }
     if uses == 0 {
@@ -130,7 +135,7 @@ impl Use<'_> {
         component: &Component,
         digest: &str,
         secrets: &Result<Secrets, String>,
-        egress: &EgressSettings,
+        network: &Result<Arc<Network>, String>,
     ) {
         let role = &self.role;
         if let Some(missing) = self.missing {
@@ -161,8 +166,8 @@ impl Use<'_> {
         if let Err(error) = self.grants.check() {
             problems.push(format!("{role}: {error}"));
         }
-        if let (Some(grant), Ok(secrets)) = (&self.grants.http, secrets)
-            && let Err(error) = check_grant(grant, secrets, egress)
+        if let (Some(grant), Ok(secrets), Ok(network)) = (&self.grants.http, secrets, network)
+            && let Err(error) = check_grant(grant, secrets, network)
         {
             problems.push(format!("{role}: {error}"));
         }

@@ -78,9 +78,9 @@ pub struct Metrics {
     doorbells: Gauge,
     watchers: Gauge,
     connections: Gauge,
-    log_lines_dropped: Gauge,
+    log_lines_dropped: Counter,
     jobs: Family<JobLabels, Gauge>,
-    job_attempts: Family<QueueLabels, Gauge>,
+    job_attempts: Family<QueueLabels, Counter>,
     run_cpu: HistogramFamily<RunLabels>,
     run_memory: HistogramFamily<RunLabels>,
     requests: Family<RouteLabels, Counter>,
@@ -99,9 +99,9 @@ impl Metrics {
         let doorbells = Gauge::default();
         let watchers = Gauge::default();
         let connections = Gauge::default();
-        let log_lines_dropped = Gauge::default();
+        let log_lines_dropped = Counter::default();
         let jobs = Family::<JobLabels, Gauge>::default();
-        let job_attempts = Family::<QueueLabels, Gauge>::default();
+        let job_attempts = Family::<QueueLabels, Counter>::default();
         let run_cpu: HistogramFamily<RunLabels> = Family::new_with_constructor(latency_histogram);
         let run_memory: HistogramFamily<RunLabels> = Family::new_with_constructor(memory_histogram);
         let requests = Family::<RouteLabels, Counter>::default();
@@ -301,9 +301,10 @@ impl Metrics {
                     .set(i64::try_from(count.count).unwrap_or(i64::MAX));
             }
             for (queue, attempts) in jobs.attempts() {
-                self.job_attempts
-                    .get_or_create(&QueueLabels { queue })
-                    .set(i64::try_from(attempts).unwrap_or(i64::MAX));
+                catch_up(
+                    &self.job_attempts.get_or_create(&QueueLabels { queue }),
+                    attempts,
+                );
             }
         }
         let counts = runtime.count_by_state().await.map_err(|e| e.to_string())?;
@@ -320,13 +321,17 @@ impl Metrics {
             .set(i64::try_from(runtime.active_handlers()).unwrap_or(i64::MAX));
         self.doorbells
             .set(i64::try_from(runtime.doorbells()).unwrap_or(i64::MAX));
-        self.log_lines_dropped
-            .set(i64::try_from(runtime.log_sink().dropped()).unwrap_or(i64::MAX));
+        catch_up(&self.log_lines_dropped, runtime.log_sink().dropped());
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry)
             .map_err(|e| e.to_string())?;
         Ok(text)
     }
+}
+
+/// Brings `counter` up to `total`, a count kept elsewhere that only grows.
+fn catch_up(counter: &Counter, total: u64) {
+    counter.inc_by(total.saturating_sub(counter.get()));
 }
 
 /// One open watch stream, counted in `opshost_watchers` while it lives.

@@ -139,6 +139,6 @@ async fn a_guest_writing_300_mib_to_stdout_is_held_to_its_rate_and_others_carry_
     assert!(lines.iter().all(|l| l.message.len() <= 16 << 10));
     assert!(
         host.runtime().log_sink().dropped() >= dropped,
-        "opshost_log_lines_dropped counts them"
+        "opshost_log_lines_dropped_total counts them"
     );
 }

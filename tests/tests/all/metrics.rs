@@ -33,7 +33,7 @@ async fn jobs_and_what_runs_used_are_exported_after_a_handed_off_operation() {
     }
     let url = &server.url;
     assert_eq!(
-        metric(url, r#"opshost_job_attempts{queue="testing.owned"}"#).await,
+        metric(url, r#"opshost_job_attempts_total{queue="testing.owned"}"#).await,
         1.0
     );
     let handler = r#"{kind="handler",name="Testing.Scenario"}"#;
@@ -44,5 +44,5 @@ async fn jobs_and_what_runs_used_are_exported_after_a_handed_off_operation() {
         let memory = metric(url, &format!("opshost_run_peak_memory_bytes_sum{labels}")).await;
         assert!(memory > 0.0, "{labels}: {memory}");
     }
-    assert_eq!(metric(url, "opshost_log_lines_dropped").await, 0.0);
+    assert_eq!(metric(url, "opshost_log_lines_dropped_total").await, 0.0);
 }

@@ -117,6 +117,8 @@ struct OriginHeaders {
     origin: Origin,
     headers: HeaderMap,
     secrets: Vec<Arc<str>>,
+    /// The policy's other secrets: what a request to this origin must not carry.
+    foreign: Arc<[Arc<str>]>,
 }
 
 /// One component's outbound policy: its allow-list and the secret headers of each origin.
@@ -169,7 +171,15 @@ impl EgressPolicy {
                 origin: parsed,
                 headers: map,
                 secrets: carried,
+                foreign: Arc::new([]),
             });
+        }
+        for entry in &mut headers {
+            entry.foreign = used
+                .iter()
+                .filter(|secret| !entry.secrets.contains(secret))
+                .cloned()
+                .collect();
         }
         Ok(Self {
             allow,
@@ -186,23 +196,19 @@ impl EgressPolicy {
 
     /// The secrets a request to `origin` must not carry: those held for other origins only.
     fn foreign_secrets(&self, origin: &Origin) -> Arc<[Arc<str>]> {
-        let own = self
+        let foreign = self
             .headers_of(origin)
-            .map_or(&[][..], |entry| &entry.secrets);
-        self.secrets
-            .iter()
-            .filter(|secret| !own.contains(secret))
-            .cloned()
-            .collect()
+            .map_or(&self.secrets, |entry| &entry.foreign);
+        Arc::clone(foreign)
     }
 }
 
-/// Checks `grant` as loading would under `settings`: the error names what is wrong.
-pub fn check_grant(
+/// Checks `grant` as loading would, against the deployment's `network`: the error names
+/// what is wrong.
+pub(crate) fn check_grant(
     grant: &HttpGrant,
     secrets: &Secrets,
-    settings: &EgressSettings,
+    network: &Arc<Network>,
 ) -> Result<(), String> {
-    let network = Network::new(settings)?;
-    EgressPolicy::new(grant, secrets, &network).map(drop)
+    EgressPolicy::new(grant, secrets, network).map(drop)
 }

@@ -199,7 +199,10 @@ impl Body for Bounded {
                         );
                     }
                 }
-                this.timer = Some(Box::pin(tokio::time::sleep_until(Instant::now() + gap)));
+                match &mut this.timer {
+                    Some(timer) => timer.as_mut().reset(Instant::now() + gap),
+                    None => this.timer = Some(Box::pin(tokio::time::sleep(gap))),
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(error))) => {
