@@ -53,16 +53,33 @@ pub struct Figures {
 /// `operations` start→terminal runs of `Testing.Scenario` (`scenario: complete`) from
 /// `concurrency` closed-loop callers.
 pub async fn measure(runtime: &OperationRuntime, operations: usize, concurrency: usize) -> Figures {
+    measure_input(
+        runtime,
+        operations,
+        concurrency,
+        json!({ "scenario": "complete" }),
+    )
+    .await
+}
+
+/// [`measure`] with `input` as every operation's input.
+pub async fn measure_input(
+    runtime: &OperationRuntime,
+    operations: usize,
+    concurrency: usize,
+    input: Value,
+) -> Figures {
     let per_caller = (operations / concurrency).max(1);
     let started = Instant::now();
     let callers: Vec<_> = (0..concurrency)
         .map(|_| {
             let runtime = runtime.clone();
+            let input = input.clone();
             tokio::spawn(async move {
                 let mut latencies = Vec::with_capacity(per_caller);
                 for _ in 0..per_caller {
                     let begun = Instant::now();
-                    let accepted = start(&runtime).await;
+                    let accepted = start_input(&runtime, input.clone()).await;
                     let terminal = runtime
                         .wait(&accepted.snapshot.id, None)
                         .await
@@ -90,17 +107,17 @@ pub async fn measure(runtime: &OperationRuntime, operations: usize, concurrency:
 
 /// Starts `Testing.Scenario` (`scenario: complete`) for the bench's owner.
 pub async fn start(runtime: &OperationRuntime) -> Acceptance {
+    start_input(runtime, json!({ "scenario": "complete" })).await
+}
+
+/// Starts `Testing.Scenario` with `input` for the bench's owner.
+pub async fn start_input(runtime: &OperationRuntime, input: Value) -> Acceptance {
     let owner = Owner {
         tenant: "bench".into(),
         subject: "bench".into(),
     };
     runtime
-        .start(
-            owner,
-            "Testing.Scenario",
-            None,
-            json!({ "scenario": "complete" }),
-        )
+        .start(owner, "Testing.Scenario", None, input)
         .await
         .unwrap_or_else(|e| panic!("start: {e}"))
 }

@@ -52,8 +52,14 @@ pub fn next(current: &Snapshot, state: OperationState) -> Snapshot {
 
 /// See the module docs.
 pub async fn create_is_atomic_create_if_absent(store: Arc<dyn OperationStore>) {
+    let mut traced = snapshot("a", "Op");
+    traced.trace = Some(opshost_api::TraceContext {
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+        span_id: "00f067aa0ba902b7".into(),
+        sampled: true,
+    });
     let first = store
-        .create(stored(snapshot("a", "Op"), Some(json!(1))))
+        .create(stored(traced.clone(), Some(json!(1))))
         .await
         .unwrap();
     assert!(matches!(first, CreateOutcome::Created(_)));
@@ -66,6 +72,7 @@ pub async fn create_is_atomic_create_if_absent(store: Arc<dyn OperationStore>) {
     };
     assert_eq!(existing.snapshot.operation, "Op");
     assert_eq!(existing.input, Some(json!(1)));
+    assert_eq!(existing.snapshot.trace, traced.trace, "the trace is kept");
 }
 
 /// See the module docs.
@@ -466,6 +473,8 @@ fn log_line(message: &str) -> LogLine {
         level: LogLevel::Info,
         message: message.into(),
         fields: Default::default(),
+        trace_id: None,
+        span_id: None,
     }
 }
 
@@ -485,6 +494,8 @@ pub async fn logs_are_numbered_in_order_and_read_after_a_sequence(store: Arc<dyn
     let mut worker = log_line("four");
     worker.job = Some("job-1".into());
     worker.fields.insert("order".into(), "ord_1".into());
+    worker.trace_id = Some("4bf92f3577b34da6a3ce929d0e0e4736".into());
+    worker.span_id = Some("00f067aa0ba902b7".into());
     store
         .append_logs("logged", vec![worker, log_line("five")])
         .await
@@ -504,6 +515,12 @@ pub async fn logs_are_numbered_in_order_and_read_after_a_sequence(store: Arc<dyn
     );
     assert_eq!(all[3].job.as_deref(), Some("job-1"));
     assert_eq!(all[3].fields["order"], "ord_1");
+    assert_eq!(
+        all[3].trace_id.as_deref(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    assert_eq!(all[3].span_id.as_deref(), Some("00f067aa0ba902b7"));
+    assert_eq!(all[4].trace_id, None);
     let later = store.logs_after("logged", 3, 100).await.unwrap();
     assert_eq!(later.iter().map(|l| l.seq).collect::<Vec<_>>(), [4, 5]);
     let first_two = store.logs_after("logged", 0, 2).await.unwrap();

@@ -34,6 +34,7 @@ fn job(id: &str, queue: &str, run_at: i64) -> JobRecord {
         lease_until: None,
         created_at: at(0),
         updated_at: at(0),
+        trace: None,
     }
 }
 
@@ -50,7 +51,14 @@ async fn lease(store: &Arc<dyn JobStore>, queue: &str, now: i64) -> Option<JobRe
 
 /// See the module docs.
 pub async fn enqueue_keeps_the_first_job_of_an_id(store: Arc<dyn JobStore>) {
-    let first = store.enqueue(job("j", "q", 0)).await.unwrap();
+    let mut traced = job("j", "q", 0);
+    traced.trace = Some(opshost_api::TraceContext {
+        trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+        span_id: "00f067aa0ba902b7".into(),
+        sampled: true,
+    });
+    let first = store.enqueue(traced.clone()).await.unwrap();
+    assert_eq!(first.trace, traced.trace, "the trace is kept with the job");
     let mut other = job("j", "q", 0);
     other.payload = json!("different");
     assert_eq!(store.enqueue(other).await.unwrap(), first);

@@ -190,5 +190,6 @@ pub mod conformance;
 pub mod job_conformance;
 pub mod jobs;
 pub mod net;
+pub mod otlp;
 pub mod postgres;
 pub mod upstream;

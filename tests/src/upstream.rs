@@ -77,7 +77,7 @@ struct To {
 /// `/echo-body`: the request headers as the body. `/redirect?to=URL`: 302 to it. `/big`: 1 GiB
 /// streamed. `/large`: 2 MiB with its length declared. `/drip`: a byte a second, for ever.
 /// `/slow`: `/hello` after 50 ms. `/stall`: no answer for an hour. `/status/CODE`: that
-/// status. Anything else: 404.
+/// status. `/v1/charges`: 201, as a payments service charges. Anything else: 404.
 async fn answer(
     State(seen): State<Arc<Mutex<Vec<Seen>>>>,
     method: Method,
@@ -122,6 +122,12 @@ async fn answer(
             .collect::<String>()
             .into_response(),
         "large" => vec![b'x'; 2 << 20].into_response(),
+        "v1/charges" => (
+            StatusCode::CREATED,
+            [(header::CONTENT_TYPE, "application/json")],
+            r#"{"id":"ch_1","status":"succeeded"}"#,
+        )
+            .into_response(),
         "slow" => {
             tokio::time::sleep(Duration::from_millis(50)).await;
             r#"{"hello":"world"}"#.into_response()

@@ -93,6 +93,9 @@ pub struct JobRecord {
     pub created_at: DateTime<Utc>,
     /// When it last changed.
     pub updated_at: DateTime<Utc>,
+    /// The trace its attempts' spans belong to, when it was enqueued in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::TraceContext>,
 }
 
 /// One page of jobs.

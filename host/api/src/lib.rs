@@ -11,9 +11,11 @@ mod job;
 mod log;
 mod operation;
 mod snapshot;
+mod trace;
 
 pub use error::{ErrorCode, ErrorInfo};
 pub use job::{JobPage, JobRecord, JobState};
 pub use log::{LogLevel, LogLine, LogStream};
 pub use operation::{Operation, Signal};
 pub use snapshot::{EventKind, OperationEvent, OperationSnapshot, OperationState, Snapshot};
+pub use trace::TraceContext;

@@ -60,4 +60,10 @@ pub struct LogLine {
     /// Key-value fields (from the `log` import, or an outbound request's details).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub fields: BTreeMap<String, String>,
+    /// The trace of the run that wrote it, when it runs in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// The span of the run that wrote it (the attempt's, or the job attempt's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub span_id: Option<String>,
 }

@@ -3,7 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::{ErrorInfo, Operation};
+use crate::{ErrorInfo, Operation, TraceContext};
 
 /// Lifecycle state: `pending` → `running` → `completed` | `failed` | `cancelled`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -130,6 +130,10 @@ pub struct Snapshot {
     /// When the operation became terminal.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completed_at: Option<DateTime<Utc>>,
+    /// The trace the operation's spans belong to (`trace.traceId`), when it was accepted in
+    /// one: the caller's `traceparent`, or the host's own when it exports traces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<TraceContext>,
 }
 
 impl Snapshot {
@@ -151,6 +155,7 @@ impl Snapshot {
             created_at: now,
             updated_at: now,
             completed_at: None,
+            trace: None,
         }
     }
 
@@ -181,6 +186,7 @@ impl Snapshot {
             created_at: self.created_at,
             updated_at: self.updated_at,
             completed_at: self.completed_at,
+            trace: self.trace,
         })
     }
 }
@@ -216,6 +222,8 @@ pub struct OperationSnapshot<Op: Operation> {
     pub updated_at: DateTime<Utc>,
     /// When the operation became terminal.
     pub completed_at: Option<DateTime<Utc>>,
+    /// The trace the operation's spans belong to, when it was accepted in one.
+    pub trace: Option<TraceContext>,
 }
 
 impl<Op: Operation> Clone for OperationSnapshot<Op> {
@@ -235,6 +243,7 @@ impl<Op: Operation> Clone for OperationSnapshot<Op> {
             created_at: self.created_at,
             updated_at: self.updated_at,
             completed_at: self.completed_at,
+            trace: self.trace.clone(),
         }
     }
 }

@@ -15,6 +15,8 @@ mod hosts;
 mod new;
 #[path = "cli/shutdown.rs"]
 mod shutdown;
+#[path = "cli/telemetry.rs"]
+mod telemetry;
 
 use std::process::{Child, Command, Output};
 

@@ -19,6 +19,11 @@
 //! # url = "postgres://opshost@db.internal/opshost"   # PostgreSQL instead of SQLite
 //! # host_lease_ms = 10000     # with PostgreSQL: how soon other hosts take over a dead one's work
 //! retention_days = 7         # terminal operations and final jobs are purged after this long
+//!
+//! [telemetry]
+//! otlp_endpoint = "http://127.0.0.1:4318"   # export traces over OTLP/HTTP; off when absent
+//! service_name = "orders"    # `service.name` of the spans (default "opshost")
+//! export_interval_ms = 1000  # how long ended spans wait to be sent in one batch
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -26,6 +31,7 @@ use std::time::Duration;
 
 use opshost_sandbox::{DeploymentConfig, SandboxError};
 use opshost_server::{AuthConfig, ServerConfig};
+use opshost_telemetry::TelemetryConfig;
 use serde::Deserialize;
 
 /// Where operations are kept and for how long (the `[store]` table).
@@ -69,6 +75,43 @@ impl StoreConfig {
     }
 }
 
+/// Traces (the `[telemetry]` table): exported over OTLP/HTTP when `otlp_endpoint` is set.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryTable {
+    /// The collector's OTLP/HTTP endpoint, e.g. `http://127.0.0.1:4318`.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the spans.
+    pub service_name: String,
+    /// How long ended spans wait to be sent in one batch, in milliseconds.
+    pub export_interval_ms: u64,
+    /// Spans held while the collector is slow or away; beyond it, new spans are dropped.
+    pub max_queue: usize,
+}
+
+impl Default for TelemetryTable {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "opshost".into(),
+            export_interval_ms: 1000,
+            max_queue: 8192,
+        }
+    }
+}
+
+impl TelemetryTable {
+    /// The exporter's config, when traces are exported.
+    pub fn config(&self) -> Option<TelemetryConfig> {
+        let endpoint = self.otlp_endpoint.as_ref()?;
+        Some(TelemetryConfig {
+            export_interval: Duration::from_millis(self.export_interval_ms.max(1)),
+            max_queue: self.max_queue.max(1),
+            ..TelemetryConfig::new(endpoint, &self.service_name)
+        })
+    }
+}
+
 /// Everything a host reads from its config file.
 pub struct HostConfig {
     /// The contract, its handlers and workers, limits and grants (the top level).
@@ -79,6 +122,8 @@ pub struct HostConfig {
     pub auth: AuthConfig,
     /// `[store]`: where operations and jobs are kept.
     pub store: StoreConfig,
+    /// `[telemetry]`: where traces go.
+    pub telemetry: TelemetryTable,
 }
 
 impl HostConfig {
@@ -95,6 +140,7 @@ impl HostConfig {
         let server: ServerConfig = table_of(&mut table, "server", path)?;
         let mut auth: AuthConfig = table_of(&mut table, "auth", path)?;
         let store: StoreConfig = table_of(&mut table, "store", path)?;
+        let telemetry: TelemetryTable = table_of(&mut table, "telemetry", path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         for key in [&mut auth.ed25519_public_key, &mut auth.rs256_public_key]
             .into_iter()
@@ -108,6 +154,7 @@ impl HostConfig {
             server,
             auth,
             store,
+            telemetry,
         })
     }
 }

@@ -30,10 +30,11 @@ use opshost_sandbox::{SandboxError, WasmHost};
 use opshost_server::{AuthConfigError, Authenticator, HttpApi, ServerConfig};
 use opshost_store_postgres::PostgresStore;
 use opshost_store_sqlite::SqliteStore;
+use opshost_telemetry::Telemetry;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-pub use config::{ConfigError, HostConfig, StoreConfig};
+pub use config::{ConfigError, HostConfig, StoreConfig, TelemetryTable};
 
 /// Where a host keeps its operations and jobs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +80,9 @@ pub enum HostError {
         /// Why.
         source: std::io::Error,
     },
+    /// `[telemetry]` cannot be set up.
+    #[error(transparent)]
+    Telemetry(#[from] opshost_telemetry::TelemetryError),
     /// The HTTP server stopped on its own.
     #[error("the HTTP server failed: {0}")]
     Serve(std::io::Error),
@@ -92,6 +96,7 @@ pub struct Host {
     wasm: WasmHost,
     auth: Authenticator,
     server: ServerConfig,
+    telemetry: Telemetry,
     background: Vec<JoinHandle<()>>,
 }
 
@@ -101,12 +106,19 @@ impl Host {
     pub async fn open(mut config: HostConfig, choice: StoreChoice) -> Result<Self, HostError> {
         let auth = Authenticator::from_config(&config.auth)?;
         let lease = Duration::from_millis(config.store.host_lease_ms.max(100));
+        let telemetry = match config.telemetry.config() {
+            Some(telemetry) => Telemetry::otlp(&telemetry)?,
+            None => Telemetry::off(),
+        };
         let wasm = match (choice, &config.store.url) {
-            (StoreChoice::Memory, _) => WasmHost::from_config(&config.deployment)?,
+            (StoreChoice::Memory, _) => WasmHost::builder(&config.deployment)
+                .telemetry(telemetry.clone())
+                .build()?,
             (StoreChoice::FromConfig, Some(url)) => {
                 let store = Arc::new(PostgresStore::connect_with_lease(url, lease).await?);
                 WasmHost::builder(&config.deployment)
                     .stores(store)
+                    .telemetry(telemetry.clone())
                     .build()?
             }
             (StoreChoice::FromConfig, None) => {
@@ -117,6 +129,7 @@ impl Host {
                 }
                 WasmHost::builder(&config.deployment)
                     .stores(store)
+                    .telemetry(telemetry.clone())
                     .build()?
             }
         };
@@ -131,6 +144,7 @@ impl Host {
             wasm,
             auth,
             server: config.server,
+            telemetry,
             background,
         })
     }
@@ -189,6 +203,12 @@ impl Host {
         closing.cancel();
         if tokio::time::timeout(ANSWER_PATIENCE, served).await.is_err() {
             tracing::warn!("connections still open when the host stopped");
+        }
+        // The spans of the drained runs leave before the host does.
+        let telemetry = self.telemetry;
+        let flushed = tokio::task::spawn_blocking(move || telemetry.shutdown(ANSWER_PATIENCE));
+        if flushed.await.is_err() {
+            tracing::warn!("spans not sent at shutdown");
         }
         Ok(Stopped {
             drained: shutdown.drained,

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::future::BoxFuture;
-use opshost_api::{ErrorCode, ErrorInfo};
+use opshost_api::{ErrorCode, ErrorInfo, TraceContext};
 use opshost_contract::{Contract, QueueSpec};
 use opshost_runtime::{JobHandOff, OperationRuntime, ServerError, until_stored};
+use opshost_telemetry::Context;
 use serde_json::Value;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +47,9 @@ pub struct EnqueueOptions {
     pub operation: Option<String>,
     /// How long to wait before the first attempt.
     pub delay: Duration,
+    /// The trace its attempts join; when `None`, the trace of the span current where it is
+    /// enqueued (an HTTP request's, a handler's), if any.
+    pub trace: Option<TraceContext>,
 }
 
 /// The jobs of one service. Cheap to clone; clones share everything.
@@ -127,8 +131,15 @@ impl Jobs {
             })?;
         let now = Utc::now();
         let delay = chrono::Duration::from_std(options.delay).unwrap_or(chrono::Duration::MAX);
+        let id = options.id.unwrap_or_else(|| ulid::Ulid::new().to_string());
+        let trace = options.trace.or_else(|| {
+            self.inner
+                .runtime
+                .telemetry()
+                .enqueued(&Context::current(), queue, &id)
+        });
         let job = JobRecord {
-            id: options.id.unwrap_or_else(|| ulid::Ulid::new().to_string()),
+            id,
             queue: queue.to_owned(),
             state: JobState::Queued,
             payload,
@@ -143,6 +154,7 @@ impl Jobs {
             lease_until: None,
             created_at: now,
             updated_at: now,
+            trace,
         };
         let stored = self.inner.store.enqueue(job).await?;
         self.inner.wake(queue).notify_one();
@@ -360,11 +372,13 @@ impl JobHandOff for Port {
         operation_id: &'a str,
         queue: &'a str,
         payload: Value,
+        trace: Option<TraceContext>,
     ) -> BoxFuture<'a, Result<String, ServerError>> {
         Box::pin(async move {
             let options = EnqueueOptions {
                 id: Some(job_id.to_owned()),
                 operation: Some(operation_id.to_owned()),
+                trace,
                 ..EnqueueOptions::default()
             };
             let Some(jobs) = self.jobs() else {

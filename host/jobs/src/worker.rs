@@ -15,6 +15,7 @@ use futures::future::BoxFuture;
 use opshost_api::{ErrorCode, ErrorInfo, Operation, OperationState};
 use opshost_contract::QueueSpec;
 use opshost_runtime::OperationControl;
+use opshost_telemetry::Span;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -32,6 +33,7 @@ pub struct Job {
     jobs: Jobs,
     record: JobRecord,
     cancel: CancellationToken,
+    span: Span,
 }
 
 impl Job {
@@ -48,6 +50,12 @@ impl Job {
     /// This attempt's number, from 1.
     pub fn attempt(&self) -> u32 {
         self.record.attempt
+    }
+
+    /// This attempt's span: what the worker does (its outbound requests, the operation it
+    /// resumes) hangs from it.
+    pub fn span(&self) -> &Span {
+        &self.span
     }
 
     /// The payload as JSON.
@@ -233,20 +241,23 @@ impl Jobs {
             cancel.clone(),
             lost.clone(),
         ));
+        let trace = inner.runtime.telemetry().job_attempt(&record);
         let job = Job {
             jobs: self.clone(),
             record: record.clone(),
             cancel: cancel.clone(),
+            span: trace.clone(),
         };
         let span = tracing::info_span!(
             "job",
             job = %record.id,
             queue = %record.queue,
             attempt = record.attempt,
-            operation = record.operation.as_deref().unwrap_or("")
+            operation = record.operation.as_deref().unwrap_or(""),
+            trace_id = trace.trace().map_or(String::new(), |trace| trace.trace_id),
         );
         inner.count_attempt(&record.queue);
-        let mut task = tokio::spawn(run(job).instrument(span));
+        let mut task = tokio::spawn(trace.scope(run(job)).instrument(span));
         let outcome = tokio::select! {
             outcome = tokio::time::timeout(spec.timeout, &mut task) => Some(outcome),
             _ = lost.cancelled() => None,
@@ -259,6 +270,7 @@ impl Jobs {
             // Stopped before anyone takes the job on: its worker writes nothing more.
             let _ = task.await;
             tracing::warn!(job = %record.id, "lease lost or handed back; the job runs elsewhere");
+            trace.end_with("interrupted", None);
             return;
         };
         let failure = match outcome {
@@ -266,10 +278,12 @@ impl Jobs {
                 // The tokio runtime is shutting down under the worker: the attempt did not
                 // fail, it stopped with its host; the lease running out hands the job on.
                 tracing::warn!(job = %record.id, "worker stopped with its runtime");
+                trace.end_with("interrupted", None);
                 return;
             }
             Ok(Ok(Ok(result))) => match check_result(&spec, &result) {
                 Ok(()) => {
+                    trace.end_with("completed", None);
                     self.finish(&record, Finish::Completed(result)).await;
                     return;
                 }
@@ -305,6 +319,13 @@ impl Jobs {
         } else {
             Finish::Dead(failure)
         };
+        let (outcome, error) = match &finish {
+            Finish::Completed(_) => ("completed", None),
+            Finish::Retry { error, .. } => ("retrying", Some(error)),
+            Finish::Dead(error) => ("dead", Some(error)),
+            Finish::Cancelled(_) => ("cancelled", None),
+        };
+        trace.end_with(outcome, error.map(|error| error.message.as_str()));
         self.finish(&record, finish).await;
     }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use opshost_api::{ErrorCode, ErrorInfo, EventKind, OperationState, Snapshot};
+use opshost_telemetry::Span;
 use serde_json::Value;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
@@ -225,6 +226,7 @@ impl Executor {
                 });
             }
         }
+        let tenant = owner.tenant.clone();
         let acceptance = self
             .log
             .accept(owner, operation, key, Some(input.clone()))
@@ -232,30 +234,35 @@ impl Executor {
         // Accepted while the host began to stop: the operation stays pending, for the next
         // start of this host or another host to run.
         if acceptance.created && !self.closing.is_cancelled() {
-            self.launch(handler, acceptance.snapshot.clone(), Some(input));
+            self.launch(handler, acceptance.snapshot.clone(), Some(input), &tenant);
         }
         Ok(acceptance)
     }
 
-    /// Runs `handler` for `snapshot` on a task of its own, once a slot is free.
+    /// Runs `handler` for `snapshot` (an operation of `tenant`) on a task of its own, once a
+    /// slot is free.
     fn launch(
         self: &Arc<Self>,
         handler: Arc<dyn OperationHandler>,
         snapshot: Snapshot,
         input: Option<Value>,
+        tenant: &str,
     ) {
-        let run = self.runs.launch(&self.log, &self.jobs, &snapshot);
+        let span = self.log.telemetry().attempt(&snapshot, tenant);
+        let run = self.runs.launch(&self.log, &self.jobs, &snapshot, span);
         let executor = Arc::clone(self);
         let closing = self.closing.clone();
         let queued = self.slots.as_ref().map(Queued::new);
         let (registered, gate) = tokio::sync::oneshot::channel::<()>();
         let task_run = Arc::clone(&run);
-        // The host's own lines about this run carry its operation and attempt.
+        // The host's own lines about this run carry its operation, attempt, tenant and trace.
         let span = tracing::info_span!(
             "run",
             operation = %snapshot.id,
             name = %snapshot.operation,
-            attempt = snapshot.attempt
+            attempt = snapshot.attempt,
+            tenant,
+            trace_id = snapshot.trace.as_ref().map_or("", |trace| trace.trace_id.as_str()),
         );
         let task = tokio::spawn(async move {
             let run = task_run;
@@ -280,11 +287,12 @@ impl Executor {
                 None => None,
             };
             tokio::select! {
-                outcome = handler.run(Arc::clone(&run), snapshot, input) => {
+                outcome = run.span().scope(handler.run(Arc::clone(&run), snapshot, input)) => {
                     executor.handler_returned(&run, outcome).await;
                 }
                 () = executor.changed_elsewhere(&run) => {}
             }
+            run.end_span();
         }.instrument(span));
         run.set_task(task.abort_handle());
         let _ = registered.send(());
@@ -357,7 +365,8 @@ impl Executor {
     /// the operation is open.
     pub(crate) async fn attach(&self, id: &str) -> Result<Arc<Run>, ServerError> {
         let snapshot = self.log.get(id).await?;
-        let run = self.runs.join(&self.log, &self.jobs, &snapshot);
+        let span = Span::current();
+        let run = self.runs.join(&self.log, &self.jobs, &snapshot, span);
         if snapshot.is_terminal() {
             run.retire();
         }
@@ -528,7 +537,12 @@ impl Executor {
                 Ok(Some((EventKind::Restarted, snapshot)))
             })
             .await?;
-        self.launch(handler, snapshot.clone(), stored.input);
+        self.launch(
+            handler,
+            snapshot.clone(),
+            stored.input,
+            &stored.owner.tenant,
+        );
         Ok(snapshot)
     }
 }

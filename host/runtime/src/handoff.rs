@@ -6,20 +6,22 @@
 //! service implements, so that data still flows one way (runtime → jobs → store).
 
 use futures::future::BoxFuture;
+use opshost_api::TraceContext;
 use serde_json::Value;
 
 use crate::error::ServerError;
 
 /// The jobs service, as the runtime sees it.
 pub trait JobHandOff: Send + Sync + 'static {
-    /// Durably enqueues job `job_id` on `queue`, owning operation `operation_id`; returns its
-    /// id. Enqueueing an id that exists returns that job, so a retried hand-off makes one job.
+    /// Durably enqueues job `job_id` on `queue`, owning operation `operation_id`, in trace
+    /// `trace` (its hand-off span); returns its id. Enqueueing an id that exists returns that job, so a retried hand-off makes one job.
     fn enqueue_owned<'a>(
         &'a self,
         job_id: &'a str,
         operation_id: &'a str,
         queue: &'a str,
         payload: Value,
+        trace: Option<TraceContext>,
     ) -> BoxFuture<'a, Result<String, ServerError>>;
 
     /// Whether an unfinished job owns operation `operation_id` (recovery leaves it to the job).

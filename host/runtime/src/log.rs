@@ -10,6 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use opshost_api::{EventKind, OperationEvent, OperationState, Snapshot};
 use opshost_contract::{Contract, OperationSpec, PayloadSchema};
+use opshost_telemetry::Telemetry;
 use serde_json::Value;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -55,6 +56,7 @@ pub(crate) struct OperationLog {
     feed: broadcast::Sender<OperationEvent>,
     logs: LogSink,
     usage: UsageFeed,
+    telemetry: Telemetry,
 }
 
 /// A change the log applies: the event it records and the snapshot after it, or nothing to do.
@@ -66,6 +68,7 @@ impl OperationLog {
         contract: Option<Arc<Contract>>,
         store: Arc<dyn OperationStore>,
         config: RuntimeConfig,
+        telemetry: Telemetry,
     ) -> Self {
         let cell = OnceLock::new();
         if let Some(contract) = contract {
@@ -80,7 +83,13 @@ impl OperationLog {
             feed: broadcast::channel(FEED_CAPACITY).0,
             logs,
             usage: UsageFeed::new(),
+            telemetry,
         }
+    }
+
+    /// Where the spans of operations go.
+    pub(crate) fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
     }
 
     pub(crate) fn logs(&self) -> &LogSink {
@@ -154,11 +163,19 @@ impl OperationLog {
             }
             None => ulid::Ulid::new().to_string(),
         };
-        let snapshot = Snapshot::accepted(
+        let mut snapshot = Snapshot::accepted(
             id.clone(),
             self.service.clone(),
             operation.to_owned(),
             spec.version.clone(),
+        );
+        // The operation joins the trace of whoever accepts it (an HTTP request's span, or an
+        // embedding service's current span), on every attempt.
+        snapshot.trace = self.telemetry.accepted(
+            &opshost_telemetry::Context::current(),
+            operation,
+            &id,
+            &owner.tenant,
         );
         let tenant = owner.tenant.clone();
         let stored = StoredOperation {

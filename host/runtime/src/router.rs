@@ -68,6 +68,7 @@ fn untyped<Op: Operation>(s: OperationSnapshot<Op>) -> Result<Snapshot, ServerEr
         created_at: s.created_at,
         updated_at: s.updated_at,
         completed_at: s.completed_at,
+        trace: s.trace,
     })
 }
 

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
 use opshost_api::{ErrorCode, ErrorInfo, EventKind, OperationState, Snapshot};
+use opshost_telemetry::Span;
 use serde_json::Value;
 use tokio::task::AbortHandle;
 use tokio_util::sync::CancellationToken;
@@ -37,6 +38,10 @@ pub struct Run {
     latest: Mutex<Option<Snapshot>>,
     /// Hand-offs made by this run so far.
     hand_offs: AtomicU32,
+    /// Where its events go: its attempt's span when launched here, else the span of whoever
+    /// joined it (a job attempt's), which this run does not end.
+    span: Span,
+    owns_span: bool,
     log: Arc<OperationLog>,
     jobs: Arc<JobsPort>,
     runs: Weak<Runs>,
@@ -51,6 +56,12 @@ impl Run {
     /// The attempt this run is (1 for the first).
     pub fn attempt(&self) -> u32 {
         self.attempt
+    }
+
+    /// The span of this run's work: its attempt's, or, for a run joined by a job's worker,
+    /// that job attempt's. Its children (outbound requests, hand-offs) hang from it.
+    pub fn span(&self) -> &Span {
+        &self.span
     }
 
     /// A token that fires when a cancel of the operation is requested while this run lives.
@@ -102,6 +113,9 @@ impl Run {
     /// Marks the operation running (idempotent while running).
     pub async fn started(&self) -> Result<Snapshot, ServerError> {
         let current = self.snapshot().await?;
+        if current.state == OperationState::Pending {
+            self.span.event("started", Vec::new);
+        }
         let snapshot = self
             .log
             .transition_from(current, |current| match self.fence(current)?.state {
@@ -139,6 +153,7 @@ impl Run {
                 Ok(Some((EventKind::Progress, snapshot)))
             })
             .await?;
+        self.span.progress(&progress);
         Ok(self.wrote(snapshot))
     }
 
@@ -198,9 +213,15 @@ impl Run {
         // after a write whose answer was lost finds the job it made.
         let made = self.hand_offs.load(Ordering::SeqCst);
         let job_id = format!("{}.{}.{queue}.{made}", self.id, self.attempt);
-        let job = jobs
-            .enqueue_owned(&job_id, &self.id, queue, payload)
-            .await?;
+        let span = self.log.telemetry().hand_off(&self.span, queue, &job_id);
+        let enqueued = jobs
+            .enqueue_owned(&job_id, &self.id, queue, payload, span.trace())
+            .await;
+        match &enqueued {
+            Ok(_) => span.end(),
+            Err(error) => span.end_with("refused", Some(&error.to_string())),
+        }
+        let job = enqueued?;
         self.hand_offs.fetch_add(1, Ordering::SeqCst);
         Ok(job)
     }
@@ -212,9 +233,14 @@ impl Run {
         after: u64,
         timeout: Option<Duration>,
     ) -> Result<SignalWait, ServerError> {
-        self.log
+        let wait = self
+            .log
             .next_signal(&self.id, after, &self.cancel, timeout)
-            .await
+            .await?;
+        if let SignalWait::Signal(signal) = &wait {
+            self.span.signal(&signal.name, signal.sequence);
+        }
+        Ok(wait)
     }
 
     pub(crate) fn handed_off(&self) -> bool {
@@ -237,7 +263,27 @@ impl Run {
     }
 
     pub(crate) fn wake(&self) {
+        if !self.cancel.is_cancelled() {
+            self.span.event("cancel requested", Vec::new);
+        }
         self.cancel.cancel();
+    }
+
+    /// Ends this run's attempt span, if it owns it, with how the attempt went: the
+    /// operation's end, a hand-off, or an interruption (the host stopping, a newer attempt).
+    pub(crate) fn end_span(&self) {
+        if !self.owns_span {
+            return;
+        }
+        let latest = lock(&self.latest).clone();
+        match latest {
+            Some(snapshot) if snapshot.is_terminal() => {
+                let error = snapshot.error.as_ref().map(|error| error.message.as_str());
+                self.span.end_with(snapshot.state.as_str(), error);
+            }
+            _ if self.handed_off() => self.span.end_with("handed-off", None),
+            _ => self.span.end_with("interrupted", None),
+        }
     }
 
     async fn finish(
@@ -281,6 +327,7 @@ impl Run {
 
 impl Drop for Run {
     fn drop(&mut self) {
+        self.end_span();
         self.retire();
     }
 }
@@ -300,6 +347,8 @@ impl Runs {
         log: &Arc<OperationLog>,
         jobs: &Arc<JobsPort>,
         snapshot: &Snapshot,
+        span: Span,
+        owns_span: bool,
     ) -> Arc<Run> {
         let cancel = CancellationToken::new();
         if snapshot.cancel_requested {
@@ -312,21 +361,24 @@ impl Runs {
             task: Mutex::new(None),
             latest: Mutex::new(None),
             hand_offs: AtomicU32::new(0),
+            span,
+            owns_span,
             log: Arc::clone(log),
             jobs: Arc::clone(jobs),
             runs: Arc::downgrade(self),
         })
     }
 
-    /// A new run of `snapshot`'s attempt, replacing any other run of it here (one of an
-    /// earlier attempt, which that attempt's fence keeps from writing).
+    /// A new run of `snapshot`'s attempt with its attempt span `span`, replacing any other run
+    /// of it here (one of an earlier attempt, which that attempt's fence keeps from writing).
     pub(crate) fn launch(
         self: &Arc<Self>,
         log: &Arc<OperationLog>,
         jobs: &Arc<JobsPort>,
         snapshot: &Snapshot,
+        span: Span,
     ) -> Arc<Run> {
-        let run = self.new_run(log, jobs, snapshot);
+        let run = self.new_run(log, jobs, snapshot, span, true);
         lock(&self.by_id).insert(snapshot.id.clone(), Arc::downgrade(&run));
         run
     }
@@ -334,12 +386,14 @@ impl Runs {
     /// The run of `snapshot`'s operation here, joined if there is one of its attempt, else a
     /// new one: looked up and inserted under one lock, so that two callers attaching at once
     /// share one run. A run of an earlier attempt (one that another host or a restart has
-    /// superseded, and that has not ended yet) is replaced, never joined.
+    /// superseded, and that has not ended yet) is replaced, never joined. A new run's events
+    /// go to `span`, the joiner's.
     pub(crate) fn join(
         self: &Arc<Self>,
         log: &Arc<OperationLog>,
         jobs: &Arc<JobsPort>,
         snapshot: &Snapshot,
+        span: Span,
     ) -> Arc<Run> {
         let mut by_id = lock(&self.by_id);
         if let Some(run) = by_id.get(&snapshot.id).and_then(Weak::upgrade)
@@ -347,7 +401,7 @@ impl Runs {
         {
             return run;
         }
-        let run = self.new_run(log, jobs, snapshot);
+        let run = self.new_run(log, jobs, snapshot, span, false);
         by_id.insert(snapshot.id.clone(), Arc::downgrade(&run));
         run
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use opshost_api::{ErrorInfo, OperationEvent, Snapshot};
 use opshost_contract::{Contract, OperationSpec};
+use opshost_telemetry::Telemetry;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
@@ -58,6 +59,7 @@ pub struct RuntimeBuilder {
     store: Option<Arc<dyn OperationStore>>,
     config: RuntimeConfig,
     handlers: Vec<(String, Arc<dyn OperationHandler>)>,
+    telemetry: Telemetry,
 }
 
 impl RuntimeBuilder {
@@ -70,6 +72,12 @@ impl RuntimeBuilder {
     /// Uses `config` (see [`RuntimeConfig::default`] unless set).
     pub fn config(mut self, config: RuntimeConfig) -> Self {
         self.config = config;
+        self
+    }
+
+    /// Makes the spans of operations with `telemetry` (off unless set).
+    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = telemetry;
         self
     }
 
@@ -87,6 +95,7 @@ impl RuntimeBuilder {
             self.contract,
             store,
             self.config,
+            self.telemetry,
         ));
         let executor = Arc::new(Executor::new(Arc::clone(&log)));
         for (operation, handler) in self.handlers {
@@ -105,6 +114,7 @@ impl OperationRuntime {
             store: None,
             config: RuntimeConfig::default(),
             handlers: Vec::new(),
+            telemetry: Telemetry::off(),
         }
     }
 
@@ -117,6 +127,7 @@ impl OperationRuntime {
             store: None,
             config: RuntimeConfig::default(),
             handlers: Vec::new(),
+            telemetry: Telemetry::off(),
         }
         .build()
     }
@@ -244,6 +255,11 @@ impl OperationRuntime {
         input: Option<Value>,
     ) -> Result<Acceptance, ServerError> {
         self.log.accept(owner, operation, key, input).await
+    }
+
+    /// Where the spans of operations go.
+    pub fn telemetry(&self) -> &Telemetry {
+        self.log.telemetry()
     }
 
     /// The run of operation `id` on this host, joined if there is one: its handler's side.

@@ -193,6 +193,7 @@ impl JobHandOff for FakeJobs {
         _operation_id: &'a str,
         _queue: &'a str,
         _payload: Value,
+        _trace: Option<opshost_api::TraceContext>,
     ) -> BoxFuture<'a, Result<String, ServerError>> {
         Box::pin(async move {
             self.enqueued.lock().unwrap().push(job_id.to_owned());

@@ -5,7 +5,8 @@
 //! `log_bytes_per_second` in the current second are dropped and counted, and the count is
 //! written as a line of the host's once the guest may write again (and when the run ends). A
 //! line is at most [`MAX_LINE`] bytes; longer output is cut into several. Writing never waits:
-//! lines go to the runtime's log sink, which writes them in batches.
+//! lines go to the runtime's log sink, which writes them in batches. A `log_lines_per_second`
+//! of 0 turns capture off: nothing is kept or counted.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -18,6 +19,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use opshost_api::{LogLevel, LogLine, LogStream};
 use opshost_runtime::OperationRuntime;
+use opshost_telemetry::{Span, Telemetry};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
@@ -30,6 +32,9 @@ pub(crate) struct Capture {
     operation: Option<String>,
     job: Option<String>,
     attempt: u32,
+    /// The run's span, and its trace and span ids as each line carries them.
+    span: Span,
+    ids: Option<(String, String)>,
     lines_per_second: u32,
     bytes_per_second: u64,
     window: Mutex<Window>,
@@ -48,20 +53,25 @@ struct Window {
 }
 
 impl Capture {
-    /// The capture of a run of `operation` (or of job `job`) in attempt `attempt`.
+    /// The capture of a run of `operation` (or of job `job`) in attempt `attempt`, whose span
+    /// is `span`.
     pub(crate) fn new(
         runtime: OperationRuntime,
         operation: Option<String>,
         job: Option<String>,
         attempt: u32,
+        span: Span,
         lines_per_second: u32,
         bytes_per_second: u64,
     ) -> Arc<Self> {
+        let ids = span.trace().map(|trace| (trace.trace_id, trace.span_id));
         Arc::new(Self {
             runtime,
             operation,
             job,
             attempt,
+            span,
+            ids,
             lines_per_second,
             bytes_per_second,
             window: Mutex::new(Window {
@@ -83,6 +93,9 @@ impl Capture {
         message: &str,
         fields: BTreeMap<String, String>,
     ) {
+        if self.is_off() {
+            return;
+        }
         self.wrote.store(true, Ordering::Relaxed);
         let bytes = message.len() as u64
             + fields
@@ -137,6 +150,8 @@ impl Capture {
                 level,
                 message: message[..end].to_owned(),
                 fields,
+                trace_id: self.ids.as_ref().map(|(trace, _)| trace.clone()),
+                span_id: self.ids.as_ref().map(|(_, span)| span.clone()),
             },
         );
     }
@@ -197,6 +212,21 @@ impl Capture {
         self.attempt
     }
 
+    /// The run's span.
+    pub(crate) fn span(&self) -> &Span {
+        &self.span
+    }
+
+    /// Where the run's spans go.
+    pub(crate) fn telemetry(&self) -> &Telemetry {
+        self.runtime.telemetry()
+    }
+
+    /// Whether capture is off for this component (`log_lines_per_second = 0`).
+    fn is_off(&self) -> bool {
+        self.lines_per_second == 0
+    }
+
     /// Whether the run wrote (or dropped) a line since the last [`Capture::finish`].
     pub(crate) fn wrote(&self) -> bool {
         self.wrote.load(Ordering::Relaxed)
@@ -204,6 +234,9 @@ impl Capture {
 
     /// Takes output written to `stream`: whole lines are kept, the rest waits for its end.
     fn take(&self, stream: LogStream, bytes: &[u8]) {
+        if self.is_off() {
+            return;
+        }
         self.wrote.store(true, Ordering::Relaxed);
         let index = usize::from(stream == LogStream::Stderr);
         let mut rest = bytes;

@@ -17,7 +17,7 @@
 //! max_payload_bytes = 1048576
 //! max_history_bytes = 16777216   # progress one operation records over its life
 //! max_events = 10000             # events in one operation's history
-//! log_lines_per_second = 100     # stdout, stderr and log lines of one run; more are dropped
+//! log_lines_per_second = 100     # stdout, stderr and log lines of one run; more are dropped; 0: none kept
 //! log_bytes_per_second = 65536
 //!
 //! [[handlers]]

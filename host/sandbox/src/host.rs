@@ -15,6 +15,7 @@ use opshost_runtime::{
     Drained, OperationHandler, OperationRuntime, Owner, Recovery, RestartPolicy, Run,
     RuntimeConfig, ServerError, Usage, WeakRuntime,
 };
+use opshost_telemetry::Telemetry;
 use serde_json::Value;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, Store, UpdateDeadline};
@@ -56,6 +57,7 @@ impl WasmHost {
             store: None,
             job_store: None,
             env: RunEnv::default(),
+            telemetry: Telemetry::off(),
         }
     }
 
@@ -64,6 +66,7 @@ impl WasmHost {
         store: Arc<dyn OperationStore>,
         job_store: Arc<dyn JobStore>,
         env: RunEnv,
+        telemetry: Telemetry,
     ) -> Result<Self, SandboxError> {
         let contract = Contract::from_path(&config.contract)?;
         for handler in &config.handlers {
@@ -87,7 +90,11 @@ impl WasmHost {
             backlog: config.max_backlog,
             max_payload_bytes: defaults.max_payload_bytes,
         };
-        let runtime = OperationRuntime::with_contract(contract, store, runtime_config);
+        let runtime = OperationRuntime::builder(contract)
+            .store(store)
+            .config(runtime_config)
+            .telemetry(telemetry)
+            .build();
         let jobs = Jobs::new(&runtime, job_store, config.jobs.config())?;
         let handler_limits: Vec<Limits> = config
             .handlers
@@ -285,6 +292,7 @@ pub struct WasmHostBuilder<'a> {
     store: Option<Arc<dyn OperationStore>>,
     job_store: Option<Arc<dyn JobStore>>,
     env: RunEnv,
+    telemetry: Telemetry,
 }
 
 impl WasmHostBuilder<'_> {
@@ -305,6 +313,13 @@ impl WasmHostBuilder<'_> {
         self
     }
 
+    /// Makes the spans of operations, jobs and outbound requests with `telemetry` (off
+    /// unless set).
+    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = telemetry;
+        self
+    }
+
     /// Runs guests in `env`: a virtual clock and injected faults, for tests.
     pub fn env(mut self, env: RunEnv) -> Self {
         self.env = env;
@@ -318,7 +333,7 @@ impl WasmHostBuilder<'_> {
         let job_store = self
             .job_store
             .unwrap_or_else(|| Arc::new(MemoryJobStore::new()));
-        WasmHost::load(self.config, store, job_store, self.env)
+        WasmHost::load(self.config, store, job_store, self.env, self.telemetry)
     }
 }
 
@@ -436,6 +451,7 @@ impl OperationHandler for WasmHandler {
                 Some(snapshot.id.clone()),
                 None,
                 snapshot.attempt,
+                run.span().clone(),
                 limits.log_lines_per_second,
                 limits.log_bytes_per_second,
             );
@@ -533,6 +549,7 @@ impl WasmWorker {
             job.operation_id().map(str::to_owned),
             Some(job.id().to_owned()),
             job.attempt(),
+            job.span().clone(),
             self.limits.log_lines_per_second,
             self.limits.log_bytes_per_second,
         );

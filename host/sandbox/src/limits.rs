@@ -48,7 +48,8 @@ pub struct LimitsTable {
     pub http_max_in_flight: Option<u32>,
     /// Outbound requests one run may send in all.
     pub http_max_requests: Option<u64>,
-    /// Log lines (stdout, stderr and the `log` import together) one run may write a second.
+    /// Log lines (stdout, stderr and the `log` import together) one run may write a second;
+    /// 0 keeps none.
     pub log_lines_per_second: Option<u32>,
     /// Bytes of log lines one run may write a second.
     pub log_bytes_per_second: Option<u64>,
@@ -73,7 +74,8 @@ pub struct Limits {
     pub max_events: u64,
     /// Outbound HTTP: timeouts, response size and request counts of one run.
     pub http: HttpLimits,
-    /// Log lines one run may write a second; more are dropped and counted.
+    /// Log lines one run may write a second; more are dropped and counted. 0 turns capture
+    /// off: none of the run's lines is kept (its outbound records included) or counted.
     pub log_lines_per_second: u32,
     /// Bytes of log lines one run may write a second.
     pub log_bytes_per_second: u64,
@@ -171,7 +173,7 @@ impl Limits {
             log_lines_per_second: own
                 .log_lines_per_second
                 .or(defaults.log_lines_per_second)
-                .map_or(base.log_lines_per_second, |n| n.max(1)),
+                .unwrap_or(base.log_lines_per_second),
             log_bytes_per_second: own
                 .log_bytes_per_second
                 .or(defaults.log_bytes_per_second)

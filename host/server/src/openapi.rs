@@ -38,7 +38,9 @@ pub fn document(contract: Option<&Contract>) -> Value {
                     "parameters": [
                         { "name": "Idempotency-Key", "in": "header", "schema": { "type": "string", "maxLength": 200 },
                           "description": "Becomes the operation id: the same key and body return the same operation." },
-                        { "name": "Prefer", "in": "header", "schema": { "type": "string", "examples": ["wait=10"] } }
+                        { "name": "Prefer", "in": "header", "schema": { "type": "string", "examples": ["wait=10"] } },
+                        { "name": "traceparent", "in": "header", "schema": { "type": "string" },
+                          "description": "W3C trace context: the operation joins this trace, on every attempt, and carries it to its jobs and outbound requests." }
                     ],
                     "requestBody": { "required": true, "content": { "application/json": { "schema": payload(&spec.input) } } },
                     "responses": {
@@ -207,7 +209,9 @@ fn generic_paths() -> Map<String, Value> {
                 "stream": { "type": "string", "enum": ["stdout", "stderr", "log", "http", "host"] },
                 "level": { "type": "string", "enum": ["trace", "debug", "info", "warn", "error"] },
                 "message": { "type": "string" },
-                "fields": { "type": "object", "additionalProperties": { "type": "string" } }
+                "fields": { "type": "object", "additionalProperties": { "type": "string" } },
+                "traceId": { "type": "string", "description": "The trace of the run that wrote it" },
+                "spanId": { "type": "string", "description": "The span of the attempt or job attempt that wrote it" }
             }, "required": ["seq", "at", "attempt", "stream", "level", "message"] } },
             "text/event-stream": { "schema": { "type": "string" } }
         } } }))
@@ -327,7 +331,17 @@ fn host_schemas() -> Map<String, Value> {
                 "attempt": { "type": "integer", "minimum": 1 },
                 "createdAt": { "type": "string", "format": "date-time" },
                 "updatedAt": { "type": "string", "format": "date-time" },
-                "completedAt": { "type": "string", "format": "date-time" }
+                "completedAt": { "type": "string", "format": "date-time" },
+                "trace": {
+                    "type": "object",
+                    "description": "The trace the operation's spans belong to: the span its attempts hang from",
+                    "required": ["traceId", "spanId"],
+                    "properties": {
+                        "traceId": { "type": "string", "pattern": "^[0-9a-f]{32}$" },
+                        "spanId": { "type": "string", "pattern": "^[0-9a-f]{16}$" },
+                        "sampled": { "type": "boolean" }
+                    }
+                }
             }
         },
         "Page": {

@@ -1,5 +1,5 @@
 //! The whole router: the operation routes, the operator routes, the documents beside them,
-//! and the middleware every request passes (in-flight admission, metrics).
+//! and the middleware every request passes (in-flight admission, metrics, its span).
 
 use std::time::{Duration, Instant};
 
@@ -70,7 +70,17 @@ async fn record(State(shared): State<AppState>, request: Request, next: Next) ->
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
-    let response = next.run(request).await;
+    // A span per request, under the caller's `traceparent`; what the request accepts (an
+    // operation, a job) joins its trace. Probes and scrapes make none.
+    let response = if matches!(route.as_str(), "/healthz" | "/metrics") {
+        next.run(request).await
+    } else {
+        let telemetry = shared.runtime.telemetry();
+        let span = telemetry.request(request.headers(), &method, &route);
+        let response = span.scope(next.run(request)).await;
+        span.end_http(response.status().as_u16());
+        response
+    };
     shared.metrics.request(
         &method,
         &route,

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 /// A change to the jobs table, made on the writer thread.
 pub(crate) enum JobWrite {
-    Enqueue(JobRecord),
+    Enqueue(Box<JobRecord>),
     Lease {
         queue: String,
         now: DateTime<Utc>,
@@ -125,7 +125,7 @@ pub(crate) fn apply(db: &Connection, write: &JobWrite) -> rusqlite::Result<JobWr
             Some(existing) => JobWritten::Record(Some(existing)),
             None => {
                 save(db, job)?;
-                JobWritten::Record(Some(job.clone()))
+                JobWritten::Record(Some(JobRecord::clone(job)))
             }
         },
         JobWrite::Lease { queue, now, until } => {

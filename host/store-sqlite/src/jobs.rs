@@ -47,7 +47,7 @@ impl SqliteStore {
 #[async_trait]
 impl JobStore for SqliteStore {
     async fn enqueue(&self, job: JobRecord) -> Result<JobRecord, JobStoreError> {
-        self.job_record(JobWrite::Enqueue(job))
+        self.job_record(JobWrite::Enqueue(Box::new(job)))
             .await?
             .ok_or_else(|| JobStoreError::internal("enqueue stored nothing"))
     }

@@ -87,6 +87,20 @@ async fn logs_are_kept_in_the_sqlite_file_and_read_after_a_restart() {
     assert_printed(&logs_of(&host, &id).await, 4);
 }
 
+#[tokio::test]
+async fn with_log_lines_per_second_zero_no_line_is_kept_or_counted_as_dropped() {
+    let mut config = testing_deployment(GRACE);
+    config.limits = LimitsTable {
+        log_lines_per_second: Some(0),
+        ..LimitsTable::default()
+    };
+    let host = load(&config);
+    let done = run_scenario(&host, json!({ "scenario": "print", "count": 5 })).await;
+    assert_eq!(done.state, OperationState::Completed);
+    assert_eq!(logs_of(&host, &done.id).await, []);
+    assert_eq!(host.runtime().log_sink().dropped(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_guest_writing_300_mib_to_stdout_is_held_to_its_rate_and_others_carry_on() {
     let mut config = testing_deployment(GRACE);

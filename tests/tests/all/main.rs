@@ -23,4 +23,5 @@ mod postgres;
 mod recovery;
 mod sandbox;
 mod several_hosts;
+mod telemetry;
 mod wasm_jobs;

@@ -9,6 +9,7 @@ use std::time::Instant;
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use opshost_api::{LogLevel, LogStream};
+use opshost_telemetry::{Span, propagation};
 use tokio_rustls::rustls::pki_types::ServerName;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
@@ -88,7 +89,7 @@ impl EgressRun {
                 || uri.authority().map_or("", |a| a.as_str()).to_owned(),
                 Origin::to_string,
             ),
-            uri.path(),
+            &uri,
         );
         // Every request counts against the run's total, refused or not.
         let limits = self.limits;
@@ -158,6 +159,8 @@ impl EgressRun {
                 parts.headers.insert(name, value.clone());
             }
         }
+        // The service called joins the run's trace, as a child of this request's span.
+        propagation::inject(record.span.context(), &mut parts.headers);
         let tls = match origin.scheme {
             Scheme::Https => match ServerName::try_from(origin.host.clone()) {
                 Ok(name) => Some((policy.network.tls.clone(), name)),
@@ -298,6 +301,8 @@ fn field(text: &str) -> String {
 /// run drops it before.
 struct Pending {
     run: Arc<EgressRun>,
+    /// The request's client span, under the run's.
+    span: Span,
     began: Instant,
     method: String,
     origin: String,
@@ -306,9 +311,15 @@ struct Pending {
 }
 
 impl Pending {
-    fn new(run: Arc<EgressRun>, method: &str, origin: String, path: &str) -> Self {
+    fn new(run: Arc<EgressRun>, method: &str, origin: String, uri: &http::Uri) -> Self {
+        let capture = &run.capture;
+        let span = capture
+            .telemetry()
+            .outbound(capture.span().context(), method, uri);
+        let path = uri.path();
         Self {
             run,
+            span,
             began: Instant::now(),
             method: field(method),
             origin: field(&origin),
@@ -351,6 +362,12 @@ impl Pending {
                 status.map_or_else(|| "-".to_owned(), |s| s.to_string())
             ),
         };
+        match (&denied, &error, status) {
+            (Some(why), _, _) => self.span.end_with("denied", Some(why)),
+            (None, Some(error), _) => self.span.end_with("failed", Some(error)),
+            (None, None, Some(status)) => self.span.end_http(status),
+            (None, None, None) => self.span.end(),
+        }
         let level = if denied.is_some() || error.is_some() {
             LogLevel::Warn
         } else {
