@@ -3,15 +3,19 @@
 //!
 //! Each operation is `Testing.Scenario` with `scenario: print` (two lines each to stdout,
 //! stderr and the `log` import: six lines) on a SQLite store, started and waited for by 32
-//! closed-loop callers. Three hosts, measured in alternating rounds:
+//! closed-loop callers. Four hosts, measured in rounds that each start with the next host:
 //! - `bare`: capture off (`log_lines_per_second = 0`), no traces;
-//! - `logs`: every line kept in the store;
-//! - `logs+traces`: the same, and every operation's spans (accept, the live attempt sent at
-//!   start and end, its events) exported over OTLP/HTTP to a real collector on 127.0.0.1.
+//! - `traces`: capture off; every operation's spans (accept, the live attempt sent at start
+//!   and end, its events) exported over OTLP/HTTP to a real collector on 127.0.0.1, which
+//!   decodes every request;
+//! - `logs`: every line kept in the store, no traces;
+//! - `logs+traces`: both.
 //!
-//! `cargo bench -p opshost-tests --bench telemetry` (or `./dev bench`). Prints the median
-//! throughput of each and its ratio to `bare`. `BENCH_OPERATIONS` sets the operations per
-//! round (default 640).
+//! Prints, for the median round of each, throughput, latency, and the process's CPU time per
+//! operation (every thread: host, exporter and collector), each against `bare`. CPU time is
+//! the steadier figure on a shared machine. `cargo bench -p opshost-tests --bench telemetry`
+//! (or `./dev bench`); `BENCH_OPERATIONS` sets the operations per round (default 640),
+//! `BENCH_ROUNDS` the rounds (default 25).
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -22,12 +26,11 @@ use std::time::Duration;
 use opshost_sandbox::{LimitsTable, WasmHost};
 use opshost_store_sqlite::SqliteStore;
 use opshost_telemetry::{Telemetry, TelemetryConfig};
-use opshost_tests::bench::{Figures, measure_input, row};
+use opshost_tests::bench::{Figures, cpu_time, measure_input};
 use opshost_tests::otlp::Collector;
 use opshost_tests::{env_number, testing_deployment};
 use serde_json::json;
 
-const ROUNDS: usize = 5;
 const CONCURRENCY: usize = 32;
 
 fn host(dir: &std::path::Path, capture: bool, telemetry: Telemetry) -> WasmHost {
@@ -44,9 +47,21 @@ fn host(dir: &std::path::Path, capture: bool, telemetry: Telemetry) -> WasmHost 
         .expect("the deployment loads")
 }
 
-fn median(mut rounds: Vec<Figures>) -> Figures {
-    rounds.sort_by(|a, b| a.per_second.total_cmp(&b.per_second));
-    rounds[rounds.len() / 2]
+/// One round of one host: its figures and the CPU time per operation.
+#[derive(Clone, Copy)]
+struct Round {
+    figures: Figures,
+    cpu_per_operation: Duration,
+}
+
+fn median(mut rounds: Vec<Round>) -> Round {
+    rounds.sort_by(|a, b| a.figures.per_second.total_cmp(&b.figures.per_second));
+    let throughput = rounds[rounds.len() / 2].figures;
+    rounds.sort_by_key(|round| round.cpu_per_operation);
+    Round {
+        figures: throughput,
+        cpu_per_operation: rounds[rounds.len() / 2].cpu_per_operation,
+    }
 }
 
 fn main() {
@@ -56,43 +71,64 @@ fn main() {
         .expect("a runtime");
     runtime.block_on(async {
         let operations = env_number("BENCH_OPERATIONS", 640);
-        let collector = Collector::start().await;
-        let traces = Telemetry::otlp(&TelemetryConfig::new(collector.endpoint(), "bench"))
-            .expect("telemetry starts");
-        let dirs: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+        let rounds_wanted = env_number("BENCH_ROUNDS", 25);
+        let collector = Collector::start_counting().await;
+        let mut config = TelemetryConfig::new(collector.endpoint(), "bench");
+        config.export_interval = Duration::from_millis(200);
+        let traces = Telemetry::otlp(&config).expect("telemetry starts");
+        let dirs: Vec<tempfile::TempDir> = (0..4).map(|_| tempfile::tempdir().unwrap()).collect();
         let hosts = [
             ("bare", host(dirs[0].path(), false, Telemetry::off())),
-            ("logs", host(dirs[1].path(), true, Telemetry::off())),
-            ("logs+traces", host(dirs[2].path(), true, traces.clone())),
+            ("traces", host(dirs[1].path(), false, traces.clone())),
+            ("logs", host(dirs[2].path(), true, Telemetry::off())),
+            ("logs+traces", host(dirs[3].path(), true, traces.clone())),
         ];
         let input = json!({ "scenario": "print", "count": 2 });
         for (_, host) in &hosts {
             measure_input(host.runtime(), CONCURRENCY * 4, CONCURRENCY, input.clone()).await;
         }
-        let mut rounds: Vec<Vec<Figures>> = vec![Vec::new(); hosts.len()];
-        for _ in 0..ROUNDS {
-            for ((_, host), figures) in hosts.iter().zip(&mut rounds) {
-                figures.push(
-                    measure_input(host.runtime(), operations, CONCURRENCY, input.clone()).await,
-                );
+        let mut rounds: Vec<Vec<Round>> = vec![Vec::new(); hosts.len()];
+        // Each round starts with the next host, so that none always follows the same one.
+        for round in 0..rounds_wanted {
+            for offset in 0..hosts.len() {
+                let at = (round + offset) % hosts.len();
+                let before = cpu_time();
+                let figures =
+                    measure_input(hosts[at].1.runtime(), operations, CONCURRENCY, input.clone())
+                        .await;
+                let cpu_per_operation = (cpu_time() - before) / operations as u32;
+                rounds[at].push(Round {
+                    figures,
+                    cpu_per_operation,
+                });
             }
         }
-        let figures: Vec<Figures> = rounds.into_iter().map(median).collect();
+        let medians: Vec<Round> = rounds.into_iter().map(median).collect();
+        let bare = medians[0];
         println!(
-            "{operations} operations a round, {ROUNDS} rounds, {CONCURRENCY} callers; median round"
+            "{operations} operations a round, {rounds_wanted} rounds, {CONCURRENCY} callers; medians"
         );
         println!(
-            "{:<22} {:>10} {:>10} {:>10} {:>10}",
-            "", "ops/s", "p50 µs", "p99 µs", "vs bare"
+            "{:<14} {:>9} {:>9} {:>9} {:>8} {:>12} {:>8}",
+            "", "ops/s", "p50 µs", "p99 µs", "vs bare", "CPU µs/op", "vs bare"
         );
-        for ((name, _), figure) in hosts.iter().zip(&figures) {
-            row(name, figure, &figures[0]);
+        for ((name, _), round) in hosts.iter().zip(&medians) {
+            println!(
+                "{:<14} {:>9.0} {:>9.0} {:>9.0} {:>8.2} {:>12.1} {:>8.2}",
+                name,
+                round.figures.per_second,
+                round.figures.p50.as_secs_f64() * 1e6,
+                round.figures.p99.as_secs_f64() * 1e6,
+                round.figures.per_second / bare.figures.per_second,
+                round.cpu_per_operation.as_secs_f64() * 1e6,
+                round.cpu_per_operation.as_secs_f64() / bare.cpu_per_operation.as_secs_f64(),
+            );
         }
         let flushed = traces.clone();
         tokio::task::spawn_blocking(move || flushed.flush())
             .await
             .expect("flushed");
-        let spans = collector.spans().len();
+        let spans = collector.count();
         println!("spans received by the collector: {spans}");
         assert!(spans > 0, "the collector received no spans");
     });

@@ -1,13 +1,16 @@
 //! [`LogSink`]: guests' log lines on their way to the store.
 //!
 //! A line is queued without waiting (a guest never waits on the store to log); one task per
-//! runtime writes queued lines in batches, per operation and in order, then tells followers
-//! which operations have new lines. At most [`QUEUED`] lines wait; beyond that they are dropped
+//! runtime writes queued lines in batches, per operation and in order (the operations of one
+//! batch at once, so that a store that commits in groups writes them in one), then tells
+//! followers which operations have new lines. At most [`QUEUED`] lines wait; beyond that they are dropped
 //! and counted, so a flood slows nothing down.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use futures::StreamExt;
 use opshost_api::LogLine;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -18,6 +21,9 @@ pub const QUEUED: usize = 65_536;
 
 /// Lines written in one batch, at most.
 const BATCH: usize = 1024;
+
+/// Operations whose lines are written at once.
+const CONCURRENT_APPENDS: usize = 32;
 
 enum Queued {
     Line(String, LogLine),
@@ -102,19 +108,30 @@ async fn write(
     let mut batch = Vec::with_capacity(BATCH);
     while queue.recv_many(&mut batch, BATCH).await > 0 {
         let mut flushed = Vec::new();
+        // Each operation's lines of the batch, in the order they came.
         let mut runs: Vec<(String, Vec<LogLine>)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
         for queued in batch.drain(..) {
             match queued {
-                Queued::Line(id, line) => match runs.last_mut() {
-                    Some((last, lines)) if *last == id => lines.push(line),
-                    _ => runs.push((id, vec![line])),
+                Queued::Line(id, line) => match index.get(&id) {
+                    Some(&at) => runs[at].1.push(line),
+                    None => {
+                        index.insert(id.clone(), runs.len());
+                        runs.push((id, vec![line]));
+                    }
                 },
                 Queued::Flush(done) => flushed.push(done),
             }
         }
-        for (id, lines) in runs {
-            let count = lines.len();
-            match store.append_logs(&id, lines).await {
+        let store = &store;
+        let mut appends = futures::stream::iter(runs)
+            .map(|(id, lines)| async move {
+                let count = lines.len();
+                (store.append_logs(&id, lines).await, id, count)
+            })
+            .buffer_unordered(CONCURRENT_APPENDS);
+        while let Some((appended_now, id, count)) = appends.next().await {
+            match appended_now {
                 Ok(()) => {
                     let _ = appended.send(id);
                 }

@@ -20,6 +20,9 @@ use crate::{TelemetryConfig, TelemetryError};
 /// lacks it.
 pub(crate) const OPEN: &str = "opshost.span.open";
 
+/// Spans sent in one request, at most: a request costs both ends more than a span does.
+const MAX_BATCH: usize = 2048;
+
 /// Marks, in the parent context a span is started from, that the span is live.
 pub(crate) struct ExportAtStart;
 
@@ -43,6 +46,7 @@ impl Exporting {
                 BatchConfigBuilder::default()
                     .with_scheduled_delay(config.export_interval)
                     .with_max_queue_size(config.max_queue)
+                    .with_max_export_batch_size(config.max_queue.min(MAX_BATCH))
                     .build(),
             )
             .build();

@@ -1,15 +1,18 @@
 //! The spans the host makes, in one place. One trace of an operation reads:
 //!
 //! ```text
-//! POST /v1/operations/{key}           server   the caller's request (child of its traceparent)
-//! └─ accept Orders.Process            internal the operation is accepted; kept as its trace
-//!    ├─ Orders.Process                internal one per attempt; live (sent at start and end);
-//!    │  │                                      events: started, progress, signal
-//!    │  └─ hand-off fulfillment       producer the handler hands its terminal path to a job
-//!    │     └─ job fulfillment         consumer one per job attempt; live; events as above
-//!    │        └─ POST                 client   an outbound request of the guest
-//!    └─ Orders.Process                internal a later attempt, after a restart
+//! POST /v1/operations/{key}        server   the caller's request (child of its traceparent),
+//! │                                           kept as the operation's trace
+//! ├─ Orders.Process                  internal one per attempt; live (sent at start and end);
+//! │  │                                        events: started, progress, signal
+//! │  └─ hand-off fulfillment         producer the handler hands its terminal path to a job
+//! │     └─ job fulfillment           consumer one per job attempt; live; events as above
+//! │        └─ POST                   client   an outbound request of the guest
+//! └─ Orders.Process                  internal a later attempt, after a restart
 //! ```
+//!
+//! An operation accepted outside any trace (in-process, no current span) gets an
+//! `accept Orders.Process` root span in the place of the request's.
 //!
 //! Attributes follow the OpenTelemetry HTTP conventions where they apply (`http.route`,
 //! `http.response.status_code`, `url.full`, ...) and are `opshost.*` otherwise. A span that
@@ -191,7 +194,9 @@ impl Telemetry {
     }
 
     /// The acceptance of operation `id` (`operation`, of `tenant`) under `parent`; answers
-    /// what the operation keeps as its trace: this span, or `parent`'s when telemetry is off.
+    /// what the operation keeps as its trace. Within a trace (a request's span, a caller's),
+    /// that is `parent` itself, which gets the operation's attributes when it is recorded
+    /// here; outside any, an `accept` span starts a trace of its own (none when off).
     pub fn accepted(
         &self,
         parent: &Context,
@@ -199,18 +204,26 @@ impl Telemetry {
         id: &str,
         tenant: &str,
     ) -> Option<TraceContext> {
+        let attributes = || {
+            vec![
+                KeyValue::new("opshost.operation.id", id.to_owned()),
+                KeyValue::new("opshost.operation.name", operation.to_owned()),
+                KeyValue::new("opshost.tenant", tenant.to_owned()),
+            ]
+        };
+        if let Some(trace) = trace_of(parent) {
+            let span = parent.span();
+            if span.is_recording() {
+                span.set_attributes(attributes());
+            }
+            return Some(trace);
+        }
         let span = self.start(
             parent,
             format!("accept {operation}"),
             SpanKind::Internal,
             false,
-            || {
-                vec![
-                    KeyValue::new("opshost.operation.id", id.to_owned()),
-                    KeyValue::new("opshost.operation.name", operation.to_owned()),
-                    KeyValue::new("opshost.tenant", tenant.to_owned()),
-                ]
-            },
+            attributes,
         );
         span.end();
         span.trace()

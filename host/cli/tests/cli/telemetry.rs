@@ -81,15 +81,13 @@ fn serve_exports_the_span_tree_of_one_order_from_the_callers_request_to_its_char
             && spans.iter().any(|s| s.kind == 3 && !s.is_open())
     }));
     let request = ended(&spans, "POST /v1/operations/{key}");
-    let accept = ended(&spans, "accept Orders.Process");
     let attempt = ended(&spans, "Orders.Process");
     let hand_off = ended(&spans, "hand-off fulfillment");
     let job = ended(&spans, "job fulfillment");
     let charge = ended(&spans, "POST");
     let tree = [
         (request, CALLER_SPAN),
-        (accept, request.span_id.as_str()),
-        (attempt, accept.span_id.as_str()),
+        (attempt, request.span_id.as_str()),
         (hand_off, attempt.span_id.as_str()),
         (job, hand_off.span_id.as_str()),
         (charge, job.span_id.as_str()),
