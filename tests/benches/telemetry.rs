@@ -12,10 +12,11 @@
 //! - `logs+traces`: both.
 //!
 //! Prints, for the median round of each, throughput, latency, and the process's CPU time per
-//! operation (every thread: host, exporter and collector), each against `bare`. CPU time is
+//! operation (every thread: host, exporter and collector, the round's spans sent and received
+//! included), each against `bare`. Checks that every span reached the collector. CPU time is
 //! the steadier figure on a shared machine. `cargo bench -p opshost-tests --bench telemetry`
-//! (or `./dev bench`); `BENCH_OPERATIONS` sets the operations per round (default 640),
-//! `BENCH_ROUNDS` the rounds (default 25).
+//! (or `./dev bench`); `BENCH_OPERATIONS` sets the operations per round (default 4,096),
+//! `BENCH_ROUNDS` the rounds (default 9).
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -64,14 +65,22 @@ fn median(mut rounds: Vec<Round>) -> Round {
     }
 }
 
+/// Sends what `traces` holds and waits until the collector has it.
+async fn flush(traces: &Telemetry) {
+    let traces = traces.clone();
+    tokio::task::spawn_blocking(move || traces.flush())
+        .await
+        .expect("flushed");
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a runtime");
     runtime.block_on(async {
-        let operations = env_number("BENCH_OPERATIONS", 640);
-        let rounds_wanted = env_number("BENCH_ROUNDS", 25);
+        let operations = env_number("BENCH_OPERATIONS", 4096) / CONCURRENCY * CONCURRENCY;
+        let rounds_wanted = env_number("BENCH_ROUNDS", 9);
         let collector = Collector::start_counting().await;
         let mut config = TelemetryConfig::new(collector.endpoint(), "bench");
         config.export_interval = Duration::from_millis(200);
@@ -92,10 +101,14 @@ fn main() {
         for round in 0..rounds_wanted {
             for offset in 0..hosts.len() {
                 let at = (round + offset) % hosts.len();
+                flush(&traces).await;
                 let before = cpu_time();
                 let figures =
                     measure_input(hosts[at].1.runtime(), operations, CONCURRENCY, input.clone())
                         .await;
+                // What the round exported is sent and received before the next one begins,
+                // so that no round pays for another's spans.
+                flush(&traces).await;
                 let cpu_per_operation = (cpu_time() - before) / operations as u32;
                 rounds[at].push(Round {
                     figures,
@@ -124,12 +137,13 @@ fn main() {
                 round.cpu_per_operation.as_secs_f64() / bare.cpu_per_operation.as_secs_f64(),
             );
         }
-        let flushed = traces.clone();
-        tokio::task::spawn_blocking(move || flushed.flush())
-            .await
-            .expect("flushed");
+        // Each traced operation is an accept span and its attempt, sent open then ended.
+        let traced_operations = 2 * (CONCURRENCY * 4 + rounds_wanted * operations);
         let spans = collector.count();
-        println!("spans received by the collector: {spans}");
-        assert!(spans > 0, "the collector received no spans");
+        println!(
+            "spans received by the collector: {spans} (expected {})",
+            3 * traced_operations
+        );
+        assert_eq!(spans, 3 * traced_operations, "every span reached the collector");
     });
 }

@@ -57,6 +57,7 @@ pub async fn create_is_atomic_create_if_absent(store: Arc<dyn OperationStore>) {
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
         span_id: "00f067aa0ba902b7".into(),
         sampled: true,
+        state: None,
     });
     let first = store
         .create(stored(traced.clone(), Some(json!(1))))

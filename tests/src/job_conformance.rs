@@ -56,6 +56,7 @@ pub async fn enqueue_keeps_the_first_job_of_an_id(store: Arc<dyn JobStore>) {
         trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
         span_id: "00f067aa0ba902b7".into(),
         sampled: true,
+        state: None,
     });
     let first = store.enqueue(traced.clone()).await.unwrap();
     assert_eq!(first.trace, traced.trace, "the trace is kept with the job");

@@ -15,6 +15,9 @@ pub struct TraceContext {
     /// Whether the trace is sampled (recorded and exported).
     #[serde(default)]
     pub sampled: bool,
+    /// The caller's W3C `tracestate`, passed on as it came.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
 }
 
 impl TraceContext {
@@ -39,6 +42,7 @@ mod tests {
             trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
             span_id: "00f067aa0ba902b7".into(),
             sampled: true,
+            state: None,
         };
         assert_eq!(
             trace.traceparent(),

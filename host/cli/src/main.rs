@@ -122,6 +122,9 @@ enum Command {
         /// Keep printing lines as they are written, until the operation has ended.
         #[arg(long, short)]
         follow: bool,
+        /// Print each line as JSON, with its trace and span ids.
+        #[arg(long)]
+        json: bool,
     },
     /// Wait for an operation to end and print its snapshot.
     Wait {
@@ -417,9 +420,10 @@ async fn run(cli: Cli) -> Result<u8> {
             connection,
             id,
             follow,
+            json,
         } => {
             Remote::new(&connection.url, &connection.token)?
-                .logs(&id, follow)
+                .logs(&id, follow, json)
                 .await
         }
         Command::Wait {

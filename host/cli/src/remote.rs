@@ -62,11 +62,20 @@ impl Remote {
         Ok(exit::OK)
     }
 
-    pub async fn logs(&self, id: &str, follow: bool) -> Result<u8> {
+    /// Prints operation `id`'s log lines, as text or (`json`) as the API's JSON lines.
+    pub async fn logs(&self, id: &str, follow: bool, json: bool) -> Result<u8> {
+        let print = |line: &LogLine| -> Result<()> {
+            if json {
+                println!("{}", serde_json::to_string(line)?);
+            } else {
+                println!("{}", log_line(line));
+            }
+            Ok(())
+        };
         if follow {
             let mut lines = self.client.follow_logs(id, 0).await?;
             while let Some(line) = lines.next().await {
-                println!("{}", log_line(&line?));
+                print(&line?)?;
             }
             return Ok(exit::OK);
         }
@@ -74,7 +83,7 @@ impl Remote {
         loop {
             let lines = self.client.logs(id, after, LOG_PAGE).await?;
             for line in &lines {
-                println!("{}", log_line(line));
+                print(line)?;
             }
             // The host may answer fewer lines than asked (it cuts answers by size): only an
             // empty page is the end.

@@ -24,6 +24,7 @@
 //! otlp_endpoint = "http://127.0.0.1:4318"   # export traces over OTLP/HTTP; off when absent
 //! service_name = "orders"    # `service.name` of the spans (default "opshost")
 //! export_interval_ms = 1000  # how long ended spans wait to be sent in one batch
+//! max_queue = 8192           # spans held while the collector is away; then new ones are dropped
 //! ```
 
 use std::path::{Path, PathBuf};

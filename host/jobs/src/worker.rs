@@ -226,13 +226,17 @@ impl Jobs {
         let Ok(spec) = self.queue(&record.queue).cloned() else {
             return;
         };
+        // The tenant of the operation the job owns, for the attempt's span and log lines.
+        let mut tenant = None;
         if let Some(operation) = &record.operation
-            && let Ok(snapshot) = inner.runtime.get(operation).await
-            && snapshot.is_terminal()
+            && let Ok(stored) = inner.runtime.load(operation).await
         {
-            // Redelivered after the operation ended: the work is done.
-            self.finish(&record, Finish::Completed(Value::Null)).await;
-            return;
+            if stored.snapshot.is_terminal() {
+                // Redelivered after the operation ended: the work is done.
+                self.finish(&record, Finish::Completed(Value::Null)).await;
+                return;
+            }
+            tenant = Some(stored.owner.tenant);
         }
         let heart = tokio::spawn(heartbeat(
             self.clone(),
@@ -241,7 +245,10 @@ impl Jobs {
             cancel.clone(),
             lost.clone(),
         ));
-        let trace = inner.runtime.telemetry().job_attempt(&record);
+        let trace = inner
+            .runtime
+            .telemetry()
+            .job_attempt(&record, tenant.as_deref());
         let job = Job {
             jobs: self.clone(),
             record: record.clone(),
@@ -254,6 +261,7 @@ impl Jobs {
             queue = %record.queue,
             attempt = record.attempt,
             operation = record.operation.as_deref().unwrap_or(""),
+            tenant = tenant.as_deref().unwrap_or(""),
             trace_id = trace.trace().map_or(String::new(), |trace| trace.trace_id),
         );
         inner.count_attempt(&record.queue);

@@ -14,7 +14,8 @@ use crate::error::ServerError;
 /// The jobs service, as the runtime sees it.
 pub trait JobHandOff: Send + Sync + 'static {
     /// Durably enqueues job `job_id` on `queue`, owning operation `operation_id`, in trace
-    /// `trace` (its hand-off span); returns its id. Enqueueing an id that exists returns that job, so a retried hand-off makes one job.
+    /// `trace` (its hand-off span); returns its id. Enqueueing an id that exists returns that
+    /// job, so a retried hand-off makes one job.
     fn enqueue_owned<'a>(
         &'a self,
         job_id: &'a str,

@@ -12,7 +12,7 @@
 //! last holder drops it, whichever comes first: no run can outlive both.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
@@ -38,6 +38,8 @@ pub struct Run {
     latest: Mutex<Option<Snapshot>>,
     /// Hand-offs made by this run so far.
     hand_offs: AtomicU32,
+    /// A hand-off is being made: its job's worker may already join.
+    handing_off: AtomicBool,
     /// Where its events go: its attempt's span when launched here, else the span of whoever
     /// joined it (a job attempt's), which this run does not end.
     span: Span,
@@ -214,16 +216,19 @@ impl Run {
         let made = self.hand_offs.load(Ordering::SeqCst);
         let job_id = format!("{}.{}.{queue}.{made}", self.id, self.attempt);
         let span = self.log.telemetry().hand_off(&self.span, queue, &job_id);
+        self.handing_off.store(true, Ordering::SeqCst);
         let enqueued = jobs
             .enqueue_owned(&job_id, &self.id, queue, payload, span.trace())
             .await;
         match &enqueued {
-            Ok(_) => span.end(),
+            Ok(_) => {
+                self.hand_offs.fetch_add(1, Ordering::SeqCst);
+                span.end();
+            }
             Err(error) => span.end_with("refused", Some(&error.to_string())),
         }
-        let job = enqueued?;
-        self.hand_offs.fetch_add(1, Ordering::SeqCst);
-        Ok(job)
+        self.handing_off.store(false, Ordering::SeqCst);
+        enqueued
     }
 
     /// Waits for the first signal after sequence `after`, up to `timeout`, unless a cancel is
@@ -245,6 +250,12 @@ impl Run {
 
     pub(crate) fn handed_off(&self) -> bool {
         self.hand_offs.load(Ordering::SeqCst) > 0
+    }
+
+    /// Whether a job owns (or is about to own) the operation's terminal path: a joiner must
+    /// not share this run.
+    fn handing_over(&self) -> bool {
+        self.handing_off.load(Ordering::SeqCst) || self.handed_off()
     }
 
     pub(crate) fn set_task(&self, task: AbortHandle) {
@@ -361,6 +372,7 @@ impl Runs {
             task: Mutex::new(None),
             latest: Mutex::new(None),
             hand_offs: AtomicU32::new(0),
+            handing_off: AtomicBool::new(false),
             span,
             owns_span,
             log: Arc::clone(log),
@@ -386,8 +398,9 @@ impl Runs {
     /// The run of `snapshot`'s operation here, joined if there is one of its attempt, else a
     /// new one: looked up and inserted under one lock, so that two callers attaching at once
     /// share one run. A run of an earlier attempt (one that another host or a restart has
-    /// superseded, and that has not ended yet) is replaced, never joined. A new run's events
-    /// go to `span`, the joiner's.
+    /// superseded, and that has not ended yet) is replaced, never joined, and so is a run that
+    /// handed the operation to a job: the job's worker, joining, drives it on a run of its
+    /// own. A new run's events go to `span`, the joiner's.
     pub(crate) fn join(
         self: &Arc<Self>,
         log: &Arc<OperationLog>,
@@ -397,7 +410,8 @@ impl Runs {
     ) -> Arc<Run> {
         let mut by_id = lock(&self.by_id);
         if let Some(run) = by_id.get(&snapshot.id).and_then(Weak::upgrade)
-            && run.attempt >= snapshot.attempt
+            && (run.attempt > snapshot.attempt
+                || (run.attempt == snapshot.attempt && !run.handing_over()))
         {
             return run;
         }

@@ -34,6 +34,9 @@ pub(crate) struct Capture {
     attempt: u32,
     /// The run's span, and its trace and span ids as each line carries them.
     span: Span,
+    /// The host's own span of the run (its operation, attempt, tenant, trace): the host's
+    /// lines about the run are written in it, whichever task writes them.
+    host_span: tracing::Span,
     ids: Option<(String, String)>,
     lines_per_second: u32,
     bytes_per_second: u64,
@@ -54,7 +57,7 @@ struct Window {
 
 impl Capture {
     /// The capture of a run of `operation` (or of job `job`) in attempt `attempt`, whose span
-    /// is `span`.
+    /// is `span`; made within the run's task, whose `tracing` span it keeps.
     pub(crate) fn new(
         runtime: OperationRuntime,
         operation: Option<String>,
@@ -71,6 +74,7 @@ impl Capture {
             job,
             attempt,
             span,
+            host_span: tracing::Span::current(),
             ids,
             lines_per_second,
             bytes_per_second,
@@ -132,6 +136,7 @@ impl Capture {
         fields: BTreeMap<String, String>,
     ) {
         let Some(operation) = &self.operation else {
+            let _in_run = self.host_span.enter();
             tracing::info!(job = self.job.as_deref().unwrap_or(""), ?stream, %message, "guest log");
             return;
         };
@@ -215,6 +220,11 @@ impl Capture {
     /// The run's span.
     pub(crate) fn span(&self) -> &Span {
         &self.span
+    }
+
+    /// The host's own span of the run, for the host's lines about it.
+    pub(crate) fn host_span(&self) -> &tracing::Span {
+        &self.host_span
     }
 
     /// Where the run's spans go.

@@ -339,7 +339,8 @@ fn host_schemas() -> Map<String, Value> {
                     "properties": {
                         "traceId": { "type": "string", "pattern": "^[0-9a-f]{32}$" },
                         "spanId": { "type": "string", "pattern": "^[0-9a-f]{16}$" },
-                        "sampled": { "type": "boolean" }
+                        "sampled": { "type": "boolean" },
+                        "state": { "type": "string", "description": "The caller's W3C tracestate, passed on as it came" }
                     }
                 }
             }

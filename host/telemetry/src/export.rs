@@ -20,6 +20,9 @@ use crate::{TelemetryConfig, TelemetryError};
 /// lacks it.
 pub(crate) const OPEN: &str = "opshost.span.open";
 
+/// How long a pipeline dropped without being shut down may take to send its last spans.
+const SHUTDOWN_ON_DROP: Duration = Duration::from_secs(2);
+
 /// Spans sent in one request, at most: a request costs both ends more than a span does.
 const MAX_BATCH: usize = 2048;
 
@@ -40,7 +43,7 @@ impl Exporting {
             .with_endpoint(endpoint)
             .with_timeout(Duration::from_secs(10))
             .build()
-            .map_err(|error| TelemetryError::Exporter(error.to_string()))?;
+            .map_err(TelemetryError::Exporter)?;
         let batch = BatchSpanProcessor::builder(exporter)
             .with_batch_config(
                 BatchConfigBuilder::default()
@@ -71,6 +74,23 @@ impl Exporting {
     pub(crate) fn shutdown(&self, timeout: Duration) {
         if let Err(error) = self.provider.shutdown_with_timeout(timeout) {
             tracing::warn!(%error, "spans not sent at shutdown");
+        }
+    }
+}
+
+impl Drop for Exporting {
+    /// A pipeline dropped without [`Exporting::shutdown`] (a host that failed to start, an
+    /// embedder's) is shut down on a thread of its own: the SDK would otherwise block whatever
+    /// thread drops it, a tokio worker maybe, while the last batch is sent.
+    fn drop(&mut self) {
+        let provider = self.provider.clone();
+        let stopping = std::thread::Builder::new()
+            .name("opshost-otlp-stop".into())
+            .spawn(move || {
+                let _ = provider.shutdown_with_timeout(SHUTDOWN_ON_DROP);
+            });
+        if let Err(error) = stopping {
+            tracing::warn!(%error, "cannot stop the span exporter");
         }
     }
 }

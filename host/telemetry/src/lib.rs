@@ -60,8 +60,8 @@ pub enum TelemetryError {
         reason: String,
     },
     /// The OTLP exporter could not be built.
-    #[error("telemetry: cannot build the OTLP exporter: {0}")]
-    Exporter(String),
+    #[error("telemetry: cannot build the OTLP exporter")]
+    Exporter(#[source] opentelemetry_otlp::ExporterBuildError),
 }
 
 /// The host's tracer: off, or exporting over OTLP. Cheap to clone; clones share the pipeline.

@@ -1,6 +1,8 @@
 //! W3C trace context across boundaries: read from a caller's request headers, written on the
 //! host's outbound requests, and kept with operations and jobs as a [`TraceContext`].
 
+use std::str::FromStr;
+
 use opentelemetry::Context;
 use opentelemetry::propagation::TextMapPropagator;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
@@ -26,10 +28,14 @@ pub fn inject(cx: &Context, headers: &mut http::HeaderMap) {
 pub fn trace_of(cx: &Context) -> Option<TraceContext> {
     let span = cx.span();
     let context = span.span_context();
-    context.is_valid().then(|| TraceContext {
-        trace_id: context.trace_id().to_string(),
-        span_id: context.span_id().to_string(),
-        sampled: context.is_sampled(),
+    context.is_valid().then(|| {
+        let state = context.trace_state().header();
+        TraceContext {
+            trace_id: context.trace_id().to_string(),
+            span_id: context.span_id().to_string(),
+            sampled: context.is_sampled(),
+            state: (!state.is_empty()).then_some(state),
+        }
     })
 }
 
@@ -50,7 +56,12 @@ pub fn resume(trace: Option<&TraceContext>) -> Context {
     } else {
         TraceFlags::default()
     };
-    let span = SpanContext::new(trace_id, span_id, flags, true, TraceState::default());
+    let state = trace
+        .state
+        .as_deref()
+        .and_then(|state| TraceState::from_str(state).ok())
+        .unwrap_or_default();
+    let span = SpanContext::new(trace_id, span_id, flags, true, state);
     if span.is_valid() {
         Context::new().with_remote_span_context(span)
     } else {
@@ -70,6 +81,18 @@ mod tests {
         headers.insert("traceparent", PARENT.parse().unwrap());
         let kept = trace_of(&extract(&headers)).unwrap();
         assert_eq!(kept.traceparent(), PARENT);
+    }
+
+    #[test]
+    fn a_callers_tracestate_is_kept_and_sent_on() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert("traceparent", PARENT.parse().unwrap());
+        headers.insert("tracestate", "vendor=opaque,other=1".parse().unwrap());
+        let kept = trace_of(&extract(&headers)).unwrap();
+        assert_eq!(kept.state.as_deref(), Some("vendor=opaque,other=1"));
+        let mut outbound = http::HeaderMap::new();
+        inject(&resume(Some(&kept)), &mut outbound);
+        assert_eq!(outbound["tracestate"], "vendor=opaque,other=1");
     }
 
     #[test]

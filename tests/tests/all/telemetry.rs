@@ -16,7 +16,9 @@ use opshost_telemetry::{Span, Telemetry, TelemetryConfig, TraceContext, propagat
 use opshost_tests::net::{TestServer, token};
 use opshost_tests::otlp::{Collector, ReceivedSpan};
 use opshost_tests::upstream::Upstream;
-use opshost_tests::{orders_deployment, testing_deployment};
+use opshost_tests::{
+    guest, orders_deployment, run_scenario, testing_deployment, testing_jobs_deployment,
+};
 use serde_json::{Value, json};
 
 const GRACE: Duration = Duration::from_secs(5);
@@ -75,6 +77,24 @@ async fn start_traced_order(server: &TestServer) -> Value {
         .unwrap();
     assert!(response.status().is_success(), "{}", response.status());
     response.json().await.unwrap()
+}
+
+/// Waits until the collector has the ended span named `name`; answers it.
+async fn ended_span(collector: &Collector, name: &str) -> ReceivedSpan {
+    collector
+        .wait_until(|spans| spans.iter().any(|s| s.name == name && !s.is_open()))
+        .await;
+    one(&collector.ended(), name).clone()
+}
+
+/// The caller's span, as an embedding service holding it would have it current.
+fn caller() -> Span {
+    Span::from(propagation::resume(Some(&TraceContext {
+        trace_id: CALLER_TRACE.into(),
+        span_id: CALLER_SPAN.into(),
+        sampled: true,
+        state: None,
+    })))
 }
 
 fn one<'a>(spans: &'a [ReceivedSpan], name: &str) -> &'a ReceivedSpan {
@@ -151,6 +171,7 @@ async fn one_order_is_one_span_tree_from_the_callers_request_to_the_jobs_charge(
     assert_eq!(attempt.attribute("opshost.outcome"), "handed-off");
     assert_eq!(attempt.events, ["started", "progress"]);
     assert_eq!(job.attribute("opshost.outcome"), "completed");
+    assert_eq!(job.attribute("opshost.tenant"), "acme");
     assert_eq!(
         job.events.iter().filter(|e| *e == "progress").count(),
         4,
@@ -225,13 +246,7 @@ async fn a_running_attempt_is_exported_before_it_ends_and_its_signals_are_events
         .await
         .unwrap();
     host.runtime().wait(&id, None).await.unwrap();
-    collector
-        .wait_until(|spans| {
-            spans
-                .iter()
-                .any(|s| s.name == "Testing.Scenario" && !s.is_open())
-        })
-        .await;
+    ended_span(&collector, "Testing.Scenario").await;
     let all = collector.ended();
     let ended = one(&all, "Testing.Scenario").clone();
     assert_eq!(ended.span_id, open.span_id, "the same span, ended");
@@ -255,14 +270,7 @@ async fn a_failed_attempt_ends_its_span_in_error_with_the_failure() {
         .await
         .unwrap();
     host.runtime().wait(&accepted.id, None).await.unwrap();
-    collector
-        .wait_until(|spans| {
-            spans
-                .iter()
-                .any(|s| s.name == "Testing.Scenario" && !s.is_open())
-        })
-        .await;
-    let attempt = one(&collector.ended(), "Testing.Scenario").clone();
+    let attempt = ended_span(&collector, "Testing.Scenario").await;
     assert_eq!(attempt.attribute("opshost.outcome"), "failed");
     let error = attempt.error.expect("an error status");
     assert!(error.contains("the scenario asked to fail"), "{error}");
@@ -282,13 +290,8 @@ async fn an_attempt_after_a_restart_continues_the_operations_trace() {
     let collector = Collector::start().await;
     let dir = tempfile::tempdir().unwrap();
     let first = sqlite_host(dir.path(), telemetry(&collector));
-    let parent = propagation::resume(Some(&TraceContext {
-        trace_id: CALLER_TRACE.into(),
-        span_id: CALLER_SPAN.into(),
-        sampled: true,
-    }));
     // Accepted within the caller's span, then the host dies before running it.
-    let id = Span::from(parent)
+    let id = caller()
         .scope(async {
             first
                 .runtime()
@@ -313,15 +316,7 @@ async fn an_attempt_after_a_restart_continues_the_operations_trace() {
     let kept = terminal.trace.expect("the trace survives the restart");
     assert_eq!(kept.trace_id, CALLER_TRACE);
 
-    collector
-        .wait_until(|spans| {
-            spans
-                .iter()
-                .any(|s| s.name == "Testing.Scenario" && !s.is_open())
-        })
-        .await;
-    let ended = collector.ended();
-    let attempt = one(&ended, "Testing.Scenario");
+    let attempt = ended_span(&collector, "Testing.Scenario").await;
     assert_eq!(attempt.trace_id, CALLER_TRACE);
     assert_eq!(
         attempt.parent_span_id, CALLER_SPAN,
@@ -374,4 +369,259 @@ async fn without_a_trace_an_operation_has_none_and_sends_none() {
         .find(|seen| seen.uri == "/v1/charges")
         .expect("the charge reached the payments service");
     assert!(!charged.headers.contains_key("traceparent"), "{charged:?}");
+}
+
+/// `Testing.Scenario` served by the test-egress guest, granted `upstream`.
+fn egress_deployment(upstream: &Upstream) -> DeploymentConfig {
+    let mut config = testing_deployment(GRACE);
+    config.handlers[0].component = guest("test_egress");
+    config.handlers[0].grants.http = Some(HttpGrant {
+        allow: vec![upstream.origin()],
+        ..HttpGrant::default()
+    });
+    config
+}
+
+#[tokio::test]
+async fn a_guests_own_traceparent_is_replaced_by_its_requests_span() {
+    let collector = Collector::start().await;
+    let upstream = Upstream::start().await;
+    let host = host(&egress_deployment(&upstream), telemetry(&collector));
+    let forged = "00-11111111111111111111111111111111-2222222222222222-01";
+    let done = run_scenario(
+        &host,
+        json!({
+            "scenario": "fetch",
+            "url": upstream.url("/hello"),
+            "header": format!("traceparent: {forged}")
+        }),
+    )
+    .await;
+    assert_eq!(done.state, OperationState::Completed, "{done:?}");
+    let spans = collector
+        .wait_until(|spans| spans.iter().any(|s| s.kind == 3))
+        .await;
+    let client = spans.iter().find(|s| s.kind == 3).unwrap();
+    let sent = &upstream.seen()[0].headers["traceparent"];
+    assert_ne!(sent, forged);
+    assert_eq!(
+        *sent,
+        format!("00-{}-{}-01", client.trace_id, client.span_id),
+        "the request carries its own client span"
+    );
+}
+
+#[tokio::test]
+async fn a_malformed_traceparent_is_ignored_and_an_unsampled_one_is_kept_unrecorded() {
+    let collector = Collector::start().await;
+    let host = host(&orders_deployment(GRACE, 1), telemetry(&collector));
+    let server = TestServer::start_with_jobs(host.runtime(), host.jobs()).await;
+    let start = |traceparent: String| {
+        reqwest::Client::new()
+            .post(format!("{}/v1/operations/Orders.Process", server.url))
+            .bearer_auth(token(&["orders.write", "orders.read"]))
+            .header("traceparent", traceparent)
+            .json(&order())
+            .send()
+    };
+
+    let malformed = start("00-not-a-trace-01".into()).await.unwrap();
+    assert_eq!(malformed.status(), 202);
+    let malformed: Value = malformed.json().await.unwrap();
+    let fresh = malformed["trace"]["traceId"].as_str().unwrap().to_owned();
+
+    let unsampled: Value = start(format!("00-{CALLER_TRACE}-{CALLER_SPAN}-00"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(unsampled["trace"]["traceId"], CALLER_TRACE);
+    assert_eq!(unsampled["trace"]["sampled"], false);
+    let id = unsampled["id"].as_str().unwrap();
+    host.runtime().wait(id, None).await.unwrap();
+    host.runtime()
+        .wait(malformed["id"].as_str().unwrap(), None)
+        .await
+        .unwrap();
+    collector
+        .wait_until(|spans| {
+            spans
+                .iter()
+                .any(|s| s.name == "job fulfillment" && !s.is_open())
+        })
+        .await;
+    assert!(
+        collector.spans().iter().all(|s| s.trace_id != CALLER_TRACE),
+        "nothing of the unsampled trace is exported"
+    );
+    let request = collector
+        .ended()
+        .into_iter()
+        .find(|s| s.trace_id == fresh && s.kind == 2)
+        .expect("the request with the malformed traceparent was traced");
+    assert_eq!(
+        request.parent_span_id, "",
+        "it starts a trace of its own instead"
+    );
+}
+
+#[tokio::test]
+async fn every_attempt_sent_open_is_sent_ended() {
+    let collector = Collector::start().await;
+    let host = host(&testing_deployment(GRACE), telemetry(&collector));
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        let accepted = host
+            .start("Testing.Scenario", None, json!({ "scenario": "complete" }))
+            .await
+            .unwrap();
+        ids.push(accepted.id);
+    }
+    for id in &ids {
+        host.runtime().wait(id, None).await.unwrap();
+    }
+    let spans = collector
+        .wait_until(|spans| {
+            spans
+                .iter()
+                .filter(|s| s.name == "Testing.Scenario" && !s.is_open())
+                .count()
+                == 200
+        })
+        .await;
+    let open: Vec<&str> = spans
+        .iter()
+        .filter(|s| s.is_open())
+        .map(|s| s.span_id.as_str())
+        .collect();
+    assert_eq!(open.len(), 200);
+    for span_id in open {
+        assert!(
+            spans.iter().any(|s| !s.is_open() && s.span_id == span_id),
+            "{span_id} was sent ended"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_cancelled_attempt_records_the_request_and_ends_cancelled() {
+    let collector = Collector::start().await;
+    let host = host(&testing_deployment(GRACE), telemetry(&collector));
+    let accepted = host
+        .start(
+            "Testing.Scenario",
+            None,
+            json!({ "scenario": "await-cancel" }),
+        )
+        .await
+        .unwrap();
+    collector
+        .wait_until(|spans| spans.iter().any(|s| s.name == "Testing.Scenario"))
+        .await;
+    let cancelled = host.runtime().cancel(&accepted.id).await.unwrap();
+    assert_eq!(cancelled.state, OperationState::Cancelled);
+    let attempt = ended_span(&collector, "Testing.Scenario").await;
+    assert_eq!(attempt.attribute("opshost.outcome"), "cancelled");
+    assert!(
+        attempt.events.iter().any(|e| e == "cancel requested"),
+        "{:?}",
+        attempt.events
+    );
+}
+
+#[tokio::test]
+async fn a_job_enqueued_in_a_trace_runs_its_attempts_in_it_and_a_dead_one_ends_in_error() {
+    let collector = Collector::start().await;
+    let mut config = testing_jobs_deployment(GRACE);
+    config
+        .workers
+        .retain(|worker| worker.queue == "testing.work");
+    let host = host(&config, telemetry(&collector));
+    let job = caller()
+        .scope(
+            host.jobs()
+                .enqueue("testing.work", json!({ "behaviour": "trap" })),
+        )
+        .await
+        .unwrap();
+    let enqueued = job.trace.clone().expect("the job keeps its trace");
+    assert_eq!(enqueued.trace_id, CALLER_TRACE);
+    let dead = opshost_tests::jobs::final_state(host.jobs(), &job.id).await;
+    let spans = collector
+        .wait_until(|spans| {
+            spans
+                .iter()
+                .filter(|s| s.name == "job testing.work" && !s.is_open())
+                .count()
+                == dead.attempt as usize
+        })
+        .await;
+    let enqueue = spans
+        .iter()
+        .find(|s| s.name == "enqueue testing.work")
+        .expect("an enqueue span");
+    assert_eq!(enqueue.parent_span_id, CALLER_SPAN);
+    assert_eq!(enqueue.span_id, enqueued.span_id);
+    let ended = collector.ended();
+    let attempts: Vec<&ReceivedSpan> = ended
+        .iter()
+        .filter(|s| s.name == "job testing.work")
+        .collect();
+    assert!(attempts.len() >= 2, "{attempts:?}");
+    for attempt in &attempts {
+        assert_child(attempt, enqueue);
+        assert!(attempt.error.is_some(), "{attempt:?}");
+    }
+    let outcomes: Vec<&str> = attempts
+        .iter()
+        .map(|a| a.attribute("opshost.outcome"))
+        .collect();
+    assert!(outcomes.contains(&"retrying"), "{outcomes:?}");
+    assert_eq!(outcomes.last(), Some(&"dead"), "{outcomes:?}");
+}
+
+/// A collector that takes connections and never answers.
+async fn black_hole() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((connection, _)) = listener.accept().await {
+            open.push(connection);
+        }
+    });
+    (address, held)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_costs_operations_nothing_and_shutdown_ends() {
+    let (address, _held) = black_hole().await;
+    let mut config = TelemetryConfig::new(format!("http://{address}"), "orders-test");
+    config.export_interval = Duration::from_millis(10);
+    config.max_queue = 64;
+    let telemetry = Telemetry::otlp(&config).unwrap();
+    let host = host(&testing_deployment(GRACE), telemetry.clone());
+    // Far more spans than the queue holds, while every export hangs.
+    let mut ids = Vec::new();
+    for _ in 0..100 {
+        ids.push(
+            host.start("Testing.Scenario", None, json!({ "scenario": "complete" }))
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    for id in &ids {
+        let done = tokio::time::timeout(Duration::from_secs(30), host.runtime().wait(id, None))
+            .await
+            .expect("operations do not wait for the collector")
+            .unwrap();
+        assert_eq!(done.state, OperationState::Completed);
+    }
+    let stopped = tokio::task::spawn_blocking(move || telemetry.shutdown(Duration::from_secs(1)));
+    tokio::time::timeout(Duration::from_secs(30), stopped)
+        .await
+        .expect("shutdown gives up on the collector")
+        .unwrap();
 }

@@ -180,6 +180,10 @@ fn serve_with_json_logs_writes_each_outbound_request_with_its_operation() {
     assert_eq!(request["fields"]["operation"], id.as_str(), "{request}");
     assert_eq!(request["fields"]["status"], 201, "{request}");
     assert_eq!(request["fields"]["path"], "/v1/charges", "{request}");
+    // Sent by the job's worker: its span names the job and the tenant of its operation.
+    assert_eq!(request["span"]["name"], "job", "{request}");
+    assert_eq!(request["span"]["tenant"], "acme", "{request}");
+    assert_eq!(request["span"]["operation"], id.as_str(), "{request}");
     assert!(
         lines
             .lines()

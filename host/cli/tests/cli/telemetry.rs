@@ -110,29 +110,42 @@ fn serve_exports_the_span_tree_of_one_order_from_the_callers_request_to_its_char
     );
 
     // The worker's log lines carry the trace and the span of its job attempt.
-    let logs = serve.call(&token, &["get", id]);
+    let got = serve.call(&token, &["get", id]);
     assert_eq!(
-        serde_json::from_slice::<Value>(&logs.stdout).unwrap()["trace"]["traceId"],
+        serde_json::from_slice::<Value>(&got.stdout).unwrap()["trace"]["traceId"],
         CALLER_TRACE
     );
-    let lines: Vec<Value> = runtime.block_on(async {
-        reqwest::Client::new()
-            .get(format!("{}/v1/operations/{id}/logs", serve.url))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
-    });
+    let logs = serve.call(&token, &["logs", id, "--json"]);
+    assert!(logs.status.success(), "{}", text(&logs.stderr));
+    let lines: Vec<Value> = text(&logs.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
     let charged = lines
         .iter()
         .find(|line| line["stream"] == "http")
         .unwrap_or_else(|| panic!("no outbound record in {lines:?}"));
     assert_eq!(charged["traceId"], CALLER_TRACE);
     assert_eq!(charged["spanId"], job.span_id.as_str());
+}
+
+#[test]
+fn serve_refuses_an_otlp_endpoint_it_cannot_send_to_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = traced_config(dir.path(), "https://collector.example:4318");
+    let out = crate::common::opshost()
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path())
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let error = text(&out.stderr);
+    assert!(
+        error.contains("telemetry.otlp_endpoint `https://collector.example:4318`"),
+        "{error}"
+    );
+    assert!(error.contains("http://"), "{error}");
 }

@@ -340,6 +340,7 @@ impl Pending {
         self.saved = true;
         let duration_ms = u64::try_from(self.began.elapsed().as_millis()).unwrap_or(u64::MAX);
         let capture = &self.run.capture;
+        let _in_run = capture.host_span().enter();
         tracing::info!(
             operation = capture.operation().unwrap_or(""),
             job = capture.job().unwrap_or(""),
