@@ -4,6 +4,7 @@
 //! Snapshots go to stdout as JSON (a watched operation's output alone), everything meant for a
 //! person to stderr, so `opshost start ... | jq .id` works.
 
+use std::io::Write as _;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
@@ -62,20 +63,25 @@ impl Remote {
         Ok(exit::OK)
     }
 
-    /// Prints operation `id`'s log lines, as text or (`json`) as the API's JSON lines.
+    /// Prints operation `id`'s log lines, as text or (`json`) as the API's JSON lines. A
+    /// reader that stops reading (`| head`) ends it quietly.
     pub async fn logs(&self, id: &str, follow: bool, json: bool) -> Result<u8> {
-        let print = |line: &LogLine| -> Result<()> {
-            if json {
-                println!("{}", serde_json::to_string(line)?);
+        let print = |line: &LogLine| -> std::io::Result<()> {
+            let text = if json {
+                serde_json::to_string(line)?
             } else {
-                println!("{}", log_line(line));
-            }
-            Ok(())
+                log_line(line)
+            };
+            writeln!(std::io::stdout().lock(), "{text}")
         };
+        let closed = |error: &std::io::Error| error.kind() == std::io::ErrorKind::BrokenPipe;
         if follow {
             let mut lines = self.client.follow_logs(id, 0).await?;
             while let Some(line) = lines.next().await {
-                print(&line?)?;
+                match print(&line?) {
+                    Err(error) if closed(&error) => return Ok(exit::OK),
+                    written => written?,
+                }
             }
             return Ok(exit::OK);
         }
@@ -83,7 +89,10 @@ impl Remote {
         loop {
             let lines = self.client.logs(id, after, LOG_PAGE).await?;
             for line in &lines {
-                print(line)?;
+                match print(line) {
+                    Err(error) if closed(&error) => return Ok(exit::OK),
+                    written => written?,
+                }
             }
             // The host may answer fewer lines than asked (it cuts answers by size): only an
             // empty page is the end.

@@ -117,6 +117,27 @@ fn an_orders_logs_are_followed_until_it_ends_with_its_steps_and_its_charge() {
     );
     let again = serve.call(&token, &["logs", &id]);
     assert_eq!(text(&again.stdout), lines, "read back, the same lines");
+
+    // A reader that stops after the first line of a running order's follow ends the command
+    // quietly when the next line comes (each step takes 300 ms).
+    let started = serve.call(&token, &["start", "Orders.Process", "--input", &input]);
+    let running = json(&started)["id"].as_str().expect("an id").to_owned();
+    let piped = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} logs {running} --follow --json --url {} --token {token} | head -n 1",
+            env!("CARGO_BIN_EXE_opshost"),
+            serve.url
+        ))
+        .output()
+        .unwrap();
+    let first: serde_json::Value = serde_json::from_slice(&piped.stdout).unwrap();
+    assert_eq!(first["seq"], 1);
+    assert!(
+        !text(&piped.stderr).contains("panicked"),
+        "no panic on a closed pipe: {}",
+        text(&piped.stderr)
+    );
 }
 
 #[test]
