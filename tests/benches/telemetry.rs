@@ -79,7 +79,7 @@ fn main() {
         .build()
         .expect("a runtime");
     runtime.block_on(async {
-        let operations = env_number("BENCH_OPERATIONS", 4096) / CONCURRENCY * CONCURRENCY;
+        let operations = (env_number("BENCH_OPERATIONS", 4096) / CONCURRENCY).max(1) * CONCURRENCY;
         let rounds_wanted = env_number("BENCH_ROUNDS", 9);
         let collector = Collector::start_counting().await;
         let mut config = TelemetryConfig::new(collector.endpoint(), "bench");
@@ -139,11 +139,18 @@ fn main() {
         }
         // Each traced operation is an accept span and its attempt, sent open then ended.
         let traced_operations = 2 * (CONCURRENCY * 4 + rounds_wanted * operations);
+        // An attempt's span ends just after its operation: the last round's may come late.
+        let expected = 3 * traced_operations;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while collector.count() < expected && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            flush(&traces).await;
+        }
         let spans = collector.count();
         println!(
             "spans received by the collector: {spans} (expected {})",
-            3 * traced_operations
+            expected
         );
-        assert_eq!(spans, 3 * traced_operations, "every span reached the collector");
+        assert_eq!(spans, expected, "every span reached the collector");
     });
 }

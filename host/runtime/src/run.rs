@@ -12,7 +12,7 @@
 //! last holder drops it, whichever comes first: no run can outlive both.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
@@ -38,8 +38,6 @@ pub struct Run {
     latest: Mutex<Option<Snapshot>>,
     /// Hand-offs made by this run so far.
     hand_offs: AtomicU32,
-    /// A hand-off is being made: its job's worker may already join.
-    handing_off: AtomicBool,
     /// Where its events go: its attempt's span when launched here, else the span of whoever
     /// joined it (a job attempt's), which this run does not end.
     span: Span,
@@ -116,7 +114,7 @@ impl Run {
     pub async fn started(&self) -> Result<Snapshot, ServerError> {
         let current = self.snapshot().await?;
         if current.state == OperationState::Pending {
-            self.span.event("started", Vec::new);
+            self.events().event("started", Vec::new);
         }
         let snapshot = self
             .log
@@ -155,7 +153,7 @@ impl Run {
                 Ok(Some((EventKind::Progress, snapshot)))
             })
             .await?;
-        self.span.progress(&progress);
+        self.events().progress(&progress);
         Ok(self.wrote(snapshot))
     }
 
@@ -215,8 +213,10 @@ impl Run {
         // after a write whose answer was lost finds the job it made.
         let made = self.hand_offs.load(Ordering::SeqCst);
         let job_id = format!("{}.{}.{queue}.{made}", self.id, self.attempt);
-        let span = self.log.telemetry().hand_off(&self.span, queue, &job_id);
-        self.handing_off.store(true, Ordering::SeqCst);
+        let span = self
+            .log
+            .telemetry()
+            .hand_off(&self.events(), queue, &job_id);
         let enqueued = jobs
             .enqueue_owned(&job_id, &self.id, queue, payload, span.trace())
             .await;
@@ -227,7 +227,6 @@ impl Run {
             }
             Err(error) => span.end_with("refused", Some(&error.to_string())),
         }
-        self.handing_off.store(false, Ordering::SeqCst);
         enqueued
     }
 
@@ -243,7 +242,7 @@ impl Run {
             .next_signal(&self.id, after, &self.cancel, timeout)
             .await?;
         if let SignalWait::Signal(signal) = &wait {
-            self.span.signal(&signal.name, signal.sequence);
+            self.events().signal(&signal.name, signal.sequence);
         }
         Ok(wait)
     }
@@ -252,10 +251,16 @@ impl Run {
         self.hand_offs.load(Ordering::SeqCst) > 0
     }
 
-    /// Whether a job owns (or is about to own) the operation's terminal path: a joiner must
-    /// not share this run.
-    fn handing_over(&self) -> bool {
-        self.handing_off.load(Ordering::SeqCst) || self.handed_off()
+    /// The span the operation's events go to: the one current where they happen when the
+    /// host made it (the attempt's in its handler, the job attempt's in a job's worker that
+    /// joined this run), else this run's own.
+    fn events(&self) -> Span {
+        let current = Span::current();
+        if current.is_recording() {
+            current
+        } else {
+            self.span.clone()
+        }
     }
 
     pub(crate) fn set_task(&self, task: AbortHandle) {
@@ -280,11 +285,15 @@ impl Run {
         self.cancel.cancel();
     }
 
-    /// Ends this run's attempt span, if it owns it, with how the attempt went: the
-    /// operation's end, a hand-off, or an interruption (the host stopping, a newer attempt).
+    /// Ends this run's attempt span, if it owns it, with how the attempt went: a hand-off
+    /// (whatever the job did since, on this run or not), the operation's end, or an
+    /// interruption (the host stopping, a newer attempt).
     pub(crate) fn end_span(&self) {
         if !self.owns_span {
             return;
+        }
+        if self.handed_off() {
+            return self.span.end_with("handed-off", None);
         }
         let latest = lock(&self.latest).clone();
         match latest {
@@ -292,7 +301,6 @@ impl Run {
                 let error = snapshot.error.as_ref().map(|error| error.message.as_str());
                 self.span.end_with(snapshot.state.as_str(), error);
             }
-            _ if self.handed_off() => self.span.end_with("handed-off", None),
             _ => self.span.end_with("interrupted", None),
         }
     }
@@ -372,7 +380,6 @@ impl Runs {
             task: Mutex::new(None),
             latest: Mutex::new(None),
             hand_offs: AtomicU32::new(0),
-            handing_off: AtomicBool::new(false),
             span,
             owns_span,
             log: Arc::clone(log),
@@ -398,9 +405,8 @@ impl Runs {
     /// The run of `snapshot`'s operation here, joined if there is one of its attempt, else a
     /// new one: looked up and inserted under one lock, so that two callers attaching at once
     /// share one run. A run of an earlier attempt (one that another host or a restart has
-    /// superseded, and that has not ended yet) is replaced, never joined, and so is a run that
-    /// handed the operation to a job: the job's worker, joining, drives it on a run of its
-    /// own. A new run's events go to `span`, the joiner's.
+    /// superseded, and that has not ended yet) is replaced, never joined. A new run's events
+    /// go to `span`, the joiner's, unless a span of the host's is current where they happen.
     pub(crate) fn join(
         self: &Arc<Self>,
         log: &Arc<OperationLog>,
@@ -410,8 +416,7 @@ impl Runs {
     ) -> Arc<Run> {
         let mut by_id = lock(&self.by_id);
         if let Some(run) = by_id.get(&snapshot.id).and_then(Weak::upgrade)
-            && (run.attempt > snapshot.attempt
-                || (run.attempt == snapshot.attempt && !run.handing_over()))
+            && run.attempt >= snapshot.attempt
         {
             return run;
         }

@@ -2,6 +2,7 @@
 //! exporter's own thread, so that a slow or absent collector never holds up an operation.
 //! Spans the catalogue marks live are also sent, as open, when they start.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use opentelemetry::trace::TracerProvider as _;
@@ -33,6 +34,8 @@ pub(crate) struct ExportAtStart;
 pub(crate) struct Exporting {
     provider: SdkTracerProvider,
     pub(crate) tracer: SdkTracer,
+    /// Whether [`Exporting::shutdown`] ran.
+    stopped: AtomicBool,
 }
 
 impl Exporting {
@@ -62,7 +65,11 @@ impl Exporting {
             )
             .build();
         let tracer = provider.tracer("opshost");
-        Ok(Self { provider, tracer })
+        Ok(Self {
+            provider,
+            tracer,
+            stopped: AtomicBool::new(false),
+        })
     }
 
     pub(crate) fn flush(&self) {
@@ -72,6 +79,7 @@ impl Exporting {
     }
 
     pub(crate) fn shutdown(&self, timeout: Duration) {
+        self.stopped.store(true, Ordering::SeqCst);
         if let Err(error) = self.provider.shutdown_with_timeout(timeout) {
             tracing::warn!(%error, "spans not sent at shutdown");
         }
@@ -83,6 +91,9 @@ impl Drop for Exporting {
     /// embedder's) is shut down on a thread of its own: the SDK would otherwise block whatever
     /// thread drops it, a tokio worker maybe, while the last batch is sent.
     fn drop(&mut self) {
+        if self.stopped.load(Ordering::SeqCst) {
+            return;
+        }
         let provider = self.provider.clone();
         let stopping = std::thread::Builder::new()
             .name("opshost-otlp-stop".into())
