@@ -22,6 +22,19 @@ pub enum LogStream {
     Host,
 }
 
+impl LogStream {
+    /// The stream's wire name, e.g. `stdout`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+            Self::Log => "log",
+            Self::Http => "http",
+            Self::Host => "host",
+        }
+    }
+}
+
 /// How much a log line matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -36,6 +49,19 @@ pub enum LogLevel {
     Warn,
     /// Something failed.
     Error,
+}
+
+impl LogLevel {
+    /// The level's wire name, e.g. `info`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Trace => "trace",
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Warn => "warn",
+            Self::Error => "error",
+        }
+    }
 }
 
 /// One line of an operation's logs.
@@ -66,4 +92,26 @@ pub struct LogLine {
     /// The span of the run that wrote it (the attempt's, or the job attempt's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub span_id: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_are_the_serialized_ones() {
+        use LogStream::*;
+        for stream in [Stdout, Stderr, Log, Http, Host] {
+            assert_eq!(serde_json::to_value(stream).unwrap(), stream.as_str());
+        }
+        for level in [
+            LogLevel::Trace,
+            LogLevel::Debug,
+            LogLevel::Info,
+            LogLevel::Warn,
+            LogLevel::Error,
+        ] {
+            assert_eq!(serde_json::to_value(level).unwrap(), level.as_str());
+        }
+    }
 }

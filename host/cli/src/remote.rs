@@ -284,14 +284,7 @@ fn log_line(line: &LogLine) -> String {
         .job
         .as_deref()
         .map_or_else(String::new, |job| format!(" job {job}"));
-    let stream = serde_json::to_value(line.stream)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
-    let level = serde_json::to_value(line.level)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default();
+    let (stream, level) = (line.stream.as_str(), line.level.as_str());
     let fields: String = line
         .fields
         .iter()

@@ -15,7 +15,7 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
 use super::EgressPolicy;
 use super::allow::{Origin, Scheme};
-use super::send::{self, Bounded, OnEnd, Outgoing, Timeouts};
+use super::send::{self, BodyEnd, Bounded, OnEnd, Outgoing, Timeouts};
 use crate::capture::Capture;
 use crate::limits::{HttpLimits, LimitBreach};
 
@@ -225,19 +225,17 @@ impl EgressRun {
             return Err(record.fail(Some(status), Error::HttpResponseBodySize(Some(max))));
         }
         let run = Arc::clone(&self);
-        let on_end: OnEnd = Box::new(move |bytes, failure| {
+        let on_end: OnEnd = Box::new(move |bytes, end| {
             drop((in_flight, host_slot));
-            if bytes > max {
-                run.refuse(
-                    "http_max_response_bytes",
-                    &format!("a response body went over {max} bytes"),
-                );
-            } else if failure
-                .as_deref()
-                .is_some_and(|f| f.contains("between_bytes"))
-            {
-                run.refuse("http_between_bytes_timeout_ms", "a response body stalled");
-            }
+            let failure = match end {
+                BodyEnd::Complete => None,
+                BodyEnd::Stopped { why, limit } => {
+                    if let Some(limit) = limit {
+                        run.refuse(limit, &why);
+                    }
+                    Some(why)
+                }
+            };
             record.end(Some(status), bytes, failure);
         });
         let body = Bounded::new(

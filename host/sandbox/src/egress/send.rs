@@ -104,8 +104,19 @@ where
     Ok((sender, io))
 }
 
-/// How a response body ended: its bytes, and why it stopped early, if it did.
-pub(crate) type OnEnd = Box<dyn FnOnce(u64, Option<String>) + Send>;
+/// How a response body ended.
+pub(crate) enum BodyEnd {
+    /// Its last byte was read.
+    Complete,
+    /// It stopped early: why, and the run's limit it went past, if that was the reason.
+    Stopped {
+        why: String,
+        limit: Option<&'static str>,
+    },
+}
+
+/// Told once how a response body ended, with the bytes it gave.
+pub(crate) type OnEnd = Box<dyn FnOnce(u64, BodyEnd) + Send>;
 
 /// Whether `haystack` holds one of `secrets`.
 pub(crate) fn carries(haystack: &[u8], secrets: &[Arc<str>]) -> bool {
@@ -156,15 +167,20 @@ impl Bounded {
         }
     }
 
-    fn end(&mut self, failure: Option<String>) {
+    fn end(&mut self, end: BodyEnd) {
         if let Some(on_end) = self.on_end.take() {
-            on_end(self.read, failure);
+            on_end(self.read, end);
         }
     }
 
-    fn fail(&mut self, error: Error, why: String) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+    fn fail(
+        &mut self,
+        error: Error,
+        why: String,
+        limit: Option<&'static str>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         self.failed = true;
-        self.end(Some(why));
+        self.end(BodyEnd::Stopped { why, limit });
         Poll::Ready(Some(Err(error)))
     }
 }
@@ -196,6 +212,7 @@ impl Body for Bounded {
                             format!(
                                 "response body over {max} bytes (limits.http_max_response_bytes)"
                             ),
+                            Some("http_max_response_bytes"),
                         );
                     }
                 }
@@ -207,10 +224,10 @@ impl Body for Bounded {
             }
             Poll::Ready(Some(Err(error))) => {
                 let why = format!("response body failed: {error}");
-                this.fail(Error::Hyper(error), why)
+                this.fail(Error::Hyper(error), why, None)
             }
             Poll::Ready(None) => {
-                this.end(None);
+                this.end(BodyEnd::Complete);
                 Poll::Ready(None)
             }
             Poll::Pending => {
@@ -225,6 +242,7 @@ impl Body for Bounded {
                             "no response bytes for {} ms (limits.http_between_bytes_timeout_ms)",
                             gap.as_millis()
                         ),
+                        Some("http_between_bytes_timeout_ms"),
                     );
                 }
                 Poll::Pending
@@ -244,9 +262,15 @@ impl Body for Bounded {
 impl Drop for Bounded {
     fn drop(&mut self) {
         if self.on_end.is_some() {
-            let failure = (!self.inner.is_end_stream())
-                .then(|| "the guest dropped the response before its end".to_owned());
-            self.end(failure);
+            let end = if self.inner.is_end_stream() {
+                BodyEnd::Complete
+            } else {
+                BodyEnd::Stopped {
+                    why: "the guest dropped the response before its end".to_owned(),
+                    limit: None,
+                }
+            };
+            self.end(end);
         }
     }
 }
