@@ -134,6 +134,10 @@ pub struct Snapshot {
     /// one: the caller's `traceparent`, or the host's own when it exports traces.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<TraceContext>,
+    /// The version of the handler's component the operation runs on: its sha256, pinned when
+    /// it is accepted. Every attempt runs that version while the host keeps it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
 }
 
 impl Snapshot {
@@ -156,6 +160,7 @@ impl Snapshot {
             updated_at: now,
             completed_at: None,
             trace: None,
+            component: None,
         }
     }
 
@@ -187,6 +192,7 @@ impl Snapshot {
             updated_at: self.updated_at,
             completed_at: self.completed_at,
             trace: self.trace,
+            component: self.component,
         })
     }
 }
@@ -224,6 +230,8 @@ pub struct OperationSnapshot<Op: Operation> {
     pub completed_at: Option<DateTime<Utc>>,
     /// The trace the operation's spans belong to, when it was accepted in one.
     pub trace: Option<TraceContext>,
+    /// The version (sha256) of the handler's component the operation runs on.
+    pub component: Option<String>,
 }
 
 impl<Op: Operation> Clone for OperationSnapshot<Op> {
@@ -244,6 +252,7 @@ impl<Op: Operation> Clone for OperationSnapshot<Op> {
             updated_at: self.updated_at,
             completed_at: self.completed_at,
             trace: self.trace.clone(),
+            component: self.component.clone(),
         }
     }
 }

@@ -39,6 +39,12 @@ pub trait OperationHandler: Send + Sync + 'static {
         snapshot: Snapshot,
         input: Option<Value>,
     ) -> BoxFuture<'static, Result<(), ErrorInfo>>;
+
+    /// The version an operation accepted now is pinned to (a component's sha256), if the
+    /// handler has versions.
+    fn version(&self) -> Option<String> {
+        None
+    }
 }
 
 /// What [`crate::OperationRuntime::recover`] did.
@@ -176,7 +182,7 @@ impl Executor {
             .insert(operation.to_owned(), handler);
     }
 
-    fn handler(&self, operation: &str) -> Option<Arc<dyn OperationHandler>> {
+    pub(crate) fn handler(&self, operation: &str) -> Option<Arc<dyn OperationHandler>> {
         self.handlers
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -229,7 +235,13 @@ impl Executor {
         let tenant = owner.tenant.clone();
         let acceptance = self
             .log
-            .accept(owner, operation, key, Some(input.clone()))
+            .accept(
+                owner,
+                operation,
+                key,
+                Some(input.clone()),
+                handler.version(),
+            )
             .await?;
         // Accepted while the host began to stop: the operation stays pending, for the next
         // start of this host or another host to run.

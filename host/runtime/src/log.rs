@@ -133,13 +133,15 @@ impl OperationLog {
             })
     }
 
-    /// Accepts operation `operation` for `owner` under key `key` (a fresh ULID when `None`).
+    /// Accepts operation `operation` for `owner` under key `key` (a fresh ULID when `None`),
+    /// pinned to component version `component` if given.
     pub(crate) async fn accept(
         &self,
         owner: Owner,
         operation: &str,
         key: Option<String>,
         input: Option<Value>,
+        component: Option<String>,
     ) -> Result<Acceptance, ServerError> {
         let spec = self.spec(operation)?;
         if let Some(input) = &input {
@@ -169,6 +171,7 @@ impl OperationLog {
             operation.to_owned(),
             spec.version.clone(),
         );
+        snapshot.component = component;
         // The operation joins the trace of whoever accepts it (an HTTP request's span, or an
         // embedding service's current span), on every attempt.
         snapshot.trace = self.telemetry.accepted(

@@ -69,6 +69,7 @@ fn untyped<Op: Operation>(s: OperationSnapshot<Op>) -> Result<Snapshot, ServerEr
         updated_at: s.updated_at,
         completed_at: s.completed_at,
         trace: s.trace,
+        component: s.component,
     })
 }
 

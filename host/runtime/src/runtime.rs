@@ -254,7 +254,13 @@ impl OperationRuntime {
         key: Option<String>,
         input: Option<Value>,
     ) -> Result<Acceptance, ServerError> {
-        self.log.accept(owner, operation, key, input).await
+        let component = self
+            .executor
+            .handler(operation)
+            .and_then(|handler| handler.version());
+        self.log
+            .accept(owner, operation, key, input, component)
+            .await
     }
 
     /// Where the spans of operations go.

@@ -60,8 +60,12 @@ impl ComponentLoader {
     }
 
     /// Loads the component at `path`, refusing it when `pin` is given and differs from its
-    /// sha256 (hex, case-insensitive).
-    pub fn load(&mut self, path: &Path, pin: Option<&str>) -> Result<Component, LoadError> {
+    /// sha256 (hex, case-insensitive); answers it with its sha256.
+    pub fn load(
+        &mut self,
+        path: &Path,
+        pin: Option<&str>,
+    ) -> Result<(Component, String), LoadError> {
         let (component, digest) = match self.loaded.get(path) {
             Some(loaded) => loaded.clone(),
             None => {
@@ -82,7 +86,7 @@ impl ComponentLoader {
                 actual: digest,
             });
         }
-        Ok(component)
+        Ok((component, digest))
     }
 
     /// The compiled component for `bytes`: from the cache when it holds a file that loads.

@@ -22,6 +22,12 @@ pub enum SandboxError {
         /// The operation named by the config.
         operation: String,
     },
+    /// A rollback asked for, with no version before the current one.
+    #[error("`{operation}` has no earlier version to roll back to")]
+    NoEarlierVersion {
+        /// The operation.
+        operation: String,
+    },
     /// A worker names a queue the contract does not declare.
     #[error("worker for `{queue}`: the contract declares no such queue")]
     UnknownQueue {

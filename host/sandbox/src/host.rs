@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -32,6 +32,7 @@ use crate::engine::{self, Allocation, EngineShape};
 use crate::error::SandboxError;
 use crate::grants::{self, Grants};
 use crate::limits::{LimitBreach, Limits, LimitsTable};
+use crate::versions::{VersionInfo, VersionedHandler};
 
 /// Serves a contract's operations with wasm components: each component is compiled and linked
 /// once; each operation runs in a fresh `Store` on its own tokio task.
@@ -41,6 +42,57 @@ pub struct WasmHost {
     jobs: Jobs,
     policies: Arc<HashMap<String, RestartPolicy>>,
     allocation: Allocation,
+    /// Each operation's handler, with its versions.
+    handlers: Arc<HashMap<String, Arc<VersionedHandler>>>,
+    deployer: Arc<Mutex<Deployer>>,
+}
+
+/// What building a handler's version takes, kept for deploys.
+struct Deployer {
+    engine: Engine,
+    linker: Linker<GuestState>,
+    loader: ComponentLoader,
+    secrets: Secrets,
+    network: Arc<Network>,
+    runtime: WeakRuntime,
+    env: RunEnv,
+    /// Each operation's limits and grants, from the deployment.
+    settings: HashMap<String, (Limits, Grants)>,
+}
+
+impl Deployer {
+    /// The component at `path` (pinned to `pin` if given) as a handler of `operation`, with
+    /// its sha256: checked against the operation's grants, compiled (or taken from the cache)
+    /// and linked.
+    fn handler(
+        &mut self,
+        operation: &str,
+        path: &Path,
+        pin: Option<&str>,
+    ) -> Result<(String, Arc<WasmHandler>), SandboxError> {
+        let Some((limits, grants)) = self.settings.get(operation).cloned() else {
+            return Err(SandboxError::UnknownOperation {
+                operation: operation.to_owned(),
+            });
+        };
+        let (component, sha256) = load(&mut self.loader, &self.engine, path, pin, &grants)?;
+        let egress = egress_policy(path, &grants, &self.secrets, &self.network)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(HandlerPre::new)
+            .map_err(|e| component_error(path, e))?;
+        let handler = WasmHandler {
+            runtime: self.runtime.clone(),
+            engine: self.engine.clone(),
+            pre,
+            limits,
+            grants,
+            egress,
+            env: self.env.clone(),
+        };
+        Ok((sha256, Arc::new(handler)))
+    }
 }
 
 impl WasmHost {
@@ -119,48 +171,48 @@ impl WasmHost {
         };
         let (engine, allocation) = engine::new_engine(shape)?;
         tracing::info!(?allocation, "engine ready");
-        let mut loader = ComponentLoader::new(&engine, config.engine.cache_dir.clone());
-        let secrets = Secrets::read(&config.secrets).map_err(SandboxError::Secrets)?;
-        let network = Network::new(&config.egress).map_err(SandboxError::Secrets)?;
         let link_error = |e: wasmtime::Error| SandboxError::Engine(e.to_string());
-        let linker = handler_linker(&engine).map_err(link_error)?;
-        for (handler, limits) in config.handlers.iter().zip(handler_limits) {
-            let component = load(
-                &mut loader,
-                &engine,
+        let mut deployer = Deployer {
+            engine: engine.clone(),
+            linker: handler_linker(&engine).map_err(link_error)?,
+            loader: ComponentLoader::new(&engine, config.engine.cache_dir.clone()),
+            secrets: Secrets::read(&config.secrets).map_err(SandboxError::Secrets)?,
+            network: Network::new(&config.egress).map_err(SandboxError::Secrets)?,
+            runtime: runtime.downgrade(),
+            env: env.clone(),
+            settings: config
+                .handlers
+                .iter()
+                .zip(handler_limits)
+                .map(|(handler, limits)| {
+                    (handler.operation.clone(), (limits, handler.grants.clone()))
+                })
+                .collect(),
+        };
+        let mut handlers = HashMap::new();
+        for handler in &config.handlers {
+            let (sha256, wasm) = deployer.handler(
+                &handler.operation,
                 &handler.component,
                 handler.sha256.as_deref(),
-                &handler.grants,
             )?;
-            let egress = egress_policy(&handler.component, &handler.grants, &secrets, &network)?;
-            let pre = linker
-                .instantiate_pre(&component)
-                .and_then(HandlerPre::new)
-                .map_err(|e| component_error(&handler.component, e))?;
-            tracing::info!(operation = %handler.operation, component = %handler.component.display(), "handler loaded");
-            runtime.install_handler(
-                &handler.operation,
-                Arc::new(WasmHandler {
-                    runtime: runtime.downgrade(),
-                    engine: engine.clone(),
-                    pre,
-                    limits,
-                    grants: handler.grants.clone(),
-                    egress,
-                    env: env.clone(),
-                }),
-            );
+            tracing::info!(operation = %handler.operation, component = %handler.component.display(), %sha256, "handler loaded");
+            let versioned = Arc::new(VersionedHandler::new(sha256, wasm));
+            runtime.install_handler(&handler.operation, Arc::clone(&versioned) as _);
+            handlers.insert(handler.operation.clone(), versioned);
         }
+        let (secrets, network, loader) =
+            (&deployer.secrets, &deployer.network, &mut deployer.loader);
         let worker_linker = worker_linker(&engine).map_err(link_error)?;
         for (worker, limits) in config.workers.iter().zip(worker_limits) {
-            let component = load(
-                &mut loader,
+            let (component, _) = load(
+                loader,
                 &engine,
                 &worker.component,
                 worker.sha256.as_deref(),
                 &worker.grants,
             )?;
-            let egress = egress_policy(&worker.component, &worker.grants, &secrets, &network)?;
+            let egress = egress_policy(&worker.component, &worker.grants, secrets, network)?;
             let pre = worker_linker
                 .instantiate_pre(&component)
                 .and_then(WorkerPre::new)
@@ -190,6 +242,8 @@ impl WasmHost {
             jobs,
             policies: Arc::new(policies),
             allocation,
+            handlers: Arc::new(handlers),
+            deployer: Arc::new(Mutex::new(deployer)),
         })
     }
 
@@ -197,6 +251,54 @@ impl WasmHost {
     /// reserved.
     pub fn allocation(&self) -> Allocation {
         self.allocation
+    }
+
+    /// Deploys the component at `path` as the new version of `operation`'s handler, without
+    /// a restart: it is checked against the operation's grants (a component that fails
+    /// changes nothing), compiled, and made current. Operations accepted from now on run it;
+    /// those accepted before keep their version. Answers its sha256. Compiles: call it from a
+    /// blocking thread.
+    pub fn deploy(&self, operation: &str, path: &Path) -> Result<String, SandboxError> {
+        let versioned = self.versioned(operation)?;
+        let (sha256, handler) = self
+            .deployer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .handler(operation, path, None)?;
+        versioned.deploy(sha256.clone(), handler);
+        tracing::info!(operation, component = %path.display(), %sha256, "version deployed");
+        Ok(sha256)
+    }
+
+    /// Makes the version of `operation`'s handler before the current one current again;
+    /// answers its sha256.
+    pub fn rollback(&self, operation: &str) -> Result<String, SandboxError> {
+        let sha256 = self.versioned(operation)?.rollback().ok_or_else(|| {
+            SandboxError::NoEarlierVersion {
+                operation: operation.to_owned(),
+            }
+        })?;
+        tracing::info!(operation, %sha256, "version rolled back");
+        Ok(sha256)
+    }
+
+    /// The versions of each operation's handler, by operation.
+    pub fn deployments(&self) -> Vec<(String, Vec<VersionInfo>)> {
+        let mut deployments: Vec<(String, Vec<VersionInfo>)> = self
+            .handlers
+            .iter()
+            .map(|(operation, versioned)| (operation.clone(), versioned.versions()))
+            .collect();
+        deployments.sort_by(|a, b| a.0.cmp(&b.0));
+        deployments
+    }
+
+    fn versioned(&self, operation: &str) -> Result<&Arc<VersionedHandler>, SandboxError> {
+        self.handlers
+            .get(operation)
+            .ok_or_else(|| SandboxError::UnknownOperation {
+                operation: operation.to_owned(),
+            })
     }
 
     /// The jobs service: enqueue, list, cancel and retry jobs.
@@ -354,8 +456,8 @@ fn load(
     path: &Path,
     pin: Option<&str>,
     grants: &Grants,
-) -> Result<Component, SandboxError> {
-    let component = loader
+) -> Result<(Component, String), SandboxError> {
+    let (component, sha256) = loader
         .load(path, pin)
         .map_err(|e| SandboxError::Component {
             path: path.display().to_string(),
@@ -372,7 +474,7 @@ fn load(
         path: path.display().to_string(),
         message,
     })?;
-    Ok(component)
+    Ok((component, sha256))
 }
 
 /// The linker of the `handler` world: WASI, `wasi:http` (a component imports it only when

@@ -27,6 +27,7 @@ pub mod faults;
 pub mod grants;
 mod host;
 pub mod limits;
+pub mod versions;
 
 pub use check::check_component;
 pub use clock::{Clock, SystemClock, VirtualClock};

@@ -3,6 +3,7 @@
 
 mod active_handlers;
 mod conformance;
+mod deploys;
 mod egress;
 mod guest_failures;
 mod hostile_guests;

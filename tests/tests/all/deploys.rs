@@ -1,0 +1,86 @@
+//! Versioned deploys in-process: a new version of a handler's component is deployed and
+//! rolled back without a restart; each operation runs the version it was accepted on.
+
+use std::time::Duration;
+
+use opshost_api::OperationState;
+use opshost_sandbox::WasmHost;
+use opshost_tests::{guest, load, start_scenario, testing_deployment, wait_terminal};
+use serde_json::json;
+
+const GRACE: Duration = Duration::from_secs(5);
+
+/// A host serving `Testing.Scenario` with version `a` of the versioned test guest.
+fn host_on_version_a() -> WasmHost {
+    let mut config = testing_deployment(GRACE);
+    config.handlers[0].component = guest("test_version_a");
+    load(&config)
+}
+
+async fn note_of_completed(host: &WasmHost, input: serde_json::Value) -> (String, String) {
+    let accepted = start_scenario(host, input).await;
+    let done = wait_terminal(host, &accepted.id).await;
+    assert_eq!(done.state, OperationState::Completed, "{done:?}");
+    (
+        done.output.unwrap()["note"].as_str().unwrap().to_owned(),
+        done.component.expect("pinned to a version"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_operations_run_a_deployed_version_and_running_ones_keep_theirs() {
+    let host = host_on_version_a();
+    let waiting = start_scenario(&host, json!({ "scenario": "echo-signals", "signals": 1 })).await;
+    let version_a = waiting.component.clone().expect("pinned at accept");
+
+    let version_b = host
+        .deploy("Testing.Scenario", &guest("test_version_b"))
+        .unwrap();
+    assert_ne!(version_a, version_b);
+    let (note, pinned) = note_of_completed(&host, json!({ "scenario": "complete" })).await;
+    assert_eq!(note, "version b, attempt 1");
+    assert_eq!(pinned, version_b);
+
+    host.runtime()
+        .signal(&waiting.id, "Note", json!({ "text": "go" }))
+        .await
+        .unwrap();
+    let done = wait_terminal(&host, &waiting.id).await;
+    assert_eq!(
+        done.output.unwrap()["note"],
+        "version a, attempt 1",
+        "the operation accepted before the deploy ran its own version"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_makes_the_previous_version_current_again() {
+    let host = host_on_version_a();
+    host.deploy("Testing.Scenario", &guest("test_version_b"))
+        .unwrap();
+    let back = host.rollback("Testing.Scenario").unwrap();
+    let (note, pinned) = note_of_completed(&host, json!({ "scenario": "complete" })).await;
+    assert_eq!(note, "version a, attempt 1");
+    assert_eq!(pinned, back);
+    let error = host.rollback("Testing.Scenario").unwrap_err().to_string();
+    assert!(error.contains("no earlier version"), "{error}");
+    let listed = host.deployments();
+    let versions = &listed[0].1;
+    assert_eq!(versions.len(), 2);
+    assert!(versions[0].current && versions[0].sha256 == back);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_that_fails_its_checks_is_refused_and_changes_nothing() {
+    let host = host_on_version_a();
+    let before = host.deployments();
+    // The test-net guest imports sockets, which no grant gives.
+    let error = host
+        .deploy("Testing.Scenario", &guest("test_net"))
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("test_net"), "{error}");
+    assert_eq!(host.deployments(), before);
+    let (note, _) = note_of_completed(&host, json!({ "scenario": "complete" })).await;
+    assert_eq!(note, "version a, attempt 1");
+}
