@@ -120,23 +120,34 @@ impl TestServer {
 
     /// Serves `runtime` with the test keys and `config` (its `listen` is ignored).
     pub async fn start_with(runtime: &OperationRuntime, config: ServerConfig) -> Self {
-        Self::serve(runtime, None, config).await
+        Self::serve(runtime, config, |api| api).await
     }
 
     /// Serves `runtime` and, for operators, its `jobs`, with the test keys.
     pub async fn start_with_jobs(runtime: &OperationRuntime, jobs: &Jobs) -> Self {
-        Self::serve(runtime, Some(jobs.clone()), ServerConfig::default()).await
+        let jobs = jobs.clone();
+        Self::serve(runtime, ServerConfig::default(), |api| api.with_jobs(jobs)).await
     }
 
-    async fn serve(runtime: &OperationRuntime, jobs: Option<Jobs>, config: ServerConfig) -> Self {
+    /// Serves `runtime` with the test keys and default settings, the API as `configure`
+    /// makes it (e.g. with deployments).
+    pub async fn start_configured(
+        runtime: &OperationRuntime,
+        configure: impl FnOnce(HttpApi) -> HttpApi,
+    ) -> Self {
+        Self::serve(runtime, ServerConfig::default(), configure).await
+    }
+
+    async fn serve(
+        runtime: &OperationRuntime,
+        config: ServerConfig,
+        configure: impl FnOnce(HttpApi) -> HttpApi,
+    ) -> Self {
         let auth = Authenticator::from_config(&auth_config())
             .unwrap_or_else(|e| panic!("test auth config: {e}"));
         let listener = bind().await;
         let url = format!("http://{}", local(&listener));
-        let mut api = HttpApi::new(runtime.clone(), auth, config);
-        if let Some(jobs) = jobs {
-            api = api.with_jobs(jobs);
-        }
+        let api = configure(HttpApi::new(runtime.clone(), auth, config));
         let task = tokio::spawn(async move {
             if let Err(error) = api.serve(listener).await {
                 panic!("test server failed: {error}");

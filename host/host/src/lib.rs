@@ -25,9 +25,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use opshost_runtime::ServerError;
 use opshost_sandbox::{SandboxError, WasmHost};
-use opshost_server::{AuthConfigError, Authenticator, HttpApi, ServerConfig};
+use opshost_server::{
+    AuthConfigError, Authenticator, DeployError, Deployments, HttpApi, ServerConfig,
+};
 use opshost_store_postgres::PostgresStore;
 use opshost_store_sqlite::SqliteStore;
 use opshost_telemetry::Telemetry;
@@ -172,7 +175,8 @@ impl Host {
     ) -> Result<Stopped, HostError> {
         let grace = self.server.shutdown_grace();
         let api = HttpApi::new(self.wasm.runtime().clone(), self.auth, self.server)
-            .with_jobs(self.wasm.jobs().clone());
+            .with_jobs(self.wasm.jobs().clone())
+            .with_deployments(deployments(&self.wasm));
         let draining = api.draining();
         let closing = api.closing();
         let mut served = tokio::spawn(api.serve(listener));
@@ -250,4 +254,57 @@ fn purge(wasm: &WasmHost, store: &StoreConfig) -> JoinHandle<()> {
             }
         }
     })
+}
+
+/// `wasm`'s handler versions, for the admin routes ([`HttpApi::with_deployments`]).
+pub fn deployments(wasm: &WasmHost) -> Arc<dyn Deployments> {
+    Arc::new(Versions(wasm.clone()))
+}
+
+/// The wasm host's handler versions, as the admin routes see them.
+struct Versions(WasmHost);
+
+impl Deployments for Versions {
+    fn list(&self) -> serde_json::Value {
+        self.0
+            .deployments()
+            .into_iter()
+            .map(|(operation, versions)| (operation, serde_json::json!(versions)))
+            .collect::<serde_json::Map<_, _>>()
+            .into()
+    }
+
+    fn deploy<'a>(
+        &'a self,
+        operation: &'a str,
+        component: bytes::Bytes,
+    ) -> BoxFuture<'a, Result<String, DeployError>> {
+        let wasm = self.0.clone();
+        let name = operation.to_owned();
+        Box::pin(async move {
+            // Compiling takes a while: off the async threads.
+            tokio::task::spawn_blocking(move || wasm.deploy_bytes(&name, &component))
+                .await
+                .map_err(|error| DeployError::Refused(error.to_string()))?
+                .map_err(|error| deploy_error(operation, error))
+        })
+    }
+
+    fn rollback(&self, operation: &str) -> Result<String, DeployError> {
+        self.0
+            .rollback(operation)
+            .map_err(|error| deploy_error(operation, error))
+    }
+}
+
+fn deploy_error(operation: &str, error: SandboxError) -> DeployError {
+    match error {
+        SandboxError::UnknownOperation { .. } => {
+            DeployError::UnknownOperation(operation.to_owned())
+        }
+        SandboxError::NoEarlierVersion { .. } => {
+            DeployError::NoEarlierVersion(operation.to_owned())
+        }
+        other => DeployError::Refused(other.to_string()),
+    }
 }

@@ -2,7 +2,7 @@
 //! jobs service whose workers run each job attempt.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -70,12 +70,49 @@ impl Deployer {
         path: &Path,
         pin: Option<&str>,
     ) -> Result<(String, Arc<WasmHandler>), SandboxError> {
-        let Some((limits, grants)) = self.settings.get(operation).cloned() else {
-            return Err(SandboxError::UnknownOperation {
-                operation: operation.to_owned(),
-            });
-        };
+        let (limits, grants) = self.settings(operation)?;
         let (component, sha256) = load(&mut self.loader, &self.engine, path, pin, &grants)?;
+        self.link(path, component, sha256, limits, grants)
+    }
+
+    /// As [`Deployer::handler`], for a component sent as `bytes`.
+    fn handler_from_bytes(
+        &mut self,
+        operation: &str,
+        bytes: &[u8],
+    ) -> Result<(String, Arc<WasmHandler>), SandboxError> {
+        let (limits, grants) = self.settings(operation)?;
+        let sha256 = crate::cache::sha256_hex(bytes);
+        let label = PathBuf::from(format!("component {sha256}"));
+        let (component, _) =
+            self.loader
+                .compile(bytes, &sha256)
+                .map_err(|e| SandboxError::Component {
+                    path: label.display().to_string(),
+                    message: e.to_string(),
+                })?;
+        checked(&self.engine, &label, &component, &grants)?;
+        self.link(&label, component, sha256, limits, grants)
+    }
+
+    fn settings(&self, operation: &str) -> Result<(Limits, Grants), SandboxError> {
+        self.settings
+            .get(operation)
+            .cloned()
+            .ok_or_else(|| SandboxError::UnknownOperation {
+                operation: operation.to_owned(),
+            })
+    }
+
+    /// The handler of `component` (`sha256`), linked, under `limits` and `grants`.
+    fn link(
+        &self,
+        path: &Path,
+        component: Component,
+        sha256: String,
+        limits: Limits,
+        grants: Grants,
+    ) -> Result<(String, Arc<WasmHandler>), SandboxError> {
         let egress = egress_policy(path, &grants, &self.secrets, &self.network)?;
         let pre = self
             .linker
@@ -267,6 +304,19 @@ impl WasmHost {
             .handler(operation, path, None)?;
         versioned.deploy(sha256.clone(), handler);
         tracing::info!(operation, component = %path.display(), %sha256, "version deployed");
+        Ok(sha256)
+    }
+
+    /// [`WasmHost::deploy`] of a component sent as `bytes` (e.g. over the admin API).
+    pub fn deploy_bytes(&self, operation: &str, bytes: &[u8]) -> Result<String, SandboxError> {
+        let versioned = self.versioned(operation)?;
+        let (sha256, handler) = self
+            .deployer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .handler_from_bytes(operation, bytes)?;
+        versioned.deploy(sha256.clone(), handler);
+        tracing::info!(operation, %sha256, "version deployed");
         Ok(sha256)
     }
 
@@ -463,7 +513,19 @@ fn load(
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-    let imports = grants::ungranted_imports(engine, &component, grants);
+    checked(engine, path, &component, grants)?;
+    Ok((component, sha256))
+}
+
+/// Refuses `component` (from `path`) when it imports what `grants` do not give, or the
+/// grants themselves are wrong.
+fn checked(
+    engine: &Engine,
+    path: &Path,
+    component: &Component,
+    grants: &Grants,
+) -> Result<(), SandboxError> {
+    let imports = grants::ungranted_imports(engine, component, grants);
     if !imports.is_empty() {
         return Err(SandboxError::UngrantedImports {
             path: path.display().to_string(),
@@ -473,8 +535,7 @@ fn load(
     grants.check().map_err(|message| SandboxError::Grant {
         path: path.display().to_string(),
         message,
-    })?;
-    Ok((component, sha256))
+    })
 }
 
 /// The linker of the `handler` world: WASI, `wasi:http` (a component imports it only when

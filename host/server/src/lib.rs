@@ -23,6 +23,7 @@ mod admin;
 pub mod auth;
 mod config;
 mod connections;
+pub mod deployments;
 mod error;
 mod http;
 mod logs;
@@ -41,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::{AuthConfig, AuthConfigError, AuthError, Authenticator, Principal};
 pub use config::ServerConfig;
+pub use deployments::{DeployError, Deployments};
 pub use error::ApiError;
 pub use metrics::Metrics;
 
@@ -48,6 +50,7 @@ pub use metrics::Metrics;
 pub struct HttpApi {
     runtime: OperationRuntime,
     jobs: Option<Jobs>,
+    deployments: Option<Arc<dyn Deployments>>,
     auth: Authenticator,
     config: ServerConfig,
     draining: CancellationToken,
@@ -61,6 +64,7 @@ impl HttpApi {
         Self {
             runtime,
             jobs: None,
+            deployments: None,
             auth,
             in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_in_flight.max(1))),
             config,
@@ -91,6 +95,13 @@ impl HttpApi {
         self
     }
 
+    /// Also serves the deployment routes over `deployments` (list, deploy, roll back), to
+    /// callers with the `admin_capability`.
+    pub fn with_deployments(mut self, deployments: Arc<dyn Deployments>) -> Self {
+        self.deployments = Some(deployments);
+        self
+    }
+
     /// The axum router, e.g. to nest in a service's own router. Must be called within a tokio
     /// runtime: it starts the task that feeds the metrics.
     pub fn into_router(self) -> axum::Router {
@@ -104,6 +115,7 @@ impl HttpApi {
             in_flight: self.in_flight,
             runtime: self.runtime,
             jobs: self.jobs,
+            deployments: self.deployments,
             auth: self.auth,
             config: self.config,
             metrics: Arc::clone(&metrics),

@@ -14,13 +14,14 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{admin, http, logs, openapi};
+use crate::{admin, deployments, http, logs, openapi};
 
 /// The router over `shared`.
 pub(crate) fn router(shared: AppState) -> Router {
     // Short requests count against `max_in_flight`; waits and watches hold no permit.
     let admitted = http::admitted()
         .merge(admin::routes())
+        .merge(deployments::routes())
         .route_layer(middleware::from_fn_with_state(shared.clone(), admit));
     Router::new()
         .merge(admitted)

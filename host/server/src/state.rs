@@ -24,6 +24,7 @@ use crate::sse::Frames;
 pub(crate) struct Shared {
     pub(crate) runtime: OperationRuntime,
     pub(crate) jobs: Option<opshost_jobs::Jobs>,
+    pub(crate) deployments: Option<Arc<dyn crate::deployments::Deployments>>,
     pub(crate) auth: Authenticator,
     pub(crate) config: ServerConfig,
     pub(crate) metrics: Arc<Metrics>,

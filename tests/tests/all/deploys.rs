@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use opshost_api::OperationState;
 use opshost_sandbox::WasmHost;
+use opshost_tests::net::{TestServer, token};
 use opshost_tests::{guest, load, start_scenario, testing_deployment, wait_terminal};
-use serde_json::json;
+use serde_json::{Value, json};
 
 const GRACE: Duration = Duration::from_secs(5);
 
@@ -81,6 +82,81 @@ async fn a_component_that_fails_its_checks_is_refused_and_changes_nothing() {
         .to_string();
     assert!(error.contains("test_net"), "{error}");
     assert_eq!(host.deployments(), before);
+    let (note, _) = note_of_completed(&host, json!({ "scenario": "complete" })).await;
+    assert_eq!(note, "version a, attempt 1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_deploys_and_rolls_back_over_http_and_others_may_not() {
+    let host = host_on_version_a();
+    let server = TestServer::start_configured(host.runtime(), |api| {
+        api.with_deployments(opshost_host::deployments(&host))
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let admin = token(&["opshost.admin"]);
+    let url = |path: &str| format!("{}{path}", server.url);
+    let component = std::fs::read(guest("test_version_b")).unwrap();
+
+    let refused = http
+        .post(url("/v1/deployments/Testing.Scenario"))
+        .bearer_auth(token(&["testing.run"]))
+        .body(component.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.status(),
+        403,
+        "deploying takes the admin capability"
+    );
+
+    let deployed = http
+        .post(url("/v1/deployments/Testing.Scenario"))
+        .bearer_auth(&admin)
+        .body(component)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deployed.status(), 201);
+    let deployed: Value = deployed.json().await.unwrap();
+    let (note, pinned) = note_of_completed(&host, json!({ "scenario": "complete" })).await;
+    assert_eq!(note, "version b, attempt 1");
+    assert_eq!(pinned, deployed["sha256"].as_str().unwrap());
+
+    let listed: Value = http
+        .get(url("/v1/deployments"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let versions = listed["Testing.Scenario"].as_array().unwrap();
+    assert_eq!(versions.len(), 2, "{listed}");
+    assert_eq!(versions[0]["sha256"], deployed["sha256"]);
+    assert_eq!(versions[0]["current"], true);
+
+    let garbage = http
+        .post(url("/v1/deployments/Testing.Scenario"))
+        .bearer_auth(&admin)
+        .body("not a component")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(garbage.status(), 400);
+
+    let rolled: Value = http
+        .post(url("/v1/deployments/Testing.Scenario/rollback"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rolled["sha256"], versions[1]["sha256"]);
     let (note, _) = note_of_completed(&host, json!({ "scenario": "complete" })).await;
     assert_eq!(note, "version a, attempt 1");
 }
