@@ -273,6 +273,25 @@ fn generic_paths() -> Map<String, Value> {
             "responses": with_errors(json!({ "200": response("The job", json!({ "type": "object" })), "409": error_response() }))
         } }));
     }
+    paths.insert("/v1/deployments".into(), json!({ "get": {
+        "operationId": "listDeployments",
+        "summary": "Operators: the versions of each operation's handler (needs the admin capability)",
+        "responses": with_errors(json!({ "200": response("Versions by operation", json!({ "type": "object" })) }))
+    } }));
+    let operation_parameter = json!({ "name": "operation", "in": "path", "required": true, "schema": { "type": "string" } });
+    paths.insert("/v1/deployments/{operation}".into(), json!({ "post": {
+        "operationId": "deploy",
+        "summary": "Operators: deploy a component as the current version of the operation's handler",
+        "parameters": [operation_parameter.clone()],
+        "requestBody": { "required": true, "content": { "application/wasm": { "schema": { "type": "string", "format": "binary" } } } },
+        "responses": with_errors(json!({ "201": response("Deployed: its sha256", json!({ "type": "object" })) }))
+    } }));
+    paths.insert("/v1/deployments/{operation}/rollback".into(), json!({ "post": {
+        "operationId": "rollback",
+        "summary": "Operators: make the previous version current again",
+        "parameters": [operation_parameter],
+        "responses": with_errors(json!({ "200": response("Rolled back: the version now current", json!({ "type": "object" })), "409": error_response() }))
+    } }));
     for (path, summary, content) in [
         ("/healthz", "Liveness", "application/json"),
         (
