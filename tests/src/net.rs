@@ -103,6 +103,18 @@ pub async fn metric_if_shown(url: &str, name: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
+/// Sends `request` and reads its answer as JSON.
+pub async fn json_of(request: reqwest::RequestBuilder) -> Value {
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("request: {e}"));
+    response
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("answer is not JSON: {e}"))
+}
+
 /// A host's HTTP API on 127.0.0.1, stopped when dropped.
 pub struct TestServer {
     /// `http://127.0.0.1:PORT`.

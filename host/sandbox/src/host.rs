@@ -76,14 +76,19 @@ impl Deployer {
     }
 
     /// As [`Deployer::handler`], for a component sent as `bytes`.
+    /// `source` names it in errors (its file, when it was read from one).
     fn handler_from_bytes(
         &mut self,
         operation: &str,
         bytes: &[u8],
+        source: Option<&Path>,
     ) -> Result<(String, Arc<WasmHandler>), SandboxError> {
         let (limits, grants) = self.settings(operation)?;
         let sha256 = crate::cache::sha256_hex(bytes);
-        let label = PathBuf::from(format!("component {sha256}"));
+        let label = source.map_or_else(
+            || PathBuf::from(format!("sent {sha256}")),
+            Path::to_path_buf,
+        );
         let (component, _) =
             self.loader
                 .compile(bytes, &sha256)
@@ -295,26 +300,32 @@ impl WasmHost {
     /// changes nothing), compiled, and made current. Operations accepted from now on run it;
     /// those accepted before keep their version. Answers its sha256. Compiles: call it from a
     /// blocking thread.
+    /// The file is read afresh: one rewritten in place deploys what it holds now.
     pub fn deploy(&self, operation: &str, path: &Path) -> Result<String, SandboxError> {
-        let versioned = self.versioned(operation)?;
-        let (sha256, handler) = self
-            .deployer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .handler(operation, path, None)?;
-        versioned.deploy(sha256.clone(), handler);
-        tracing::info!(operation, component = %path.display(), %sha256, "version deployed");
-        Ok(sha256)
+        let bytes = std::fs::read(path).map_err(|error| SandboxError::Component {
+            path: path.display().to_string(),
+            message: error.to_string(),
+        })?;
+        self.deploy_from(operation, &bytes, Some(path))
     }
 
     /// [`WasmHost::deploy`] of a component sent as `bytes` (e.g. over the admin API).
     pub fn deploy_bytes(&self, operation: &str, bytes: &[u8]) -> Result<String, SandboxError> {
+        self.deploy_from(operation, bytes, None)
+    }
+
+    fn deploy_from(
+        &self,
+        operation: &str,
+        bytes: &[u8],
+        source: Option<&Path>,
+    ) -> Result<String, SandboxError> {
         let versioned = self.versioned(operation)?;
         let (sha256, handler) = self
             .deployer
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .handler_from_bytes(operation, bytes)?;
+            .handler_from_bytes(operation, bytes, source)?;
         versioned.deploy(sha256.clone(), handler);
         tracing::info!(operation, %sha256, "version deployed");
         Ok(sha256)

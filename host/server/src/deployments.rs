@@ -6,8 +6,9 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path};
 use axum::http::StatusCode;
+use axum::http::request::Parts;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::future::BoxFuture;
@@ -79,42 +80,53 @@ impl From<DeployError> for ApiError {
     }
 }
 
-/// The host's deployments, once the caller is known to be an operator.
-fn operator<'a>(
-    state: &'a AppState,
-    caller: &Principal,
-) -> Result<&'a Arc<dyn Deployments>, ApiError> {
-    let capability = &state.config.admin_capability;
-    if !caller.scopes.iter().any(|scope| scope == capability) {
-        return Err(ApiError::missing_capability(
-            capability,
-            "admin",
-            "deployments",
-        ));
-    }
-    state.deployments.as_ref().ok_or_else(|| {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            ErrorCode::OperationNotFound,
-            "this host serves no versioned handlers",
-        )
-    })
+/// The host's deployments, with the caller known to be an operator: extracted from the
+/// request head, so that a caller without the capability is refused before its body is read.
+struct Operator {
+    deployments: Arc<dyn Deployments>,
+    caller: Principal,
 }
 
-async fn list(
-    State(state): State<AppState>,
-    Caller(caller): Caller,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(operator(&state, &caller)?.list()))
+impl FromRequestParts<AppState> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Caller(caller) = Caller::from_request_parts(parts, state).await?;
+        let capability = &state.config.admin_capability;
+        if !caller.scopes.iter().any(|scope| scope == capability) {
+            return Err(ApiError::missing_capability(
+                capability,
+                "admin",
+                "deployments",
+            ));
+        }
+        let deployments = state.deployments.clone().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                ErrorCode::OperationNotFound,
+                "this host serves no versioned handlers",
+            )
+        })?;
+        Ok(Self {
+            deployments,
+            caller,
+        })
+    }
+}
+
+async fn list(operator: Operator) -> Json<Value> {
+    Json(operator.deployments.list())
 }
 
 async fn deploy(
-    State(state): State<AppState>,
-    Caller(caller): Caller,
+    operator: Operator,
     Path(operation): Path<String>,
     component: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let deployments = operator(&state, &caller)?;
+    let Operator {
+        deployments,
+        caller,
+    } = operator;
     let sha256 = deployments.deploy(&operation, component).await?;
     tracing::info!(%operation, %sha256, by = %caller.subject, tenant = %caller.tenant, "deployed");
     Ok((
@@ -124,11 +136,11 @@ async fn deploy(
 }
 
 async fn rollback(
-    State(state): State<AppState>,
-    Caller(caller): Caller,
+    operator: Operator,
     Path(operation): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let sha256 = operator(&state, &caller)?.rollback(&operation)?;
+    let sha256 = operator.deployments.rollback(&operation)?;
+    let caller = &operator.caller;
     tracing::info!(%operation, %sha256, by = %caller.subject, tenant = %caller.tenant, "rolled back");
     Ok(Json(json!({ "operation": operation, "sha256": sha256 })))
 }

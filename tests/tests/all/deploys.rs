@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use opshost_api::OperationState;
 use opshost_sandbox::WasmHost;
-use opshost_tests::net::{TestServer, token};
+use opshost_tests::net::{TestServer, json_of, token};
 use opshost_tests::{guest, load, start_scenario, testing_deployment, wait_terminal};
 use serde_json::{Value, json};
 
@@ -110,6 +110,18 @@ async fn an_operator_deploys_and_rolls_back_over_http_and_others_may_not() {
         403,
         "deploying takes the admin capability"
     );
+    // Refused from the request's head: a body over the limit is never read.
+    let oversized = http
+        .post(url("/v1/deployments/Testing.Scenario"))
+        .bearer_auth(token(&["testing.run"]))
+        .body(vec![
+            0u8;
+            opshost_server::deployments::MAX_COMPONENT_BYTES + 1
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(oversized.status(), 403);
 
     let deployed = http
         .post(url("/v1/deployments/Testing.Scenario"))
@@ -124,15 +136,7 @@ async fn an_operator_deploys_and_rolls_back_over_http_and_others_may_not() {
     assert_eq!(note, "version b, attempt 1");
     assert_eq!(pinned, deployed["sha256"].as_str().unwrap());
 
-    let listed: Value = http
-        .get(url("/v1/deployments"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = json_of(http.get(url("/v1/deployments")).bearer_auth(&admin)).await;
     let versions = listed["Testing.Scenario"].as_array().unwrap();
     assert_eq!(versions.len(), 2, "{listed}");
     assert_eq!(versions[0]["sha256"], deployed["sha256"]);
@@ -147,16 +151,27 @@ async fn an_operator_deploys_and_rolls_back_over_http_and_others_may_not() {
         .unwrap();
     assert_eq!(garbage.status(), 400);
 
-    let rolled: Value = http
-        .post(url("/v1/deployments/Testing.Scenario/rollback"))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let rolled = json_of(
+        http.post(url("/v1/deployments/Testing.Scenario/rollback"))
+            .bearer_auth(&admin),
+    )
+    .await;
     assert_eq!(rolled["sha256"], versions[1]["sha256"]);
     let (note, _) = note_of_completed(&host, json!({ "scenario": "complete" })).await;
     assert_eq!(note, "version a, attempt 1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_file_rewritten_in_place_deploys_what_it_holds_now() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("handler.wasm");
+    std::fs::copy(guest("test_version_a"), &file).unwrap();
+    let mut config = testing_deployment(GRACE);
+    config.handlers[0].component = file.clone();
+    let host = load(&config);
+    std::fs::copy(guest("test_version_b"), &file).unwrap();
+    let deployed = host.deploy("Testing.Scenario", &file).unwrap();
+    let (note, pinned) = note_of_completed(&host, json!({ "scenario": "complete" })).await;
+    assert_eq!(note, "version b, attempt 1");
+    assert_eq!(pinned, deployed);
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
 use opshost_api::LogLine;
-use opshost_tests::net::{TestServer, token, token_for};
+use opshost_tests::net::{TestServer, json_of, token, token_for};
 use opshost_tests::testing_host;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -15,17 +15,14 @@ use serde_json::{Value, json};
 async fn printed() -> (opshost_sandbox::WasmHost, TestServer, String) {
     let host = testing_host(Duration::from_secs(5));
     let server = TestServer::start(host.runtime()).await;
-    let started: Value = reqwest::Client::new()
-        .post(format!("{}/v1/operations/Testing.Scenario", server.url))
-        .bearer_auth(token(&["testing.run"]))
-        .header("prefer", "wait=30")
-        .json(&json!({ "scenario": "print", "count": 3 }))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let started = json_of(
+        reqwest::Client::new()
+            .post(format!("{}/v1/operations/Testing.Scenario", server.url))
+            .bearer_auth(token(&["testing.run"]))
+            .header("prefer", "wait=30")
+            .json(&json!({ "scenario": "print", "count": 3 })),
+    )
+    .await;
     assert_eq!(started["state"], "completed", "{started}");
     let id = started["id"].as_str().unwrap().to_owned();
     host.runtime().log_sink().flush().await;
