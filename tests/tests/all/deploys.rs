@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use futures::StreamExt;
 use opshost_api::OperationState;
 use opshost_sandbox::WasmHost;
 use opshost_tests::net::{TestServer, json_of, token};
@@ -110,17 +111,22 @@ async fn an_operator_deploys_and_rolls_back_over_http_and_others_may_not() {
         403,
         "deploying takes the admin capability"
     );
-    // Refused from the request's head: a body over the limit is never read.
-    let oversized = http
-        .post(url("/v1/deployments/Testing.Scenario"))
-        .bearer_auth(token(&["testing.run"]))
-        .body(vec![
-            0u8;
-            opshost_server::deployments::MAX_COMPONENT_BYTES + 1
-        ])
-        .send()
-        .await
-        .unwrap();
+    // Refused from the request's head: the answer comes while the body it announces (over
+    // the limit) has not been sent, and is never read.
+    let announced = opshost_server::deployments::MAX_COMPONENT_BYTES + 1;
+    let never_ending = futures::stream::once(async { Ok::<_, std::io::Error>(vec![0u8; 1024]) })
+        .chain(futures::stream::pending());
+    let oversized = tokio::time::timeout(
+        Duration::from_secs(10),
+        http.post(url("/v1/deployments/Testing.Scenario"))
+            .bearer_auth(token(&["testing.run"]))
+            .header("content-length", announced)
+            .body(reqwest::Body::wrap_stream(never_ending))
+            .send(),
+    )
+    .await
+    .expect("answered without waiting for the body")
+    .unwrap();
     assert_eq!(oversized.status(), 403);
 
     let deployed = http
