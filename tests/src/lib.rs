@@ -187,6 +187,7 @@ fn deployment(
 
 pub mod bench;
 pub mod conformance;
+pub mod deployment_conformance;
 pub mod job_conformance;
 pub mod jobs;
 pub mod net;

@@ -5,6 +5,7 @@
 //! This crate has no runtime dependencies beyond serde so that it also builds for
 //! `wasm32-wasip2` guests.
 
+mod deployment;
 mod error;
 pub mod id;
 mod job;
@@ -13,6 +14,7 @@ mod operation;
 mod snapshot;
 mod trace;
 
+pub use deployment::{DeployAction, DeployTarget, DeploymentRecord};
 pub use error::{ErrorCode, ErrorInfo};
 pub use job::{JobPage, JobRecord, JobState};
 pub use log::{LogLevel, LogLine, LogStream};

@@ -187,6 +187,36 @@ enum Command {
         #[command(subcommand)]
         action: JobsAction,
     },
+    /// Deploy a new version of an operation's handler or a queue's worker to a running host,
+    /// without a restart (needs the host's admin capability). The host checks it as `check`
+    /// does and refuses it, changing nothing, when any problem is found. Operations already
+    /// accepted keep the version they started on.
+    Deploy {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        target: TargetArgs,
+        /// The component file (`.wasm`).
+        component: PathBuf,
+        /// Give the new version only this share of new work (1 to 100), as a ramp; deploy
+        /// again without it to make it current for all.
+        #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
+        percent: Option<u8>,
+    },
+    /// Roll back an operation's handler or a queue's worker: a ramp ends, or else the
+    /// previous version is made current again (needs the host's admin capability).
+    Rollback {
+        #[command(flatten)]
+        connection: Connection,
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// List the versions of every handler and worker, with their state and who deployed
+    /// them, and the last changes (needs the host's admin capability).
+    Deployments {
+        #[command(flatten)]
+        connection: Connection,
+    },
     /// Mint an HS256 development token.
     Token {
         /// Subject (`sub`).
@@ -243,6 +273,28 @@ enum Command {
         #[arg(short, long)]
         out: PathBuf,
     },
+}
+
+/// What a deploy or a rollback changes: one operation's handler or one queue's worker.
+#[derive(Args, Clone)]
+#[group(required = true, multiple = false)]
+struct TargetArgs {
+    /// The operation whose handler it is, e.g. `Orders.Process`.
+    #[arg(long)]
+    operation: Option<String>,
+    /// The queue whose worker it is, e.g. `fulfillment`.
+    #[arg(long)]
+    queue: Option<String>,
+}
+
+impl TargetArgs {
+    fn target(&self) -> Result<opshost_api::DeployTarget> {
+        match (&self.operation, &self.queue) {
+            (Some(operation), _) => Ok(opshost_api::DeployTarget::Operation(operation.clone())),
+            (None, Some(queue)) => Ok(opshost_api::DeployTarget::Queue(queue.clone())),
+            (None, None) => anyhow::bail!("name the target with --operation or --queue"),
+        }
+    }
 }
 
 /// `opshost jobs ...`.
@@ -464,6 +516,28 @@ async fn run(cli: Cli) -> Result<u8> {
         } => {
             Remote::new(&connection.url, &connection.token)?
                 .list(operation, state, after, limit)
+                .await
+        }
+        Command::Deploy {
+            connection,
+            target,
+            component,
+            percent,
+        } => {
+            let bytes = std::fs::read(&component)
+                .with_context(|| format!("cannot read {}", component.display()))?;
+            Remote::new(&connection.url, &connection.token)?
+                .deploy(&target.target()?, bytes, percent)
+                .await
+        }
+        Command::Rollback { connection, target } => {
+            Remote::new(&connection.url, &connection.token)?
+                .rollback(&target.target()?)
+                .await
+        }
+        Command::Deployments { connection } => {
+            Remote::new(&connection.url, &connection.token)?
+                .deployments()
                 .await
         }
         Command::Jobs { connection, action } => {

@@ -1,5 +1,5 @@
 //! The caller commands (start, get, wait, watch, cancel, signal, list) and the operator's
-//! `jobs` commands over the HTTP client.
+//! `jobs`, `deploy`, `rollback` and `deployments` commands over the HTTP client.
 //!
 //! Snapshots go to stdout as JSON (a watched operation's output alone), everything meant for a
 //! person to stderr, so `opshost start ... | jq .id` works.
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use futures::StreamExt;
-use opshost_api::{EventKind, LogLine, OperationState, Snapshot};
+use opshost_api::{DeployTarget, EventKind, LogLine, OperationState, Snapshot};
 use opshost_client::{Client, ClientError, JobQuery, JobState, ListQuery, StartOptions};
 use serde_json::Value;
 
@@ -206,6 +206,60 @@ impl Remote {
 
     pub async fn cancel_job(&self, id: &str) -> Result<u8> {
         print_json(&self.client.cancel_job(id).await?)?;
+        Ok(exit::OK)
+    }
+
+    pub async fn deploy(
+        &self,
+        target: &DeployTarget,
+        component: Vec<u8>,
+        percent: Option<u8>,
+    ) -> Result<u8> {
+        let deployed = self.client.deploy(target, component, percent).await?;
+        let sha256 = deployed["sha256"].as_str().unwrap_or_default();
+        match percent {
+            Some(percent) if percent < 100 => {
+                eprintln!("{target}: version {sha256} ramped to {percent}% of new work");
+            }
+            _ => eprintln!("{target}: version {sha256} is current"),
+        }
+        print_json(&deployed)?;
+        Ok(exit::OK)
+    }
+
+    pub async fn rollback(&self, target: &DeployTarget) -> Result<u8> {
+        let rolled = self.client.rollback(target).await?;
+        let sha256 = rolled["sha256"].as_str().unwrap_or_default();
+        eprintln!("{target}: rolled back; version {sha256} is current");
+        print_json(&rolled)?;
+        Ok(exit::OK)
+    }
+
+    /// Prints each version, tab-separated: kind, name, sha256, state, in flight, deployed at,
+    /// deployed by.
+    pub async fn deployments(&self) -> Result<u8> {
+        let listed = self.client.deployments().await?;
+        for kind in ["operations", "queues"] {
+            let Some(targets) = listed[kind].as_object() else {
+                continue;
+            };
+            for (name, versions) in targets {
+                for version in versions.as_array().into_iter().flatten() {
+                    let state = match version["percent"].as_u64() {
+                        Some(percent) => format!("ramping {percent}%"),
+                        None => version["state"].as_str().unwrap_or_default().to_owned(),
+                    };
+                    println!(
+                        "{}\t{name}\t{}\t{state}\t{} in flight\t{}\t{}",
+                        kind.trim_end_matches('s'),
+                        version["sha256"].as_str().unwrap_or_default(),
+                        version["inFlight"],
+                        version["deployedAt"].as_str().unwrap_or_default(),
+                        version["deployedBy"].as_str().unwrap_or_default(),
+                    );
+                }
+            }
+        }
         Ok(exit::OK)
     }
 

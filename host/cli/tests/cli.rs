@@ -5,6 +5,8 @@
 #[path = "cli/check.rs"]
 mod check;
 mod common;
+#[path = "cli/deploy.rs"]
+mod deploy;
 #[path = "cli/egress.rs"]
 mod egress;
 #[path = "cli/hardening.rs"]

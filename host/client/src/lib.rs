@@ -77,7 +77,7 @@ use std::marker::PhantomData;
 use std::time::Duration;
 
 use opshost_api::id::url_segment as segment;
-use opshost_api::{Operation, OperationSnapshot, OperationState, Signal, Snapshot};
+use opshost_api::{DeployTarget, Operation, OperationSnapshot, OperationState, Signal, Snapshot};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::Deserialize;
 use serde_json::Value;
@@ -325,6 +325,46 @@ impl Client {
         let path = format!("/v1/jobs/{}/cancel", segment(id));
         send(self.request(Method::POST, &path)).await
     }
+
+    /// The versions of each operation's handler and each queue's worker, and the last changes
+    /// of the deployment log (needs the host's admin capability).
+    pub async fn deployments(&self) -> Result<Value, ClientError> {
+        send(self.request(Method::GET, "/v1/deployments")).await
+    }
+
+    /// Deploys `component` (a `.wasm` file's bytes) as the new version of `target`, for all
+    /// new work or, with `percent`, that share of it; the host checks it first and refuses it
+    /// with every problem found (needs the host's admin capability).
+    pub async fn deploy(
+        &self,
+        target: &DeployTarget,
+        component: Vec<u8>,
+        percent: Option<u8>,
+    ) -> Result<Value, ClientError> {
+        let mut request = self
+            .request(Method::POST, &deployment_path(target))
+            .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+            .body(component);
+        if let Some(percent) = percent {
+            request = request.query(&[("percent", percent)]);
+        }
+        send(request).await
+    }
+
+    /// Rolls `target` back: its ramp ends, or the previous version is made current again
+    /// (needs the host's admin capability).
+    pub async fn rollback(&self, target: &DeployTarget) -> Result<Value, ClientError> {
+        let path = format!("{}/rollback", deployment_path(target));
+        send(self.request(Method::POST, &path)).await
+    }
+}
+
+fn deployment_path(target: &DeployTarget) -> String {
+    let kind = match target {
+        DeployTarget::Operation(_) => "operations",
+        DeployTarget::Queue(_) => "queues",
+    };
+    format!("/v1/deployments/{kind}/{}", segment(target.name()))
 }
 
 async fn send<T: serde::de::DeserializeOwned>(request: RequestBuilder) -> Result<T, ClientError> {

@@ -26,6 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
+use opshost_api::DeployTarget;
 use opshost_runtime::ServerError;
 use opshost_sandbox::{SandboxError, WasmHost};
 use opshost_server::{
@@ -143,6 +144,8 @@ impl Host {
         let mut background = vec![purge(&wasm, &config.store)];
         // On a shared store, what dead hosts left is taken over while this host runs.
         background.extend(wasm.take_over_orphans(lease / 2));
+        // On a shared store, versions deployed through other hosts are served here too.
+        background.extend(wasm.follow_deployments(FOLLOW_DEPLOYMENTS));
         Ok(Self {
             wasm,
             auth,
@@ -256,55 +259,90 @@ fn purge(wasm: &WasmHost, store: &StoreConfig) -> JoinHandle<()> {
     })
 }
 
-/// `wasm`'s handler versions, for the admin routes ([`HttpApi::with_deployments`]).
+/// `wasm`'s handler and worker versions, for the admin routes
+/// ([`HttpApi::with_deployments`]).
 pub fn deployments(wasm: &WasmHost) -> Arc<dyn Deployments> {
     Arc::new(Versions(wasm.clone()))
 }
 
-/// The wasm host's handler versions, as the admin routes see them.
+/// How often a host on a shared store reads the deployment log.
+const FOLLOW_DEPLOYMENTS: Duration = Duration::from_millis(250);
+
+/// Changes of the deployment log `GET /v1/deployments` shows.
+const HISTORY_SHOWN: usize = 50;
+
+/// The wasm host's versions, as the admin routes see them.
 struct Versions(WasmHost);
 
 impl Deployments for Versions {
-    fn list(&self) -> serde_json::Value {
-        self.0
-            .deployments()
-            .into_iter()
-            .map(|(operation, versions)| (operation, serde_json::json!(versions)))
-            .collect::<serde_json::Map<_, _>>()
-            .into()
-    }
-
-    fn deploy<'a>(
-        &'a self,
-        operation: &'a str,
-        component: bytes::Bytes,
-    ) -> BoxFuture<'a, Result<String, DeployError>> {
-        let wasm = self.0.clone();
-        let name = operation.to_owned();
+    fn list(&self) -> BoxFuture<'_, Result<serde_json::Value, DeployError>> {
         Box::pin(async move {
-            // Compiling takes a while: off the async threads.
-            tokio::task::spawn_blocking(move || wasm.deploy_bytes(&name, &component))
+            let mut operations = serde_json::Map::new();
+            let mut queues = serde_json::Map::new();
+            for (target, versions) in self.0.deployments() {
+                let listed = match target {
+                    DeployTarget::Operation(_) => &mut operations,
+                    DeployTarget::Queue(_) => &mut queues,
+                };
+                listed.insert(target.name().to_owned(), serde_json::json!(versions));
+            }
+            let history = self
+                .0
+                .deployment_history(HISTORY_SHOWN)
                 .await
-                .map_err(|error| DeployError::Refused(error.to_string()))?
-                .map_err(|error| deploy_error(operation, error))
+                .map_err(deploy_error)?;
+            Ok(serde_json::json!({
+                "operations": operations,
+                "queues": queues,
+                "history": history,
+            }))
         })
     }
 
-    fn rollback(&self, operation: &str) -> Result<String, DeployError> {
-        self.0
-            .rollback(operation)
-            .map_err(|error| deploy_error(operation, error))
+    fn deploy(
+        &self,
+        target: DeployTarget,
+        component: bytes::Bytes,
+        percent: u8,
+        by: String,
+    ) -> BoxFuture<'_, Result<String, DeployError>> {
+        Box::pin(async move {
+            self.0
+                .deploy(&target, component.into(), percent, &by)
+                .await
+                .map_err(deploy_error)
+        })
+    }
+
+    fn rollback(
+        &self,
+        target: DeployTarget,
+        by: String,
+    ) -> BoxFuture<'_, Result<String, DeployError>> {
+        Box::pin(async move { self.0.rollback(&target, &by).await.map_err(deploy_error) })
     }
 }
 
-fn deploy_error(operation: &str, error: SandboxError) -> DeployError {
+fn deploy_error(error: SandboxError) -> DeployError {
     match error {
-        SandboxError::UnknownOperation { .. } => {
-            DeployError::UnknownOperation(operation.to_owned())
+        SandboxError::UnknownOperation { operation } => {
+            DeployError::UnknownTarget(DeployTarget::Operation(operation))
         }
-        SandboxError::NoEarlierVersion { .. } => {
-            DeployError::NoEarlierVersion(operation.to_owned())
+        SandboxError::UnknownQueue { queue } => {
+            DeployError::UnknownTarget(DeployTarget::Queue(queue))
         }
-        other => DeployError::Refused(other.to_string()),
+        SandboxError::NoEarlierVersion { target } => DeployError::NoEarlierVersion(target),
+        SandboxError::Store(error) => DeployError::Unavailable(error.to_string()),
+        SandboxError::Refused { target, problems } => DeployError::Refused {
+            message: format!(
+                "{target}: the component is refused: {}",
+                problems.join("; ")
+            ),
+            problems,
+        },
+        other => DeployError::Refused {
+            message: other.to_string(),
+            problems: vec![other.to_string()],
+        },
     }
 }

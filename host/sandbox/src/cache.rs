@@ -6,7 +6,6 @@
 //! a stale file. Files are written to a temporary name and renamed, so a reader never sees a
 //! partial one; a file that does not load is compiled again and replaced.
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
@@ -42,11 +41,10 @@ pub enum Origin {
     Cached,
 }
 
-/// Compiles each component file once per host, through the cache directory when given.
+/// Compiles components, through the cache directory when given.
 pub struct ComponentLoader {
     engine: Engine,
     cache_dir: Option<PathBuf>,
-    loaded: HashMap<PathBuf, (Component, String)>,
 }
 
 impl ComponentLoader {
@@ -55,38 +53,7 @@ impl ComponentLoader {
         Self {
             engine: engine.clone(),
             cache_dir,
-            loaded: HashMap::new(),
         }
-    }
-
-    /// Loads the component at `path`, refusing it when `pin` is given and differs from its
-    /// sha256 (hex, case-insensitive); answers it with its sha256.
-    pub fn load(
-        &mut self,
-        path: &Path,
-        pin: Option<&str>,
-    ) -> Result<(Component, String), LoadError> {
-        let (component, digest) = match self.loaded.get(path) {
-            Some(loaded) => loaded.clone(),
-            None => {
-                let bytes = std::fs::read(path).map_err(LoadError::Read)?;
-                let digest = sha256_hex(&bytes);
-                let (component, origin) = self.compile(&bytes, &digest)?;
-                tracing::debug!(component = %path.display(), ?origin, "component ready");
-                self.loaded
-                    .insert(path.to_path_buf(), (component.clone(), digest.clone()));
-                (component, digest)
-            }
-        };
-        if let Some(expected) = pin
-            && !expected.eq_ignore_ascii_case(&digest)
-        {
-            return Err(LoadError::Pin {
-                expected: expected.to_owned(),
-                actual: digest,
-            });
-        }
-        Ok((component, digest))
     }
 
     /// The compiled component for `bytes`: from the cache when it holds a file that loads.

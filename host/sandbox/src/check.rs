@@ -10,6 +10,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use opshost_api::DeployTarget;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
@@ -101,8 +102,7 @@ pub fn check_component(
             &engine,
             &compiled,
             &digest,
-            &secrets,
-            &network,
+            secrets.as_ref().ok().zip(network.as_ref().ok()),
         );
     }
     if uses == 0 {
@@ -112,6 +112,47 @@ pub fn check_component(
         ));
     }
     Ok(problems)
+}
+
+/// Every problem a deploy of `bytes` (compiled as `component`) as a version of `target`
+/// would have: the same checks as [`check_component`] for one handler or worker.
+pub(crate) fn deploy_problems(
+    engine: &Engine,
+    target: &DeployTarget,
+    bytes: &[u8],
+    component: &Component,
+    grants: &Grants,
+    secrets: &Secrets,
+    network: &Arc<Network>,
+) -> Vec<String> {
+    let used = match target {
+        DeployTarget::Operation(operation) => Use {
+            role: format!("handler of {operation}"),
+            missing: None,
+            serves: serves(&declared_operations(bytes), operation),
+            world: ("handler", exports_handler(engine, component)),
+            pin: None,
+            grants,
+        },
+        DeployTarget::Queue(queue) => Use {
+            role: format!("worker of queue {queue}"),
+            missing: None,
+            serves: None,
+            world: ("worker", exports_worker(engine, component)),
+            pin: None,
+            grants,
+        },
+    };
+    let mut problems = Vec::new();
+    let digest = sha256_hex(bytes);
+    used.problems(
+        &mut problems,
+        engine,
+        component,
+        &digest,
+        Some((secrets, network)),
+    );
+    problems
 }
 
 /// One handler or worker entry that names the component, and what loading it found so far.
@@ -134,8 +175,7 @@ impl Use<'_> {
         engine: &Engine,
         component: &Component,
         digest: &str,
-        secrets: &Result<Secrets, String>,
-        network: &Result<Arc<Network>, String>,
+        egress: Option<(&Secrets, &Arc<Network>)>,
     ) {
         let role = &self.role;
         if let Some(missing) = self.missing {
@@ -166,7 +206,7 @@ impl Use<'_> {
         if let Err(error) = self.grants.check() {
             problems.push(format!("{role}: {error}"));
         }
-        if let (Some(grant), Ok(secrets), Ok(network)) = (&self.grants.http, secrets, network)
+        if let (Some(grant), Some((secrets, network))) = (&self.grants.http, egress)
             && let Err(error) = check_grant(grant, secrets, network)
         {
             problems.push(format!("{role}: {error}"));

@@ -22,12 +22,23 @@ pub enum SandboxError {
         /// The operation named by the config.
         operation: String,
     },
-    /// A rollback asked for, with no version before the current one.
-    #[error("`{operation}` has no earlier version to roll back to")]
+    /// A rollback asked for, with no ramp and no version before the current one.
+    #[error("{target} has no earlier version to roll back to")]
     NoEarlierVersion {
-        /// The operation.
-        operation: String,
+        /// The operation or queue.
+        target: opshost_api::DeployTarget,
     },
+    /// A deploy refused: the component failed its checks, and nothing changed.
+    #[error("{target}: the component is refused: {}", .problems.join("; "))]
+    Refused {
+        /// The operation or queue.
+        target: opshost_api::DeployTarget,
+        /// Every problem found.
+        problems: Vec<String>,
+    },
+    /// The store of deployments failed.
+    #[error(transparent)]
+    Store(#[from] opshost_runtime::store::StoreError),
     /// A worker names a queue the contract does not declare.
     #[error("worker for `{queue}`: the contract declares no such queue")]
     UnknownQueue {

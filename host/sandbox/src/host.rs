@@ -2,15 +2,15 @@
 //! jobs service whose workers run each job attempt.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use opshost_api::{ErrorCode, ErrorInfo, Snapshot};
+use opshost_api::{DeployTarget, DeploymentRecord, ErrorCode, ErrorInfo, Snapshot};
 use opshost_contract::Contract;
 use opshost_jobs::{Job, JobStore, Jobs, MemoryJobStore, WorkerError};
-use opshost_runtime::store::{MemoryStore, OperationStore};
+use opshost_runtime::store::{DeploymentStore, MemoryStore, OperationStore};
 use opshost_runtime::{
     Drained, OperationHandler, OperationRuntime, Owner, Recovery, RestartPolicy, Run,
     RuntimeConfig, ServerError, Usage, WeakRuntime,
@@ -27,12 +27,13 @@ use crate::cache::ComponentLoader;
 use crate::capture::Capture;
 use crate::config::DeploymentConfig;
 use crate::control::{GuestState, RunEnv};
+use crate::deploys::{Deployer, Deployments, Settings};
 use crate::egress::{Egress, EgressPolicy, EgressRun, Network, Secrets};
 use crate::engine::{self, Allocation, EngineShape};
 use crate::error::SandboxError;
 use crate::grants::{self, Grants};
 use crate::limits::{LimitBreach, Limits, LimitsTable};
-use crate::versions::{VersionInfo, VersionedHandler};
+use crate::versions::VersionInfo;
 
 /// Serves a contract's operations with wasm components: each component is compiled and linked
 /// once; each operation runs in a fresh `Store` on its own tokio task.
@@ -42,99 +43,8 @@ pub struct WasmHost {
     jobs: Jobs,
     policies: Arc<HashMap<String, RestartPolicy>>,
     allocation: Allocation,
-    /// Each operation's handler, with its versions.
-    handlers: Arc<HashMap<String, Arc<VersionedHandler>>>,
-    deployer: Arc<Mutex<Deployer>>,
-}
-
-/// What building a handler's version takes, kept for deploys.
-struct Deployer {
-    engine: Engine,
-    linker: Linker<GuestState>,
-    loader: ComponentLoader,
-    secrets: Secrets,
-    network: Arc<Network>,
-    runtime: WeakRuntime,
-    env: RunEnv,
-    /// Each operation's limits and grants, from the deployment.
-    settings: HashMap<String, (Limits, Grants)>,
-}
-
-impl Deployer {
-    /// The component at `path` (pinned to `pin` if given) as a handler of `operation`, with
-    /// its sha256: checked against the operation's grants, compiled (or taken from the cache)
-    /// and linked.
-    fn handler(
-        &mut self,
-        operation: &str,
-        path: &Path,
-        pin: Option<&str>,
-    ) -> Result<(String, Arc<WasmHandler>), SandboxError> {
-        let (limits, grants) = self.settings(operation)?;
-        let (component, sha256) = load(&mut self.loader, &self.engine, path, pin, &grants)?;
-        self.link(path, component, sha256, limits, grants)
-    }
-
-    /// As [`Deployer::handler`], for a component sent as `bytes`.
-    /// `source` names it in errors (its file, when it was read from one).
-    fn handler_from_bytes(
-        &mut self,
-        operation: &str,
-        bytes: &[u8],
-        source: Option<&Path>,
-    ) -> Result<(String, Arc<WasmHandler>), SandboxError> {
-        let (limits, grants) = self.settings(operation)?;
-        let sha256 = crate::cache::sha256_hex(bytes);
-        let label = source.map_or_else(
-            || PathBuf::from(format!("sent {sha256}")),
-            Path::to_path_buf,
-        );
-        let (component, _) =
-            self.loader
-                .compile(bytes, &sha256)
-                .map_err(|e| SandboxError::Component {
-                    path: label.display().to_string(),
-                    message: e.to_string(),
-                })?;
-        checked(&self.engine, &label, &component, &grants)?;
-        self.link(&label, component, sha256, limits, grants)
-    }
-
-    fn settings(&self, operation: &str) -> Result<(Limits, Grants), SandboxError> {
-        self.settings
-            .get(operation)
-            .cloned()
-            .ok_or_else(|| SandboxError::UnknownOperation {
-                operation: operation.to_owned(),
-            })
-    }
-
-    /// The handler of `component` (`sha256`), linked, under `limits` and `grants`.
-    fn link(
-        &self,
-        path: &Path,
-        component: Component,
-        sha256: String,
-        limits: Limits,
-        grants: Grants,
-    ) -> Result<(String, Arc<WasmHandler>), SandboxError> {
-        let egress = egress_policy(path, &grants, &self.secrets, &self.network)?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .and_then(HandlerPre::new)
-            .map_err(|e| component_error(path, e))?;
-        let handler = WasmHandler {
-            runtime: self.runtime.clone(),
-            engine: self.engine.clone(),
-            pre,
-            limits,
-            grants,
-            egress,
-            env: self.env.clone(),
-        };
-        Ok((sha256, Arc::new(handler)))
-    }
+    /// The versions of every handler and worker.
+    deployments: Arc<Deployments>,
 }
 
 impl WasmHost {
@@ -150,6 +60,7 @@ impl WasmHost {
             config,
             store: None,
             job_store: None,
+            deployment_store: None,
             env: RunEnv::default(),
             telemetry: Telemetry::off(),
         }
@@ -157,11 +68,15 @@ impl WasmHost {
 
     fn load(
         config: &DeploymentConfig,
-        store: Arc<dyn OperationStore>,
-        job_store: Arc<dyn JobStore>,
+        stores: Stores,
         env: RunEnv,
         telemetry: Telemetry,
     ) -> Result<Self, SandboxError> {
+        let Stores {
+            operations: store,
+            jobs: job_store,
+            deployments: deployment_store,
+        } = stores;
         let contract = Contract::from_path(&config.contract)?;
         for handler in &config.handlers {
             if contract.operation(&handler.operation).is_none() {
@@ -214,64 +129,59 @@ impl WasmHost {
         let (engine, allocation) = engine::new_engine(shape)?;
         tracing::info!(?allocation, "engine ready");
         let link_error = |e: wasmtime::Error| SandboxError::Engine(e.to_string());
-        let mut deployer = Deployer {
+        let deployer = Arc::new(Deployer {
             engine: engine.clone(),
-            linker: handler_linker(&engine).map_err(link_error)?,
+            handler_linker: handler_linker(&engine).map_err(link_error)?,
+            worker_linker: worker_linker(&engine).map_err(link_error)?,
             loader: ComponentLoader::new(&engine, config.engine.cache_dir.clone()),
             secrets: Secrets::read(&config.secrets).map_err(SandboxError::Secrets)?,
             network: Network::new(&config.egress).map_err(SandboxError::Secrets)?,
             runtime: runtime.downgrade(),
             env: env.clone(),
-            settings: config
-                .handlers
-                .iter()
-                .zip(handler_limits)
-                .map(|(handler, limits)| {
-                    (handler.operation.clone(), (limits, handler.grants.clone()))
-                })
-                .collect(),
-        };
-        let mut handlers = HashMap::new();
-        for handler in &config.handlers {
-            let (sha256, wasm) = deployer.handler(
-                &handler.operation,
-                &handler.component,
-                handler.sha256.as_deref(),
-            )?;
-            tracing::info!(operation = %handler.operation, component = %handler.component.display(), %sha256, "handler loaded");
-            let versioned = Arc::new(VersionedHandler::new(sha256, wasm));
-            runtime.install_handler(&handler.operation, Arc::clone(&versioned) as _);
-            handlers.insert(handler.operation.clone(), versioned);
+            settings: RwLock::new(Settings {
+                handlers: config
+                    .handlers
+                    .iter()
+                    .zip(handler_limits)
+                    .map(|(h, limits)| (h.operation.clone(), (limits, h.grants.clone())))
+                    .collect(),
+                workers: config
+                    .workers
+                    .iter()
+                    .zip(worker_limits)
+                    .map(|(w, limits)| (w.queue.clone(), (limits, w.grants.clone())))
+                    .collect(),
+            }),
+        });
+        let components = config
+            .handlers
+            .iter()
+            .map(|h| {
+                let target = DeployTarget::Operation(h.operation.clone());
+                (target, &h.component, h.sha256.as_deref())
+            })
+            .chain(config.workers.iter().map(|w| {
+                let target = DeployTarget::Queue(w.queue.clone());
+                (target, &w.component, w.sha256.as_deref())
+            }));
+        let mut configured = Vec::new();
+        for (target, path, pin) in components {
+            let (bytes, sha256, component) = deployer.read(path, pin)?;
+            let built = deployer.link(&target, path, &component)?;
+            tracing::info!(%target, component = %path.display(), %sha256, "component loaded");
+            configured.push((target, sha256, bytes, built));
         }
-        let (secrets, network, loader) =
-            (&deployer.secrets, &deployer.network, &mut deployer.loader);
-        let worker_linker = worker_linker(&engine).map_err(link_error)?;
-        for (worker, limits) in config.workers.iter().zip(worker_limits) {
-            let (component, _) = load(
-                loader,
-                &engine,
-                &worker.component,
-                worker.sha256.as_deref(),
-                &worker.grants,
-            )?;
-            let egress = egress_policy(&worker.component, &worker.grants, secrets, network)?;
-            let pre = worker_linker
-                .instantiate_pre(&component)
-                .and_then(WorkerPre::new)
-                .map_err(|e| component_error(&worker.component, e))?;
-            tracing::info!(queue = %worker.queue, component = %worker.component.display(), "worker loaded");
-            let wasm = Arc::new(WasmWorker {
-                engine: engine.clone(),
-                pre,
-                runtime: runtime.clone(),
-                limits,
-                grants: worker.grants.clone(),
-                egress,
-                env: env.clone(),
-            });
+        let deployments = Deployments::new(deployment_store, Arc::clone(&deployer), configured);
+        for handler in &config.handlers {
+            if let Some(versioned) = deployments.handler(&handler.operation) {
+                runtime.install_handler(&handler.operation, versioned);
+            }
+        }
+        for worker in &config.workers {
+            let (deployments, queue) = (Arc::clone(&deployments), worker.queue.clone());
             jobs.worker(&worker.queue, worker.concurrency, move |job| {
-                let wasm = Arc::clone(&wasm);
-                async move { wasm.run(job).await }
+                let (deployments, queue) = (Arc::clone(&deployments), queue.clone());
+                async move { deployments.run_job(&queue, job).await }
             })?;
         }
         let policies = config
@@ -284,8 +194,7 @@ impl WasmHost {
             jobs,
             policies: Arc::new(policies),
             allocation,
-            handlers: Arc::new(handlers),
-            deployer: Arc::new(Mutex::new(deployer)),
+            deployments,
         })
     }
 
@@ -295,71 +204,66 @@ impl WasmHost {
         self.allocation
     }
 
-    /// Deploys the component at `path` as the new version of `operation`'s handler, without
-    /// a restart: it is checked against the operation's grants (a component that fails
-    /// changes nothing), compiled, and made current. Operations accepted from now on run it;
-    /// those accepted before keep their version. Answers its sha256. Compiles: call it from a
-    /// blocking thread.
-    /// The file is read afresh: one rewritten in place deploys what it holds now.
-    pub fn deploy(&self, operation: &str, path: &Path) -> Result<String, SandboxError> {
-        let bytes = std::fs::read(path).map_err(|error| SandboxError::Component {
-            path: path.display().to_string(),
-            message: error.to_string(),
-        })?;
-        self.deploy_from(operation, &bytes, Some(path))
-    }
-
-    /// [`WasmHost::deploy`] of a component sent as `bytes` (e.g. over the admin API).
-    pub fn deploy_bytes(&self, operation: &str, bytes: &[u8]) -> Result<String, SandboxError> {
-        self.deploy_from(operation, bytes, None)
-    }
-
-    fn deploy_from(
+    /// Deploys `component` (its bytes) as a new version of `target`'s handler or worker,
+    /// without a restart. It is checked as `opshost check` would (a component that fails
+    /// changes nothing), compiled, kept in the store, and made what new work runs: all of it,
+    /// or `percent` of it as a ramp. Operations accepted before keep their version. `by` names
+    /// who deployed it in the deployment log. Answers its sha256.
+    pub async fn deploy(
         &self,
-        operation: &str,
-        bytes: &[u8],
-        source: Option<&Path>,
+        target: &DeployTarget,
+        component: Vec<u8>,
+        percent: u8,
+        by: &str,
     ) -> Result<String, SandboxError> {
-        let versioned = self.versioned(operation)?;
-        let (sha256, handler) = self
-            .deployer
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .handler_from_bytes(operation, bytes, source)?;
-        versioned.deploy(sha256.clone(), handler);
-        tracing::info!(operation, %sha256, "version deployed");
-        Ok(sha256)
+        self.deployments
+            .deploy(target, component, percent, by)
+            .await
     }
 
-    /// Makes the version of `operation`'s handler before the current one current again;
-    /// answers its sha256.
-    pub fn rollback(&self, operation: &str) -> Result<String, SandboxError> {
-        let sha256 = self.versioned(operation)?.rollback().ok_or_else(|| {
-            SandboxError::NoEarlierVersion {
-                operation: operation.to_owned(),
+    /// Rolls `target` back: its ramp ends, or else the version current before the current one
+    /// is made current again. Answers the version now current.
+    pub async fn rollback(&self, target: &DeployTarget, by: &str) -> Result<String, SandboxError> {
+        self.deployments.rollback(target, by).await
+    }
+
+    /// The versions of every handler and worker, by target.
+    pub fn deployments(&self) -> Vec<(DeployTarget, Vec<VersionInfo>)> {
+        self.deployments.list()
+    }
+
+    /// The last `limit` changes of the deployment log, oldest first: what changed, who did
+    /// it, and when.
+    pub async fn deployment_history(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<DeploymentRecord>, SandboxError> {
+        Ok(self.deployments.history(limit).await?)
+    }
+
+    /// Follows the store's deployment log now (see [`WasmHost::follow_deployments`]).
+    pub async fn sync_deployments(&self) -> Result<(), SandboxError> {
+        Ok(self.deployments.sync().await?)
+    }
+
+    /// On a store that several hosts share, follows the deployment log every `every` until
+    /// the returned task is aborted, so that a version deployed through another host is
+    /// served here too. `None` on a store this host owns alone.
+    pub fn follow_deployments(&self, every: Duration) -> Option<tokio::task::JoinHandle<()>> {
+        if !self.runtime.shares_store() {
+            return None;
+        }
+        let deployments = Arc::clone(&self.deployments);
+        Some(tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                if let Err(error) = deployments.sync().await {
+                    tracing::warn!(%error, "cannot follow the deployment log");
+                }
             }
-        })?;
-        tracing::info!(operation, %sha256, "version rolled back");
-        Ok(sha256)
-    }
-
-    /// The versions of each operation's handler, by operation.
-    pub fn deployments(&self) -> Vec<(String, Vec<VersionInfo>)> {
-        let mut deployments: Vec<(String, Vec<VersionInfo>)> = self
-            .handlers
-            .iter()
-            .map(|(operation, versioned)| (operation.clone(), versioned.versions()))
-            .collect();
-        deployments.sort_by(|a, b| a.0.cmp(&b.0));
-        deployments
-    }
-
-    fn versioned(&self, operation: &str) -> Result<&Arc<VersionedHandler>, SandboxError> {
-        self.handlers
-            .get(operation)
-            .ok_or_else(|| SandboxError::UnknownOperation {
-                operation: operation.to_owned(),
-            })
+        }))
     }
 
     /// The jobs service: enqueue, list, cancel and retry jobs.
@@ -375,6 +279,7 @@ impl WasmHost {
     /// Resumes the operations a previous run left unfinished, each as its handler's
     /// `on_restart` says (operations without a handler here fail with `HostRestarted`).
     pub async fn recover(&self) -> Result<Recovery, ServerError> {
+        self.deployments.sync().await?;
         let policies = Arc::clone(&self.policies);
         self.runtime
             .recover(move |operation| {
@@ -454,14 +359,24 @@ pub struct WasmHostBuilder<'a> {
     config: &'a DeploymentConfig,
     store: Option<Arc<dyn OperationStore>>,
     job_store: Option<Arc<dyn JobStore>>,
+    deployment_store: Option<Arc<dyn DeploymentStore>>,
     env: RunEnv,
     telemetry: Telemetry,
 }
 
 impl WasmHostBuilder<'_> {
-    /// Keeps operations and jobs in `store` (as the SQLite and PostgreSQL stores do).
-    pub fn stores<S: OperationStore + JobStore>(self, store: Arc<S>) -> Self {
-        self.operations(store.clone()).jobs(store)
+    /// Keeps operations, jobs and deployments in `store` (as the SQLite and PostgreSQL
+    /// stores do).
+    pub fn stores<S: OperationStore + JobStore + DeploymentStore>(self, store: Arc<S>) -> Self {
+        self.operations(store.clone())
+            .jobs(store.clone())
+            .deployments(store)
+    }
+
+    /// Keeps component versions and the deployment log in `store` (in memory unless set).
+    pub fn deployments(mut self, store: Arc<dyn DeploymentStore>) -> Self {
+        self.deployment_store = Some(store);
+        self
     }
 
     /// Keeps operations in `store` (in memory unless set).
@@ -496,8 +411,27 @@ impl WasmHostBuilder<'_> {
         let job_store = self
             .job_store
             .unwrap_or_else(|| Arc::new(MemoryJobStore::new()));
-        WasmHost::load(self.config, store, job_store, self.env, self.telemetry)
+        let deployment_store = self
+            .deployment_store
+            .unwrap_or_else(|| Arc::new(MemoryStore::new()));
+        WasmHost::load(
+            self.config,
+            Stores {
+                operations: store,
+                jobs: job_store,
+                deployments: deployment_store,
+            },
+            self.env,
+            self.telemetry,
+        )
     }
+}
+
+/// Where a host keeps what it keeps.
+struct Stores {
+    operations: Arc<dyn OperationStore>,
+    jobs: Arc<dyn JobStore>,
+    deployments: Arc<dyn DeploymentStore>,
 }
 
 /// What [`WasmHost::shutdown`] did.
@@ -510,27 +444,9 @@ pub struct Shutdown {
     pub handed_back: usize,
 }
 
-/// Loads one component file: pinned digest, compiled (or cached) form, grants checked.
-fn load(
-    loader: &mut ComponentLoader,
-    engine: &Engine,
-    path: &Path,
-    pin: Option<&str>,
-    grants: &Grants,
-) -> Result<(Component, String), SandboxError> {
-    let (component, sha256) = loader
-        .load(path, pin)
-        .map_err(|e| SandboxError::Component {
-            path: path.display().to_string(),
-            message: e.to_string(),
-        })?;
-    checked(engine, path, &component, grants)?;
-    Ok((component, sha256))
-}
-
 /// Refuses `component` (from `path`) when it imports what `grants` do not give, or the
 /// grants themselves are wrong.
-fn checked(
+pub(crate) fn checked(
     engine: &Engine,
     path: &Path,
     component: &Component,
@@ -569,7 +485,7 @@ pub(crate) fn worker_linker(engine: &Engine) -> wasmtime::Result<Linker<GuestSta
 }
 
 /// The outbound policy of a component granted `grants.http`, if it is.
-fn egress_policy(
+pub(crate) fn egress_policy(
     path: &Path,
     grants: &Grants,
     secrets: &Secrets,
@@ -586,7 +502,7 @@ fn egress_policy(
         })
 }
 
-fn component_error(path: &Path, error: wasmtime::Error) -> SandboxError {
+pub(crate) fn component_error(path: &Path, error: wasmtime::Error) -> SandboxError {
     SandboxError::Component {
         path: path.display().to_string(),
         message: format!("{error:#}"),
@@ -594,15 +510,15 @@ fn component_error(path: &Path, error: wasmtime::Error) -> SandboxError {
 }
 
 /// One compiled component serving one operation: each run gets a fresh `Store`.
-struct WasmHandler {
+pub(crate) struct WasmHandler {
     /// Weak: the runtime holds this handler.
-    runtime: WeakRuntime,
-    engine: Engine,
-    pre: HandlerPre<GuestState>,
-    limits: Limits,
-    grants: Grants,
-    egress: Option<Arc<EgressPolicy>>,
-    env: RunEnv,
+    pub(crate) runtime: WeakRuntime,
+    pub(crate) engine: Engine,
+    pub(crate) pre: HandlerPre<GuestState>,
+    pub(crate) limits: Limits,
+    pub(crate) grants: Grants,
+    pub(crate) egress: Option<Arc<EgressPolicy>>,
+    pub(crate) env: RunEnv,
 }
 
 impl OperationHandler for WasmHandler {
@@ -698,18 +614,18 @@ fn sandboxed_store(engine: &Engine, state: GuestState) -> Store<GuestState> {
 }
 
 /// One compiled worker component: each job attempt gets a fresh `Store`.
-struct WasmWorker {
-    engine: Engine,
-    pre: WorkerPre<GuestState>,
-    runtime: OperationRuntime,
-    limits: Limits,
-    grants: Grants,
-    egress: Option<Arc<EgressPolicy>>,
-    env: RunEnv,
+pub(crate) struct WasmWorker {
+    pub(crate) engine: Engine,
+    pub(crate) pre: WorkerPre<GuestState>,
+    pub(crate) runtime: OperationRuntime,
+    pub(crate) limits: Limits,
+    pub(crate) grants: Grants,
+    pub(crate) egress: Option<Arc<EgressPolicy>>,
+    pub(crate) env: RunEnv,
 }
 
 impl WasmWorker {
-    async fn run(&self, job: Job) -> Result<serde_json::Value, WorkerError> {
+    pub(crate) async fn run(&self, job: Job) -> Result<serde_json::Value, WorkerError> {
         let queue = job.queue().to_owned();
         let invocation = JobInvocation {
             job_id: job.id().to_owned(),

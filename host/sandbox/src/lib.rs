@@ -10,6 +10,8 @@
 //! - [`clock`]: time as guests see it (system, or virtual in tests).
 //! - [`faults`]: faults a test injects into the control imports.
 //! - [`check_component`]: every problem a deployment would have with a component.
+//! - `deploys`: new versions of a handler or worker without a restart, kept in the store.
+//! - [`versions`]: the versions of one handler or worker, and which one runs what.
 //! - [`WasmHost`]: compiles each component once, then runs every operation (and every job
 //!   attempt of a worker component) in a fresh `Store`.
 
@@ -20,6 +22,7 @@ mod check;
 pub mod clock;
 pub mod config;
 mod control;
+mod deploys;
 pub mod egress;
 mod engine;
 mod error;

@@ -1,18 +1,18 @@
-//! The operator routes under `/v1/deployments`: the versions of each operation's handler,
-//! and deploying a new one (its component's bytes as the body) or rolling back, without a
-//! restart. Like the jobs routes, they answer only callers holding the server's
+//! The operator routes under `/v1/deployments`: the versions of each operation's handler and
+//! each queue's worker, and deploying a new one (its component's bytes as the body, with an
+//! optional `?percent=` ramp) or rolling back, without a restart. Like the jobs routes, they answer only callers holding the server's
 //! `admin_capability`. The host serving wasm components implements [`Deployments`].
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::future::BoxFuture;
-use opshost_api::ErrorCode;
+use opshost_api::{DeployTarget, ErrorCode};
 use serde_json::{Value, json};
 
 use crate::auth::Principal;
@@ -25,59 +25,108 @@ pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
 /// Why a deploy or a rollback was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum DeployError {
-    /// No handler serves this operation here.
-    #[error("no handler serves `{0}` here")]
-    UnknownOperation(String),
-    /// The component failed its checks (compilation, imports, grants): nothing changed.
+    /// No handler or worker serves this operation or queue here.
+    #[error("no handler or worker serves {0} here")]
+    UnknownTarget(DeployTarget),
+    /// The component failed its checks: nothing changed.
+    #[error("{message}")]
+    Refused {
+        /// What was refused, and why.
+        message: String,
+        /// Every problem found.
+        problems: Vec<String>,
+    },
+    /// A rollback with no ramp and no version before the current one.
+    #[error("{0} has no earlier version to roll back to")]
+    NoEarlierVersion(DeployTarget),
+    /// The store of deployments cannot be reached now: nothing changed, or the change is
+    /// recorded and every host will follow it.
     #[error("{0}")]
-    Refused(String),
-    /// A rollback with no version before the current one.
-    #[error("`{0}` has no earlier version to roll back to")]
-    NoEarlierVersion(String),
+    Unavailable(String),
 }
 
-/// The versions of a host's handlers, as the admin routes see them.
+/// The versions of a host's handlers and workers, as the admin routes see them.
 pub trait Deployments: Send + Sync + 'static {
-    /// The versions of each operation's handler, as JSON: `{ "Op": [ { sha256, deployedAt,
-    /// current, inFlight } ] }`.
-    fn list(&self) -> Value;
+    /// The versions of each operation's handler and each queue's worker, and the last changes
+    /// of the deployment log, as JSON: `{ "operations": { "Op": [version] }, "queues": {..},
+    /// "history": [record] }`.
+    fn list(&self) -> BoxFuture<'_, Result<Value, DeployError>>;
 
-    /// Checks `component`, then makes it the current version of `operation`'s handler;
-    /// answers its sha256.
-    fn deploy<'a>(
-        &'a self,
-        operation: &'a str,
+    /// Checks `component`, then makes it the version of `target` that new work runs (all of
+    /// it, or `percent` of it as a ramp), recording `by` as who did it; answers its sha256.
+    fn deploy(
+        &self,
+        target: DeployTarget,
         component: Bytes,
-    ) -> BoxFuture<'a, Result<String, DeployError>>;
+        percent: u8,
+        by: String,
+    ) -> BoxFuture<'_, Result<String, DeployError>>;
 
-    /// Makes the version before the current one current again; answers its sha256.
-    fn rollback(&self, operation: &str) -> Result<String, DeployError>;
+    /// Rolls `target` back (a ramp ends, or the previous version is made current again),
+    /// recording `by` as who did it; answers the version now current.
+    fn rollback(
+        &self,
+        target: DeployTarget,
+        by: String,
+    ) -> BoxFuture<'_, Result<String, DeployError>>;
 }
 
-/// The `/v1/deployments` routes.
+/// The `/v1/deployments` routes: `{kind}` is `operations` or `queues`.
 pub(crate) fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/deployments", get(list))
         .route(
-            "/v1/deployments/{operation}",
+            "/v1/deployments/{kind}/{name}",
             post(deploy).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)),
         )
-        .route("/v1/deployments/{operation}/rollback", post(rollback))
+        .route("/v1/deployments/{kind}/{name}/rollback", post(rollback))
 }
 
 impl From<DeployError> for ApiError {
     fn from(error: DeployError) -> Self {
-        let (status, code) = match &error {
-            DeployError::UnknownOperation(_) => {
-                (StatusCode::NOT_FOUND, ErrorCode::OperationNotFound)
+        let message = error.to_string();
+        match error {
+            DeployError::UnknownTarget(target) => {
+                ApiError::new(StatusCode::NOT_FOUND, ErrorCode::OperationNotFound, message)
+                    .with_details(json!({ "kind": target.kind(), "name": target.name() }))
             }
-            DeployError::Refused(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidInput),
-            DeployError::NoEarlierVersion(_) => {
-                (StatusCode::CONFLICT, ErrorCode::OperationUnsupportedControl)
+            DeployError::Refused { problems, .. } => {
+                ApiError::new(StatusCode::BAD_REQUEST, ErrorCode::InvalidInput, message)
+                    .with_details(json!({ "problems": problems }))
             }
-        };
-        ApiError::new(status, code, error.to_string())
+            DeployError::NoEarlierVersion(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                ErrorCode::OperationUnsupportedControl,
+                message,
+            ),
+            DeployError::Unavailable(_) => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::Unavailable,
+                message,
+            ),
+        }
     }
+}
+
+/// The target a route names: `operations/{name}` or `queues/{name}`.
+fn target(kind: &str, name: String) -> Result<DeployTarget, ApiError> {
+    match kind {
+        "operations" => Ok(DeployTarget::Operation(name)),
+        "queues" => Ok(DeployTarget::Queue(name)),
+        other => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            ErrorCode::OperationNotFound,
+            format!("no deployments of `{other}`: use `operations` or `queues`"),
+        )),
+    }
+}
+
+/// The query of a deploy.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeployQuery {
+    /// The share of new work that runs the new version, 1 to 100 (all unless given).
+    percent: Option<u8>,
 }
 
 /// The host's deployments, with the caller known to be an operator: extracted from the
@@ -114,33 +163,54 @@ impl FromRequestParts<AppState> for Operator {
     }
 }
 
-async fn list(operator: Operator) -> Json<Value> {
-    Json(operator.deployments.list())
+async fn list(operator: Operator) -> Result<Json<Value>, ApiError> {
+    Ok(Json(operator.deployments.list().await?))
 }
 
 async fn deploy(
     operator: Operator,
-    Path(operation): Path<String>,
+    Path((kind, name)): Path<(String, String)>,
+    Query(query): Query<DeployQuery>,
     component: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let target = target(&kind, name)?;
+    let percent = query.percent.unwrap_or(100);
+    if !(1..=100).contains(&percent) {
+        return Err(
+            ApiError::invalid(format!("query `percent`: must be 1 to 100, not {percent}"))
+                .with_details(json!({ "path": "percent" })),
+        );
+    }
     let Operator {
         deployments,
         caller,
     } = operator;
-    let sha256 = deployments.deploy(&operation, component).await?;
-    tracing::info!(%operation, %sha256, by = %caller.subject, tenant = %caller.tenant, "deployed");
+    let by = format!("{}@{}", caller.subject, caller.tenant);
+    let sha256 = deployments
+        .deploy(target.clone(), component, percent, by)
+        .await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "operation": operation, "sha256": sha256 })),
+        Json(json!({
+            "kind": target.kind(),
+            "name": target.name(),
+            "sha256": sha256,
+            "percent": percent,
+        })),
     ))
 }
 
 async fn rollback(
     operator: Operator,
-    Path(operation): Path<String>,
+    Path((kind, name)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
-    let sha256 = operator.deployments.rollback(&operation)?;
+    let target = target(&kind, name)?;
     let caller = &operator.caller;
-    tracing::info!(%operation, %sha256, by = %caller.subject, tenant = %caller.tenant, "rolled back");
-    Ok(Json(json!({ "operation": operation, "sha256": sha256 })))
+    let by = format!("{}@{}", caller.subject, caller.tenant);
+    let sha256 = operator.deployments.rollback(target.clone(), by).await?;
+    Ok(Json(json!({
+        "kind": target.kind(),
+        "name": target.name(),
+        "sha256": sha256,
+    })))
 }

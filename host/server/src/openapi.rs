@@ -275,22 +275,29 @@ fn generic_paths() -> Map<String, Value> {
     }
     paths.insert("/v1/deployments".into(), json!({ "get": {
         "operationId": "listDeployments",
-        "summary": "Operators: the versions of each operation's handler (needs the admin capability)",
-        "responses": with_errors(json!({ "200": response("Versions by operation", json!({ "type": "object" })) }))
+        "summary": "Operators: the versions of each operation's handler and each queue's worker (current, ramping, draining or drained, with who deployed them), and the last changes of the deployment log (needs the admin capability)",
+        "responses": with_errors(json!({ "200": response("Versions by operation and by queue, and the history", json!({ "type": "object", "required": ["operations", "queues", "history"] })) }))
     } }));
-    let operation_parameter = json!({ "name": "operation", "in": "path", "required": true, "schema": { "type": "string" } });
-    paths.insert("/v1/deployments/{operation}".into(), json!({ "post": {
+    let target_parameters = json!([
+        { "name": "kind", "in": "path", "required": true, "schema": { "type": "string", "enum": ["operations", "queues"] } },
+        { "name": "name", "in": "path", "required": true, "schema": { "type": "string" }, "description": "The operation or the queue" }
+    ]);
+    let mut deploy_parameters = target_parameters.clone();
+    if let Some(parameters) = deploy_parameters.as_array_mut() {
+        parameters.push(json!({ "name": "percent", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1, "maximum": 100 }, "description": "Give the new version only this share of new work (a ramp)" }));
+    }
+    paths.insert("/v1/deployments/{kind}/{name}".into(), json!({ "post": {
         "operationId": "deploy",
-        "summary": "Operators: deploy a component as the current version of the operation's handler",
-        "parameters": [operation_parameter.clone()],
+        "summary": "Operators: check a component and deploy it as the version of the handler or worker that new work runs; refused with every problem found, changing nothing",
+        "parameters": deploy_parameters,
         "requestBody": { "required": true, "content": { "application/wasm": { "schema": { "type": "string", "format": "binary" } } } },
-        "responses": with_errors(json!({ "201": response("Deployed: its sha256", json!({ "type": "object" })) }))
+        "responses": with_errors(json!({ "201": response("Deployed: its sha256 and share", json!({ "type": "object", "required": ["kind", "name", "sha256", "percent"] })) }))
     } }));
-    paths.insert("/v1/deployments/{operation}/rollback".into(), json!({ "post": {
+    paths.insert("/v1/deployments/{kind}/{name}/rollback".into(), json!({ "post": {
         "operationId": "rollback",
-        "summary": "Operators: make the previous version current again",
-        "parameters": [operation_parameter],
-        "responses": with_errors(json!({ "200": response("Rolled back: the version now current", json!({ "type": "object" })), "409": error_response() }))
+        "summary": "Operators: end the ramp, or else make the previous version current again",
+        "parameters": target_parameters,
+        "responses": with_errors(json!({ "200": response("Rolled back: the version now current", json!({ "type": "object", "required": ["kind", "name", "sha256"] })), "409": error_response() }))
     } }));
     for (path, summary, content) in [
         ("/healthz", "Liveness", "application/json"),
@@ -351,6 +358,7 @@ fn host_schemas() -> Map<String, Value> {
                 "createdAt": { "type": "string", "format": "date-time" },
                 "updatedAt": { "type": "string", "format": "date-time" },
                 "completedAt": { "type": "string", "format": "date-time" },
+                "component": { "type": "string", "pattern": "^[0-9a-f]{64}$", "description": "The sha256 of the handler's component the operation is pinned to: every attempt runs this version" },
                 "trace": {
                     "type": "object",
                     "description": "The trace the operation's spans belong to: the span its attempts hang from",

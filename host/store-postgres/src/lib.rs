@@ -15,6 +15,7 @@
 //!   old run (see `OperationRuntime::recover`).
 //! - **Migrations** are embedded and applied once, under an advisory lock (see `schema`).
 
+mod deployments;
 mod doorbell;
 mod hosts;
 mod jobs;

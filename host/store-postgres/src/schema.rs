@@ -64,6 +64,17 @@ const MIGRATIONS: &[&str] = &[
          line TEXT NOT NULL,
          PRIMARY KEY (id, seq)
      );",
+    // 4: deployments: the bytes of every component version deployed, and the log of changes
+    // to which version serves each operation and queue (each record is JSON). Every host
+    // reads the same log, so a version deployed through one is served by all.
+    "CREATE TABLE components (
+         sha256 TEXT PRIMARY KEY,
+         bytes  BYTEA NOT NULL
+     );
+     CREATE TABLE deployments (
+         seq    BIGSERIAL PRIMARY KEY,
+         record TEXT NOT NULL
+     );",
 ];
 
 /// Key of the advisory lock migrations run under ("opshost" in ASCII).

@@ -12,6 +12,8 @@
 //!   read while the writer commits.
 //! - **Checkpoints** run on a thread of their own, never inside a commit.
 //! - **Jobs** live in the same file and go through the same writer (see `jobs`).
+//! - **Deployments** (component bytes and the deployment log) are rare writes, each made on
+//!   a connection of its own and synced at commit (see `deployments`).
 //! - **Migrations** are embedded and applied in order, tracked by `PRAGMA user_version`.
 //!
 //! - **Cache.** The current state of every unfinished operation, and of the last few thousand
@@ -24,6 +26,7 @@
 //! it.
 
 mod checkpoint;
+mod deployments;
 mod job_writes;
 mod jobs;
 mod log_writes;

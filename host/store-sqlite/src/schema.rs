@@ -55,6 +55,16 @@ const MIGRATIONS: &[&str] = &[
          line TEXT NOT NULL,
          PRIMARY KEY (id, seq)
      ) WITHOUT ROWID;",
+    // 4: deployments: the bytes of every component version deployed, and the log of changes
+    // to which version serves each operation and queue (each record is JSON).
+    "CREATE TABLE components (
+         sha256 TEXT PRIMARY KEY,
+         bytes  BLOB NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE deployments (
+         seq    INTEGER PRIMARY KEY AUTOINCREMENT,
+         record TEXT NOT NULL
+     );",
 ];
 
 /// Per-connection settings: every commit synced, an 8 MiB page cache, temporary tables in memory.

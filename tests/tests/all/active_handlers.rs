@@ -9,7 +9,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use opshost_api::OperationState;
 use opshost_jobs::JobStore;
-use opshost_runtime::store::OperationStore;
+use opshost_runtime::store::{DeploymentStore, OperationStore};
 use opshost_sandbox::WasmHost;
 use opshost_store_postgres::PostgresStore;
 use opshost_store_sqlite::SqliteStore;
@@ -24,7 +24,7 @@ fn orders() -> usize {
 /// Fulfillment workers of each host.
 const WORKERS: usize = 128;
 
-fn host<S: OperationStore + JobStore>(store: Arc<S>) -> WasmHost {
+fn host<S: OperationStore + JobStore + DeploymentStore>(store: Arc<S>) -> WasmHost {
     let mut config = orders_deployment(Duration::from_secs(5), WORKERS);
     config.max_backlog = 20_000;
     WasmHost::builder(&config)

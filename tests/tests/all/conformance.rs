@@ -1,11 +1,12 @@
-//! Both conformance suites, `opshost_tests::conformance` (operations) and
-//! `opshost_tests::job_conformance` (jobs), on every backend: a backend is one module here.
+//! The conformance suites, `opshost_tests::conformance` (operations),
+//! `opshost_tests::job_conformance` (jobs) and `opshost_tests::deployment_conformance`
+//! (deployments), on every backend: a backend is one module here.
 
 use std::future::Future;
 use std::sync::Arc;
 
 use opshost_jobs::{JobStore, MemoryJobStore};
-use opshost_runtime::store::{MemoryStore, OperationStore};
+use opshost_runtime::store::{DeploymentStore, MemoryStore, OperationStore};
 use opshost_store_postgres::PostgresStore;
 use opshost_store_sqlite::SqliteStore;
 
@@ -31,6 +32,14 @@ async fn operations<S: OperationStore, G>(
     (store, guard)
 }
 
+/// A fresh store of a backend, seen as a deployment store.
+async fn deployments<S: DeploymentStore, G>(
+    made: impl Future<Output = (Arc<S>, G)>,
+) -> (Arc<dyn DeploymentStore>, G) {
+    let (store, guard) = made.await;
+    (store, guard)
+}
+
 /// A fresh store of a backend, seen as a job store.
 async fn jobs<S: JobStore, G>(made: impl Future<Output = (Arc<S>, G)>) -> (Arc<dyn JobStore>, G) {
     let (store, guard) = made.await;
@@ -42,6 +51,9 @@ mod memory {
 
     opshost_tests::store_conformance!(operations(async { (Arc::new(MemoryStore::new()), ()) }));
     opshost_tests::job_store_conformance!(jobs(async { (Arc::new(MemoryJobStore::new()), ()) }));
+    opshost_tests::deployment_store_conformance!(deployments(async {
+        (Arc::new(MemoryStore::new()), ())
+    }));
 }
 
 mod sqlite {
@@ -49,6 +61,7 @@ mod sqlite {
 
     opshost_tests::store_conformance!(operations(sqlite()));
     opshost_tests::job_store_conformance!(jobs(sqlite()));
+    opshost_tests::deployment_store_conformance!(deployments(sqlite()));
 }
 
 mod postgres {
@@ -56,4 +69,5 @@ mod postgres {
 
     opshost_tests::store_conformance!(operations(postgres()));
     opshost_tests::job_store_conformance!(jobs(postgres()));
+    opshost_tests::deployment_store_conformance!(deployments(postgres()));
 }

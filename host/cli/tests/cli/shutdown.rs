@@ -15,7 +15,7 @@ use crate::runtime;
 
 /// A host config: `contract`, its handler `handler` for `operation`, the fulfillment worker
 /// when `workers`, and `extra` tables.
-fn write_config(
+pub(crate) fn write_config(
     dir: &Path,
     contract: &str,
     operation: &str,

@@ -5,12 +5,12 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use opshost_api::{EventKind, LogLine, OperationEvent, Snapshot};
+use opshost_api::{DeploymentRecord, EventKind, LogLine, OperationEvent, Snapshot};
 use serde_json::Value;
 
 use super::{
-    CreateOutcome, Doorbell, Doorbells, ListFilter, OperationStore, Owner, Page, SignalOutcome,
-    SignalRecord, StateCount, StoreError, StoredOperation, UpdateOutcome,
+    CreateOutcome, DeploymentStore, Doorbell, Doorbells, ListFilter, OperationStore, Owner, Page,
+    SignalOutcome, SignalRecord, StateCount, StoreError, StoredOperation, UpdateOutcome,
 };
 
 struct Entry {
@@ -39,6 +39,8 @@ impl Entry {
 #[derive(Default)]
 struct State {
     entries: BTreeMap<String, Entry>,
+    components: BTreeMap<String, Vec<u8>>,
+    deployments: Vec<DeploymentRecord>,
 }
 
 /// A store that keeps everything in process memory; for tests and embedding.
@@ -279,5 +281,33 @@ impl OperationStore for MemoryStore {
 
     fn doorbells(&self) -> usize {
         self.bells.len()
+    }
+}
+
+#[async_trait]
+impl DeploymentStore for MemoryStore {
+    async fn put_component(&self, sha256: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        self.lock()?
+            .components
+            .entry(sha256.to_owned())
+            .or_insert(bytes);
+        Ok(())
+    }
+
+    async fn component(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.lock()?.components.get(sha256).cloned())
+    }
+
+    async fn record_deployment(&self, mut record: DeploymentRecord) -> Result<u64, StoreError> {
+        let mut state = self.lock()?;
+        record.seq = state.deployments.len() as u64 + 1;
+        state.deployments.push(record);
+        Ok(state.deployments.len() as u64)
+    }
+
+    async fn deployments_after(&self, after: u64) -> Result<Vec<DeploymentRecord>, StoreError> {
+        let state = self.lock()?;
+        let from = usize::try_from(after).unwrap_or(usize::MAX);
+        Ok(state.deployments.get(from..).unwrap_or_default().to_vec())
     }
 }

@@ -3,6 +3,7 @@
 //! Every backend (in-memory here; SQLite and PostgreSQL in their own crates) implements [`OperationStore`]:
 //! atomic create-if-absent, compare-and-set on the revision, an ordered event log per
 //! operation, ordered signals, filtered listing, and a doorbell that rings on every change.
+//! They also implement [`DeploymentStore`]: component versions and the log of deployments.
 
 mod doorbell;
 mod memory;
@@ -13,7 +14,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 pub use doorbell::{Doorbell, Doorbells};
 pub use memory::MemoryStore;
-use opshost_api::{EventKind, LogLine, OperationEvent, OperationState, Snapshot};
+use opshost_api::{DeploymentRecord, EventKind, LogLine, OperationEvent, OperationState, Snapshot};
 use serde_json::Value;
 
 /// The error beneath a [`StoreError`], shared so that the error can be cloned.
@@ -316,4 +317,22 @@ pub trait OperationStore: Send + Sync + 'static {
 
     /// How many operations have a doorbell held on this host.
     fn doorbells(&self) -> usize;
+}
+
+/// Durable home of deployments: the bytes of every component version deployed, by sha256,
+/// and the log of changes to which version serves each operation and queue. Every host on a
+/// shared store reads the same log, so a version deployed through one is served by all.
+#[async_trait]
+pub trait DeploymentStore: Send + Sync + 'static {
+    /// Keeps `bytes`, the component whose sha256 is `sha256`; keeping it again changes nothing.
+    async fn put_component(&self, sha256: &str, bytes: Vec<u8>) -> Result<(), StoreError>;
+
+    /// The bytes of component `sha256`, if kept.
+    async fn component(&self, sha256: &str) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Appends `record` to the deployment log; answers the `seq` it was given.
+    async fn record_deployment(&self, record: DeploymentRecord) -> Result<u64, StoreError>;
+
+    /// The records with a `seq` above `after`, oldest first.
+    async fn deployments_after(&self, after: u64) -> Result<Vec<DeploymentRecord>, StoreError>;
 }
