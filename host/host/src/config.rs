@@ -125,6 +125,8 @@ pub struct HostConfig {
     pub store: StoreConfig,
     /// `[telemetry]`: where traces go.
     pub telemetry: TelemetryTable,
+    /// The file it was read from, if any: read again on a reload.
+    pub source: Option<PathBuf>,
 }
 
 impl HostConfig {
@@ -156,6 +158,7 @@ impl HostConfig {
             auth,
             store,
             telemetry,
+            source: Some(path.to_owned()),
         })
     }
 }

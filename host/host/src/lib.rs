@@ -22,6 +22,7 @@ mod config;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -98,6 +99,8 @@ const ANSWER_PATIENCE: Duration = Duration::from_secs(2);
 /// A host, open and resumed: see the crate docs.
 pub struct Host {
     wasm: WasmHost,
+    /// The config file, read again on a reload.
+    source: Option<PathBuf>,
     auth: Authenticator,
     server: ServerConfig,
     telemetry: Telemetry,
@@ -148,6 +151,7 @@ impl Host {
         background.extend(wasm.follow_deployments(FOLLOW_DEPLOYMENTS));
         Ok(Self {
             wasm,
+            source: config.source,
             auth,
             server: config.server,
             telemetry,
@@ -179,7 +183,11 @@ impl Host {
         let grace = self.server.shutdown_grace();
         let api = HttpApi::new(self.wasm.runtime().clone(), self.auth, self.server)
             .with_jobs(self.wasm.jobs().clone())
-            .with_deployments(deployments(&self.wasm));
+            .with_deployments(deployments_with_reload(&self.wasm, self.source.clone()));
+        let reloads = self
+            .source
+            .clone()
+            .map(|source| reload_on_hangup(&self.wasm, source));
         let draining = api.draining();
         let closing = api.closing();
         let mut served = tokio::spawn(api.serve(listener));
@@ -196,7 +204,10 @@ impl Host {
         let began = Instant::now();
         tracing::info!(grace_ms = grace.as_millis(), "draining");
         draining.cancel();
-        self.background.iter().for_each(JoinHandle::abort);
+        self.background
+            .iter()
+            .chain(&reloads)
+            .for_each(JoinHandle::abort);
         let shutdown = self
             .wasm
             .shutdown(grace)
@@ -260,9 +271,61 @@ fn purge(wasm: &WasmHost, store: &StoreConfig) -> JoinHandle<()> {
 }
 
 /// `wasm`'s handler and worker versions, for the admin routes
-/// ([`HttpApi::with_deployments`]).
+/// ([`HttpApi::with_deployments`]); with no config file to reload.
 pub fn deployments(wasm: &WasmHost) -> Arc<dyn Deployments> {
-    Arc::new(Versions(wasm.clone()))
+    deployments_with_reload(wasm, None)
+}
+
+/// [`deployments`], reloading the `[limits]` and grants of the config file `source` when
+/// asked (`POST /v1/config/reload`).
+pub fn deployments_with_reload(wasm: &WasmHost, source: Option<PathBuf>) -> Arc<dyn Deployments> {
+    Arc::new(Versions {
+        wasm: wasm.clone(),
+        source,
+    })
+}
+
+/// Reads the config file `source` again and applies its `[limits]` and grants to new runs.
+fn reload(wasm: &WasmHost, source: &Path) -> Result<Vec<String>, DeployError> {
+    let config = HostConfig::from_path(source).map_err(|error| DeployError::Refused {
+        message: error.to_string(),
+        problems: vec![error.to_string()],
+    })?;
+    wasm.reload(&config.deployment).map_err(deploy_error)
+}
+
+/// On SIGHUP, reloads the config file `source` (see [`WasmHost::reload`]) and logs what changed
+/// or why nothing did.
+fn reload_on_hangup(wasm: &WasmHost, source: PathBuf) -> JoinHandle<()> {
+    let wasm = wasm.clone();
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let mut hangups = match signal(SignalKind::hangup()) {
+                Ok(hangups) => hangups,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for SIGHUP; reload through the API");
+                    return;
+                }
+            };
+            while hangups.recv().await.is_some() {
+                match reload(&wasm, &source) {
+                    Ok(changes) if changes.is_empty() => {
+                        tracing::info!(config = %source.display(), "config reloaded: nothing changed");
+                    }
+                    Ok(changes) => {
+                        tracing::info!(config = %source.display(), changes = %changes.join("; "), "config reloaded");
+                    }
+                    Err(error) => {
+                        tracing::warn!(config = %source.display(), %error, "config reload refused; nothing changed");
+                    }
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = (wasm, source);
+    })
 }
 
 /// How often a host on a shared store reads the deployment log.
@@ -272,14 +335,18 @@ const FOLLOW_DEPLOYMENTS: Duration = Duration::from_millis(250);
 const HISTORY_SHOWN: usize = 50;
 
 /// The wasm host's versions, as the admin routes see them.
-struct Versions(WasmHost);
+struct Versions {
+    wasm: WasmHost,
+    /// The config file a reload reads, if any.
+    source: Option<PathBuf>,
+}
 
 impl Deployments for Versions {
     fn list(&self) -> BoxFuture<'_, Result<serde_json::Value, DeployError>> {
         Box::pin(async move {
             let mut operations = serde_json::Map::new();
             let mut queues = serde_json::Map::new();
-            for (target, versions) in self.0.deployments() {
+            for (target, versions) in self.wasm.deployments() {
                 let listed = match target {
                     DeployTarget::Operation(_) => &mut operations,
                     DeployTarget::Queue(_) => &mut queues,
@@ -287,7 +354,7 @@ impl Deployments for Versions {
                 listed.insert(target.name().to_owned(), serde_json::json!(versions));
             }
             let history = self
-                .0
+                .wasm
                 .deployment_history(HISTORY_SHOWN)
                 .await
                 .map_err(deploy_error)?;
@@ -307,10 +374,23 @@ impl Deployments for Versions {
         by: String,
     ) -> BoxFuture<'_, Result<String, DeployError>> {
         Box::pin(async move {
-            self.0
+            self.wasm
                 .deploy(&target, component.into(), percent, &by)
                 .await
                 .map_err(deploy_error)
+        })
+    }
+
+    fn reload(&self) -> BoxFuture<'_, Result<Vec<String>, DeployError>> {
+        Box::pin(async move {
+            let source = self.source.clone().ok_or_else(|| DeployError::Refused {
+                message: "this host was not started from a config file".to_owned(),
+                problems: Vec::new(),
+            })?;
+            let wasm = self.wasm.clone();
+            tokio::task::spawn_blocking(move || reload(&wasm, &source))
+                .await
+                .map_err(|error| DeployError::Unavailable(error.to_string()))?
         })
     }
 
@@ -319,7 +399,7 @@ impl Deployments for Versions {
         target: DeployTarget,
         by: String,
     ) -> BoxFuture<'_, Result<String, DeployError>> {
-        Box::pin(async move { self.0.rollback(&target, &by).await.map_err(deploy_error) })
+        Box::pin(async move { self.wasm.rollback(&target, &by).await.map_err(deploy_error) })
     }
 }
 
@@ -338,6 +418,10 @@ fn deploy_error(error: SandboxError) -> DeployError {
                 "{target}: the component is refused: {}",
                 problems.join("; ")
             ),
+            problems,
+        },
+        SandboxError::ReloadRefused { problems } => DeployError::Refused {
+            message: format!("the config reload is refused: {}", problems.join("; ")),
             problems,
         },
         other => DeployError::Refused {

@@ -36,12 +36,13 @@ use crate::bindings::HandlerPre;
 use crate::bindings::worker::WorkerPre;
 use crate::cache::{ComponentLoader, LoadError, sha256_hex};
 use crate::check;
+use crate::config::DeploymentConfig;
 use crate::control::{GuestState, RunEnv};
 use crate::egress::{Network, Secrets};
 use crate::error::SandboxError;
 use crate::grants::Grants;
 use crate::host::{WasmHandler, WasmWorker, checked, component_error, egress_policy};
-use crate::limits::Limits;
+use crate::limits::{Limits, LimitsTable};
 use crate::versions::{Lineage, VersionInfo, Versions};
 
 /// Each target's limits and grants, as the config gives them.
@@ -52,6 +53,34 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
+    /// The limits and grants of every handler and worker of `config`.
+    pub(crate) fn from_config(config: &DeploymentConfig) -> Self {
+        let of = |limits: &LimitsTable, grants: &Grants| {
+            (Limits::resolve(&config.limits, limits), grants.clone())
+        };
+        Self {
+            handlers: config
+                .handlers
+                .iter()
+                .map(|h| (h.operation.clone(), of(&h.limits, &h.grants)))
+                .collect(),
+            workers: config
+                .workers
+                .iter()
+                .map(|w| (w.queue.clone(), of(&w.limits, &w.grants)))
+                .collect(),
+        }
+    }
+
+    /// The most memory any one run may use.
+    pub(crate) fn max_memory_bytes(&self) -> Option<usize> {
+        self.handlers
+            .values()
+            .chain(self.workers.values())
+            .map(|(limits, _)| limits.memory_bytes)
+            .max()
+    }
+
     fn of(&self, target: &DeployTarget) -> Result<(Limits, Grants), SandboxError> {
         let (table, unknown) = match target {
             DeployTarget::Operation(name) => (&self.handlers, unknown_operation(name)),
@@ -89,6 +118,8 @@ pub(crate) struct Deployer {
     pub(crate) network: Arc<Network>,
     pub(crate) runtime: WeakRuntime,
     pub(crate) env: RunEnv,
+    /// The most memory the engine was built to give one run.
+    pub(crate) max_memory_bytes: usize,
     pub(crate) settings: RwLock<Settings>,
 }
 
@@ -128,6 +159,18 @@ impl Deployer {
         component: &Component,
     ) -> Result<Built, SandboxError> {
         let (limits, grants) = self.settings().of(target)?;
+        self.link_with(target, label, component, limits, grants)
+    }
+
+    /// [`Deployer::link`] under `limits` and `grants`.
+    fn link_with(
+        &self,
+        target: &DeployTarget,
+        label: &Path,
+        component: &Component,
+        limits: Limits,
+        grants: Grants,
+    ) -> Result<Built, SandboxError> {
         checked(&self.engine, label, component, &grants)?;
         let egress = egress_policy(label, &grants, &self.secrets, &self.network)?;
         let env = self.env.clone();
@@ -563,6 +606,130 @@ impl Deployments {
         listed
     }
 
+    /// Applies `settings` to new runs: see [`crate::WasmHost::reload`].
+    pub(crate) fn reload(&self, settings: Settings) -> Result<Vec<String>, SandboxError> {
+        let old = self.deployer.settings().clone();
+        let mut changes = Vec::new();
+        let mut problems = Vec::new();
+        let mut relinked = Vec::new();
+        let tables = [
+            (
+                &old.handlers,
+                &settings.handlers,
+                DeployTarget::Operation as fn(String) -> _,
+            ),
+            (
+                &old.workers,
+                &settings.workers,
+                DeployTarget::Queue as fn(String) -> _,
+            ),
+        ];
+        for (before, after, target_of) in tables {
+            for (name, (limits, grants)) in after {
+                let target = target_of(name.clone());
+                let Some((old_limits, old_grants)) = before.get(name) else {
+                    changes.push(format!("{target}: new in the config; a restart serves it"));
+                    continue;
+                };
+                let changed = config_changes(old_limits, limits, old_grants, grants);
+                if changed.is_empty() {
+                    continue;
+                }
+                if limits.memory_bytes > self.deployer.max_memory_bytes {
+                    problems.push(format!(
+                        "{target}: limits.memory_mb above the {} MiB the engine was built for \
+                         takes a restart",
+                        self.deployer.max_memory_bytes >> 20
+                    ));
+                }
+                for (sha256, component) in self.components(&target) {
+                    let label = Path::new(&sha256);
+                    match self.deployer.link_with(
+                        &target,
+                        label,
+                        &component,
+                        *limits,
+                        grants.clone(),
+                    ) {
+                        Ok(built) => relinked.push((target.clone(), sha256, built)),
+                        Err(error) => problems.push(format!("{target}: {error}")),
+                    }
+                }
+                changes.extend(
+                    changed
+                        .into_iter()
+                        .map(|change| format!("{target}: {change}")),
+                );
+            }
+            for name in before.keys().filter(|name| !after.contains_key(*name)) {
+                let target = target_of(name.clone());
+                changes.push(format!(
+                    "{target}: gone from the config; a restart stops serving it"
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(SandboxError::ReloadRefused { problems });
+        }
+        {
+            let mut current = self
+                .deployer
+                .settings
+                .write()
+                .unwrap_or_else(PoisonError::into_inner);
+            for (name, entry) in settings.handlers {
+                if let Some(kept) = current.handlers.get_mut(&name) {
+                    *kept = entry;
+                }
+            }
+            for (name, entry) in settings.workers {
+                if let Some(kept) = current.workers.get_mut(&name) {
+                    *kept = entry;
+                }
+            }
+        }
+        for (target, sha256, built) in relinked {
+            match (&target, built) {
+                (DeployTarget::Operation(name), Built::Handler(handler)) => {
+                    if let Some(versions) = self.handlers.get(name) {
+                        versions.replace(&sha256, handler);
+                    }
+                }
+                (DeployTarget::Queue(name), Built::Worker(worker)) => {
+                    if let Some(versions) = self.workers.get(name) {
+                        versions.replace(&sha256, worker);
+                    }
+                }
+                _ => {}
+            }
+        }
+        for change in &changes {
+            tracing::info!(change = %change, "config reloaded");
+        }
+        Ok(changes)
+    }
+
+    /// The compiled versions of `target` held here, by sha256.
+    fn components(&self, target: &DeployTarget) -> Vec<(String, Component)> {
+        match target {
+            DeployTarget::Operation(name) => self.handlers.get(name).map(|versions| {
+                versions
+                    .loaded()
+                    .into_iter()
+                    .map(|(sha, h)| (sha, h.pre.instance_pre().component().clone()))
+                    .collect()
+            }),
+            DeployTarget::Queue(name) => self.workers.get(name).map(|versions| {
+                versions
+                    .loaded()
+                    .into_iter()
+                    .map(|(sha, w)| (sha, w.pre.instance_pre().component().clone()))
+                    .collect()
+            }),
+        }
+        .unwrap_or_default()
+    }
+
     /// The last `limit` changes recorded, oldest first.
     pub(crate) async fn history(&self, limit: usize) -> Result<Vec<DeploymentRecord>, StoreError> {
         let mut log = self.store.deployments_after(0).await?;
@@ -629,4 +796,84 @@ impl OperationHandler for VersionedHandler {
 fn current_of<T: ?Sized>(versions: &Versions<T>) -> Option<Arc<T>> {
     let lineage = versions.lineage();
     versions.get(lineage.current()?)
+}
+
+/// What differs between two limits and grants of one target, one line each. Environment
+/// values are not shown, only the names whose values changed.
+fn config_changes(
+    old_limits: &Limits,
+    limits: &Limits,
+    old_grants: &Grants,
+    grants: &Grants,
+) -> Vec<String> {
+    let mut changes = Vec::new();
+    let mut compare = |name: &str, before: String, after: String| {
+        if before != after {
+            changes.push(format!("{name} {before} -> {after}"));
+        }
+    };
+    macro_rules! fields {
+        ($prefix:literal, $old:expr, $new:expr, [$($field:ident),*]) => {
+            $(compare(
+                concat!($prefix, stringify!($field)),
+                format!("{:?}", $old.$field),
+                format!("{:?}", $new.$field),
+            );)*
+        };
+    }
+    fields!(
+        "limits.",
+        old_limits,
+        limits,
+        [
+            memory_bytes,
+            cpu,
+            deadline,
+            progress_per_second,
+            max_payload_bytes,
+            max_history_bytes,
+            max_events,
+            log_lines_per_second,
+            log_bytes_per_second
+        ]
+    );
+    fields!(
+        "limits.http.",
+        old_limits.http,
+        limits.http,
+        [
+            connect_timeout,
+            first_byte_timeout,
+            between_bytes_timeout,
+            max_response_bytes,
+            max_request_bytes,
+            max_in_flight,
+            max_requests
+        ]
+    );
+    let names = old_grants.env.keys().chain(grants.env.keys());
+    let mut env: Vec<&String> = names
+        .filter(|name| old_grants.env.get(*name) != grants.env.get(*name))
+        .collect();
+    env.sort();
+    env.dedup();
+    if !env.is_empty() {
+        let env: Vec<&str> = env.into_iter().map(String::as_str).collect();
+        changes.push(format!("grants.env changed: {}", env.join(", ")));
+    }
+    if format!("{:?}", old_grants.dirs) != format!("{:?}", grants.dirs) {
+        changes.push(format!(
+            "grants.dirs {:?} -> {:?}",
+            old_grants.dirs, grants.dirs
+        ));
+    }
+    if format!("{:?}", old_grants.http) != format!("{:?}", grants.http) {
+        let allow = |grants: &Grants| grants.http.as_ref().map(|http| http.allow.clone());
+        changes.push(format!(
+            "grants.http changed: allow {:?} -> {:?}",
+            allow(old_grants),
+            allow(grants)
+        ));
+    }
+    changes
 }

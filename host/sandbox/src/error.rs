@@ -36,6 +36,12 @@ pub enum SandboxError {
         /// Every problem found.
         problems: Vec<String>,
     },
+    /// A config reload refused: nothing changed.
+    #[error("the config reload is refused: {}", .problems.join("; "))]
+    ReloadRefused {
+        /// Every problem found.
+        problems: Vec<String>,
+    },
     /// The store of deployments failed.
     #[error(transparent)]
     Store(#[from] opshost_runtime::store::StoreError),

@@ -105,26 +105,12 @@ impl WasmHost {
             .telemetry(telemetry)
             .build();
         let jobs = Jobs::new(&runtime, job_store, config.jobs.config())?;
-        let handler_limits: Vec<Limits> = config
-            .handlers
-            .iter()
-            .map(|handler| Limits::resolve(&config.limits, &handler.limits))
-            .collect();
-        let worker_limits: Vec<Limits> = config
-            .workers
-            .iter()
-            .map(|worker| Limits::resolve(&config.limits, &worker.limits))
-            .collect();
+        let settings = Settings::from_config(config);
         let worker_slots: usize = config.workers.iter().map(|w| w.concurrency).sum();
         let slots = config.max_concurrent_operations.max(1) + worker_slots;
         let shape = EngineShape {
             slots: Some(u32::try_from(slots).unwrap_or(u32::MAX)),
-            max_memory_bytes: handler_limits
-                .iter()
-                .chain(&worker_limits)
-                .map(|limits| limits.memory_bytes)
-                .max()
-                .unwrap_or(defaults.memory_bytes),
+            max_memory_bytes: settings.max_memory_bytes().unwrap_or(defaults.memory_bytes),
         };
         let (engine, allocation) = engine::new_engine(shape)?;
         tracing::info!(?allocation, "engine ready");
@@ -138,20 +124,8 @@ impl WasmHost {
             network: Network::new(&config.egress).map_err(SandboxError::Secrets)?,
             runtime: runtime.downgrade(),
             env: env.clone(),
-            settings: RwLock::new(Settings {
-                handlers: config
-                    .handlers
-                    .iter()
-                    .zip(handler_limits)
-                    .map(|(h, limits)| (h.operation.clone(), (limits, h.grants.clone())))
-                    .collect(),
-                workers: config
-                    .workers
-                    .iter()
-                    .zip(worker_limits)
-                    .map(|(w, limits)| (w.queue.clone(), (limits, w.grants.clone())))
-                    .collect(),
-            }),
+            max_memory_bytes: shape.max_memory_bytes,
+            settings: RwLock::new(settings),
         });
         let components = config
             .handlers
@@ -244,6 +218,15 @@ impl WasmHost {
     /// Follows the store's deployment log now (see [`WasmHost::follow_deployments`]).
     pub async fn sync_deployments(&self) -> Result<(), SandboxError> {
         Ok(self.deployments.sync().await?)
+    }
+
+    /// Applies the `[limits]` and grants of `config` (the deployment config read again) to
+    /// the runs that start from now on, without a restart; runs in flight keep theirs. Every
+    /// version held is linked again under the new grants first: when one would be refused,
+    /// nothing changes. Answers what changed, one line each. Handlers or workers added to or
+    /// removed from the config, and every other setting, take a restart.
+    pub fn reload(&self, config: &DeploymentConfig) -> Result<Vec<String>, SandboxError> {
+        self.deployments.reload(Settings::from_config(config))
     }
 
     /// On a store that several hosts share, follows the deployment log every `every` until

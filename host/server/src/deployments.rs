@@ -1,6 +1,7 @@
 //! The operator routes under `/v1/deployments`: the versions of each operation's handler and
 //! each queue's worker, and deploying a new one (its component's bytes as the body, with an
-//! optional `?percent=` ramp) or rolling back, without a restart. Like the jobs routes, they answer only callers holding the server's
+//! optional `?percent=` ramp) or rolling back, without a restart; and `POST
+//! /v1/config/reload`, which applies the config file's `[limits]` and grants to new runs. Like the jobs routes, they answer only callers holding the server's
 //! `admin_capability`. The host serving wasm components implements [`Deployments`].
 
 use std::sync::Arc;
@@ -62,6 +63,10 @@ pub trait Deployments: Send + Sync + 'static {
         by: String,
     ) -> BoxFuture<'_, Result<String, DeployError>>;
 
+    /// Reads the host's config file again and applies its `[limits]` and grants to new runs;
+    /// answers what changed, one line each.
+    fn reload(&self) -> BoxFuture<'_, Result<Vec<String>, DeployError>>;
+
     /// Rolls `target` back (a ramp ends, or the previous version is made current again),
     /// recording `by` as who did it; answers the version now current.
     fn rollback(
@@ -80,6 +85,7 @@ pub(crate) fn routes() -> Router<AppState> {
             post(deploy).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)),
         )
         .route("/v1/deployments/{kind}/{name}/rollback", post(rollback))
+        .route("/v1/config/reload", post(reload))
 }
 
 impl From<DeployError> for ApiError {
@@ -213,4 +219,11 @@ async fn rollback(
         "name": target.name(),
         "sha256": sha256,
     })))
+}
+
+async fn reload(operator: Operator) -> Result<Json<Value>, ApiError> {
+    let changes = operator.deployments.reload().await?;
+    let caller = &operator.caller;
+    tracing::info!(by = %format!("{}@{}", caller.subject, caller.tenant), changes = changes.len(), "config reloaded");
+    Ok(Json(json!({ "changes": changes })))
 }

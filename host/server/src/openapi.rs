@@ -299,6 +299,11 @@ fn generic_paths() -> Map<String, Value> {
         "parameters": target_parameters,
         "responses": with_errors(json!({ "200": response("Rolled back: the version now current", json!({ "type": "object", "required": ["kind", "name", "sha256"] })), "409": error_response() }))
     } }));
+    paths.insert("/v1/config/reload".into(), json!({ "post": {
+        "operationId": "reloadConfig",
+        "summary": "Operators: read the host's config file again and apply its [limits] and grants to new runs, without a restart; refused as a whole, changing nothing, when any version held would not link under the new grants",
+        "responses": with_errors(json!({ "200": response("What changed, one line each", json!({ "type": "object", "required": ["changes"], "properties": { "changes": { "type": "array", "items": { "type": "string" } } } })) }))
+    } }));
     for (path, summary, content) in [
         ("/healthz", "Liveness", "application/json"),
         (

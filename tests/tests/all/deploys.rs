@@ -605,3 +605,54 @@ async fn two_thousand_operations_on_two_postgres_hosts_across_a_deploy_and_a_rol
         ran.by_version
     );
 }
+
+/// The testing deployment on the test-handlers guest, its handler granted `REGION`.
+fn config_with_region(region: &str) -> opshost_sandbox::DeploymentConfig {
+    let mut config = testing_deployment(GRACE);
+    config.handlers[0]
+        .grants
+        .env
+        .insert("REGION".to_owned(), region.to_owned());
+    config
+}
+
+async fn region_seen_by_a_new_operation(host: &WasmHost) -> String {
+    let accepted = start_scenario(host, json!({ "scenario": "read-env", "path": "REGION" })).await;
+    let done = wait_terminal(host, &accepted.id).await;
+    assert_eq!(done.state, OperationState::Completed, "{done:?}");
+    done.output.unwrap()["note"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_changed_limits_and_grants_to_new_runs_and_reports_them() {
+    let host = load(&config_with_region("eu-west-1"));
+    assert_eq!(region_seen_by_a_new_operation(&host).await, "eu-west-1");
+
+    let mut changed = config_with_region("us-east-1");
+    changed.limits.deadline_ms = Some(60_000);
+    let changes = host.reload(&changed).unwrap();
+    assert_eq!(
+        changes,
+        [
+            "operation Testing.Scenario: limits.deadline 86400s -> 60s",
+            "operation Testing.Scenario: grants.env changed: REGION",
+        ],
+        "the env value itself is not shown"
+    );
+    assert_eq!(region_seen_by_a_new_operation(&host).await, "us-east-1");
+    assert!(host.reload(&changed).unwrap().is_empty(), "nothing changed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_cannot_apply_changes_nothing() {
+    let host = load(&config_with_region("eu-west-1"));
+    let mut too_big = config_with_region("us-east-1");
+    too_big.limits.memory_mb = Some(64 * 1024);
+    let error = host.reload(&too_big).unwrap_err();
+    assert!(
+        matches!(&error, SandboxError::ReloadRefused { problems }
+            if problems.iter().any(|p| p.contains("takes a restart"))),
+        "{error}"
+    );
+    assert_eq!(region_seen_by_a_new_operation(&host).await, "eu-west-1");
+}

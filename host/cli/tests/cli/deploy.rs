@@ -148,3 +148,85 @@ fn deploy_names_exactly_one_target_and_a_ramp_between_1_and_100() {
     let (code, error) = usage(&["deploy", "--operation", "A", "--percent", "0", &component]);
     assert_eq!(code, Some(2), "{error}");
 }
+
+/// A config serving `Testing.Scenario` with the test-handlers guest, granted `REGION`.
+fn config_with_region(dir: &std::path::Path, region: &str) -> std::path::PathBuf {
+    write_config(
+        dir,
+        "testing.manifest.json",
+        "Testing.Scenario",
+        "test_handlers",
+        &format!("[handlers.grants]\nenv = {{ REGION = \"{region}\" }}\n"),
+    )
+}
+
+fn region_of_a_new_operation(serve: &Serve) -> String {
+    let started = json(&serve.call(
+        &token(&["testing.run"]),
+        &[
+            "start",
+            "Testing.Scenario",
+            "--input",
+            r#"{"scenario":"read-env","path":"REGION"}"#,
+            "--wait",
+            "30",
+        ],
+    ));
+    started["output"]["note"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no note: {started}"))
+        .to_owned()
+}
+
+#[test]
+fn serve_applies_a_changed_config_to_new_runs_on_sighup_and_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = config_with_region(dir.path(), "eu-west-1");
+    let serve = Serve::with_config(&config);
+    assert_eq!(region_of_a_new_operation(&serve), "eu-west-1");
+
+    config_with_region(dir.path(), "us-east-1");
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &serve.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while region_of_a_new_operation(&serve) != "us-east-1" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGHUP never applied the config"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    config_with_region(dir.path(), "ap-south-1");
+    crate::runtime().block_on(async {
+        let http = reqwest::Client::new();
+        let url = format!("{}/v1/config/reload", serve.url);
+        let refused = http
+            .post(&url)
+            .bearer_auth(token(&["testing.run"]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            refused.status(),
+            403,
+            "reloading takes the admin capability"
+        );
+        let reloaded = http
+            .post(&url)
+            .bearer_auth(token(&["opshost.admin"]))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reloaded.status(), 200);
+        let reloaded: Value = reloaded.json().await.unwrap();
+        assert_eq!(
+            reloaded["changes"],
+            serde_json::json!(["operation Testing.Scenario: grants.env changed: REGION"])
+        );
+    });
+    assert_eq!(region_of_a_new_operation(&serve), "ap-south-1");
+}
