@@ -202,6 +202,10 @@ enum Command {
         /// again without it to make it current for all.
         #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
         percent: Option<u8>,
+        /// Only check: print every problem the host finds and how the component's imports
+        /// differ from the current version's, changing nothing; exits 1 on any problem.
+        #[arg(long, conflicts_with = "percent")]
+        dry_run: bool,
     },
     /// Roll back an operation's handler or a queue's worker: a ramp ends, or else the
     /// previous version is made current again (needs the host's admin capability).
@@ -523,12 +527,16 @@ async fn run(cli: Cli) -> Result<u8> {
             target,
             component,
             percent,
+            dry_run,
         } => {
             let bytes = std::fs::read(&component)
                 .with_context(|| format!("cannot read {}", component.display()))?;
-            Remote::new(&connection.url, &connection.token)?
-                .deploy(&target.target()?, bytes, percent)
-                .await
+            let remote = Remote::new(&connection.url, &connection.token)?;
+            if dry_run {
+                remote.check_deploy(&target.target()?, bytes).await
+            } else {
+                remote.deploy(&target.target()?, bytes, percent).await
+            }
         }
         Command::Rollback { connection, target } => {
             Remote::new(&connection.url, &connection.token)?

@@ -227,6 +227,32 @@ impl Remote {
         Ok(exit::OK)
     }
 
+    /// Prints the host's report; exits 1 when it found a problem.
+    pub async fn check_deploy(&self, target: &DeployTarget, component: Vec<u8>) -> Result<u8> {
+        let report = self.client.check_deploy(target, component).await?;
+        let problems = report["problems"].as_array().cloned().unwrap_or_default();
+        for problem in &problems {
+            eprintln!("problem: {}", problem.as_str().unwrap_or_default());
+        }
+        for (key, what) in [
+            ("importsAdded", "imports"),
+            ("importsRemoved", "no longer imports"),
+        ] {
+            for import in report[key].as_array().into_iter().flatten() {
+                eprintln!(
+                    "{what} {} (against the current version)",
+                    import.as_str().unwrap_or_default()
+                );
+            }
+        }
+        print_json(&report)?;
+        Ok(if problems.is_empty() {
+            exit::OK
+        } else {
+            exit::NOT_COMPLETED
+        })
+    }
+
     pub async fn rollback(&self, target: &DeployTarget) -> Result<u8> {
         let rolled = self.client.rollback(target).await?;
         let sha256 = rolled["sha256"].as_str().unwrap_or_default();

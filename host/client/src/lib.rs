@@ -351,6 +351,22 @@ impl Client {
         send(request).await
     }
 
+    /// What a deploy of `component` as `target` would find, changing nothing: every problem
+    /// that would refuse it, and the interfaces it imports beyond, or no longer, against the
+    /// current version (needs the host's admin capability).
+    pub async fn check_deploy(
+        &self,
+        target: &DeployTarget,
+        component: Vec<u8>,
+    ) -> Result<Value, ClientError> {
+        let request = self
+            .request(Method::POST, &deployment_path(target))
+            .query(&[("dryRun", "true")])
+            .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+            .body(component);
+        send(request).await
+    }
+
     /// Rolls `target` back: its ramp ends, or the previous version is made current again
     /// (needs the host's admin capability).
     pub async fn rollback(&self, target: &DeployTarget) -> Result<Value, ClientError> {

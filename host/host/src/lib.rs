@@ -381,6 +381,21 @@ impl Deployments for Versions {
         })
     }
 
+    fn check(
+        &self,
+        target: DeployTarget,
+        component: bytes::Bytes,
+    ) -> BoxFuture<'_, Result<serde_json::Value, DeployError>> {
+        Box::pin(async move {
+            let report = self
+                .wasm
+                .check_deploy(&target, component.into())
+                .await
+                .map_err(deploy_error)?;
+            Ok(serde_json::json!(report))
+        })
+    }
+
     fn reload(&self) -> BoxFuture<'_, Result<Vec<String>, DeployError>> {
         Box::pin(async move {
             let source = self.source.clone().ok_or_else(|| DeployError::Refused {

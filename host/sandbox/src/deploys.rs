@@ -108,6 +108,39 @@ pub(crate) enum Built {
     Worker(Arc<WasmWorker>),
 }
 
+/// The interfaces `component` imports, by name.
+fn imports_of(engine: &Engine, component: &Component) -> Vec<String> {
+    component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_owned())
+        .collect()
+}
+
+/// What a deploy would find: see [`crate::WasmHost::check_deploy`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployCheck {
+    /// The component's sha256.
+    pub sha256: String,
+    /// The current version's sha256.
+    pub current: Option<String>,
+    /// Every problem that would refuse it; empty when it would deploy.
+    pub problems: Vec<String>,
+    /// Interfaces it imports that the current version does not.
+    pub imports_added: Vec<String>,
+    /// Interfaces the current version imports that it does not.
+    pub imports_removed: Vec<String>,
+}
+
+/// What examining a component found: its imports when it compiles, the version when it also
+/// links, and every problem that would refuse it.
+struct Examined {
+    imports: Option<Vec<String>>,
+    built: Option<Built>,
+    problems: Vec<String>,
+}
+
 /// What building a version takes: see the module docs.
 pub(crate) struct Deployer {
     pub(crate) engine: Engine,
@@ -217,20 +250,31 @@ impl Deployer {
     /// `bytes` compiled and linked as a version of `target`: every problem found (as
     /// `opshost check` reports them) refuses it.
     fn build(&self, target: &DeployTarget, bytes: &[u8]) -> Result<Built, SandboxError> {
+        let examined = self.examine(target, bytes)?;
+        match examined.built {
+            Some(built) if examined.problems.is_empty() => Ok(built),
+            _ => Err(SandboxError::Refused {
+                target: target.clone(),
+                problems: examined.problems,
+            }),
+        }
+    }
+
+    /// `bytes` checked, compiled and linked as a version of `target`.
+    fn examine(&self, target: &DeployTarget, bytes: &[u8]) -> Result<Examined, SandboxError> {
         let sha256 = sha256_hex(bytes);
-        let label = Path::new(&sha256);
-        let refused = |problems: Vec<String>| SandboxError::Refused {
-            target: target.clone(),
-            problems,
-        };
         let component = match self.loader.compile(bytes, &sha256) {
             Ok((component, _)) => component,
             Err(error) => {
-                return Err(refused(vec![format!("not a loadable component: {error}")]));
+                return Ok(Examined {
+                    imports: None,
+                    built: None,
+                    problems: vec![format!("not a loadable component: {error}")],
+                });
             }
         };
         let (_, grants) = self.settings().of(target)?;
-        let problems = check::deploy_problems(
+        let mut problems = check::deploy_problems(
             &self.engine,
             target,
             bytes,
@@ -239,11 +283,21 @@ impl Deployer {
             &self.secrets,
             &self.network,
         );
-        if !problems.is_empty() {
-            return Err(refused(problems));
-        }
-        self.link(target, label, &component)
-            .map_err(|error| refused(vec![error.to_string()]))
+        let imports = Some(imports_of(&self.engine, &component));
+        let built = match self.link(target, Path::new(&sha256), &component) {
+            Ok(built) => Some(built),
+            Err(error) => {
+                if problems.is_empty() {
+                    problems.push(error.to_string());
+                }
+                None
+            }
+        };
+        Ok(Examined {
+            imports,
+            built,
+            problems,
+        })
     }
 
     fn settings(&self) -> std::sync::RwLockReadGuard<'_, Settings> {
@@ -554,6 +608,56 @@ impl Deployments {
         self.sync().await.map_err(SandboxError::Store)?;
         tracing::info!(%target, %sha256, percent, by, "version deployed");
         Ok(sha256)
+    }
+
+    /// What a deploy of `component` as a version of `target` would find, changing nothing:
+    /// every problem that would refuse it, and how it differs from the current version.
+    pub(crate) async fn check(
+        &self,
+        target: &DeployTarget,
+        component: Vec<u8>,
+    ) -> Result<DeployCheck, SandboxError> {
+        let current = self
+            .lineage(target)
+            .ok_or_else(|| match target {
+                DeployTarget::Operation(name) => unknown_operation(name),
+                DeployTarget::Queue(name) => unknown_queue(name),
+            })?
+            .current()
+            .map(str::to_owned);
+        let current_component = current
+            .as_deref()
+            .and_then(|sha| self.components(target).into_iter().find(|(s, _)| s == sha))
+            .map(|(_, component)| component);
+        let deployer = Arc::clone(&self.deployer);
+        let target = target.clone();
+        tokio::task::spawn_blocking(move || {
+            let sha256 = sha256_hex(&component);
+            let Examined {
+                imports, problems, ..
+            } = deployer.examine(&target, &component)?;
+            let before: Vec<String> = current_component
+                .map(|component| imports_of(&deployer.engine, &component))
+                .unwrap_or_default();
+            let after = imports.unwrap_or_default();
+            Ok(DeployCheck {
+                imports_added: after
+                    .iter()
+                    .filter(|i| !before.contains(i))
+                    .cloned()
+                    .collect(),
+                imports_removed: before
+                    .iter()
+                    .filter(|i| !after.contains(i))
+                    .cloned()
+                    .collect(),
+                sha256,
+                current,
+                problems,
+            })
+        })
+        .await
+        .map_err(|e| SandboxError::Engine(format!("checking the component stopped: {e}")))?
     }
 
     /// Rolls back `target`: a ramp ends, or the version current before the current one is

@@ -27,7 +27,7 @@ use crate::cache::ComponentLoader;
 use crate::capture::Capture;
 use crate::config::DeploymentConfig;
 use crate::control::{GuestState, RunEnv};
-use crate::deploys::{Deployer, Deployments, Settings};
+use crate::deploys::{DeployCheck, Deployer, Deployments, Settings};
 use crate::egress::{Egress, EgressPolicy, EgressRun, Network, Secrets};
 use crate::engine::{self, Allocation, EngineShape};
 use crate::error::SandboxError;
@@ -193,6 +193,17 @@ impl WasmHost {
         self.deployments
             .deploy(target, component, percent, by)
             .await
+    }
+
+    /// What a deploy of `component` as a version of `target` would find, changing nothing:
+    /// the problems that would refuse it (the checks of `opshost check`), and the interfaces
+    /// it imports beyond, or no longer, against the current version.
+    pub async fn check_deploy(
+        &self,
+        target: &DeployTarget,
+        component: Vec<u8>,
+    ) -> Result<DeployCheck, SandboxError> {
+        self.deployments.check(target, component).await
     }
 
     /// Rolls `target` back: its ramp ends, or else the version current before the current one

@@ -38,6 +38,7 @@ pub use config::{
     DeploymentConfig, EngineSettings, HandlerConfig, JobsSettings, OnRestart, WorkerConfig,
 };
 pub use control::RunEnv;
+pub use deploys::DeployCheck;
 pub use engine::Allocation;
 pub use error::SandboxError;
 pub use faults::{Fault, Faults, Import};

@@ -63,6 +63,14 @@ pub trait Deployments: Send + Sync + 'static {
         by: String,
     ) -> BoxFuture<'_, Result<String, DeployError>>;
 
+    /// What a deploy of `component` as a version of `target` would find, changing nothing:
+    /// `{ sha256, current, problems, importsAdded, importsRemoved }`.
+    fn check(
+        &self,
+        target: DeployTarget,
+        component: Bytes,
+    ) -> BoxFuture<'_, Result<Value, DeployError>>;
+
     /// Reads the host's config file again and applies its `[limits]` and grants to new runs;
     /// answers what changed, one line each.
     fn reload(&self) -> BoxFuture<'_, Result<Vec<String>, DeployError>>;
@@ -133,6 +141,9 @@ fn target(kind: &str, name: String) -> Result<DeployTarget, ApiError> {
 struct DeployQuery {
     /// The share of new work that runs the new version, 1 to 100 (all unless given).
     percent: Option<u8>,
+    /// Only check: answer what a deploy would find, changing nothing.
+    #[serde(rename = "dryRun", default)]
+    dry_run: bool,
 }
 
 /// The host's deployments, with the caller known to be an operator: extracted from the
@@ -191,6 +202,12 @@ async fn deploy(
         deployments,
         caller,
     } = operator;
+    if query.dry_run {
+        return Ok((
+            StatusCode::OK,
+            Json(deployments.check(target, component).await?),
+        ));
+    }
     let by = format!("{}@{}", caller.subject, caller.tenant);
     let sha256 = deployments
         .deploy(target.clone(), component, percent, by)

@@ -285,6 +285,7 @@ fn generic_paths() -> Map<String, Value> {
     let mut deploy_parameters = target_parameters.clone();
     if let Some(parameters) = deploy_parameters.as_array_mut() {
         parameters.push(json!({ "name": "percent", "in": "query", "required": false, "schema": { "type": "integer", "minimum": 1, "maximum": 100 }, "description": "Give the new version only this share of new work (a ramp)" }));
+        parameters.push(json!({ "name": "dryRun", "in": "query", "required": false, "schema": { "type": "boolean" }, "description": "Only check: answer 200 with { sha256, current, problems, importsAdded, importsRemoved }, changing nothing" }));
     }
     paths.insert("/v1/deployments/{kind}/{name}".into(), json!({ "post": {
         "operationId": "deploy",

@@ -656,3 +656,49 @@ async fn a_reload_that_cannot_apply_changes_nothing() {
     );
     assert_eq!(region_seen_by_a_new_operation(&host).await, "eu-west-1");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_reports_problems_and_import_differences_against_the_current_version_and_changes_nothing()
+ {
+    let host = host_on_version_a();
+    host.sync_deployments().await.unwrap();
+    let before = (
+        host.deployments(),
+        host.deployment_history(10).await.unwrap(),
+    );
+    let current = before.0[0].1[0].sha256.clone();
+
+    let fine = host
+        .check_deploy(&target(), bytes_of("test_version_b"))
+        .await
+        .unwrap();
+    assert_eq!(fine.current.as_deref(), Some(current.as_str()));
+    assert!(fine.problems.is_empty(), "{:?}", fine.problems);
+    assert!(
+        fine.imports_added.is_empty() && fine.imports_removed.is_empty(),
+        "{fine:?}"
+    );
+
+    let sockets = host
+        .check_deploy(&target(), bytes_of("test_net"))
+        .await
+        .unwrap();
+    assert!(
+        sockets.problems.iter().any(|p| p.contains("not granted")),
+        "{sockets:?}"
+    );
+    assert!(
+        sockets
+            .imports_added
+            .iter()
+            .any(|import| import.starts_with("wasi:sockets/")),
+        "{sockets:?}"
+    );
+    assert_eq!(
+        (
+            host.deployments(),
+            host.deployment_history(10).await.unwrap()
+        ),
+        before
+    );
+}

@@ -77,6 +77,46 @@ fn an_operator_deploys_lists_and_rolls_back_a_version_of_a_running_host() {
         "{}",
         text(&refused.stderr)
     );
+    let dry_run = serve.call(
+        &admin,
+        &[
+            "deploy",
+            "--dry-run",
+            "--operation",
+            "Testing.Scenario",
+            &wasm("test_net"),
+        ],
+    );
+    assert_eq!(dry_run.status.code(), Some(1), "{}", text(&dry_run.stderr));
+    let report = json(&dry_run);
+    assert!(
+        report["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("not granted"),
+        "{report}"
+    );
+    assert!(
+        text(&dry_run.stderr).contains("against the current version"),
+        "{}",
+        text(&dry_run.stderr)
+    );
+    let clean = serve.call(
+        &admin,
+        &[
+            "deploy",
+            "--dry-run",
+            "--operation",
+            "Testing.Scenario",
+            &wasm("test_version_b"),
+        ],
+    );
+    assert_eq!(clean.status.code(), Some(0), "{}", text(&clean.stderr));
+    assert_eq!(
+        note_of_a_new_operation(&serve),
+        "version a, attempt 1",
+        "a dry run deploys nothing"
+    );
     let not_admin = serve.call(
         &token(&["testing.run"]),
         &[
