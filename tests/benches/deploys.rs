@@ -7,9 +7,10 @@
 //! - **Deploy to serving**: deploys alternating versions `b` and `a`, each timed from the call
 //!   to its answer (the checks, Cranelift, the store and the swap) and to the end of the first
 //!   operation started after it, which must run the new version.
-//! - **Start latency during swaps**: 16 closed-loop callers start an operation (the accept,
-//!   durable) and wait for it; the latency of each start is kept. First a steady window, then a
-//!   window of the same length with a deploy every 250 ms; p50 and p99 of both.
+//! - **Latency during swaps**: 16 closed-loop callers start an operation and wait for it; the
+//!   time from each start to its result is kept: the accept (durable, with the choice of a
+//!   version) and the run on that version. First a steady window, then a window of the same
+//!   length with a deploy every 250 ms; p50 and p99 of both.
 //!
 //! `cargo bench -p opshost-tests --bench deploys` (or `./dev bench`); `BENCH_DEPLOYS` sets the
 //! deploys of the first part (default 10), `BENCH_WINDOW_MS` each window (default 3,000).
@@ -71,7 +72,7 @@ async fn note_of_one(host: &WasmHost) -> String {
         .collect()
 }
 
-/// Start latencies of closed-loop callers until `stop` is set.
+/// Start-to-result latencies of closed-loop callers until `stop` is set.
 async fn start_latencies(host: &WasmHost, stop: Arc<AtomicBool>) -> Vec<Duration> {
     let callers: Vec<_> = (0..CALLERS)
         .map(|_| {
@@ -81,9 +82,9 @@ async fn start_latencies(host: &WasmHost, stop: Arc<AtomicBool>) -> Vec<Duration
                 while !stop.load(Ordering::Relaxed) {
                     let begun = Instant::now();
                     let accepted = start(host.runtime()).await;
-                    latencies.push(begun.elapsed());
                     let done = host.runtime().wait(&accepted.snapshot.id, None).await;
                     assert_eq!(done.expect("wait").state, OperationState::Completed);
+                    latencies.push(begun.elapsed());
                 }
                 latencies
             })
@@ -171,12 +172,12 @@ fn main() {
         let swapping = swapping.await.expect("swapping window");
 
         println!(
-            "start latency, {CALLERS} callers, {} ms windows:",
+            "start to result, {CALLERS} callers, {} ms windows:",
             window.as_millis()
         );
         println!(
             "  {:<22} {:>8} {:>10} {:>10}",
-            "window", "starts", "p50 µs", "p99 µs"
+            "window", "operations", "p50 µs", "p99 µs"
         );
         for (name, latencies) in [("steady", &steady), (&*format!("{swaps} swaps"), &swapping)] {
             println!(

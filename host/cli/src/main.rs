@@ -220,6 +220,10 @@ enum Command {
     Deployments {
         #[command(flatten)]
         connection: Connection,
+        /// Print the last changes of the deployment log instead: when, what, which version,
+        /// and who made each.
+        #[arg(long)]
+        history: bool,
     },
     /// Mint an HS256 development token.
     Token {
@@ -543,9 +547,12 @@ async fn run(cli: Cli) -> Result<u8> {
                 .rollback(&target.target()?)
                 .await
         }
-        Command::Deployments { connection } => {
+        Command::Deployments {
+            connection,
+            history,
+        } => {
             Remote::new(&connection.url, &connection.token)?
-                .deployments()
+                .deployments(history)
                 .await
         }
         Command::Jobs { connection, action } => {

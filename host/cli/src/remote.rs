@@ -261,10 +261,30 @@ impl Remote {
         Ok(exit::OK)
     }
 
-    /// Prints each version, tab-separated: kind, name, sha256, state, in flight, deployed at,
-    /// deployed by.
-    pub async fn deployments(&self) -> Result<u8> {
+    /// Prints each version, tab-separated: kind, name, sha256, state, in flight on this host,
+    /// deployed at, deployed by. With `history`, each change of the log instead: seq, at,
+    /// kind, name, action, sha256, by.
+    pub async fn deployments(&self, history: bool) -> Result<u8> {
         let listed = self.client.deployments().await?;
+        if history {
+            for change in listed["history"].as_array().into_iter().flatten() {
+                let text = |key: &str| change[key].as_str().unwrap_or_default().to_owned();
+                let action = match change["percent"].as_u64() {
+                    Some(percent) if percent < 100 => format!("ramp {percent}%"),
+                    _ => text("action"),
+                };
+                println!(
+                    "{}\t{}\t{}\t{}\t{action}\t{}\t{}",
+                    change["seq"],
+                    text("at"),
+                    change["target"]["kind"].as_str().unwrap_or_default(),
+                    change["target"]["name"].as_str().unwrap_or_default(),
+                    text("sha256"),
+                    text("by"),
+                );
+            }
+            return Ok(exit::OK);
+        }
         for kind in ["operations", "queues"] {
             let Some(targets) = listed[kind].as_object() else {
                 continue;

@@ -310,7 +310,11 @@ fn reload_on_hangup(wasm: &WasmHost, source: PathBuf) -> JoinHandle<()> {
                 }
             };
             while hangups.recv().await.is_some() {
-                match reload(&wasm, &source) {
+                let (host, file) = (wasm.clone(), source.clone());
+                let reloaded = tokio::task::spawn_blocking(move || reload(&host, &file))
+                    .await
+                    .unwrap_or_else(|error| Err(DeployError::Internal(error.to_string())));
+                match reloaded {
                     Ok(changes) if changes.is_empty() => {
                         tracing::info!(config = %source.display(), "config reloaded: nothing changed");
                     }
@@ -405,7 +409,7 @@ impl Deployments for Versions {
             let wasm = self.wasm.clone();
             tokio::task::spawn_blocking(move || reload(&wasm, &source))
                 .await
-                .map_err(|error| DeployError::Unavailable(error.to_string()))?
+                .map_err(|error| DeployError::Internal(error.to_string()))?
         })
     }
 
@@ -428,6 +432,7 @@ fn deploy_error(error: SandboxError) -> DeployError {
         }
         SandboxError::NoEarlierVersion { target } => DeployError::NoEarlierVersion(target),
         SandboxError::Store(error) => DeployError::Unavailable(error.to_string()),
+        SandboxError::Internal(message) => DeployError::Internal(message),
         SandboxError::Refused { target, problems } => DeployError::Refused {
             message: format!(
                 "{target}: the component is refused: {}",

@@ -42,6 +42,9 @@ pub enum SandboxError {
         /// Every problem found.
         problems: Vec<String>,
     },
+    /// The host failed on its side (a compile that stopped, a host shutting down).
+    #[error("{0}")]
+    Internal(String),
     /// The store of deployments failed.
     #[error(transparent)]
     Store(#[from] opshost_runtime::store::StoreError),

@@ -125,6 +125,7 @@ impl WasmHost {
             runtime: runtime.downgrade(),
             env: env.clone(),
             max_memory_bytes: shape.max_memory_bytes,
+            changing: std::sync::Mutex::new(()),
             settings: RwLock::new(settings),
         });
         let components = config

@@ -56,7 +56,7 @@ pub struct VersionInfo {
 
 /// What the deployment log says about one target: see the module docs.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Lineage {
+pub(crate) struct Lineage {
     /// Each version made current, oldest first; the last is current.
     stack: Vec<String>,
     /// The version ramping, with its share of new work in percent.
@@ -167,7 +167,7 @@ struct State<T: ?Sized> {
 }
 
 /// The versions of one target on this host: see the module docs.
-pub struct Versions<T: ?Sized> {
+pub(crate) struct Versions<T: ?Sized> {
     state: RwLock<State<T>>,
     /// Counts choices, to give a ramp its share.
     chosen: AtomicU64,
@@ -199,17 +199,26 @@ impl<T: ?Sized> Versions<T> {
         self.read().lineage.clone()
     }
 
-    /// Replaces the lineage (after reading the log), dropping what drained.
-    pub fn set_lineage(&self, lineage: Lineage) {
+    /// Replaces the lineage (after reading the log) and keeps the compiled versions `items`,
+    /// at once, dropping what drained.
+    pub fn set_lineage(&self, lineage: Lineage, items: Vec<(String, Arc<T>)>) {
         let mut state = self.write();
+        for (sha256, item) in items {
+            state.loaded.entry(sha256).or_insert(item);
+        }
         state.lineage = lineage;
         unload_drained(&mut state);
     }
 
-    /// The version new work runs: the ramping one for its share, else the current one.
+    /// The version new work runs: the ramping one for its share, else the current one. A
+    /// version this host could not load is passed over for the newest one before it that is
+    /// loaded, so that new work runs rather than fails.
     pub fn choose(&self) -> Option<String> {
         let state = self.read();
-        if let Some((sha, percent)) = state.lineage.ramp() {
+        let loaded = |sha: &str| state.loaded.contains_key(sha);
+        if let Some((sha, percent)) = state.lineage.ramp()
+            && loaded(sha)
+        {
             // Spread evenly: of every 100 choices in a row, `percent` go to the ramp.
             let turn = self.chosen.fetch_add(1, Ordering::Relaxed) % 100;
             let share = |n: u64| n * u64::from(percent) / 100;
@@ -217,7 +226,13 @@ impl<T: ?Sized> Versions<T> {
                 return Some(sha.to_owned());
             }
         }
-        state.lineage.current().map(str::to_owned)
+        let stack = &state.lineage.stack;
+        stack
+            .iter()
+            .rev()
+            .find(|sha| loaded(sha))
+            .or(stack.last())
+            .cloned()
     }
 
     /// The compiled version `sha256`, if loaded.
@@ -235,9 +250,11 @@ impl<T: ?Sized> Versions<T> {
     pub fn begin(self: &Arc<Self>, sha256: &str) -> InFlight<T> {
         let counter = {
             let mut state = self.write();
-            Arc::clone(state.in_flight.entry(sha256.to_owned()).or_default())
+            let counter = Arc::clone(state.in_flight.entry(sha256.to_owned()).or_default());
+            // Counted under the lock, so that no unload sees the version idle meanwhile.
+            counter.fetch_add(1, Ordering::SeqCst);
+            counter
         };
-        counter.fetch_add(1, Ordering::SeqCst);
         InFlight {
             versions: Arc::clone(self),
             sha256: sha256.to_owned(),
@@ -298,24 +315,40 @@ impl<T: ?Sized> Versions<T> {
             .collect()
     }
 
-    /// Replaces the compiled version `sha256` by `item`: new runs use it.
+    /// Replaces the compiled version `sha256` by `item`, if it is still held: new runs use it.
     pub fn replace(&self, sha256: &str, item: Arc<T>) {
-        self.write().loaded.insert(sha256.to_owned(), item);
+        if let Some(held) = self.write().loaded.get_mut(sha256) {
+            *held = item;
+        }
     }
 }
 
-/// Drops the compiled form of every version new work cannot run and none runs here.
+/// Drops the compiled form of every version the log knows that new work cannot run and none
+/// runs here. A version compiled for a deploy not yet read from the log is kept.
 fn unload_drained<T: ?Sized>(state: &mut State<T>) {
     let State {
         lineage,
         loaded,
         in_flight,
     } = state;
+    // While the current version is not loaded here, new work runs the newest one that is.
+    let fallback = match lineage.current() {
+        Some(current) if !loaded.contains_key(current) => lineage
+            .stack
+            .iter()
+            .rev()
+            .find(|sha| loaded.contains_key(*sha))
+            .cloned(),
+        _ => None,
+    };
     loaded.retain(|sha, _| {
         let busy = in_flight
             .get(sha)
             .is_some_and(|count| count.load(Ordering::SeqCst) > 0);
-        let keep = busy || lineage.is_live(sha);
+        let keep = busy
+            || lineage.is_live(sha)
+            || fallback.as_ref() == Some(sha)
+            || !lineage.deployed.contains_key(sha);
         if !keep {
             tracing::info!(sha256 = %sha, "version drained; unloaded");
         }
@@ -325,7 +358,7 @@ fn unload_drained<T: ?Sized>(state: &mut State<T>) {
 
 /// A run of one version in flight: see [`Versions::begin`]. The last run of a version that
 /// new work no longer runs unloads it.
-pub struct InFlight<T: ?Sized> {
+pub(crate) struct InFlight<T: ?Sized> {
     versions: Arc<Versions<T>>,
     sha256: String,
     counter: Arc<AtomicUsize>,
@@ -414,9 +447,10 @@ mod tests {
     #[test]
     fn a_ramp_gets_its_share_of_new_work() {
         let versions = Versions::new("a", Arc::new(()));
+        versions.insert("b", Arc::new(()));
         let mut lineage = versions.lineage();
         lineage.apply(&record(DeployAction::Deploy { percent: 25 }, "b"));
-        versions.set_lineage(lineage);
+        versions.set_lineage(lineage, Vec::new());
         let chosen: Vec<bool> = (0..400)
             .map(|_| versions.choose().as_deref() == Some("b"))
             .collect();
@@ -430,16 +464,28 @@ mod tests {
     }
 
     #[test]
+    fn new_work_passes_over_a_version_this_host_could_not_load() {
+        let versions = Versions::new("a", Arc::new(()));
+        let mut lineage = versions.lineage();
+        lineage.apply(&full("b"));
+        lineage.apply(&record(DeployAction::Deploy { percent: 50 }, "c"));
+        versions.set_lineage(lineage, Vec::new());
+        assert!((0..10).all(|_| versions.choose().as_deref() == Some("a")));
+        versions.insert("b", Arc::new(()));
+        assert_eq!(versions.choose().as_deref(), Some("b"));
+    }
+
+    #[test]
     fn a_version_no_longer_live_is_unloaded_when_its_last_run_ends() {
         let versions = Versions::new("a", Arc::new(()));
         let run = versions.begin("a");
         versions.insert("b", Arc::new(()));
         let mut lineage = versions.lineage();
         lineage.apply(&full("b"));
-        versions.set_lineage(lineage.clone());
+        versions.set_lineage(lineage.clone(), Vec::new());
         lineage.apply(&record(DeployAction::Config, "c"));
         versions.insert("c", Arc::new(()));
-        versions.set_lineage(lineage);
+        versions.set_lineage(lineage, Vec::new());
         assert!(
             versions.get("a").is_some(),
             "draining while its run is in flight"

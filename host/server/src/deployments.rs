@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
@@ -40,10 +41,12 @@ pub enum DeployError {
     /// A rollback with no ramp and no version before the current one.
     #[error("{0} has no earlier version to roll back to")]
     NoEarlierVersion(DeployTarget),
-    /// The store of deployments cannot be reached now: nothing changed, or the change is
-    /// recorded and every host will follow it.
+    /// The store of deployments cannot be reached now: nothing changed.
     #[error("{0}")]
     Unavailable(String),
+    /// The host failed on its side: nothing changed.
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// The versions of a host's handlers and workers, as the admin routes see them.
@@ -118,6 +121,11 @@ impl From<DeployError> for ApiError {
                 ErrorCode::Unavailable,
                 message,
             ),
+            DeployError::Internal(_) => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                ErrorCode::Internal,
+                message,
+            ),
         }
     }
 }
@@ -187,10 +195,14 @@ async fn list(operator: Operator) -> Result<Json<Value>, ApiError> {
 async fn deploy(
     operator: Operator,
     Path((kind, name)): Path<(String, String)>,
-    Query(query): Query<DeployQuery>,
+    query: Result<Query<DeployQuery>, QueryRejection>,
     component: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let target = target(&kind, name)?;
+    let Query(query) = query.map_err(|rejection| {
+        ApiError::invalid(format!("query: {}", rejection.body_text()))
+            .with_details(json!({ "allowed": ["percent", "dryRun"] }))
+    })?;
     let percent = query.percent.unwrap_or(100);
     if !(1..=100).contains(&percent) {
         return Err(

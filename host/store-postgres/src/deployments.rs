@@ -1,5 +1,6 @@
 //! Deployments in PostgreSQL: component bytes by sha256 and the deployment log, which every
-//! host sharing the database reads.
+//! host sharing the database reads. Appends take an advisory lock, so that records commit in
+//! the order of their `seq` and a host following the log never skips one.
 
 use async_trait::async_trait;
 use opshost_api::DeploymentRecord;
@@ -7,6 +8,9 @@ use opshost_runtime::store::{DeploymentStore, StoreError};
 
 use crate::PostgresStore;
 use crate::sql::{count, decode, failed, json, prepared};
+
+/// Key of the advisory lock appends to the deployment log take ("deploys" in ASCII).
+const APPEND_LOCK: i64 = 0x0064_6570_6c6f_7973;
 
 #[async_trait]
 impl DeploymentStore for PostgresStore {
@@ -32,18 +36,24 @@ impl DeploymentStore for PostgresStore {
 
     async fn record_deployment(&self, record: DeploymentRecord) -> Result<u64, StoreError> {
         let text = json(&record)?;
-        let db = self.db().await?;
+        let mut db = self.db().await?;
+        let tx = db.transaction().await.map_err(failed)?;
+        // Appends one at a time: a `seq` taken by one transaction and committed after a later
+        // one's would be skipped by a host that read the later one first.
+        let lock = prepared(&tx, "SELECT pg_advisory_xact_lock($1)").await?;
+        tx.execute(&lock, &[&APPEND_LOCK]).await.map_err(failed)?;
         let insert = prepared(
-            &db,
+            &tx,
             "INSERT INTO deployments (record) VALUES ($1) RETURNING seq",
         )
         .await?;
-        let seq: i64 = db
+        let seq: i64 = tx
             .query_one(&insert, &[&text])
             .await
             .map_err(failed)?
             .get(0);
-        Ok(u64::try_from(seq).unwrap_or_default())
+        tx.commit().await.map_err(failed)?;
+        u64::try_from(seq).map_err(|_| StoreError::corrupt(format!("deployment seq {seq}")))
     }
 
     async fn deployments_after(&self, after: u64) -> Result<Vec<DeploymentRecord>, StoreError> {
@@ -59,7 +69,8 @@ impl DeploymentStore for PostgresStore {
                 let seq: i64 = row.get(0);
                 let text: String = row.get(1);
                 let mut record: DeploymentRecord = decode(&text)?;
-                record.seq = u64::try_from(seq).unwrap_or_default();
+                record.seq = u64::try_from(seq)
+                    .map_err(|_| StoreError::corrupt(format!("deployment seq {seq}")))?;
                 Ok(record)
             })
             .collect()

@@ -438,6 +438,8 @@ async fn an_operator_deploys_ramps_and_rolls_back_over_http_and_others_may_not()
 /// What the load test saw: operations by the version that ran them.
 struct Ran {
     by_version: HashMap<String, usize>,
+    /// Operations each server ran on version b.
+    by_host_on_b: Vec<usize>,
 }
 
 /// `total` operations started by `callers` concurrent HTTP callers over `servers` (caller
@@ -456,6 +458,7 @@ async fn load_across_a_deploy_and_a_rollback(
     let version_a = hosts[0].deployments()[0].1[0].sha256.clone();
     letters.lock().unwrap().insert(version_a, "a".into());
     let mut tasks = tokio::task::JoinSet::new();
+    let servers_count = servers.len();
     for caller in 0..callers {
         let url = servers[caller % servers.len()].url.clone();
         let started = Arc::clone(&started);
@@ -463,6 +466,7 @@ async fn load_across_a_deploy_and_a_rollback(
             let http = reqwest::Client::new();
             let bearer = token(&["testing.run"]);
             let mut ran = Vec::new();
+            let server = caller % servers_count;
             while started.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < total {
                 let accepted = json_of(
                     http.post(format!("{url}/v1/operations/Testing.Scenario"))
@@ -478,6 +482,7 @@ async fn load_across_a_deploy_and_a_rollback(
                 .await;
                 assert_eq!(done["state"], "completed", "{done}");
                 ran.push((
+                    server,
                     done["component"].as_str().unwrap().to_owned(),
                     done["output"]["note"].as_str().unwrap().to_owned(),
                 ));
@@ -500,9 +505,10 @@ async fn load_across_a_deploy_and_a_rollback(
     hosts[0].rollback(&target(), "oncall@acme").await.unwrap();
 
     let mut by_version = HashMap::new();
+    let mut by_host_on_b = vec![0; servers.len()];
     let mut finished = 0;
     while let Some(ran) = tasks.join_next().await {
-        for (component, note) in ran.unwrap() {
+        for (server, component, note) in ran.unwrap() {
             let letter = letters.lock().unwrap().get(&component).cloned();
             let letter = letter.unwrap_or_else(|| panic!("ran on an unknown version {component}"));
             assert_eq!(
@@ -510,12 +516,18 @@ async fn load_across_a_deploy_and_a_rollback(
                 format!("version {letter}, attempt 1"),
                 "an operation pinned to {letter} ran another version"
             );
+            if letter == "b" {
+                by_host_on_b[server] += 1;
+            }
             *by_version.entry(letter).or_insert(0) += 1;
             finished += 1;
         }
     }
     assert_eq!(finished, total, "every operation started finished");
-    Ran { by_version }
+    Ran {
+        by_version,
+        by_host_on_b,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -603,6 +615,11 @@ async fn two_thousand_operations_on_two_postgres_hosts_across_a_deploy_and_a_rol
         ran.by_version["a"] > 0 && ran.by_version["b"] > 0,
         "{:?}",
         ran.by_version
+    );
+    assert!(
+        ran.by_host_on_b.iter().all(|on_b| *on_b > 0),
+        "each host served version b: {:?}",
+        ran.by_host_on_b
     );
 }
 
@@ -700,5 +717,126 @@ async fn a_dry_run_reports_problems_and_import_differences_against_the_current_v
             host.deployment_history(10).await.unwrap()
         ),
         before
+    );
+}
+
+/// `bytes` with a custom section naming `label` appended: the same code as another version,
+/// with another sha256.
+fn relabelled(mut bytes: Vec<u8>, label: &str) -> Vec<u8> {
+    let name = b"opshost-test-label";
+    let mut section = vec![u8::try_from(name.len()).unwrap()];
+    section.extend_from_slice(name);
+    section.extend_from_slice(label.as_bytes());
+    bytes.push(0);
+    bytes.push(u8::try_from(section.len()).unwrap());
+    bytes.extend(section);
+    bytes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_deployed_to_a_queue_runs_the_next_attempts_while_running_ones_keep_theirs() {
+    let mut config = testing_deployment(GRACE);
+    let mut worker = opshost_sandbox::WorkerConfig::new("testing.work", guest("test_worker"), 2);
+    worker.limits.cpu_ms = Some(500);
+    config.workers = vec![worker];
+    let host = load(&config);
+    let queue = DeployTarget::Queue("testing.work".to_owned());
+    let versions_of_queue = |host: &WasmHost| {
+        let listed = host.deployments();
+        listed
+            .into_iter()
+            .find(|(target, _)| *target == queue)
+            .map(|(_, versions)| versions)
+            .unwrap()
+    };
+    let in_flight = |host: &WasmHost, sha: &str| {
+        versions_of_queue(host)
+            .iter()
+            .find(|v| v.sha256 == sha)
+            .map_or(0, |v| v.in_flight)
+    };
+    let until = |what: &str, done: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !done() {
+            assert!(Instant::now() < deadline, "never: {what}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let version_a = versions_of_queue(&host)[0].sha256.clone();
+    host.jobs()
+        .enqueue("testing.work", json!({ "behaviour": "hang" }))
+        .await
+        .unwrap();
+    until("the first job runs on version a", &|| {
+        in_flight(&host, &version_a) == 1
+    });
+
+    let version_b = host
+        .deploy(
+            &queue,
+            relabelled(bytes_of("test_worker"), "b"),
+            100,
+            "tester@acme",
+        )
+        .await
+        .unwrap();
+    assert_ne!(version_a, version_b);
+    host.jobs()
+        .enqueue("testing.work", json!({ "behaviour": "hang" }))
+        .await
+        .unwrap();
+    until("the second job runs on version b", &|| {
+        in_flight(&host, &version_b) == 1
+    });
+    assert_eq!(
+        in_flight(&host, &version_a),
+        1,
+        "the first job's attempt keeps version a"
+    );
+    // Each hanging attempt ends at its CPU limit; every later attempt runs version b, and
+    // version a, idle, is unloaded.
+    until("version a drains", &|| {
+        versions_of_queue(&host)
+            .iter()
+            .any(|v| v.sha256 == version_a && v.state == VersionState::Drained && !v.loaded)
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_pinned_to_a_version_no_store_holds_fails_naming_it_rather_than_run_another() {
+    let store = Arc::new(opshost_runtime::store::MemoryStore::new());
+    let host = WasmHost::builder(&config_on("test_version_a"))
+        .operations(store.clone())
+        .build()
+        .unwrap();
+    let template = start_scenario(&host, json!({ "scenario": "complete" })).await;
+    let missing = "0".repeat(64);
+    let mut snapshot = opshost_api::Snapshot::accepted(
+        "pinned-to-nothing".to_owned(),
+        template.service.clone(),
+        OPERATION.to_owned(),
+        template.version.clone(),
+    );
+    snapshot.component = Some(missing.clone());
+    opshost_runtime::store::OperationStore::create(
+        store.as_ref(),
+        opshost_runtime::store::StoredOperation {
+            snapshot,
+            input: Some(json!({ "scenario": "complete" })),
+            owner: opshost_runtime::store::Owner {
+                tenant: "acme".into(),
+                subject: "alice".into(),
+            },
+        },
+    )
+    .await
+    .unwrap();
+    host.recover().await.unwrap();
+    let done = wait_terminal(&host, "pinned-to-nothing").await;
+    assert_eq!(done.state, OperationState::Failed, "{done:?}");
+    let message = done.error.unwrap().message;
+    assert!(
+        message.contains("pinned") && message.contains(&missing),
+        "{message}"
     );
 }

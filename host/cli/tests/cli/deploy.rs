@@ -153,6 +153,21 @@ fn an_operator_deploys_lists_and_rolls_back_a_version_of_a_running_host() {
         "{rows}"
     );
 
+    let history = serve.call(&admin, &["deployments", "--history"]);
+    let changes = text(&history.stdout);
+    let actions: Vec<(&str, &str)> = changes
+        .lines()
+        .map(|line| {
+            let fields: Vec<&str> = line.split('\t').collect();
+            (fields[4], fields[6])
+        })
+        .collect();
+    assert_eq!(
+        actions,
+        [("config", "config"), ("deploy", "cli@acme")],
+        "{changes}"
+    );
+
     // A restart on the same config keeps what was deployed.
     drop(serve);
     let serve = Serve::on_data_dir(&config, data.path());
