@@ -193,4 +193,5 @@ pub mod jobs;
 pub mod net;
 pub mod otlp;
 pub mod postgres;
+pub mod tls;
 pub mod upstream;

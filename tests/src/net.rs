@@ -42,6 +42,13 @@ pub fn token(scopes: &[&str]) -> String {
     token_for(TENANT, scopes)
 }
 
+/// An HTTP client for tests. The process's rustls provider (ring) is installed first: the
+/// workspace builds reqwest with TLS and no provider of its own.
+pub fn http() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 /// An HS256 token for subject `alice` of `tenant` with `scopes`, valid 10 minutes.
 pub fn token_for(tenant: &str, scopes: &[&str]) -> String {
     let request = TokenRequest {
@@ -158,7 +165,8 @@ impl TestServer {
         let auth = Authenticator::from_config(&auth_config())
             .unwrap_or_else(|e| panic!("test auth config: {e}"));
         let listener = bind().await;
-        let url = format!("http://{}", local(&listener));
+        let scheme = if config.serves_tls() { "https" } else { "http" };
+        let url = format!("{scheme}://{}", local(&listener));
         let api = configure(HttpApi::new(runtime.clone(), auth, config));
         let task = tokio::spawn(async move {
             if let Err(error) = api.serve(listener).await {

@@ -57,6 +57,10 @@ struct Connection {
     /// Bearer token (see `opshost token`).
     #[arg(long, env = "OPSHOST_TOKEN", hide_env_values = true)]
     token: String,
+    /// A PEM file of certificate authorities to trust besides the system's, for an `https://`
+    /// host whose certificate a private CA signed.
+    #[arg(long, env = "OPSHOST_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -351,6 +355,9 @@ enum LogFormat {
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Every TLS client and server of the process uses ring (installing it again changes
+    // nothing).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into());
@@ -466,52 +473,32 @@ async fn run(cli: Cli) -> Result<u8> {
             wait,
             watch,
         } => {
-            let remote = Remote::new(&connection.url, &connection.token)?;
+            let remote = Remote::new(&connection)?;
             remote
                 .start(&operation, &read_json(&input)?, id, wait, watch)
                 .await
         }
-        Command::Get { connection, id } => {
-            Remote::new(&connection.url, &connection.token)?
-                .get(&id)
-                .await
-        }
+        Command::Get { connection, id } => Remote::new(&connection)?.get(&id).await,
         Command::Logs {
             connection,
             id,
             follow,
             json,
-        } => {
-            Remote::new(&connection.url, &connection.token)?
-                .logs(&id, follow, json)
-                .await
-        }
+        } => Remote::new(&connection)?.logs(&id, follow, json).await,
         Command::Wait {
             connection,
             id,
             timeout,
-        } => {
-            Remote::new(&connection.url, &connection.token)?
-                .wait(&id, timeout)
-                .await
-        }
-        Command::Watch { connection, id } => {
-            Remote::new(&connection.url, &connection.token)?
-                .watch(&id)
-                .await
-        }
-        Command::Cancel { connection, id } => {
-            Remote::new(&connection.url, &connection.token)?
-                .cancel(&id)
-                .await
-        }
+        } => Remote::new(&connection)?.wait(&id, timeout).await,
+        Command::Watch { connection, id } => Remote::new(&connection)?.watch(&id).await,
+        Command::Cancel { connection, id } => Remote::new(&connection)?.cancel(&id).await,
         Command::Signal {
             connection,
             id,
             name,
             input,
         } => {
-            Remote::new(&connection.url, &connection.token)?
+            Remote::new(&connection)?
                 .signal(&id, &name, &read_json(&input)?)
                 .await
         }
@@ -522,7 +509,7 @@ async fn run(cli: Cli) -> Result<u8> {
             after,
             limit,
         } => {
-            Remote::new(&connection.url, &connection.token)?
+            Remote::new(&connection)?
                 .list(operation, state, after, limit)
                 .await
         }
@@ -535,7 +522,7 @@ async fn run(cli: Cli) -> Result<u8> {
         } => {
             let bytes = std::fs::read(&component)
                 .with_context(|| format!("cannot read {}", component.display()))?;
-            let remote = Remote::new(&connection.url, &connection.token)?;
+            let remote = Remote::new(&connection)?;
             if dry_run {
                 remote.check_deploy(&target.target()?, bytes).await
             } else {
@@ -543,20 +530,14 @@ async fn run(cli: Cli) -> Result<u8> {
             }
         }
         Command::Rollback { connection, target } => {
-            Remote::new(&connection.url, &connection.token)?
-                .rollback(&target.target()?)
-                .await
+            Remote::new(&connection)?.rollback(&target.target()?).await
         }
         Command::Deployments {
             connection,
             history,
-        } => {
-            Remote::new(&connection.url, &connection.token)?
-                .deployments(history)
-                .await
-        }
+        } => Remote::new(&connection)?.deployments(history).await,
         Command::Jobs { connection, action } => {
-            let remote = Remote::new(&connection.url, &connection.token)?;
+            let remote = Remote::new(&connection)?;
             match action {
                 JobsAction::List {
                     queue,

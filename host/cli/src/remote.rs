@@ -10,7 +10,9 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use futures::StreamExt;
 use opshost_api::{DeployTarget, EventKind, LogLine, OperationState, Snapshot};
-use opshost_client::{Client, ClientError, JobQuery, JobState, ListQuery, StartOptions};
+use opshost_client::{
+    Client, ClientError, ClientOptions, JobQuery, JobState, ListQuery, StartOptions,
+};
 use serde_json::Value;
 
 use crate::exit;
@@ -31,9 +33,12 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
 }
 
 impl Remote {
-    pub fn new(url: &str, token: &str) -> Result<Self> {
+    pub fn new(connection: &crate::Connection) -> Result<Self> {
+        let options = ClientOptions {
+            ca_file: connection.ca_file.clone(),
+        };
         Ok(Self {
-            client: Client::new(url, token)?,
+            client: Client::with_options(&connection.url, &connection.token, &options)?,
         })
     }
 

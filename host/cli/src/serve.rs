@@ -34,7 +34,8 @@ pub(crate) async fn serve(
     };
     let host = Host::open(config, choice).await?;
     let listener = host.bind().await?;
-    println!("opshost listening on http://{}", listener.local_addr()?);
+    let scheme = if host.serves_tls() { "https" } else { "http" };
+    println!("opshost listening on {scheme}://{}", listener.local_addr()?);
     let stop = async {
         let signal = stop_signal().await;
         eprintln!("{signal}: draining for up to {} ms", grace.as_millis());

@@ -2,6 +2,8 @@
 //! `watch`, `get`, `list`, `cancel` and the operator's `jobs` in others, over real HTTP on
 //! 127.0.0.1.
 
+#[path = "cli/browsers.rs"]
+mod browsers;
 #[path = "cli/check.rs"]
 mod check;
 mod common;

@@ -31,6 +31,9 @@ pub enum ClientError {
     /// The host answered something that is not the opshost API.
     #[error("unexpected response: {0}")]
     Protocol(String),
+    /// The client cannot be set up as asked (a CA file, HTTPS without TLS support).
+    #[error("{0}")]
+    Config(String),
     /// A payload does not match the facade's types.
     #[error("payload does not match the facade types: {0}")]
     Codec(#[source] serde_json::Error),

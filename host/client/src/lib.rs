@@ -71,6 +71,8 @@
 
 mod error;
 mod logs;
+#[cfg(feature = "rustls")]
+mod tls;
 mod watch;
 
 use std::marker::PhantomData;
@@ -147,19 +149,44 @@ pub struct Client {
     token: String,
 }
 
+/// How a [`Client`] reaches its host.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    /// A PEM file of certificate authorities to trust besides the system's, for a host whose
+    /// certificate a private CA signed (HTTPS needs the `rustls` feature).
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
 impl Client {
     /// A client for the host at `url` (e.g. `http://127.0.0.1:8080`) using bearer `token`.
     pub fn new(url: impl AsRef<str>, token: impl Into<String>) -> Result<Self, ClientError> {
+        Self::with_options(url, token, &ClientOptions::default())
+    }
+
+    /// [`Client::new`] with `options`. An `https://` host needs the `rustls` feature.
+    pub fn with_options(
+        url: impl AsRef<str>,
+        token: impl Into<String>,
+        options: &ClientOptions,
+    ) -> Result<Self, ClientError> {
         let base = url.as_ref().trim_end_matches('/').to_owned();
-        reqwest::Url::parse(&base)
+        let parsed = reqwest::Url::parse(&base)
             .map_err(|e| ClientError::Protocol(format!("url `{base}`: {e}")))?;
         // Idle connections are dropped before a host's header timeout (10 s by default) would
         // close them, so a request never races the host closing its connection.
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(ClientError::Transport)?;
+            .pool_idle_timeout(Duration::from_secs(5));
+        #[cfg(feature = "rustls")]
+        let builder = builder.tls_backend_preconfigured(tls::config(options.ca_file.as_deref())?);
+        #[cfg(not(feature = "rustls"))]
+        if parsed.scheme() == "https" || options.ca_file.is_some() {
+            return Err(ClientError::Config(format!(
+                "`{base}`: HTTPS needs opshost-client's `rustls` feature"
+            )));
+        }
+        let _ = parsed;
+        let http = builder.build().map_err(ClientError::Transport)?;
         Ok(Self {
             http,
             base,

@@ -140,14 +140,19 @@ impl HostConfig {
             path: path.to_owned(),
             source: Box::new(source),
         })?;
-        let server: ServerConfig = table_of(&mut table, "server", path)?;
+        let mut server: ServerConfig = table_of(&mut table, "server", path)?;
         let mut auth: AuthConfig = table_of(&mut table, "auth", path)?;
         let store: StoreConfig = table_of(&mut table, "store", path)?;
         let telemetry: TelemetryTable = table_of(&mut table, "telemetry", path)?;
         let base = path.parent().unwrap_or(Path::new("."));
-        for key in [&mut auth.ed25519_public_key, &mut auth.rs256_public_key]
-            .into_iter()
-            .flatten()
+        for key in [
+            &mut auth.ed25519_public_key,
+            &mut auth.rs256_public_key,
+            &mut server.tls_cert,
+            &mut server.tls_key,
+        ]
+        .into_iter()
+        .flatten()
         {
             *key = base.join(&*key);
         }

@@ -32,6 +32,7 @@ use opshost_runtime::ServerError;
 use opshost_sandbox::{SandboxError, WasmHost};
 use opshost_server::{
     AuthConfigError, Authenticator, DeployError, Deployments, HttpApi, ServerConfig,
+    ServerConfigError,
 };
 use opshost_store_postgres::PostgresStore;
 use opshost_store_sqlite::SqliteStore;
@@ -60,6 +61,9 @@ pub enum HostError {
     /// `[auth]` names no usable key.
     #[error(transparent)]
     Auth(#[from] AuthConfigError),
+    /// `[server]` cannot be served with (a CORS origin, the TLS certificate or key).
+    #[error(transparent)]
+    Server(#[from] ServerConfigError),
     /// The SQLite store cannot be opened.
     #[error(transparent)]
     Sqlite(#[from] opshost_store_sqlite::OpenError),
@@ -112,6 +116,7 @@ impl Host {
     /// unfinished and starts the background work. Must run inside a tokio runtime.
     pub async fn open(mut config: HostConfig, choice: StoreChoice) -> Result<Self, HostError> {
         let auth = Authenticator::from_config(&config.auth)?;
+        config.server.check()?;
         let lease = Duration::from_millis(config.store.host_lease_ms.max(100));
         let telemetry = match config.telemetry.config() {
             Some(telemetry) => Telemetry::otlp(&telemetry)?,
@@ -162,6 +167,11 @@ impl Host {
     /// The wasm host: its runtime and jobs.
     pub fn wasm(&self) -> &WasmHost {
         &self.wasm
+    }
+
+    /// Whether it serves HTTPS (`[server] tls_cert` and `tls_key`).
+    pub fn serves_tls(&self) -> bool {
+        self.server.serves_tls()
     }
 
     /// A listener on `[server] listen`.

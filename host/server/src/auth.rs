@@ -12,6 +12,8 @@ use std::time::Duration;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
+use crate::watch_token::WatchTokens;
+
 /// Where the host finds its token keys, and how it reads claims.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -40,6 +42,11 @@ pub struct AuthConfig {
     /// Clock skew tolerated on `exp` and `nbf`, in seconds (default 5).
     #[serde(default)]
     pub leeway_secs: Option<u64>,
+    /// Name of the environment variable holding the key watch tokens are signed with. Hosts
+    /// sharing a database behind one address need the same one; a random key per process
+    /// otherwise.
+    #[serde(default)]
+    pub watch_token_secret_env: Option<String>,
 }
 
 /// The tenant of callers whose token carries no tenant claim.
@@ -136,6 +143,7 @@ pub struct Authenticator {
     keys: Vec<(Algorithm, DecodingKey)>,
     tenant_claim: String,
     validation: Validation,
+    watch: WatchTokens,
 }
 
 impl Authenticator {
@@ -174,6 +182,13 @@ impl Authenticator {
         if keys.is_empty() {
             return Err(AuthConfigError::NoKey);
         }
+        let watch_secret = match &config.watch_token_secret_env {
+            Some(var) => {
+                Some(std::env::var(var).map_err(|_| AuthConfigError::MissingEnv(var.clone()))?)
+            }
+            None => None,
+        };
+        let watch = WatchTokens::new(watch_secret.as_deref().map(str::as_bytes));
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_nbf = true;
@@ -191,7 +206,13 @@ impl Authenticator {
                 .clone()
                 .unwrap_or_else(|| "tenant".into()),
             validation,
+            watch,
         })
+    }
+
+    /// The watch tokens of `EventSource` callers.
+    pub(crate) fn watch_tokens(&self) -> &WatchTokens {
+        &self.watch
     }
 
     /// Checks an `Authorization` header value.
@@ -215,6 +236,13 @@ impl Authenticator {
         validation.algorithms = vec![*alg];
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(classify)?;
         let mut claims = data.claims;
+        if claims.extra.get("aud").and_then(|aud| aud.as_str())
+            == Some(crate::watch_token::AUDIENCE)
+        {
+            return Err(AuthError::Claims(
+                "a watch token is accepted only as `access_token` on its operation's events".into(),
+            ));
+        }
         let tenant = match claims.extra.remove(&self.tenant_claim) {
             None | Some(serde_json::Value::Null) => DEFAULT_TENANT.to_owned(),
             Some(serde_json::Value::String(tenant)) if !tenant.is_empty() => tenant,

@@ -1,6 +1,7 @@
 //! The `[server]` table of the host config.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -36,6 +37,40 @@ pub struct ServerConfig {
     /// How long a host that is asked to stop (SIGTERM, SIGINT) lets its running handlers and
     /// job attempts finish before it stops them for the next start or another host to resume.
     pub shutdown_grace_ms: u64,
+    /// Origins whose pages may call the `/v1` API from a browser (CORS), such as
+    /// `https://console.example.com`, or `*` for any; none unless listed.
+    pub cors_origins: Vec<String>,
+    /// A PEM file of the certificate chain to serve HTTPS with; with `tls_key`, the host serves
+    /// HTTPS only. Relative to the config file.
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM file of `tls_cert`'s private key.
+    pub tls_key: Option<PathBuf>,
+    /// How long a watch token (`POST /v1/operations/{id}/watch-token`) lets its holder start
+    /// watching, in seconds.
+    pub watch_token_ttl_secs: u64,
+}
+
+/// A `[server]` table the host cannot serve with.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerConfigError {
+    /// An entry of `cors_origins` is not an origin.
+    #[error("server.cors_origins[{index}] `{origin}`: {reason}")]
+    CorsOrigin {
+        /// Its place in the list.
+        index: usize,
+        /// The entry.
+        origin: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The certificate or key cannot be used.
+    #[error("server.{field}: {message}")]
+    Tls {
+        /// `tls_cert` or `tls_key`.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
 }
 
 impl Default for ServerConfig {
@@ -52,6 +87,10 @@ impl Default for ServerConfig {
             max_connections_per_client: 256,
             header_timeout_ms: 10_000,
             shutdown_grace_ms: 25_000,
+            cors_origins: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            watch_token_ttl_secs: 300,
         }
     }
 }
@@ -67,6 +106,23 @@ impl ServerConfig {
 
     pub(crate) fn header_timeout(&self) -> Duration {
         Duration::from_millis(self.header_timeout_ms.max(1))
+    }
+
+    /// Checks what the host can only find wrong when it serves: the CORS origins, and the TLS
+    /// certificate and key.
+    pub fn check(&self) -> Result<(), ServerConfigError> {
+        crate::cors::layer(&self.cors_origins)?;
+        crate::tls::acceptor(self)?;
+        Ok(())
+    }
+
+    /// Whether the host serves HTTPS.
+    pub fn serves_tls(&self) -> bool {
+        self.tls_cert.is_some() || self.tls_key.is_some()
+    }
+
+    pub(crate) fn watch_token_ttl(&self) -> Duration {
+        Duration::from_secs(self.watch_token_ttl_secs.clamp(1, 3600))
     }
 
     /// See [`ServerConfig::shutdown_grace_ms`].

@@ -10,6 +10,7 @@
 //!   of its previous response ending, so a half-sent request and an idle keep-alive connection
 //!   are both closed then. A response being written (a wait, an SSE watch) is not idle: watches
 //!   are never cut by this timeout;
+//! - with TLS, the handshake must end within the same `header_timeout_ms`;
 //! - TCP keep-alive probes and `TCP_USER_TIMEOUT` find peers that vanished without closing, so
 //!   an SSE watch whose keep-alive comments go unacknowledged ends instead of waiting forever.
 
@@ -26,6 +27,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
@@ -141,6 +143,7 @@ pub(crate) async fn serve(
     config: &ServerConfig,
     gauge: Gauge,
     closing: CancellationToken,
+    tls: Option<TlsAcceptor>,
 ) -> std::io::Result<()> {
     let open = Arc::new(Mutex::new(Open {
         max: fit_descriptors(config.max_connections.max(1)),
@@ -169,19 +172,45 @@ pub(crate) async fn serve(
         };
         let Some(admitted) = admit(&open, client_of(peer.ip())) else {
             tracing::debug!(%peer, "connection refused: too many open");
-            refuse(stream);
+            if tls.is_some() {
+                // A TLS client cannot read a plain answer: it is closed.
+                drop(stream);
+            } else {
+                refuse(stream);
+            }
             continue;
         };
         tune(&stream, dead_peer);
         let service = TowerToHyperService::new(router.clone());
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(header_timeout)
-            .serve_connection(TokioIo::new(stream), service);
-        let served = graceful.watch(connection);
+        let mut http = hyper::server::conn::http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(header_timeout);
+        let Some(acceptor) = &tls else {
+            let served = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                let _admitted = admitted;
+                if let Err(error) = served.await {
+                    tracing::debug!(%peer, %error, "connection ended");
+                }
+            });
+            continue;
+        };
+        let (acceptor, watcher) = (acceptor.clone(), graceful.watcher());
         tokio::spawn(async move {
             let _admitted = admitted;
-            if let Err(error) = served.await {
+            let stream = match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            if let Err(error) = watcher.watch(connection).await {
                 tracing::debug!(%peer, %error, "connection ended");
             }
         });

@@ -34,6 +34,7 @@ pub(crate) fn admitted() -> Router<AppState> {
         .route("/v1/operations/{key}", post(start).get(get_operation))
         .route("/v1/operations/{id}/cancel", post(cancel))
         .route("/v1/operations/{id}/signals/{signal}", post(signal))
+        .route("/v1/operations/{id}/watch-token", post(watch_token))
         .route("/v1/contract", get(contract))
 }
 
@@ -208,19 +209,53 @@ async fn wait(
     Ok(Json(shared.wait(&id, timeout).await?))
 }
 
+/// A token for a browser's `EventSource` to watch operation `id` with (see `watch_token`).
+async fn watch_token(
+    State(shared): State<AppState>,
+    Caller(caller): Caller,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    shared.visible(&caller, &id, Action::Observe).await?;
+    let (token, expires) =
+        shared
+            .auth
+            .watch_tokens()
+            .mint(&caller, &id, shared.config.watch_token_ttl())?;
+    let expires_at = chrono::DateTime::from_timestamp(i64::try_from(expires).unwrap_or(0), 0)
+        .unwrap_or_default();
+    Ok(Json(json!({
+        "token": token,
+        "expiresAt": expires_at,
+        "events": format!("/v1/operations/{}/events?access_token={token}", url_segment(&id)),
+    })))
+}
+
 #[derive(Deserialize)]
 struct WatchQuery {
     after: Option<u64>,
+    /// A watch token, for callers that cannot send `Authorization` (see `watch_token`).
+    access_token: Option<String>,
 }
 
 async fn watch(
     State(shared): State<AppState>,
-    Caller(caller): Caller,
     Path(id): Path<String>,
     Query(query): Query<WatchQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let stored = shared.visible(&caller, &id, Action::Observe).await?;
+    let stored = match (
+        headers.contains_key(header::AUTHORIZATION),
+        &query.access_token,
+    ) {
+        (false, Some(token)) => {
+            let watcher = shared.auth.watch_tokens().verify(token, &id)?;
+            shared.owned(&watcher, &id).await?
+        }
+        _ => {
+            let caller = crate::state::bearer(&shared, &headers)?;
+            shared.visible(&caller, &id, Action::Observe).await?
+        }
+    };
     let last_event_id = last_event_id(&headers, "a revision number")?;
     let after = last_event_id.or(query.after);
     if stored.snapshot.is_terminal() && after.is_some_and(|after| after >= stored.snapshot.revision)

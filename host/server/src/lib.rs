@@ -23,6 +23,7 @@ mod admin;
 pub mod auth;
 mod config;
 mod connections;
+mod cors;
 pub mod deployments;
 mod error;
 mod http;
@@ -32,6 +33,8 @@ pub mod openapi;
 mod router;
 mod sse;
 mod state;
+mod tls;
+mod watch_token;
 
 use std::sync::Arc;
 
@@ -41,7 +44,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use auth::{AuthConfig, AuthConfigError, AuthError, Authenticator, Principal};
-pub use config::ServerConfig;
+pub use config::{ServerConfig, ServerConfigError};
 pub use deployments::{DeployError, Deployments};
 pub use error::ApiError;
 pub use metrics::Metrics;
@@ -133,7 +136,18 @@ impl HttpApi {
     pub async fn serve(self, listener: TcpListener) -> std::io::Result<()> {
         let config = self.config.clone();
         let closing = self.closing.clone();
+        let refused = |error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error);
+        config.check().map_err(refused)?;
+        let tls = tls::acceptor(&config).map_err(refused)?;
         let (router, metrics) = self.build();
-        connections::serve(listener, router, &config, metrics.connections(), closing).await
+        connections::serve(
+            listener,
+            router,
+            &config,
+            metrics.connections(),
+            closing,
+            tls,
+        )
+        .await
     }
 }

@@ -183,7 +183,8 @@ fn generic_paths() -> Map<String, Value> {
         "parameters": [
             id_parameter(),
             { "name": "after", "in": "query", "schema": { "type": "integer", "minimum": 0 }, "description": "Resume after this revision" },
-            { "name": "Last-Event-ID", "in": "header", "schema": { "type": "string" }, "description": "Resume after this revision" }
+            { "name": "Last-Event-ID", "in": "header", "schema": { "type": "string" }, "description": "Resume after this revision" },
+            { "name": "access_token", "in": "query", "schema": { "type": "string" }, "description": "A watch token of this operation (see watchToken), for callers that cannot send Authorization; never a bearer token" }
         ],
         "responses": with_errors(json!({
             "200": { "description": "Event stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } },
@@ -299,6 +300,12 @@ fn generic_paths() -> Map<String, Value> {
         "summary": "Operators: end the ramp, or else make the previous version current again",
         "parameters": target_parameters,
         "responses": with_errors(json!({ "200": response("Rolled back: the version now current", json!({ "type": "object", "required": ["kind", "name", "sha256"] })), "409": error_response() }))
+    } }));
+    paths.insert("/v1/operations/{id}/watch-token".into(), json!({ "post": {
+        "operationId": "watchToken",
+        "summary": "A short-lived token letting a browser's EventSource watch this operation: accepted only as ?access_token= on its events (needs the observe capability)",
+        "parameters": [id_parameter()],
+        "responses": with_errors(json!({ "200": response("The token, when it expires, and the events URL that takes it", json!({ "type": "object", "required": ["token", "expiresAt", "events"], "properties": { "token": { "type": "string" }, "expiresAt": { "type": "string", "format": "date-time" }, "events": { "type": "string" } } })) }))
     } }));
     paths.insert("/v1/config/reload".into(), json!({ "post": {
         "operationId": "reloadConfig",

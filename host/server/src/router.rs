@@ -23,7 +23,7 @@ pub(crate) fn router(shared: AppState) -> Router {
         .merge(admin::routes())
         .merge(deployments::routes())
         .route_layer(middleware::from_fn_with_state(shared.clone(), admit));
-    Router::new()
+    let router = Router::new()
         .merge(admitted)
         .merge(http::streaming())
         .merge(logs::routes())
@@ -37,8 +37,17 @@ pub(crate) fn router(shared: AppState) -> Router {
                 "no such route",
             )
         })
-        .layer(middleware::from_fn_with_state(shared.clone(), record))
-        .with_state(shared)
+        .layer(middleware::from_fn_with_state(shared.clone(), record));
+    // Outermost, so that preflights are answered before anything else looks at them.
+    let router = match crate::cors::layer(&shared.config.cors_origins) {
+        Ok(Some(cors)) => router.layer(cors),
+        Ok(None) => router,
+        Err(error) => {
+            tracing::error!(%error, "CORS is off");
+            router
+        }
+    };
+    router.with_state(shared)
 }
 
 async fn healthz(State(shared): State<AppState>) -> Response {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use opshost_api::{ErrorCode, Snapshot};
 use opshost_contract::{Action, OperationSpec};
 use opshost_runtime::store::StoredOperation;
@@ -44,14 +44,18 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let header = parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .map(|value| value.to_str())
-            .transpose()
-            .map_err(|_| ApiError::from(AuthError::Malformed("not ASCII".into())))?;
-        Ok(Self(state.auth.authenticate(header)?))
+        Ok(Self(bearer(state, &parts.headers)?))
     }
+}
+
+/// The caller a request's `Authorization: Bearer` header names.
+pub(crate) fn bearer(shared: &Shared, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let header = headers
+        .get(header::AUTHORIZATION)
+        .map(|value| value.to_str())
+        .transpose()
+        .map_err(|_| ApiError::from(AuthError::Malformed("not ASCII".into())))?;
+    Ok(shared.auth.authenticate(header)?)
 }
 
 impl Shared {
@@ -65,12 +69,12 @@ impl Shared {
         })
     }
 
-    /// The operation `id` if the caller's tenant owns it and `action` is granted.
-    pub(crate) async fn visible(
+    /// The operation `id` if the caller's tenant owns it, whatever its capabilities: for a
+    /// watch token, which was minted under `observe`.
+    pub(crate) async fn owned(
         &self,
         caller: &Principal,
         id: &str,
-        action: Action,
     ) -> Result<StoredOperation, ApiError> {
         let stored = match self.runtime.load(id).await {
             Ok(stored) => stored,
@@ -80,6 +84,17 @@ impl Shared {
         if stored.owner.tenant != caller.tenant {
             return Err(ApiError::not_found(id));
         }
+        Ok(stored)
+    }
+
+    /// The operation `id` if the caller's tenant owns it and `action` is granted.
+    pub(crate) async fn visible(
+        &self,
+        caller: &Principal,
+        id: &str,
+        action: Action,
+    ) -> Result<StoredOperation, ApiError> {
+        let stored = self.owned(caller, id).await?;
         authorize(caller, self.spec(&stored.snapshot.operation)?, action)?;
         Ok(stored)
     }

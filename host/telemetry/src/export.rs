@@ -41,6 +41,9 @@ pub(crate) struct Exporting {
 impl Exporting {
     pub(crate) fn start(config: &TelemetryConfig) -> Result<Self, TelemetryError> {
         let endpoint = traces_url(&config.otlp_endpoint)?;
+        // The exporter's HTTP client takes the process's rustls provider: ring, as the rest
+        // of the host (installing it again changes nothing).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_endpoint(endpoint)

@@ -326,7 +326,7 @@ async fn an_operator_deploys_ramps_and_rolls_back_over_http_and_others_may_not()
         api.with_deployments(opshost_host::deployments(&host))
     })
     .await;
-    let http = reqwest::Client::new();
+    let http = opshost_tests::net::http();
     let admin = token(&["opshost.admin"]);
     let url = |path: &str| format!("{}{path}", server.url);
     let route = url("/v1/deployments/operations/Testing.Scenario");
@@ -463,7 +463,7 @@ async fn load_across_a_deploy_and_a_rollback(
         let url = servers[caller % servers.len()].url.clone();
         let started = Arc::clone(&started);
         tasks.spawn(async move {
-            let http = reqwest::Client::new();
+            let http = opshost_tests::net::http();
             let bearer = token(&["testing.run"]);
             let mut ran = Vec::new();
             let server = caller % servers_count;

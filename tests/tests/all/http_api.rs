@@ -47,7 +47,7 @@ impl Api {
     async fn new(runtime: &OperationRuntime, scopes: &[&str], config: ServerConfig) -> Self {
         Self {
             server: TestServer::start_with(runtime, config).await,
-            http: reqwest::Client::new(),
+            http: opshost_tests::net::http(),
             token: token(scopes),
         }
     }

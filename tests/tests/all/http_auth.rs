@@ -77,7 +77,7 @@ impl Fixture {
     async fn new(runtime: &OperationRuntime) -> Self {
         Self {
             server: TestServer::start(runtime).await,
-            http: reqwest::Client::new(),
+            http: opshost_tests::net::http(),
         }
     }
 

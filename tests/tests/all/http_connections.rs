@@ -86,7 +86,7 @@ async fn a_watch_outlives_the_header_timeout_and_still_gets_the_end() {
         ..ServerConfig::default()
     };
     let server = TestServer::start_with(host.runtime(), config).await;
-    let http = reqwest::Client::new();
+    let http = opshost_tests::net::http();
     let token = token(TESTING);
     let accepted: Value = http
         .post(format!("{}/v1/operations/Testing.Scenario", server.url))

@@ -25,7 +25,7 @@ impl Api {
         let host = testing_host(Duration::from_secs(5));
         Self {
             server: TestServer::start_with(host.runtime(), ServerConfig::default()).await,
-            http: reqwest::Client::new(),
+            http: opshost_tests::net::http(),
         }
     }
 

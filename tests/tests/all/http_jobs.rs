@@ -95,7 +95,7 @@ async fn an_operator_cancels_a_waiting_job_and_queues_it_again_once() {
         JobState::Queued,
         "a cancelled job can be retried"
     );
-    let bad = reqwest::Client::new()
+    let bad = opshost_tests::net::http()
         .get(format!("{}/v1/jobs?state=sleeping", server.url))
         .bearer_auth(token(&[ADMIN]))
         .send()

@@ -16,7 +16,7 @@ async fn printed() -> (opshost_sandbox::WasmHost, TestServer, String) {
     let host = testing_host(Duration::from_secs(5));
     let server = TestServer::start(host.runtime()).await;
     let started = json_of(
-        reqwest::Client::new()
+        opshost_tests::net::http()
             .post(format!("{}/v1/operations/Testing.Scenario", server.url))
             .bearer_auth(token(&["testing.run"]))
             .header("prefer", "wait=30")
@@ -30,7 +30,7 @@ async fn printed() -> (opshost_sandbox::WasmHost, TestServer, String) {
 }
 
 async fn get(server: &TestServer, token: &str, path: &str) -> reqwest::Response {
-    reqwest::Client::new()
+    opshost_tests::net::http()
         .get(format!("{}{path}", server.url))
         .bearer_auth(token)
         .send()
@@ -86,7 +86,7 @@ async fn logs_need_observe_and_stay_in_their_tenant() {
 #[tokio::test]
 async fn a_follow_resumed_with_last_event_id_sends_the_rest_and_ends_with_the_operation() {
     let (_host, server, id) = printed().await;
-    let response = reqwest::Client::new()
+    let response = opshost_tests::net::http()
         .get(format!(
             "{}/v1/operations/{id}/logs?follow=true",
             server.url

@@ -2,6 +2,7 @@
 //! rather than once per file. Each module is one area of behaviour.
 
 mod active_handlers;
+mod browsers;
 mod conformance;
 mod deploys;
 mod egress;

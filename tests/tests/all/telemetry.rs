@@ -67,7 +67,7 @@ fn order() -> Value {
 
 /// Starts an order over HTTP as a caller in trace [`CALLER_TRACE`]; answers its snapshot.
 async fn start_traced_order(server: &TestServer) -> Value {
-    let response = reqwest::Client::new()
+    let response = opshost_tests::net::http()
         .post(format!("{}/v1/operations/Orders.Process", server.url))
         .bearer_auth(token(&["orders.write", "orders.read"]))
         .header("traceparent", caller_traceparent())
@@ -417,7 +417,7 @@ async fn a_malformed_traceparent_is_ignored_and_an_unsampled_one_is_kept_unrecor
     let host = host(&orders_deployment(GRACE, 1), telemetry(&collector));
     let server = TestServer::start_with_jobs(host.runtime(), host.jobs()).await;
     let start = |traceparent: String| {
-        reqwest::Client::new()
+        opshost_tests::net::http()
             .post(format!("{}/v1/operations/Orders.Process", server.url))
             .bearer_auth(token(&["orders.write", "orders.read"]))
             .header("traceparent", traceparent)

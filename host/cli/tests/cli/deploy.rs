@@ -257,7 +257,7 @@ fn serve_applies_a_changed_config_to_new_runs_on_sighup_and_through_the_api() {
 
     config_with_region(dir.path(), "ap-south-1");
     crate::runtime().block_on(async {
-        let http = reqwest::Client::new();
+        let http = opshost_tests::net::http();
         let url = format!("{}/v1/config/reload", serve.url);
         let refused = http
             .post(&url)

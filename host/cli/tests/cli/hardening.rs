@@ -173,7 +173,7 @@ fn ten_thousand_watches_of_finished_operations_end_and_leave_nothing_behind() {
         })
         .collect();
     runtime().block_on(async {
-        let http = reqwest::Client::new();
+        let http = opshost_tests::net::http();
         let began = Instant::now();
         let statuses = futures::stream::iter(0..WATCHES)
             .map(|n| {
@@ -303,7 +303,7 @@ fn while_the_database_is_down_starts_are_503_and_the_host_serves_again_once_it_i
     let serve = Serve::on_postgres(&config, &database.url);
     let token = token(&["orders.write", "orders.read"]);
     runtime().block_on(async {
-        let http = reqwest::Client::new();
+        let http = opshost_tests::net::http();
         let order = json!({ "orderId": "ord_db", "lineItems": [{ "sku": "A", "quantity": 1, "unitPriceCents": 100 }] });
         let start = |key: String| {
             let (http, token, url, order) = (&http, &token, &serve.url, &order);

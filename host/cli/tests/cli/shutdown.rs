@@ -104,7 +104,7 @@ fn sigterm_under_load_loses_nothing_and_every_acknowledged_order_completes_after
     let refused = Arc::new(Mutex::new(0usize));
     let cut: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
     let drain = runtime().block_on(async {
-        let http = reqwest::Client::new();
+        let http = opshost_tests::net::http();
         let callers: Vec<_> = (0..CALLERS)
             .map(|caller| {
                 let (http, token, url) = (http.clone(), token.clone(), first.url.clone());
@@ -168,7 +168,7 @@ fn sigterm_under_load_loses_nothing_and_every_acknowledged_order_completes_after
     // for the operation if the first one accepted it, or accepts it now.
     runtime().block_on(async {
         for (key, order) in &cut {
-            let response = reqwest::Client::new()
+            let response = opshost_tests::net::http()
                 .post(format!("{}/v1/operations/Orders.Process", second.url))
                 .bearer_auth(&token)
                 .header("idempotency-key", key)
@@ -220,7 +220,7 @@ fn sigterm_under_load_loses_nothing_and_every_acknowledged_order_completes_after
 /// The attempt number of every job of the host at `url`.
 async fn job_attempts(url: &str) -> Vec<u64> {
     let admin = token(&["opshost.admin"]);
-    let http = reqwest::Client::new();
+    let http = opshost_tests::net::http();
     let mut attempts = Vec::new();
     let mut after: Option<String> = None;
     loop {
@@ -259,7 +259,7 @@ fn a_host_stopped_with_sigterm_is_taken_over_by_the_other_within_a_second() {
     let b = Serve::on_postgres(&config, &url);
     let token = crate::common::token(&["testing.run"]);
     runtime().block_on(async {
-        let http = reqwest::Client::new();
+        let http = opshost_tests::net::http();
         let mut ids = Vec::new();
         for _ in 0..RUNNING {
             let response = http
@@ -352,7 +352,7 @@ fn a_second_sigterm_stops_at_once_without_waiting_for_the_grace_period() {
     let (mut host, _dirs) = testing_serve(60_000);
     let token = token(&["testing.run"]);
     runtime().block_on(async {
-        let response = reqwest::Client::new()
+        let response = opshost_tests::net::http()
             .post(format!("{}/v1/operations/Testing.Scenario", host.url))
             .bearer_auth(&token)
             .json(&json!({ "scenario": "echo-signals", "signals": 1 }))
@@ -378,7 +378,7 @@ fn a_draining_host_reports_unhealthy_refuses_starts_serves_reads_and_answers_ope
     let (mut host, _dirs) = testing_serve(2_000);
     let token = token(&["testing.run"]);
     runtime().block_on(async {
-        let http = reqwest::Client::new();
+        let http = opshost_tests::net::http();
         let start = || {
             http.post(format!("{}/v1/operations/Testing.Scenario", host.url))
                 .bearer_auth(&token)

@@ -54,7 +54,7 @@ fn serve_exports_the_span_tree_of_one_order_from_the_callers_request_to_its_char
     let order_id = format!("ord_{}", ulid::Ulid::new());
 
     let accepted: Value = runtime.block_on(async {
-        reqwest::Client::new()
+        opshost_tests::net::http()
             .post(format!("{}/v1/operations/Orders.Process", serve.url))
             .bearer_auth(&token)
             .header("traceparent", format!("00-{CALLER_TRACE}-{CALLER_SPAN}-01"))

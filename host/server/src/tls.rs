@@ -1,0 +1,45 @@
+//! HTTPS: `[server] tls_cert` and `tls_key` (PEM) make the host serve TLS only, through
+//! rustls, with HTTP/1.1 over it. The handshake counts against the header timeout, so a client
+//! that opens a connection and stalls is closed as a silent plain one would be.
+
+use std::sync::Arc;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::{ServerConfig, ServerConfigError};
+
+/// The acceptor of `config`'s certificate and key, or `None` when it serves plain HTTP.
+pub(crate) fn acceptor(config: &ServerConfig) -> Result<Option<TlsAcceptor>, ServerConfigError> {
+    let (cert, key) = match (&config.tls_cert, &config.tls_key) {
+        (None, None) => return Ok(None),
+        (Some(cert), Some(key)) => (cert, key),
+        (Some(_), None) => return Err(tls("tls_key", "tls_cert is set without it".into())),
+        (None, Some(_)) => return Err(tls("tls_cert", "tls_key is set without it".into())),
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(Iterator::collect::<Result<Vec<_>, _>>)
+        .map_err(|e| tls("tls_cert", format!("{}: {e}", cert.display())))?;
+    if chain.is_empty() {
+        return Err(tls(
+            "tls_cert",
+            format!("{}: no certificate in it", cert.display()),
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| tls("tls_key", format!("{}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut server = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls("tls_cert", e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| tls("tls_key", format!("does not match the certificate: {e}")))?;
+    server.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Some(TlsAcceptor::from(Arc::new(server))))
+}
+
+fn tls(field: &'static str, message: String) -> ServerConfigError {
+    ServerConfigError::Tls { field, message }
+}
