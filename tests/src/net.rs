@@ -100,7 +100,9 @@ pub async fn metric(url: &str, name: &str) -> f64 {
 
 /// The value of metric `name` at `url`, if the host shows it.
 pub async fn metric_if_shown(url: &str, name: &str) -> Option<f64> {
-    let text = reqwest::get(format!("{url}/metrics"))
+    let text = http()
+        .get(format!("{url}/metrics"))
+        .send()
         .await
         .unwrap_or_else(|e| panic!("GET /metrics: {e}"))
         .text()
@@ -162,6 +164,8 @@ impl TestServer {
         config: ServerConfig,
         configure: impl FnOnce(HttpApi) -> HttpApi,
     ) -> Self {
+        // Any reqwest client the test makes needs the process's rustls provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let auth = Authenticator::from_config(&auth_config())
             .unwrap_or_else(|e| panic!("test auth config: {e}"));
         let listener = bind().await;

@@ -17,7 +17,10 @@ pub(crate) fn config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, Cli
     for error in &native.errors {
         tracing::debug!(%error, "a system certificate store could not be read");
     }
-    roots.add_parsable_certificates(native.certs);
+    let (added, _) = roots.add_parsable_certificates(native.certs);
+    if added == 0 && ca_file.is_none() {
+        tracing::warn!("no system certificate authority found: HTTPS hosts will not be trusted");
+    }
     if let Some(path) = ca_file {
         let certs = CertificateDer::pem_file_iter(path)
             .and_then(Iterator::collect::<Result<Vec<_>, _>>)

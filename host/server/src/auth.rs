@@ -61,6 +61,8 @@ pub struct Principal {
     pub tenant: String,
     /// Capabilities from the `scope` claim.
     pub scopes: Vec<String>,
+    /// When the token expires (`exp`, Unix seconds).
+    pub expires: u64,
 }
 
 /// Why a request is not authenticated (HTTP 401, code `Unauthenticated`).
@@ -98,8 +100,13 @@ pub enum AuthConfigError {
     )]
     NoKey,
     /// The named environment variable is not set.
-    #[error("environment variable `{0}` (auth.hs256_secret_env) is not set")]
-    MissingEnv(String),
+    #[error("environment variable `{var}` (auth.{field}) is not set")]
+    MissingEnv {
+        /// The config field naming it.
+        field: &'static str,
+        /// The variable.
+        var: String,
+    },
     /// A key file cannot be read or parsed.
     #[error("auth.{field}: {message}")]
     Key {
@@ -153,7 +160,10 @@ impl Authenticator {
         let secret = match (&config.hs256_secret, &config.hs256_secret_env) {
             (Some(secret), _) => Some(secret.clone()),
             (None, Some(var)) => {
-                Some(std::env::var(var).map_err(|_| AuthConfigError::MissingEnv(var.clone()))?)
+                Some(std::env::var(var).map_err(|_| AuthConfigError::MissingEnv {
+                    field: "hs256_secret_env",
+                    var: var.clone(),
+                })?)
             }
             (None, None) => None,
         };
@@ -183,12 +193,19 @@ impl Authenticator {
             return Err(AuthConfigError::NoKey);
         }
         let watch_secret = match &config.watch_token_secret_env {
-            Some(var) => {
-                Some(std::env::var(var).map_err(|_| AuthConfigError::MissingEnv(var.clone()))?)
-            }
+            Some(var) => Some(std::env::var(var).map_err(|_| AuthConfigError::MissingEnv {
+                field: "watch_token_secret_env",
+                var: var.clone(),
+            })?),
             None => None,
         };
-        let watch = WatchTokens::new(watch_secret.as_deref().map(str::as_bytes));
+        let watch =
+            WatchTokens::new(watch_secret.as_deref().map(str::as_bytes)).map_err(|message| {
+                AuthConfigError::Key {
+                    field: "watch_token_secret_env",
+                    message,
+                }
+            })?;
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.validate_nbf = true;
@@ -257,6 +274,7 @@ impl Authenticator {
             subject: claims.sub,
             tenant,
             scopes: claims.scope.map(Scope::into_vec).unwrap_or_default(),
+            expires: claims.exp,
         })
     }
 }
@@ -338,4 +356,31 @@ pub fn mint_hs256(secret: &[u8], request: &TokenRequest) -> Result<String, AuthE
         &EncodingKey::from_secret(secret),
     )
     .map_err(|e| AuthError::Claims(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watch_token_is_no_bearer_token_even_signed_with_the_bearer_secret() {
+        let secret = "a-secret-shared-by-both-kinds-of-token!!";
+        let auth = Authenticator::from_config(&AuthConfig {
+            hs256_secret: Some(secret.into()),
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        let watch = WatchTokens::new(Some(secret.as_bytes())).unwrap();
+        let caller = Principal {
+            subject: "alice".into(),
+            tenant: "acme".into(),
+            scopes: vec!["orders.observe".into()],
+            expires: jsonwebtoken::get_current_timestamp() + 600,
+        };
+        let (token, _) = watch
+            .mint(&caller, "op-1", Duration::from_secs(60))
+            .unwrap();
+        let refused = auth.authenticate(Some(&format!("Bearer {token}")));
+        assert!(matches!(refused, Err(AuthError::Claims(_))), "{refused:?}");
+    }
 }

@@ -23,10 +23,22 @@ pub(crate) fn router(shared: AppState) -> Router {
         .merge(admin::routes())
         .merge(deployments::routes())
         .route_layer(middleware::from_fn_with_state(shared.clone(), admit));
-    let router = Router::new()
+    // The `/v1` API answers pages of the listed origins; CORS is its outermost layer, so that
+    // preflights are answered before anything else looks at them.
+    let v1 = Router::new()
         .merge(admitted)
         .merge(http::streaming())
-        .merge(logs::routes())
+        .merge(logs::routes());
+    let v1 = match crate::cors::layer(&shared.config.cors_origins) {
+        Ok(Some(cors)) => v1.layer(cors),
+        Ok(None) => v1,
+        Err(error) => {
+            tracing::error!(%error, "CORS is off");
+            v1
+        }
+    };
+    let router = Router::new()
+        .merge(v1)
         .route("/openapi.json", get(openapi_document))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -38,15 +50,6 @@ pub(crate) fn router(shared: AppState) -> Router {
             )
         })
         .layer(middleware::from_fn_with_state(shared.clone(), record));
-    // Outermost, so that preflights are answered before anything else looks at them.
-    let router = match crate::cors::layer(&shared.config.cors_origins) {
-        Ok(Some(cors)) => router.layer(cors),
-        Ok(None) => router,
-        Err(error) => {
-            tracing::error!(%error, "CORS is off");
-            router
-        }
-    };
     router.with_state(shared)
 }
 

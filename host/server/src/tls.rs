@@ -27,15 +27,27 @@ pub(crate) fn acceptor(config: &ServerConfig) -> Result<Option<TlsAcceptor>, Ser
             format!("{}: no certificate in it", cert.display()),
         ));
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| tls("tls_key", format!("{}: {e}", key.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| {
+        tls(
+            "tls_key",
+            format!(
+                "{}: {e} (expected an unencrypted PKCS#8, PKCS#1 or SEC1 PEM key)",
+                key.display()
+            ),
+        )
+    })?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut server = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| tls("tls_cert", e.to_string()))?
         .with_no_client_auth()
         .with_single_cert(chain, key)
-        .map_err(|e| tls("tls_key", format!("does not match the certificate: {e}")))?;
+        .map_err(|e| {
+            tls(
+                "tls_key",
+                format!("cannot serve this key with the certificate chain of tls_cert: {e}"),
+            )
+        })?;
     server.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Some(TlsAcceptor::from(Arc::new(server))))
 }

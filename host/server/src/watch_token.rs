@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{AuthError, Principal};
 
+/// The shortest secret a watch-token key may be.
+const MIN_SECRET_BYTES: usize = 32;
+
 /// The `aud` of every watch token.
 pub(crate) const AUDIENCE: &str = "opshost:watch";
 
@@ -37,16 +40,21 @@ pub(crate) struct WatchTokens {
 }
 
 impl WatchTokens {
-    /// Watch tokens signed with `secret`, or with a random key when `None`.
-    pub(crate) fn new(secret: Option<&[u8]>) -> Self {
+    /// Watch tokens signed with `secret` (at least 32 bytes), or with a random key when
+    /// `None`.
+    pub(crate) fn new(secret: Option<&[u8]>) -> Result<Self, String> {
         let mut random = [0u8; 32];
         let secret = match secret {
+            Some(secret) if secret.len() < MIN_SECRET_BYTES => {
+                return Err(format!(
+                    "the secret has {} bytes; a watch-token key needs at least {MIN_SECRET_BYTES}",
+                    secret.len()
+                ));
+            }
             Some(secret) => secret,
             None => {
-                if let Err(error) = getrandom::fill(&mut random) {
-                    // Without randomness no key is secret: tokens are refused, never forged.
-                    tracing::error!(%error, "no random watch-token key; watch tokens will not verify");
-                }
+                getrandom::fill(&mut random)
+                    .map_err(|e| format!("no randomness for a watch-token key: {e}"))?;
                 &random
             }
         };
@@ -54,22 +62,22 @@ impl WatchTokens {
         validation.set_required_spec_claims(&["exp", "sub", "aud"]);
         validation.set_audience(&[AUDIENCE]);
         validation.leeway = 5;
-        Self {
+        Ok(Self {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
             validation,
-        }
+        })
     }
 
-    /// A token letting its holder watch operation `id` as `caller` for `ttl`; with its expiry
-    /// (Unix seconds).
+    /// A token letting its holder start watching operation `id` as `caller` for `ttl`, but
+    /// never after the caller's own token expires; with its expiry (Unix seconds).
     pub(crate) fn mint(
         &self,
         caller: &Principal,
         id: &str,
         ttl: Duration,
     ) -> Result<(String, u64), AuthError> {
-        let exp = jsonwebtoken::get_current_timestamp() + ttl.as_secs();
+        let exp = (jsonwebtoken::get_current_timestamp() + ttl.as_secs()).min(caller.expires);
         let claims = Claims {
             sub: caller.subject.clone(),
             tenant: caller.tenant.clone(),
@@ -100,6 +108,7 @@ impl WatchTokens {
             subject: data.claims.sub,
             tenant: data.claims.tenant,
             scopes: Vec::new(),
+            expires: data.claims.exp,
         })
     }
 }
@@ -113,12 +122,24 @@ mod tests {
             subject: "alice".into(),
             tenant: "acme".into(),
             scopes: vec!["orders.observe".into()],
+            expires: jsonwebtoken::get_current_timestamp() + 600,
         }
     }
 
     #[test]
+    fn a_watch_token_never_outlives_the_token_that_minted_it() {
+        let tokens = WatchTokens::new(None).unwrap();
+        let mut short = caller();
+        short.expires = jsonwebtoken::get_current_timestamp() + 5;
+        let (_, exp) = tokens
+            .mint(&short, "op-1", Duration::from_secs(300))
+            .unwrap();
+        assert_eq!(exp, short.expires);
+    }
+
+    #[test]
     fn a_watch_token_opens_only_its_operation() {
-        let tokens = WatchTokens::new(None);
+        let tokens = WatchTokens::new(None).unwrap();
         let (token, _) = tokens
             .mint(&caller(), "op-1", Duration::from_secs(60))
             .unwrap();
@@ -137,13 +158,16 @@ mod tests {
     #[test]
     fn a_token_of_another_key_or_an_expired_one_is_refused() {
         let (token, _) = WatchTokens::new(None)
+            .unwrap()
             .mint(&caller(), "op-1", Duration::from_secs(60))
             .unwrap();
         assert_eq!(
-            WatchTokens::new(None).verify(&token, "op-1"),
+            WatchTokens::new(None).unwrap().verify(&token, "op-1"),
             Err(AuthError::Signature)
         );
-        let tokens = WatchTokens::new(Some(b"shared"));
+        let shared = [7u8; 32];
+        assert!(WatchTokens::new(Some(b"short")).is_err(), "a short secret");
+        let tokens = WatchTokens::new(Some(&shared)).unwrap();
         let expired = Claims {
             sub: "alice".into(),
             tenant: "acme".into(),
@@ -154,7 +178,7 @@ mod tests {
         let expired = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
             &expired,
-            &EncodingKey::from_secret(b"shared"),
+            &EncodingKey::from_secret(&shared),
         )
         .unwrap();
         assert_eq!(tokens.verify(&expired, "op-1"), Err(AuthError::Expired));

@@ -47,7 +47,9 @@ async fn job_routes_need_the_admin_capability() {
     let (status, code, details) = refused(caller.jobs(&JobQuery::default()).await.unwrap_err());
     assert_eq!((status, code), (403, ErrorCode::MissingCapability));
     assert_eq!(details.unwrap()["capability"], ADMIN);
-    let anonymous = reqwest::get(format!("{}/v1/jobs", server.url))
+    let anonymous = opshost_tests::net::http()
+        .get(format!("{}/v1/jobs", server.url))
+        .send()
         .await
         .unwrap();
     assert_eq!(anonymous.status().as_u16(), 401);

@@ -1,5 +1,6 @@
-//! `opshost serve` for browsers, driven from outside: HTTPS with a certificate made in the test,
-//! the CLI trusting its CA with `--ca-file`, and CORS preflights of a listed origin.
+//! `opshost serve` for browsers, driven from outside: HTTPS with a certificate made in the test
+//! (its files named relative to the config), the CLI trusting its CA with `--ca-file`, and a
+//! CORS preflight of a listed origin.
 
 use opshost_tests::tls::TestCerts;
 
@@ -11,15 +12,16 @@ use crate::{Serve, json, text};
 fn serve_over_https_is_driven_by_the_cli_trusting_a_ca_file() {
     let certs = TestCerts::new();
     let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("tls")).unwrap();
+    std::fs::copy(&certs.cert, dir.path().join("tls/server.pem")).unwrap();
+    std::fs::copy(&certs.key, dir.path().join("tls/server-key.pem")).unwrap();
     let config = write_config(
         dir.path(),
         "testing.manifest.json",
         "Testing.Scenario",
         "test_handlers",
-        &format!(
-            "[server]\ntls_cert = {:?}\ntls_key = {:?}\ncors_origins = [\"https://console.test\"]\n",
-            certs.cert, certs.key
-        ),
+        "[server]\ntls_cert = \"tls/server.pem\"\ntls_key = \"tls/server-key.pem\"\n\
+         cors_origins = [\"https://console.test\"]\n",
     );
     let serve = Serve::with_config(&config);
     assert!(serve.url.starts_with("https://127.0.0.1:"), "{}", serve.url);
@@ -36,6 +38,33 @@ fn serve_over_https_is_driven_by_the_cli_trusting_a_ca_file() {
     let trusted = serve.call(&caller, &[&start[..], &["--ca-file", &ca]].concat());
     assert!(trusted.status.success(), "{}", text(&trusted.stderr));
     assert_eq!(json(&trusted)["state"], "completed");
+
+    let preflight = crate::runtime().block_on(async {
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(trusting_ca(&certs.ca))
+            .build()
+            .unwrap();
+        http.request(
+            reqwest::Method::OPTIONS,
+            format!("{}/v1/operations/Testing.Scenario", serve.url),
+        )
+        .header("origin", "https://console.test")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization, idempotency-key",
+        )
+        .send()
+        .await
+        .unwrap()
+    });
+    assert_eq!(
+        preflight
+            .headers()
+            .get("access-control-allow-origin")
+            .map(|value| value.to_str().unwrap_or_default()),
+        Some("https://console.test")
+    );
 
     let untrusted = serve.call(&caller, &start);
     assert_eq!(
@@ -74,4 +103,21 @@ fn serve_refuses_a_cors_origin_it_cannot_use_naming_it() {
         "{}",
         text(&output.stderr)
     );
+}
+
+/// TLS settings trusting only the CA at `ca`.
+fn trusting_ca(ca: &std::path::Path) -> rustls::ClientConfig {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth()
 }
