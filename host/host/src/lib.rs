@@ -22,7 +22,7 @@ mod config;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +30,7 @@ use futures::future::BoxFuture;
 use opshost_api::DeployTarget;
 use opshost_runtime::ServerError;
 use opshost_sandbox::{SandboxError, WasmHost};
+use opshost_server::tls::Certificates;
 use opshost_server::{
     AuthConfigError, Authenticator, DeployError, Deployments, HttpApi, ServerConfig,
     ServerConfigError,
@@ -192,12 +193,17 @@ impl Host {
     ) -> Result<Stopped, HostError> {
         let grace = self.server.shutdown_grace();
         let api = HttpApi::new(self.wasm.runtime().clone(), self.auth, self.server)
-            .with_jobs(self.wasm.jobs().clone())
-            .with_deployments(deployments_with_reload(&self.wasm, self.source.clone()));
-        let reloads = self
-            .source
-            .clone()
-            .map(|source| reload_on_hangup(&self.wasm, source));
+            .with_jobs(self.wasm.jobs().clone());
+        let reload = self.source.clone().map(|source| Reload {
+            wasm: self.wasm.clone(),
+            source,
+            certificates: api.certificates(),
+        });
+        let api = api.with_deployments(Arc::new(Versions {
+            wasm: self.wasm.clone(),
+            reload: reload.clone(),
+        }));
+        let reloads = reload.map(reload_on_hangup);
         let draining = api.draining();
         let closing = api.closing();
         let mut served = tokio::spawn(api.serve(listener));
@@ -283,31 +289,45 @@ fn purge(wasm: &WasmHost, store: &StoreConfig) -> JoinHandle<()> {
 /// `wasm`'s handler and worker versions, for the admin routes
 /// ([`HttpApi::with_deployments`]); with no config file to reload.
 pub fn deployments(wasm: &WasmHost) -> Arc<dyn Deployments> {
-    deployments_with_reload(wasm, None)
-}
-
-/// [`deployments`], reloading the `[limits]` and grants of the config file `source` when
-/// asked (`POST /v1/config/reload`).
-pub fn deployments_with_reload(wasm: &WasmHost, source: Option<PathBuf>) -> Arc<dyn Deployments> {
     Arc::new(Versions {
         wasm: wasm.clone(),
-        source,
+        reload: None,
     })
 }
 
-/// Reads the config file `source` again and applies its `[limits]` and grants to new runs.
-fn reload(wasm: &WasmHost, source: &Path) -> Result<Vec<String>, DeployError> {
-    let config = HostConfig::from_path(source).map_err(|error| DeployError::Refused {
-        message: error.to_string(),
-        problems: vec![error.to_string()],
-    })?;
-    wasm.reload(&config.deployment).map_err(deploy_error)
+/// What a reload reads again, and what it changes: the config file's `[limits]` and grants,
+/// applied to new runs, and its TLS certificate, served to new connections.
+#[derive(Clone)]
+struct Reload {
+    wasm: WasmHost,
+    source: PathBuf,
+    certificates: Certificates,
 }
 
-/// On SIGHUP, reloads the config file `source` (see [`WasmHost::reload`]) and logs what changed
-/// or why nothing did.
-fn reload_on_hangup(wasm: &WasmHost, source: PathBuf) -> JoinHandle<()> {
-    let wasm = wasm.clone();
+impl Reload {
+    /// Reads the config file again and applies it; answers what changed.
+    fn run(&self) -> Result<Vec<String>, DeployError> {
+        let config = HostConfig::from_path(&self.source).map_err(|error| DeployError::Refused {
+            message: error.to_string(),
+            problems: vec![error.to_string()],
+        })?;
+        let refused = |error: ServerConfigError| DeployError::Refused {
+            message: error.to_string(),
+            problems: vec![error.to_string()],
+        };
+        // Every part is checked before any is applied: a refused reload changes nothing.
+        config.server.check().map_err(refused)?;
+        let mut changes = self.wasm.reload(&config.deployment).map_err(deploy_error)?;
+        let certificate = self.certificates.reload(&config.server).map_err(refused)?;
+        if certificate {
+            changes.push("server.tls_cert: read again; new connections get it".to_owned());
+        }
+        Ok(changes)
+    }
+}
+
+/// On SIGHUP, runs `reload` and logs what changed or why nothing did.
+fn reload_on_hangup(reload: Reload) -> JoinHandle<()> {
     tokio::spawn(async move {
         #[cfg(unix)]
         {
@@ -319,26 +339,27 @@ fn reload_on_hangup(wasm: &WasmHost, source: PathBuf) -> JoinHandle<()> {
                     return;
                 }
             };
+            let config = reload.source.display().to_string();
             while hangups.recv().await.is_some() {
-                let (host, file) = (wasm.clone(), source.clone());
-                let reloaded = tokio::task::spawn_blocking(move || reload(&host, &file))
+                let running = reload.clone();
+                let reloaded = tokio::task::spawn_blocking(move || running.run())
                     .await
                     .unwrap_or_else(|error| Err(DeployError::Internal(error.to_string())));
                 match reloaded {
                     Ok(changes) if changes.is_empty() => {
-                        tracing::info!(config = %source.display(), "config reloaded: nothing changed");
+                        tracing::info!(%config, "config reloaded: nothing changed");
                     }
                     Ok(changes) => {
-                        tracing::info!(config = %source.display(), changes = %changes.join("; "), "config reloaded");
+                        tracing::info!(%config, changes = %changes.join("; "), "config reloaded");
                     }
                     Err(error) => {
-                        tracing::warn!(config = %source.display(), %error, "config reload refused; nothing changed");
+                        tracing::warn!(%config, %error, "config reload refused; nothing changed");
                     }
                 }
             }
         }
         #[cfg(not(unix))]
-        let _ = (wasm, source);
+        let _ = reload;
     })
 }
 
@@ -351,8 +372,8 @@ const HISTORY_SHOWN: usize = 50;
 /// The wasm host's versions, as the admin routes see them.
 struct Versions {
     wasm: WasmHost,
-    /// The config file a reload reads, if any.
-    source: Option<PathBuf>,
+    /// What a reload reads again, if the host was started from a config file.
+    reload: Option<Reload>,
 }
 
 impl Deployments for Versions {
@@ -412,12 +433,11 @@ impl Deployments for Versions {
 
     fn reload(&self) -> BoxFuture<'_, Result<Vec<String>, DeployError>> {
         Box::pin(async move {
-            let source = self.source.clone().ok_or_else(|| DeployError::Refused {
+            let reload = self.reload.clone().ok_or_else(|| DeployError::Refused {
                 message: "this host was not started from a config file".to_owned(),
                 problems: Vec::new(),
             })?;
-            let wasm = self.wasm.clone();
-            tokio::task::spawn_blocking(move || reload(&wasm, &source))
+            tokio::task::spawn_blocking(move || reload.run())
                 .await
                 .map_err(|error| DeployError::Internal(error.to_string()))?
         })

@@ -27,10 +27,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use socket2::{SockRef, TcpKeepalive};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ServerConfig;
+use crate::tls::Certificates;
 
 /// How long the host waits before accepting again when it has no file descriptor left.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -143,7 +143,7 @@ pub(crate) async fn serve(
     config: &ServerConfig,
     gauge: Gauge,
     closing: CancellationToken,
-    tls: Option<TlsAcceptor>,
+    certificates: Certificates,
 ) -> std::io::Result<()> {
     let open = Arc::new(Mutex::new(Open {
         max: fit_descriptors(config.max_connections.max(1)),
@@ -170,6 +170,7 @@ pub(crate) async fn serve(
                 continue;
             }
         };
+        let tls = certificates.current();
         let Some(admitted) = admit(&open, client_of(peer.ip())) else {
             tracing::debug!(%peer, "connection refused: too many open");
             if tls.is_some() {

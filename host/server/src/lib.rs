@@ -33,7 +33,7 @@ pub mod openapi;
 mod router;
 mod sse;
 mod state;
-mod tls;
+pub mod tls;
 mod watch_token;
 
 use std::sync::Arc;
@@ -59,6 +59,7 @@ pub struct HttpApi {
     draining: CancellationToken,
     closing: CancellationToken,
     in_flight: Arc<tokio::sync::Semaphore>,
+    certificates: tls::Certificates,
 }
 
 impl HttpApi {
@@ -73,6 +74,7 @@ impl HttpApi {
             config,
             draining: CancellationToken::new(),
             closing: CancellationToken::new(),
+            certificates: tls::Certificates::default(),
         }
     }
 
@@ -89,6 +91,11 @@ impl HttpApi {
     /// finishes the answer it is writing and is closed, and `serve` returns once all are.
     pub fn closing(&self) -> CancellationToken {
         self.closing.clone()
+    }
+
+    /// The certificate it serves (with `[server] tls_cert`), to reload without a restart.
+    pub fn certificates(&self) -> tls::Certificates {
+        self.certificates.clone()
     }
 
     /// Also serves the operator routes over `jobs` (list, get, retry, cancel), to callers
@@ -138,7 +145,8 @@ impl HttpApi {
         let closing = self.closing.clone();
         let refused = |error| std::io::Error::new(std::io::ErrorKind::InvalidInput, error);
         config.check().map_err(refused)?;
-        let tls = tls::acceptor(&config).map_err(refused)?;
+        let certificates = self.certificates.clone();
+        certificates.set(tls::acceptor(&config).map_err(refused)?);
         let (router, metrics) = self.build();
         connections::serve(
             listener,
@@ -146,7 +154,7 @@ impl HttpApi {
             &config,
             metrics.connections(),
             closing,
-            tls,
+            certificates,
         )
         .await
     }

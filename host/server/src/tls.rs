@@ -1,8 +1,9 @@
 //! HTTPS: `[server] tls_cert` and `tls_key` (PEM) make the host serve TLS only, through
 //! rustls, with HTTP/1.1 over it. The handshake counts against the header timeout, so a client
-//! that opens a connection and stalls is closed as a silent plain one would be.
+//! that opens a connection and stalls is closed as a silent plain one would be. [`Certificates`]
+//! are read again on a reload, so a renewed certificate is served without a restart.
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -54,4 +55,44 @@ pub(crate) fn acceptor(config: &ServerConfig) -> Result<Option<TlsAcceptor>, Ser
 
 fn tls(field: &'static str, message: String) -> ServerConfigError {
     ServerConfigError::Tls { field, message }
+}
+
+/// The certificate a host serves now: connections accepted after a [`Certificates::reload`]
+/// get the new one. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Certificates(Arc<RwLock<Option<TlsAcceptor>>>);
+
+impl Certificates {
+    /// Reads `config`'s certificate and key again and serves them from now on. A host started
+    /// with plain HTTP stays plain, and one started with TLS keeps it: answers whether the
+    /// certificate was replaced.
+    pub fn reload(&self, config: &ServerConfig) -> Result<bool, ServerConfigError> {
+        let mut current = self.0.write().unwrap_or_else(PoisonError::into_inner);
+        if current.is_none() {
+            return Ok(false);
+        }
+        match acceptor(config)? {
+            Some(fresh) => {
+                *current = Some(fresh);
+                Ok(true)
+            }
+            None => Err(tls(
+                "tls_cert",
+                "a host serving HTTPS cannot turn to plain HTTP without a restart".into(),
+            )),
+        }
+    }
+
+    /// Serves `acceptor` from now on.
+    pub(crate) fn set(&self, acceptor: Option<TlsAcceptor>) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = acceptor;
+    }
+
+    /// The acceptor of new connections, if the host serves HTTPS.
+    pub(crate) fn current(&self) -> Option<TlsAcceptor> {
+        self.0
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }

@@ -121,3 +121,63 @@ fn trusting_ca(ca: &std::path::Path) -> rustls::ClientConfig {
     .with_root_certificates(roots)
     .with_no_client_auth()
 }
+
+#[test]
+fn serve_reads_a_renewed_certificate_on_sighup() {
+    let (first, renewed) = (TestCerts::new(), TestCerts::new());
+    let dir = tempfile::tempdir().unwrap();
+    let tls = dir.path().join("tls");
+    std::fs::create_dir(&tls).unwrap();
+    let install = |certs: &TestCerts| {
+        std::fs::copy(&certs.cert, tls.join("server.pem")).unwrap();
+        std::fs::copy(&certs.key, tls.join("server-key.pem")).unwrap();
+    };
+    install(&first);
+    let config = write_config(
+        dir.path(),
+        "testing.manifest.json",
+        "Testing.Scenario",
+        "test_handlers",
+        "[server]\ntls_cert = \"tls/server.pem\"\ntls_key = \"tls/server-key.pem\"\n",
+    );
+    let serve = Serve::with_config(&config);
+    let caller = token(&["testing.run"]);
+    let succeeds_trusting = |ca: &std::path::Path| {
+        let ca = ca.display().to_string();
+        let output = serve.call(
+            &caller,
+            &[
+                "start",
+                "Testing.Scenario",
+                "--input",
+                r#"{"scenario":"complete"}"#,
+                "--wait",
+                "30",
+                "--ca-file",
+                &ca,
+            ],
+        );
+        output.status.success()
+    };
+    assert!(succeeds_trusting(&first.ca));
+    assert!(!succeeds_trusting(&renewed.ca));
+
+    install(&renewed);
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &serve.child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !succeeds_trusting(&renewed.ca) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the renewed certificate was never served"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        !succeeds_trusting(&first.ca),
+        "new connections get the renewed certificate"
+    );
+}
