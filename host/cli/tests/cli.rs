@@ -89,6 +89,49 @@ impl Serve {
     }
 }
 
+impl Serve {
+    /// `opshost start Testing.Scenario --input input --wait 30` as a `testing.run` caller, with
+    /// `extra` arguments.
+    fn run_scenario(&self, input: &str, extra: &[&str]) -> Output {
+        let start = [
+            "start",
+            "Testing.Scenario",
+            "--input",
+            input,
+            "--wait",
+            "30",
+        ];
+        self.call(&token(&["testing.run"]), &[&start[..], extra].concat())
+    }
+
+    /// The note of a `Testing.Scenario` operation run to its end with `input`.
+    fn note_of(&self, input: &str) -> String {
+        let done = json(&self.run_scenario(input, &[]));
+        done["output"]["note"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no note: {done}"))
+            .to_owned()
+    }
+
+    /// Sends the host SIGHUP: it reads its config file again.
+    fn hang_up(&self) {
+        let status = Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+    }
+}
+
+/// Waits up to 30 s for `done`, polling; fails naming `what` if it never is.
+fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 impl Drop for Serve {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -71,16 +71,12 @@ impl Lineage {
     /// The lineage of a target whose only version is the config's `sha256`, before the log is
     /// read.
     pub fn from_config(sha256: &str) -> Self {
-        let mut lineage = Self::default();
-        lineage.apply(&DeploymentRecord {
-            seq: 0,
-            target: opshost_api::DeployTarget::Operation(String::new()),
-            action: DeployAction::Config,
-            sha256: sha256.to_owned(),
-            by: "config".to_owned(),
-            at: Utc::now(),
-        });
-        lineage
+        Self {
+            stack: vec![sha256.to_owned()],
+            ramp: None,
+            config: Some(sha256.to_owned()),
+            deployed: BTreeMap::from([(sha256.to_owned(), (Utc::now(), "config".to_owned()))]),
+        }
     }
 
     /// Applies one record of the log.
@@ -152,9 +148,16 @@ impl Lineage {
         }
     }
 
+    /// The versions new work may run: the current one and the ramping one.
+    pub fn live(&self) -> impl Iterator<Item = &str> {
+        self.current()
+            .into_iter()
+            .chain(self.ramp().map(|(sha, _)| sha))
+    }
+
     /// Whether new work may run `sha`.
     fn is_live(&self, sha: &str) -> bool {
-        self.current() == Some(sha) || self.ramp().is_some_and(|(ramping, _)| ramping == sha)
+        self.live().any(|live| live == sha)
     }
 }
 

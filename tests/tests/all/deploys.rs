@@ -370,6 +370,31 @@ async fn an_operator_deploys_ramps_and_rolls_back_over_http_and_others_may_not()
         .await
         .unwrap();
     assert_eq!(bad_percent.status(), 400);
+    for query in ["percent=300", "rampTo=10"] {
+        let refused = json_of(
+            http.post(format!("{route}?{query}"))
+                .bearer_auth(&admin)
+                .body(component.clone()),
+        )
+        .await;
+        assert_eq!(
+            refused["error"]["code"], "InvalidInput",
+            "{query}: {refused}"
+        );
+        assert_eq!(
+            refused["error"]["details"]["allowed"],
+            json!(["percent", "dryRun"]),
+            "{query}: {refused}"
+        );
+    }
+    let no_file = json_of(http.post(url("/v1/config/reload")).bearer_auth(&admin)).await;
+    assert!(
+        no_file["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not started from a config file"),
+        "{no_file}"
+    );
     let unknown = http
         .post(url("/v1/deployments/operations/Nope"))
         .bearer_auth(&admin)

@@ -4,9 +4,8 @@
 
 use opshost_tests::tls::TestCerts;
 
-use crate::common::token;
 use crate::shutdown::write_config;
-use crate::{Serve, json, text};
+use crate::{Serve, eventually, json, text};
 
 #[test]
 fn serve_over_https_is_driven_by_the_cli_trusting_a_ca_file() {
@@ -25,17 +24,8 @@ fn serve_over_https_is_driven_by_the_cli_trusting_a_ca_file() {
     );
     let serve = Serve::with_config(&config);
     assert!(serve.url.starts_with("https://127.0.0.1:"), "{}", serve.url);
-    let caller = token(&["testing.run"]);
-    let start = [
-        "start",
-        "Testing.Scenario",
-        "--input",
-        r#"{"scenario":"complete"}"#,
-        "--wait",
-        "30",
-    ];
     let ca = certs.ca.display().to_string();
-    let trusted = serve.call(&caller, &[&start[..], &["--ca-file", &ca]].concat());
+    let trusted = serve.run_scenario(r#"{"scenario":"complete"}"#, &["--ca-file", &ca]);
     assert!(trusted.status.success(), "{}", text(&trusted.stderr));
     assert_eq!(json(&trusted)["state"], "completed");
 
@@ -66,7 +56,7 @@ fn serve_over_https_is_driven_by_the_cli_trusting_a_ca_file() {
         Some("https://console.test")
     );
 
-    let untrusted = serve.call(&caller, &start);
+    let untrusted = serve.run_scenario(r#"{"scenario":"complete"}"#, &[]);
     assert_eq!(
         untrusted.status.code(),
         Some(4),
@@ -141,41 +131,19 @@ fn serve_reads_a_renewed_certificate_on_sighup() {
         "[server]\ntls_cert = \"tls/server.pem\"\ntls_key = \"tls/server-key.pem\"\n",
     );
     let serve = Serve::with_config(&config);
-    let caller = token(&["testing.run"]);
     let succeeds_trusting = |ca: &std::path::Path| {
         let ca = ca.display().to_string();
-        let output = serve.call(
-            &caller,
-            &[
-                "start",
-                "Testing.Scenario",
-                "--input",
-                r#"{"scenario":"complete"}"#,
-                "--wait",
-                "30",
-                "--ca-file",
-                &ca,
-            ],
-        );
+        let output = serve.run_scenario(r#"{"scenario":"complete"}"#, &["--ca-file", &ca]);
         output.status.success()
     };
     assert!(succeeds_trusting(&first.ca));
     assert!(!succeeds_trusting(&renewed.ca));
 
     install(&renewed);
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &serve.child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !succeeds_trusting(&renewed.ca) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the renewed certificate was never served"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    serve.hang_up();
+    eventually("the renewed certificate is served", || {
+        succeeds_trusting(&renewed.ca)
+    });
     assert!(
         !succeeds_trusting(&first.ca),
         "new connections get the renewed certificate"

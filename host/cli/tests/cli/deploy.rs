@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use crate::common::{root, token};
 use crate::shutdown::write_config;
-use crate::{Serve, json, text};
+use crate::{Serve, eventually, json, text};
 
 fn wasm(name: &str) -> String {
     root()
@@ -19,22 +19,7 @@ fn wasm(name: &str) -> String {
 
 /// Starts `Testing.Scenario` with the `complete` scenario and waits for it; answers its note.
 fn note_of_a_new_operation(serve: &Serve) -> String {
-    let caller = token(&["testing.run"]);
-    let started = json(&serve.call(
-        &caller,
-        &[
-            "start",
-            "Testing.Scenario",
-            "--input",
-            r#"{"scenario":"complete"}"#,
-            "--wait",
-            "30",
-        ],
-    ));
-    started["output"]["note"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no note: {started}"))
-        .to_owned()
+    serve.note_of(r#"{"scenario":"complete"}"#)
 }
 
 fn succeeded(output: &Output) -> Value {
@@ -216,21 +201,7 @@ fn config_with_region(dir: &std::path::Path, region: &str) -> std::path::PathBuf
 }
 
 fn region_of_a_new_operation(serve: &Serve) -> String {
-    let started = json(&serve.call(
-        &token(&["testing.run"]),
-        &[
-            "start",
-            "Testing.Scenario",
-            "--input",
-            r#"{"scenario":"read-env","path":"REGION"}"#,
-            "--wait",
-            "30",
-        ],
-    ));
-    started["output"]["note"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no note: {started}"))
-        .to_owned()
+    serve.note_of(r#"{"scenario":"read-env","path":"REGION"}"#)
 }
 
 #[test]
@@ -241,19 +212,10 @@ fn serve_applies_a_changed_config_to_new_runs_on_sighup_and_through_the_api() {
     assert_eq!(region_of_a_new_operation(&serve), "eu-west-1");
 
     config_with_region(dir.path(), "us-east-1");
-    let status = std::process::Command::new("kill")
-        .args(["-HUP", &serve.child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while region_of_a_new_operation(&serve) != "us-east-1" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "SIGHUP never applied the config"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    serve.hang_up();
+    eventually("SIGHUP applies the config", || {
+        region_of_a_new_operation(&serve) == "us-east-1"
+    });
 
     config_with_region(dir.path(), "ap-south-1");
     crate::runtime().block_on(async {

@@ -252,12 +252,8 @@ impl Deployments {
     /// The versions new work may run of `target` under `lineage`, compiled; those that cannot
     /// be compiled are logged and left out (new work then runs the newest version held).
     async fn live(&self, target: &DeployTarget, lineage: &Lineage) -> Vec<(String, Built)> {
-        let live = lineage
-            .current()
-            .into_iter()
-            .chain(lineage.ramp().map(|(sha, _)| sha));
         let mut compiled = Vec::new();
-        for sha256 in live {
+        for sha256 in lineage.live() {
             let held = self
                 .versions(target)
                 .and_then(|versions| versions.held(sha256));
@@ -311,12 +307,21 @@ impl Deployments {
             let Some(versions) = self.versions(&target) else {
                 continue;
             };
-            let changed = lineages.remove(&target);
-            let lineage = changed.clone().unwrap_or_else(|| versions.lineage());
+            let lineage = match lineages.remove(&target) {
+                Some(changed) => {
+                    tracing::info!(%target, current = changed.current().unwrap_or_default(), ramp = ?changed.ramp(), "deployments followed");
+                    changed
+                }
+                // Unchanged: only a live version this host could not load yet is worth a retry.
+                None => {
+                    let lineage = versions.lineage();
+                    if lineage.live().all(|sha| versions.held(sha).is_some()) {
+                        continue;
+                    }
+                    lineage
+                }
+            };
             let live = self.live(&target, &lineage).await;
-            if changed.is_some() {
-                tracing::info!(%target, current = lineage.current().unwrap_or_default(), ramp = ?lineage.ramp(), "deployments followed");
-            }
             versions.set_lineage(lineage, live);
         }
         if let Some(last) = records.last() {
