@@ -30,11 +30,20 @@ impl DeployTarget {
         }
     }
 
-    /// The target of `kind` (`operation` or `queue`) named `name`.
-    pub fn from_parts(kind: &str, name: &str) -> Option<Self> {
-        match kind {
-            "operation" => Some(Self::Operation(name.to_owned())),
-            "queue" => Some(Self::Queue(name.to_owned())),
+    /// Where targets of this kind are listed and addressed in the API: `operations` or
+    /// `queues`.
+    pub fn collection(&self) -> &'static str {
+        match self {
+            Self::Operation(_) => "operations",
+            Self::Queue(_) => "queues",
+        }
+    }
+
+    /// The target named `name` in `collection` (`operations` or `queues`).
+    pub fn in_collection(collection: &str, name: String) -> Option<Self> {
+        match collection {
+            "operations" => Some(Self::Operation(name)),
+            "queues" => Some(Self::Queue(name)),
             _ => None,
         }
     }

@@ -170,6 +170,7 @@ impl Client {
         options: &ClientOptions,
     ) -> Result<Self, ClientError> {
         let base = url.as_ref().trim_end_matches('/').to_owned();
+        #[cfg_attr(feature = "rustls", allow(unused_variables))]
         let parsed = reqwest::Url::parse(&base)
             .map_err(|e| ClientError::Protocol(format!("url `{base}`: {e}")))?;
         // Idle connections are dropped before a host's header timeout (10 s by default) would
@@ -177,6 +178,8 @@ impl Client {
         let builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(5));
+        // Always configured, `http://` hosts too: with TLS built in, reqwest has no crypto
+        // provider of its own to fall back on.
         #[cfg(feature = "rustls")]
         let builder = builder.tls_backend_preconfigured(tls::config(options.ca_file.as_deref())?);
         #[cfg(not(feature = "rustls"))]
@@ -185,7 +188,6 @@ impl Client {
                 "`{base}`: HTTPS needs opshost-client's `rustls` feature"
             )));
         }
-        let _ = parsed;
         let http = builder.build().map_err(ClientError::Transport)?;
         Ok(Self {
             http,
@@ -403,11 +405,11 @@ impl Client {
 }
 
 fn deployment_path(target: &DeployTarget) -> String {
-    let kind = match target {
-        DeployTarget::Operation(_) => "operations",
-        DeployTarget::Queue(_) => "queues",
-    };
-    format!("/v1/deployments/{kind}/{}", segment(target.name()))
+    format!(
+        "/v1/deployments/{}/{}",
+        target.collection(),
+        segment(target.name())
+    )
 }
 
 async fn send<T: serde::de::DeserializeOwned>(request: RequestBuilder) -> Result<T, ClientError> {

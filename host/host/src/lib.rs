@@ -307,19 +307,16 @@ struct Reload {
 impl Reload {
     /// Reads the config file again and applies it; answers what changed.
     fn run(&self) -> Result<Vec<String>, DeployError> {
-        let config = HostConfig::from_path(&self.source).map_err(|error| DeployError::Refused {
-            message: error.to_string(),
-            problems: vec![error.to_string()],
-        })?;
-        let refused = |error: ServerConfigError| DeployError::Refused {
-            message: error.to_string(),
-            problems: vec![error.to_string()],
-        };
-        // Every part is checked before any is applied: a refused reload changes nothing.
-        config.server.check().map_err(refused)?;
+        let config = HostConfig::from_path(&self.source).map_err(DeployError::refused)?;
+        // The certificate is read first and served last, and the limits and grants are
+        // applied whole or not at all: a refused reload changes nothing.
+        let renewed = self
+            .certificates
+            .prepare(&config.server)
+            .map_err(DeployError::refused)?;
         let mut changes = self.wasm.reload(&config.deployment).map_err(deploy_error)?;
-        let certificate = self.certificates.reload(&config.server).map_err(refused)?;
-        if certificate {
+        if let Some(renewed) = renewed {
+            self.certificates.apply(renewed);
             changes.push("server.tls_cert: read again; new connections get it".to_owned());
         }
         Ok(changes)
@@ -379,25 +376,17 @@ struct Versions {
 impl Deployments for Versions {
     fn list(&self) -> BoxFuture<'_, Result<serde_json::Value, DeployError>> {
         Box::pin(async move {
-            let mut operations = serde_json::Map::new();
-            let mut queues = serde_json::Map::new();
+            let mut listed = serde_json::json!({ "operations": {}, "queues": {} });
             for (target, versions) in self.wasm.deployments() {
-                let listed = match target {
-                    DeployTarget::Operation(_) => &mut operations,
-                    DeployTarget::Queue(_) => &mut queues,
-                };
-                listed.insert(target.name().to_owned(), serde_json::json!(versions));
+                listed[target.collection()][target.name()] = serde_json::json!(versions);
             }
             let history = self
                 .wasm
                 .deployment_history(HISTORY_SHOWN)
                 .await
                 .map_err(deploy_error)?;
-            Ok(serde_json::json!({
-                "operations": operations,
-                "queues": queues,
-                "history": history,
-            }))
+            listed["history"] = serde_json::json!(history);
+            Ok(listed)
         })
     }
 
@@ -433,9 +422,8 @@ impl Deployments for Versions {
 
     fn reload(&self) -> BoxFuture<'_, Result<Vec<String>, DeployError>> {
         Box::pin(async move {
-            let reload = self.reload.clone().ok_or_else(|| DeployError::Refused {
-                message: "this host was not started from a config file".to_owned(),
-                problems: Vec::new(),
+            let reload = self.reload.clone().ok_or_else(|| {
+                DeployError::refused("this host was not started from a config file")
             })?;
             tokio::task::spawn_blocking(move || reload.run())
                 .await
@@ -461,22 +449,13 @@ fn deploy_error(error: SandboxError) -> DeployError {
             DeployError::UnknownTarget(DeployTarget::Queue(queue))
         }
         SandboxError::NoEarlierVersion { target } => DeployError::NoEarlierVersion(target),
-        SandboxError::Store(error) => DeployError::Unavailable(error.to_string()),
+        SandboxError::Store(error) => DeployError::Store(error),
         SandboxError::Internal(message) => DeployError::Internal(message),
-        SandboxError::Refused { target, problems } => DeployError::Refused {
-            message: format!(
-                "{target}: the component is refused: {}",
-                problems.join("; ")
-            ),
-            problems,
+        SandboxError::Refused { ref problems, .. }
+        | SandboxError::ReloadRefused { ref problems } => DeployError::Refused {
+            problems: problems.clone(),
+            message: error.to_string(),
         },
-        SandboxError::ReloadRefused { problems } => DeployError::Refused {
-            message: format!("the config reload is refused: {}", problems.join("; ")),
-            problems,
-        },
-        other => DeployError::Refused {
-            message: other.to_string(),
-            problems: vec![other.to_string()],
-        },
+        other => DeployError::refused(other),
     }
 }

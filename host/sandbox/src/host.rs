@@ -140,8 +140,16 @@ impl WasmHost {
                 (target, &w.component, w.sha256.as_deref())
             }));
         let mut configured = Vec::new();
+        // A file several handlers or workers name is read and compiled once.
+        let mut read = HashMap::new();
         for (target, path, pin) in components {
-            let (bytes, sha256, component) = deployer.read(path, pin)?;
+            let (bytes, sha256, component) = match read.entry((path, pin)) {
+                std::collections::hash_map::Entry::Occupied(entry) => entry.into_mut(),
+                std::collections::hash_map::Entry::Vacant(entry) => {
+                    entry.insert(deployer.read(path, pin)?)
+                }
+            }
+            .clone();
             let built = deployer.link(&target, path, &component)?;
             tracing::info!(%target, component = %path.display(), %sha256, "component loaded");
             configured.push((target, sha256, bytes, built));

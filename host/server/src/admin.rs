@@ -12,7 +12,7 @@ use serde::Deserialize;
 
 use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::state::{AppState, Caller};
+use crate::state::{AppState, Caller, require_admin};
 
 /// The `/v1/jobs` routes.
 pub(crate) fn routes() -> Router<AppState> {
@@ -47,10 +47,7 @@ impl From<JobError> for ApiError {
 
 /// The jobs, once the caller is known to be an operator.
 fn operator<'a>(state: &'a AppState, caller: &Principal) -> Result<&'a Jobs, ApiError> {
-    let capability = &state.config.admin_capability;
-    if !caller.scopes.iter().any(|scope| scope == capability) {
-        return Err(ApiError::missing_capability(capability, "admin", "jobs"));
-    }
+    require_admin(state, caller, "jobs")?;
     state.jobs.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::NOT_FOUND,

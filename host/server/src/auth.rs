@@ -363,6 +363,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_watch_token_key_that_is_unset_or_short_stops_the_host_naming_it() {
+        let config = |var: &str| AuthConfig {
+            hs256_secret: Some("a-secret-shared-by-both-kinds-of-token!!".into()),
+            watch_token_secret_env: Some(var.into()),
+            ..AuthConfig::default()
+        };
+        let unset = Authenticator::from_config(&config("OPSHOST_TEST_NO_SUCH_VARIABLE"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            unset.contains("auth.watch_token_secret_env") && unset.contains("NO_SUCH_VARIABLE"),
+            "{unset}"
+        );
+        let (short_var, _) = std::env::vars()
+            .find(|(_, value)| !value.is_empty() && value.len() < 32)
+            .expect("some environment variable holds a short value");
+        let short = Authenticator::from_config(&config(&short_var))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            short.contains("auth.watch_token_secret_env") && short.contains("at least 32"),
+            "{short}"
+        );
+    }
+
+    #[test]
     fn a_watch_token_is_no_bearer_token_even_signed_with_the_bearer_secret() {
         let secret = "a-secret-shared-by-both-kinds-of-token!!";
         let auth = Authenticator::from_config(&AuthConfig {

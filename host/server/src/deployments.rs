@@ -15,11 +15,12 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures::future::BoxFuture;
 use opshost_api::{DeployTarget, ErrorCode};
+use opshost_runtime::ServerError;
+use opshost_runtime::store::StoreError;
 use serde_json::{Value, json};
 
-use crate::auth::Principal;
 use crate::error::ApiError;
-use crate::state::{AppState, Caller};
+use crate::state::{AppState, Caller, require_admin};
 
 /// Largest component a deploy takes, in bytes.
 pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
@@ -41,12 +42,23 @@ pub enum DeployError {
     /// A rollback with no ramp and no version before the current one.
     #[error("{0} has no earlier version to roll back to")]
     NoEarlierVersion(DeployTarget),
-    /// The store of deployments cannot be reached now: nothing changed.
-    #[error("{0}")]
-    Unavailable(String),
+    /// The store of deployments failed: nothing changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// The host failed on its side: nothing changed.
     #[error("{0}")]
     Internal(String),
+}
+
+impl DeployError {
+    /// A refusal for one problem, `problem`.
+    pub fn refused(problem: impl std::fmt::Display) -> Self {
+        let message = problem.to_string();
+        Self::Refused {
+            problems: vec![message.clone()],
+            message,
+        }
+    }
 }
 
 /// The versions of a host's handlers and workers, as the admin routes see them.
@@ -116,11 +128,7 @@ impl From<DeployError> for ApiError {
                 ErrorCode::OperationUnsupportedControl,
                 message,
             ),
-            DeployError::Unavailable(_) => ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                ErrorCode::Unavailable,
-                message,
-            ),
+            DeployError::Store(error) => ServerError::Store(error).into(),
             DeployError::Internal(_) => ApiError::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 ErrorCode::Internal,
@@ -132,15 +140,13 @@ impl From<DeployError> for ApiError {
 
 /// The target a route names: `operations/{name}` or `queues/{name}`.
 fn target(kind: &str, name: String) -> Result<DeployTarget, ApiError> {
-    match kind {
-        "operations" => Ok(DeployTarget::Operation(name)),
-        "queues" => Ok(DeployTarget::Queue(name)),
-        other => Err(ApiError::new(
+    DeployTarget::in_collection(kind, name).ok_or_else(|| {
+        ApiError::new(
             StatusCode::NOT_FOUND,
             ErrorCode::OperationNotFound,
-            format!("no deployments of `{other}`: use `operations` or `queues`"),
-        )),
-    }
+            format!("no deployments of `{kind}`: use `operations` or `queues`"),
+        )
+    })
 }
 
 /// The query of a deploy.
@@ -158,7 +164,8 @@ struct DeployQuery {
 /// request head, so that a caller without the capability is refused before its body is read.
 struct Operator {
     deployments: Arc<dyn Deployments>,
-    caller: Principal,
+    /// Who the caller is, as the deployment log records it: `subject@tenant`.
+    by: String,
 }
 
 impl FromRequestParts<AppState> for Operator {
@@ -166,14 +173,7 @@ impl FromRequestParts<AppState> for Operator {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let Caller(caller) = Caller::from_request_parts(parts, state).await?;
-        let capability = &state.config.admin_capability;
-        if !caller.scopes.iter().any(|scope| scope == capability) {
-            return Err(ApiError::missing_capability(
-                capability,
-                "admin",
-                "deployments",
-            ));
-        }
+        require_admin(state, &caller, "deployments")?;
         let deployments = state.deployments.clone().ok_or_else(|| {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -183,7 +183,7 @@ impl FromRequestParts<AppState> for Operator {
         })?;
         Ok(Self {
             deployments,
-            caller,
+            by: format!("{}@{}", caller.subject, caller.tenant),
         })
     }
 }
@@ -210,17 +210,13 @@ async fn deploy(
                 .with_details(json!({ "path": "percent" })),
         );
     }
-    let Operator {
-        deployments,
-        caller,
-    } = operator;
+    let Operator { deployments, by } = operator;
     if query.dry_run {
         return Ok((
             StatusCode::OK,
             Json(deployments.check(target, component).await?),
         ));
     }
-    let by = format!("{}@{}", caller.subject, caller.tenant);
     let sha256 = deployments
         .deploy(target.clone(), component, percent, by)
         .await?;
@@ -240,9 +236,10 @@ async fn rollback(
     Path((kind, name)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let target = target(&kind, name)?;
-    let caller = &operator.caller;
-    let by = format!("{}@{}", caller.subject, caller.tenant);
-    let sha256 = operator.deployments.rollback(target.clone(), by).await?;
+    let sha256 = operator
+        .deployments
+        .rollback(target.clone(), operator.by)
+        .await?;
     Ok(Json(json!({
         "kind": target.kind(),
         "name": target.name(),
@@ -252,7 +249,6 @@ async fn rollback(
 
 async fn reload(operator: Operator) -> Result<Json<Value>, ApiError> {
     let changes = operator.deployments.reload().await?;
-    let caller = &operator.caller;
-    tracing::info!(by = %format!("{}@{}", caller.subject, caller.tenant), changes = changes.len(), "config reloaded");
+    tracing::info!(by = %operator.by, changes = changes.len(), "config reloaded");
     Ok(Json(json!({ "changes": changes })))
 }

@@ -48,6 +48,21 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
+/// Refuses a caller without the host's `admin_capability`, for the operator routes of
+/// `routes` (`jobs`, `deployments`).
+pub(crate) fn require_admin(
+    shared: &Shared,
+    caller: &Principal,
+    routes: &str,
+) -> Result<(), ApiError> {
+    let capability = &shared.config.admin_capability;
+    if caller.scopes.iter().any(|scope| scope == capability) {
+        Ok(())
+    } else {
+        Err(ApiError::missing_capability(capability, "admin", routes))
+    }
+}
+
 /// The caller a request's `Authorization: Bearer` header names.
 pub(crate) fn bearer(shared: &Shared, headers: &HeaderMap) -> Result<Principal, ApiError> {
     let header = headers

@@ -57,30 +57,31 @@ fn tls(field: &'static str, message: String) -> ServerConfigError {
     ServerConfigError::Tls { field, message }
 }
 
-/// The certificate a host serves now: connections accepted after a [`Certificates::reload`]
-/// get the new one. Cheap to clone.
+/// The certificate a host serves now: connections accepted after a [`Certificates::apply`] get
+/// the new one. Cheap to clone.
 #[derive(Clone, Default)]
 pub struct Certificates(Arc<RwLock<Option<TlsAcceptor>>>);
 
 impl Certificates {
-    /// Reads `config`'s certificate and key again and serves them from now on. A host started
-    /// with plain HTTP stays plain, and one started with TLS keeps it: answers whether the
-    /// certificate was replaced.
-    pub fn reload(&self, config: &ServerConfig) -> Result<bool, ServerConfigError> {
-        let mut current = self.0.write().unwrap_or_else(PoisonError::into_inner);
-        if current.is_none() {
-            return Ok(false);
+    /// Reads `config`'s certificate and key again, to serve with [`Certificates::apply`]. A
+    /// host started with plain HTTP stays plain (`None`), and one serving HTTPS cannot turn
+    /// plain without a restart.
+    pub fn prepare(&self, config: &ServerConfig) -> Result<Option<Renewed>, ServerConfigError> {
+        if self.current().is_none() {
+            return Ok(None);
         }
         match acceptor(config)? {
-            Some(fresh) => {
-                *current = Some(fresh);
-                Ok(true)
-            }
+            Some(acceptor) => Ok(Some(Renewed(acceptor))),
             None => Err(tls(
                 "tls_cert",
                 "a host serving HTTPS cannot turn to plain HTTP without a restart".into(),
             )),
         }
+    }
+
+    /// Serves `renewed` to new connections from now on.
+    pub fn apply(&self, renewed: Renewed) {
+        self.set(Some(renewed.0));
     }
 
     /// Serves `acceptor` from now on.
@@ -96,3 +97,6 @@ impl Certificates {
             .clone()
     }
 }
+
+/// A certificate read again, ready to serve (see [`Certificates::prepare`]).
+pub struct Renewed(TlsAcceptor);

@@ -274,6 +274,18 @@ async fn the_host_serves_https_and_the_client_trusts_a_ca_file() {
     .err()
     .expect("a CA file that does not exist is refused");
     assert!(missing.to_string().contains("nowhere.pem"), "{missing}");
+    let empty = certs.ca.with_file_name("empty.pem");
+    std::fs::write(&empty, "").unwrap();
+    let empty = Client::with_options(
+        &server.url,
+        &caller,
+        &ClientOptions {
+            ca_file: Some(empty),
+        },
+    )
+    .err()
+    .expect("a CA file with no certificate is refused");
+    assert!(empty.to_string().contains("no certificate"), "{empty}");
 }
 
 /// An error and its causes, as one line.

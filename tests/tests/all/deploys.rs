@@ -198,6 +198,14 @@ async fn a_handler_deployed_to_a_queue_is_refused_for_not_exporting_the_worker_w
 async fn a_ramp_gives_the_new_version_its_share_of_new_operations_until_rolled_back() {
     let host = host_on_version_a();
     let version_b = deploy(&host, "test_version_b", 25).await;
+    let current_again = host
+        .deploy(&target(), bytes_of("test_version_a"), 10, "tester@acme")
+        .await
+        .unwrap_err();
+    assert!(
+        current_again.to_string().contains("current already"),
+        "{current_again}"
+    );
     let mut on_b = 0;
     for _ in 0..20 {
         let (note, pinned) = note_of_completed(&host, json!({ "scenario": "complete" })).await;
@@ -387,6 +395,14 @@ async fn an_operator_deploys_ramps_and_rolls_back_over_http_and_others_may_not()
             "{query}: {refused}"
         );
     }
+    let unknown_kind = http
+        .post(url("/v1/deployments/tables/Testing.Scenario"))
+        .bearer_auth(&admin)
+        .body(component.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown_kind.status(), 404);
     let no_file = json_of(http.post(url("/v1/config/reload")).bearer_auth(&admin)).await;
     assert!(
         no_file["error"]["message"]

@@ -148,4 +148,35 @@ fn serve_reads_a_renewed_certificate_on_sighup() {
         !succeeds_trusting(&first.ca),
         "new connections get the renewed certificate"
     );
+
+    // A config that drops TLS (and grants REGION) is refused whole: the grant is not applied.
+    write_config(
+        dir.path(),
+        "testing.manifest.json",
+        "Testing.Scenario",
+        "test_handlers",
+        "[handlers.grants]\nenv = { REGION = \"eu-west-1\" }\n",
+    );
+    let refused = crate::runtime().block_on(async {
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(trusting_ca(&renewed.ca))
+            .build()
+            .unwrap();
+        http.post(format!("{}/v1/config/reload", serve.url))
+            .bearer_auth(crate::common::token(&["opshost.admin"]))
+            .send()
+            .await
+            .unwrap()
+    });
+    assert_eq!(refused.status(), 400);
+    let ca = renewed.ca.display().to_string();
+    let region = serve.run_scenario(
+        r#"{"scenario":"read-env","path":"REGION"}"#,
+        &["--ca-file", &ca],
+    );
+    assert_eq!(
+        json(&region)["state"],
+        "failed",
+        "the refused reload granted nothing"
+    );
 }

@@ -360,6 +360,28 @@ fn a_second_sigterm_stops_at_once_without_waiting_for_the_grace_period() {
             .await
             .unwrap();
         assert_eq!(response.status(), 202, "a handler to wait for");
+        // The drain must find the handler running, not still pending.
+        let id = response.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let current: Value = opshost_tests::net::http()
+                .get(format!("{}/v1/operations/{id}", host.url))
+                .bearer_auth(&token)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if current["state"] == "running" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "never running: {current}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     });
     let signalled = Instant::now();
     sigterm(&host.child);

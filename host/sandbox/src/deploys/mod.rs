@@ -210,19 +210,36 @@ impl Deployments {
         if let Some(held) = versions.get(sha256) {
             return Ok(held);
         }
+        let built = self.load_once(target, sha256).await?;
+        let compiled = T::from_built(built)
+            .ok_or_else(|| format!("version {sha256} of {target} is of another kind"))?;
+        Ok(versions.insert(sha256, compiled))
+    }
+
+    /// Version `sha256` of `target`, held here or compiled and then held: one compile at a
+    /// time per version, however many runs and follows want it.
+    async fn load_once(&self, target: &DeployTarget, sha256: &str) -> Result<Built, String> {
+        let held = || {
+            self.versions(target)
+                .and_then(|versions| versions.held(sha256))
+        };
+        if let Some(built) = held() {
+            return Ok(built);
+        }
         let gate = {
             let mut loading = self.loading.lock().unwrap_or_else(PoisonError::into_inner);
             let key = (target.clone(), sha256.to_owned());
             Arc::clone(loading.entry(key).or_default())
         };
         let _turn = gate.lock().await;
-        if let Some(held) = versions.get(sha256) {
-            return Ok(held);
+        if let Some(built) = held() {
+            return Ok(built);
         }
         let built = self.load(target, sha256).await?;
-        let compiled = T::from_built(built)
-            .ok_or_else(|| format!("version {sha256} of {target} is of another kind"))?;
-        Ok(versions.insert(sha256, compiled))
+        if let Some(versions) = self.versions(target) {
+            versions.keep(sha256, built.clone());
+        }
+        Ok(built)
     }
 
     /// Compiles version `sha256` of `target` from the store's copy of its bytes.
@@ -254,14 +271,7 @@ impl Deployments {
     async fn live(&self, target: &DeployTarget, lineage: &Lineage) -> Vec<(String, Built)> {
         let mut compiled = Vec::new();
         for sha256 in lineage.live() {
-            let held = self
-                .versions(target)
-                .and_then(|versions| versions.held(sha256));
-            let built = match held {
-                Some(built) => Ok(built),
-                None => self.load(target, sha256).await,
-            };
-            match built {
+            match self.load_once(target, sha256).await {
                 Ok(built) => compiled.push((sha256.to_owned(), built)),
                 Err(error) => {
                     tracing::error!(%target, %sha256, %error, "cannot load a deployed version; retried at the next follow");
@@ -331,14 +341,18 @@ impl Deployments {
     }
 
     async fn start(&self, followed: &mut Followed) -> Result<(), StoreError> {
-        let log = self.store.deployments_after(0).await?;
+        let mut lineages: HashMap<DeployTarget, Lineage> = HashMap::new();
+        for record in self.store.deployments_after(0).await? {
+            lineages
+                .entry(record.target.clone())
+                .or_default()
+                .apply(&record);
+        }
         for (target, sha256, bytes) in std::mem::take(&mut followed.configured) {
-            self.store.put_component(&sha256, bytes).await?;
-            let mut lineage = Lineage::default();
-            log.iter()
-                .filter(|record| record.target == target)
-                .for_each(|record| lineage.apply(record));
-            if lineage.config_version() != Some(sha256.as_str()) {
+            let configured = lineages.get(&target).and_then(Lineage::config_version);
+            // A version is kept before its first record names it, and only then.
+            if configured != Some(sha256.as_str()) {
+                self.store.put_component(&sha256, bytes).await?;
                 self.record(target, DeployAction::Config, sha256, "config")
                     .await?;
             }
