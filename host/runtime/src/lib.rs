@@ -83,7 +83,6 @@
 //! let started = greetings.start(&json!({ "name": "Ada" })).await?;
 //! let done = greetings.wait(&started.id).await?;
 //! assert_eq!(done.state, OperationState::Completed);
-//! assert_eq!(runtime.active_handlers(), 0);
 //! # Ok::<(), opshost_runtime::ServerError>(())
 //! # }).unwrap();
 //! ```
