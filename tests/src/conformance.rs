@@ -4,8 +4,8 @@
 //!
 //! Create-if-absent (also under races), compare-and-set on the revision, ordered revisions
 //! under concurrent writers, resume of the event log from a revision, sequenced signals,
-//! filtered paging, recovery listing, retention purge and the doorbell, which leaves no entry
-//! behind once its last holder is gone. A store may answer
+//! filtered paging, the feed of every change, recovery listing, retention purge and the
+//! doorbell, which leaves no entry behind once its last holder is gone. A store may answer
 //! `started` and `progress` before readers see them (see `must_be_durable`): tests that read
 //! those back call `flush` first, and one test checks that a terminal change, once answered,
 //! is shown with everything before it.
@@ -179,6 +179,7 @@ pub async fn list_filters_by_operation_and_state_and_pages_by_id(store: Arc<dyn 
         state: Some(OperationState::Pending),
         after: None,
         limit: 2,
+        ..ListFilter::default()
     };
     let first = store.list(&filter).await.unwrap();
     assert_eq!(
@@ -540,6 +541,165 @@ pub async fn logs_are_numbered_in_order_and_read_after_a_sequence(store: Arc<dyn
     assert!(store.logs_after("ghost", 0, 10).await.unwrap().is_empty());
 }
 
+/// See the module docs.
+pub async fn list_filters_by_id_prefix_and_creation_time(store: Arc<dyn OperationStore>) {
+    let now = Utc::now();
+    for (id, age_hours) in [
+        ("order-1", 30),
+        ("order-2", 5),
+        ("order-3", 1),
+        ("orders", 1),
+        ("refund-1", 5),
+    ] {
+        let mut created = snapshot(id, "Op");
+        created.created_at = now - Age::hours(age_hours);
+        store.create(stored(created, None)).await.unwrap();
+    }
+    let ids = |page: opshost_runtime::store::Page| {
+        page.items
+            .into_iter()
+            .map(|snapshot| snapshot.id)
+            .collect::<Vec<_>>()
+    };
+    let by_prefix = ListFilter {
+        id_prefix: Some("order-".into()),
+        limit: 10,
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        ids(store.list(&by_prefix).await.unwrap()),
+        ["order-1", "order-2", "order-3"]
+    );
+    let in_window = ListFilter {
+        created_from: Some(now - Age::hours(6)),
+        created_until: Some(now - Age::hours(2)),
+        limit: 10,
+        ..ListFilter::default()
+    };
+    assert_eq!(
+        ids(store.list(&in_window).await.unwrap()),
+        ["order-2", "refund-1"]
+    );
+    let both = ListFilter {
+        id_prefix: Some("order".into()),
+        created_from: Some(now - Age::hours(6)),
+        limit: 2,
+        ..ListFilter::default()
+    };
+    let first = store.list(&both).await.unwrap();
+    assert_eq!(first.next.as_deref(), Some("order-3"));
+    assert_eq!(ids(first), ["order-2", "order-3"]);
+    let second = ListFilter {
+        after: Some("order-3".into()),
+        ..both
+    };
+    assert_eq!(ids(store.list(&second).await.unwrap()), ["orders"]);
+}
+
+/// See the module docs.
+pub async fn the_change_feed_holds_every_change_in_order_with_its_tenant(
+    store: Arc<dyn OperationStore>,
+) {
+    let head = store.change_head().await.unwrap();
+    let mut bell = store.subscribe_changes();
+    bell.borrow_and_update();
+    let a = snapshot("a", "Op");
+    store.create(stored(a.clone(), None)).await.unwrap();
+    tokio::time::timeout(std::time::Duration::from_secs(5), bell.changed())
+        .await
+        .expect("the change bell rings after a write")
+        .unwrap();
+    store
+        .create(stored(snapshot("z1", "Op"), None))
+        .await
+        .unwrap();
+    let running = next(&a, OperationState::Running);
+    store
+        .update(running.clone(), EventKind::Started)
+        .await
+        .unwrap();
+    store
+        .update(
+            next(&running, OperationState::Completed),
+            EventKind::Completed,
+        )
+        .await
+        .unwrap();
+    store.flush().await.unwrap();
+    let changes = store.changes_after(head, 100).await.unwrap();
+    let seen: Vec<(&str, u64, &str, &str)> = changes
+        .iter()
+        .map(|change| {
+            let snapshot = change.event.snapshot();
+            (
+                snapshot.id.as_str(),
+                snapshot.revision,
+                change.event.kind().as_str(),
+                change.tenant.as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("a", 1, "accepted", "acme"),
+            ("z1", 1, "accepted", "other"),
+            ("a", 2, "started", "acme"),
+            ("a", 3, "completed", "acme"),
+        ]
+    );
+    assert!(
+        changes.windows(2).all(|pair| pair[0].cursor < pair[1].cursor),
+        "cursors grow: {changes:?}"
+    );
+    for change in &changes {
+        let written = change.cursor.to_string();
+        assert_eq!(written.parse(), Ok(change.cursor), "{written}");
+    }
+    let resumed = store.changes_after(changes[1].cursor, 100).await.unwrap();
+    assert_eq!(resumed, changes[2..]);
+    let two = store.changes_after(head, 2).await.unwrap();
+    assert_eq!(two, changes[..2]);
+    let now = store.change_head().await.unwrap();
+    assert!(now >= changes[3].cursor);
+    assert!(store.changes_after(now, 100).await.unwrap().is_empty());
+}
+
+/// See the module docs.
+pub async fn a_purged_operation_leaves_the_change_feed(store: Arc<dyn OperationStore>) {
+    let head = store.change_head().await.unwrap();
+    store
+        .create(stored(snapshot("kept", "Op"), None))
+        .await
+        .unwrap();
+    let long_ago = Utc::now() - Age::days(30);
+    let mut old = snapshot("old", "Op");
+    old.created_at = long_ago;
+    store.create(stored(old.clone(), None)).await.unwrap();
+    let mut finished = next(&old, OperationState::Completed);
+    finished.completed_at = Some(long_ago);
+    store.update(finished, EventKind::Completed).await.unwrap();
+    let seen = store.changes_after(head, 100).await.unwrap();
+    assert_eq!(seen.len(), 3);
+    let last_seen = seen[2].cursor;
+    assert_eq!(store.purge(Utc::now() - Age::days(7)).await.unwrap(), 1);
+    let changes = store.changes_after(head, 100).await.unwrap();
+    let ids: Vec<&str> = changes
+        .iter()
+        .map(|change| change.event.snapshot().id.as_str())
+        .collect();
+    assert_eq!(ids, ["kept"]);
+    // Numbers are never given again: a follower that saw the purged changes still sees the
+    // next one.
+    store
+        .create(stored(snapshot("later", "Op"), None))
+        .await
+        .unwrap();
+    let after = store.changes_after(last_seen, 100).await.unwrap();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_eq!(after[0].event.snapshot().id, "later");
+}
+
 /// Generates one `#[tokio::test]` per conformance check for the store that `$make` (an async
 /// expression evaluating to `(Arc<dyn OperationStore>, guard)`) builds; the guard lives as
 /// long as the test (e.g. a temporary directory).
@@ -620,6 +780,24 @@ macro_rules! store_conformance {
             let (store, _guard) = $make.await;
             $crate::conformance::logs_are_numbered_in_order_and_read_after_a_sequence(store)
                 .await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn list_filters_by_id_prefix_and_creation_time() {
+            let (store, _guard) = $make.await;
+            $crate::conformance::list_filters_by_id_prefix_and_creation_time(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn the_change_feed_holds_every_change_in_order_with_its_tenant() {
+            let (store, _guard) = $make.await;
+            $crate::conformance::the_change_feed_holds_every_change_in_order_with_its_tenant(
+                store,
+            )
+            .await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_purged_operation_leaves_the_change_feed() {
+            let (store, _guard) = $make.await;
+            $crate::conformance::a_purged_operation_leaves_the_change_feed(store).await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn purge_removes_only_terminal_operations_older_than_the_cutoff() {

@@ -91,6 +91,7 @@ mod config;
 mod control;
 mod error;
 mod executor;
+mod feed;
 mod handoff;
 mod log;
 pub mod logs;
@@ -106,6 +107,7 @@ pub use config::{RestartPolicy, RuntimeConfig};
 pub use control::{OperationControl, OperationFailure};
 pub use error::{ServerError, until_stored};
 pub use executor::{Drained, OperationHandler, Recovery};
+pub use feed::{ChangeStream, ChangeWatch};
 pub use handoff::JobHandOff;
 pub use log::{Acceptance, SignalWait, json_len};
 pub use opshost_api::{
@@ -115,7 +117,7 @@ pub use opshost_api::{
 pub use router::{RequestContext, Router};
 pub use run::Run;
 pub use runtime::{InMemoryOperationRuntime, OperationRuntime, RuntimeBuilder, WeakRuntime};
-pub use store::{ListFilter, Owner, Page, SignalRecord};
+pub use store::{Change, ChangeCursor, ListFilter, Owner, Page, SignalRecord};
 pub use typed::Operations;
 pub use usage::Usage;
 pub use watch::EventStream;

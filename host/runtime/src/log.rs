@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::RuntimeConfig;
 use crate::error::ServerError;
+use crate::feed::ChangeFeed;
 use crate::logs::LogSink;
 use crate::store::{
     CreateOutcome, Doorbell, ListFilter, OperationStore, Owner, Page, SignalOutcome, SignalRecord,
@@ -54,6 +55,7 @@ pub(crate) struct OperationLog {
     store: Arc<dyn OperationStore>,
     config: RuntimeConfig,
     feed: broadcast::Sender<OperationEvent>,
+    changes: Arc<ChangeFeed>,
     logs: LogSink,
     usage: UsageFeed,
     telemetry: Telemetry,
@@ -75,16 +77,23 @@ impl OperationLog {
             let _ = cell.set(contract);
         }
         let logs = LogSink::new(Arc::clone(&store));
+        let changes = ChangeFeed::new(Arc::clone(&store));
         Self {
             service,
             contract: cell,
             store,
             config,
             feed: broadcast::channel(FEED_CAPACITY).0,
+            changes,
             logs,
             usage: UsageFeed::new(),
             telemetry,
         }
+    }
+
+    /// The store's feed of every change.
+    pub(crate) fn changes(&self) -> &Arc<ChangeFeed> {
+        &self.changes
     }
 
     /// Where the spans of operations go.

@@ -16,8 +16,9 @@ use crate::executor::{Drained, Executor, OperationHandler, Recovery};
 use crate::handoff::JobHandOff;
 use crate::log::{Acceptance, OperationLog};
 use crate::run::Run;
+use crate::feed::ChangeWatch;
 use crate::store::{
-    ListFilter, MemoryStore, OperationStore, Owner, Page, StateCount, StoredOperation,
+    ChangeCursor, ListFilter, MemoryStore, OperationStore, Owner, Page, StateCount, StoredOperation,
 };
 use crate::watch::EventStream;
 
@@ -311,6 +312,13 @@ impl OperationRuntime {
     /// ends at once when there is none and the operation is terminal.
     pub fn watch(&self, id: &str, after: Option<u64>) -> EventStream {
         self.log.watch(id, after)
+    }
+
+    /// Every change to every operation in the store (of every tenant: callers filter), in the
+    /// store's order: those after `after`, or, with `None`, those after the latest one now.
+    /// Across hosts on a shared store, and resumable from any change's cursor.
+    pub async fn changes(&self, after: Option<ChangeCursor>) -> Result<ChangeWatch, ServerError> {
+        self.log.changes().subscribe(after).await
     }
 
     /// Sends signal `name` to the operation; returns its sequence number.

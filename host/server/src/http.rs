@@ -349,11 +349,27 @@ async fn signal(
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct ListQuery {
     operation: Option<String>,
     state: Option<String>,
+    id_prefix: Option<String>,
+    created_from: Option<String>,
+    created_until: Option<String>,
     after: Option<String>,
     limit: Option<usize>,
+}
+
+/// A time named in a query, as RFC 3339.
+fn parse_time(name: &str, text: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .map(|at| at.to_utc())
+        .map_err(|error| {
+            ApiError::invalid(format!(
+                "query `{name}`: `{text}` is not an RFC 3339 time ({error})"
+            ))
+            .with_details(json!({ "path": name }))
+        })
 }
 
 async fn list(
@@ -364,22 +380,24 @@ async fn list(
     if let Some(operation) = &query.operation {
         authorize(&caller, shared.spec(operation)?, Action::Observe)?;
     }
-    let state = match query.state.as_deref() {
-        Some(name) => Some(
-            serde_json::from_value::<OperationState>(Value::String(name.to_owned())).map_err(
-                |_| {
-                    ApiError::invalid(format!(
-                        "state `{name}` is not one of pending, running, completed, failed, cancelled"
-                    ))
-                },
-            )?,
-        ),
-        None => None,
-    };
+    let state = query.state.as_deref().map(parse_state).transpose()?;
+    let created_from = query
+        .created_from
+        .as_deref()
+        .map(|text| parse_time("createdFrom", text))
+        .transpose()?;
+    let created_until = query
+        .created_until
+        .as_deref()
+        .map(|text| parse_time("createdUntil", text))
+        .transpose()?;
     let filter = ListFilter {
         tenant: Some(caller.tenant.clone()),
         operation: query.operation,
         state,
+        id_prefix: query.id_prefix.filter(|prefix| !prefix.is_empty()),
+        created_from,
+        created_until,
         after: query.after,
         limit: query
             .limit
@@ -398,6 +416,15 @@ async fn list(
         })
         .collect();
     Ok(Json(json!({ "items": items, "next": page.next })))
+}
+
+/// An operation state named in a query.
+pub(crate) fn parse_state(name: &str) -> Result<OperationState, ApiError> {
+    serde_json::from_value::<OperationState>(Value::String(name.to_owned())).map_err(|_| {
+        ApiError::invalid(format!(
+            "state `{name}` is not one of pending, running, completed, failed, cancelled"
+        ))
+    })
 }
 
 async fn contract(

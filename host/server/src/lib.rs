@@ -26,6 +26,7 @@ mod connections;
 mod cors;
 pub mod deployments;
 mod error;
+mod feed;
 mod http;
 mod logs;
 mod metrics;
@@ -130,6 +131,7 @@ impl HttpApi {
             config: self.config,
             metrics: Arc::clone(&metrics),
             frames: Default::default(),
+            feed_frames: Default::default(),
             draining: self.draining,
             closing: self.closing.clone(),
         }));

@@ -157,10 +157,26 @@ fn generic_paths() -> Map<String, Value> {
         "parameters": [
             { "name": "operation", "in": "query", "schema": { "type": "string" } },
             { "name": "state", "in": "query", "schema": { "$ref": format!("{SCHEMAS}State") } },
+            { "name": "idPrefix", "in": "query", "schema": { "type": "string" }, "description": "Only ids that start with this" },
+            { "name": "createdFrom", "in": "query", "schema": { "type": "string", "format": "date-time" }, "description": "Only operations created at or after this" },
+            { "name": "createdUntil", "in": "query", "schema": { "type": "string", "format": "date-time" }, "description": "Only operations created before this" },
             { "name": "after", "in": "query", "schema": { "type": "string" }, "description": "The previous page's `next`" },
             { "name": "limit", "in": "query", "schema": { "type": "integer", "minimum": 1 } }
         ],
         "responses": with_errors(json!({ "200": response("A page", json!({ "$ref": format!("{SCHEMAS}Page") })) }))
+    } }));
+    paths.insert("/v1/events".into(), json!({ "get": {
+        "operationId": "listWatch",
+        "summary": "Server-Sent Events of every change to the caller's tenant's operations it may observe, across hosts. First `event: ready` (`id` = where the stream starts), then one event per change (`event` = kind, `id` = the change's cursor, `data` = snapshot)",
+        "parameters": [
+            { "name": "operation", "in": "query", "schema": { "type": "string" }, "description": "Only this operation" },
+            { "name": "state", "in": "query", "schema": { "$ref": format!("{SCHEMAS}State") }, "description": "Only changes that leave an operation in this state" },
+            { "name": "after", "in": "query", "schema": { "type": "string" }, "description": "Resume after this cursor" },
+            { "name": "Last-Event-ID", "in": "header", "schema": { "type": "string" }, "description": "Resume after this cursor (wins over `after`)" }
+        ],
+        "responses": with_errors(json!({
+            "200": { "description": "Event stream", "content": { "text/event-stream": { "schema": { "type": "string" } } } }
+        }))
     } }));
     paths.insert(
         "/v1/operations/{id}".into(),

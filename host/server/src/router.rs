@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{admin, deployments, http, logs, openapi};
+use crate::{admin, deployments, feed, http, logs, openapi};
 
 /// The router over `shared`.
 pub(crate) fn router(shared: AppState) -> Router {
@@ -28,6 +28,7 @@ pub(crate) fn router(shared: AppState) -> Router {
     let v1 = Router::new()
         .merge(admitted)
         .merge(http::streaming())
+        .merge(feed::routes())
         .merge(logs::routes());
     let v1 = match crate::cors::layer(&shared.config.cors_origins) {
         Ok(Some(cors)) => v1.layer(cors),

@@ -30,6 +30,8 @@ pub(crate) struct Shared {
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) in_flight: Arc<Semaphore>,
     pub(crate) frames: Frames,
+    /// Frames of the list-watch stream's recent changes, shared by its streams.
+    pub(crate) feed_frames: crate::feed::FeedFrames,
     pub(crate) draining: CancellationToken,
     /// Cancelled when the server closes: waits answer at once.
     pub(crate) closing: CancellationToken,

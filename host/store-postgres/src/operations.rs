@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use opshost_api::{EventKind, LogLine, OperationEvent, OperationState, Snapshot};
 use opshost_runtime::store::{
-    CreateOutcome, Doorbell, ListFilter, OperationStore, Owner, Page, SignalOutcome, SignalRecord,
+    Change, ChangeCursor, CreateOutcome, Doorbell, ListFilter, OperationStore, Owner, Page, SignalOutcome, SignalRecord,
     StateCount, StoreError, StoredOperation, UpdateOutcome,
 };
 use serde_json::Value;
@@ -31,6 +31,12 @@ fn stored(row: &tokio_postgres::Row) -> Result<StoredOperation, StoreError> {
             subject: row.get(3),
         },
     })
+}
+
+/// A transaction id (`xid8`) read as text.
+fn transaction(text: &str) -> Result<u64, StoreError> {
+    text.parse()
+        .map_err(|_| StoreError::corrupt(format!("postgres: `{text}` is not a transaction id")))
 }
 
 async fn current(db: &impl GenericClient, id: &str) -> Result<Option<Snapshot>, StoreError> {
@@ -267,6 +273,70 @@ impl OperationStore for PostgresStore {
             .collect()
     }
 
+    async fn changes_after(
+        &self,
+        after: ChangeCursor,
+        limit: usize,
+    ) -> Result<Vec<Change>, StoreError> {
+        let db = self.db().await?;
+        // Only transactions older than the oldest one still running: none of them can still
+        // commit a change that sorts before what is read here.
+        let rows = db
+            .query(
+                &prepared(
+                    &db,
+                    "SELECT e.tx::text, e.seq, e.kind, e.snapshot, o.tenant FROM events e
+                     JOIN operations o ON o.id = e.id
+                     WHERE (e.tx, e.seq) > ($1::text::xid8, $2)
+                       AND e.tx < pg_snapshot_xmin(pg_current_snapshot())
+                     ORDER BY e.tx, e.seq LIMIT $3",
+                )
+                .await?,
+                &[
+                    &after.epoch.to_string(),
+                    &count(after.seq),
+                    &count(limit as u64),
+                ],
+            )
+            .await
+            .map_err(failed)?;
+        rows.iter()
+            .map(|row| {
+                let kind: &str = row.get(2);
+                let kind = EventKind::from_name(kind).ok_or_else(|| {
+                    StoreError::corrupt(format!("postgres: unknown event kind `{kind}`"))
+                })?;
+                Ok(Change {
+                    cursor: ChangeCursor {
+                        epoch: transaction(row.get(0))?,
+                        seq: u64::try_from(row.get::<_, i64>(1)).unwrap_or_default(),
+                    },
+                    event: OperationEvent::new(kind, decode(row.get(3))?),
+                    tenant: row.get(4),
+                })
+            })
+            .collect()
+    }
+
+    async fn change_head(&self) -> Result<ChangeCursor, StoreError> {
+        let db = self.db().await?;
+        let row = db
+            .query_one(
+                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text",
+                &[],
+            )
+            .await
+            .map_err(failed)?;
+        Ok(ChangeCursor {
+            epoch: transaction(row.get(0))?,
+            seq: 0,
+        })
+    }
+
+    fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.bells.bells.any()
+    }
+
     async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
         let limit = count(filter.limit as u64).saturating_add(1);
         let rows = self
@@ -276,6 +346,9 @@ impl OperationStore for PostgresStore {
                 "SELECT snapshot FROM operations
                  WHERE ($1::TEXT IS NULL OR tenant = $1) AND ($2::TEXT IS NULL OR operation = $2)
                    AND ($3::TEXT IS NULL OR state = $3) AND ($4::TEXT IS NULL OR id > $4)
+                   AND ($6::TEXT IS NULL OR left(id, length($6)) = $6)
+                   AND ($7::TIMESTAMPTZ IS NULL OR created_at >= $7)
+                   AND ($8::TIMESTAMPTZ IS NULL OR created_at < $8)
                  ORDER BY id LIMIT $5",
                 &[
                     &filter.tenant,
@@ -283,6 +356,9 @@ impl OperationStore for PostgresStore {
                     &filter.state.map(OperationState::as_str),
                     &filter.after,
                     &limit,
+                    &filter.id_prefix,
+                    &filter.created_from,
+                    &filter.created_until,
                 ],
             )
             .await

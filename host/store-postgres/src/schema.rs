@@ -75,6 +75,14 @@ const MIGRATIONS: &[&str] = &[
          seq    BIGSERIAL PRIMARY KEY,
          record TEXT NOT NULL
      );",
+    // 5: the feed of every change. Sequence numbers are taken in one order and committed in
+    // another, so a follower reads by the writing transaction's id first: every change of a
+    // transaction older than the oldest one still running is visible, and no later commit
+    // can add one before it.
+    "ALTER TABLE events
+         ADD COLUMN tx  xid8 NOT NULL DEFAULT pg_current_xact_id(),
+         ADD COLUMN seq BIGSERIAL;
+     CREATE INDEX events_feed ON events (tx, seq);",
 ];
 
 /// Key of the advisory lock migrations run under ("opshost" in ASCII).

@@ -35,13 +35,14 @@ mod writer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use opshost_api::{EventKind, LogLine, OperationEvent, OperationState, Snapshot};
 use opshost_runtime::store::{
-    CreateOutcome, Doorbell, Doorbells, ListFilter, OperationStore, Owner, Page, SignalOutcome,
+    Change, ChangeCursor, CreateOutcome, Doorbell, Doorbells, ListFilter, OperationStore, Owner, Page, SignalOutcome,
     SignalRecord, StateCount, StoreError, StoredOperation, UpdateOutcome,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
@@ -87,6 +88,8 @@ pub(crate) struct Shared {
     pub(crate) bells: Doorbells,
     /// Operations as last committed: every unfinished one, and the latest finished ones.
     pub(crate) cache: Mutex<Cache>,
+    /// The `seq` of the last event published: every event up to it is durable.
+    pub(crate) published: AtomicU64,
 }
 
 /// Finished operations kept in the cache.
@@ -160,6 +163,12 @@ impl SqliteStore {
             message,
         })?;
         let shared = Arc::new(Shared::default());
+        let last_event: u64 = connection
+            .query_row("SELECT coalesce(max(seq), 0) FROM events", [], |row| {
+                row.get(0)
+            })
+            .map_err(database)?;
+        shared.published.store(last_event, Ordering::Release);
         let unfinished = unfinished(&connection).map_err(database)?;
         {
             let mut cache = lock(&shared.cache);
@@ -431,6 +440,53 @@ impl OperationStore for SqliteStore {
         .await
     }
 
+    async fn changes_after(
+        &self,
+        after: ChangeCursor,
+        limit: usize,
+    ) -> Result<Vec<Change>, StoreError> {
+        // The database may already hold commits that are not durable yet.
+        let published = self.shared.published.load(Ordering::Acquire);
+        if after.seq >= published {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(move |db| {
+            let mut statement = db.prepare_cached(
+                "SELECT e.seq, e.kind, e.snapshot, o.tenant FROM events e
+                 JOIN operations o ON o.id = e.id
+                 WHERE e.seq > ?1 AND e.seq <= ?2 ORDER BY e.seq LIMIT ?3",
+            )?;
+            let rows = statement.query_map(params![after.seq, published, limit], |row| {
+                let kind: String = row.get(1)?;
+                let kind = EventKind::from_name(&kind).ok_or_else(|| {
+                    rusqlite::Error::InvalidColumnType(1, kind.clone(), rusqlite::types::Type::Text)
+                })?;
+                Ok(Change {
+                    cursor: ChangeCursor {
+                        epoch: 0,
+                        seq: row.get(0)?,
+                    },
+                    event: OperationEvent::new(kind, decode(&row.get::<_, String>(2)?)?),
+                    tenant: row.get(3)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    async fn change_head(&self) -> Result<ChangeCursor, StoreError> {
+        Ok(ChangeCursor {
+            epoch: 0,
+            seq: self.shared.published.load(Ordering::Acquire),
+        })
+    }
+
+    fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.bells.any()
+    }
+
     async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
         let filter = filter.clone();
         self.read(move |db| {
@@ -439,8 +495,13 @@ impl OperationStore for SqliteStore {
                  JOIN events e ON e.id = o.id AND e.revision = o.revision
                  WHERE (?1 IS NULL OR o.tenant = ?1) AND (?2 IS NULL OR o.operation = ?2)
                    AND (?3 IS NULL OR o.state = ?3) AND (?4 IS NULL OR o.id > ?4)
+                   AND (?6 IS NULL OR (o.id >= ?6 AND substr(o.id, 1, length(?6)) = ?6))
+                   AND (?7 IS NULL OR o.created_at >= ?7) AND (?8 IS NULL OR o.created_at < ?8)
                  ORDER BY o.id LIMIT ?5",
             )?;
+            let at = |at: Option<DateTime<Utc>>| {
+                at.map(|at| at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true))
+            };
             let limit = i64::try_from(filter.limit).unwrap_or(i64::MAX - 1) + 1;
             let rows = statement.query_map(
                 params![
@@ -448,7 +509,10 @@ impl OperationStore for SqliteStore {
                     filter.operation,
                     filter.state.map(OperationState::as_str),
                     filter.after,
-                    limit
+                    limit,
+                    filter.id_prefix,
+                    at(filter.created_from),
+                    at(filter.created_until)
                 ],
                 |row| decode::<Snapshot>(&row.get::<_, String>(0)?),
             )?;

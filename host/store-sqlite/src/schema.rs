@@ -65,6 +65,20 @@ const MIGRATIONS: &[&str] = &[
          seq    INTEGER PRIMARY KEY AUTOINCREMENT,
          record TEXT NOT NULL
      );",
+    // 5: the feed of every change. Events get a number that only grows, never reused even
+    // after a purge, so a follower resuming from one misses nothing written later.
+    "CREATE TABLE events_numbered (
+         seq      INTEGER PRIMARY KEY AUTOINCREMENT,
+         id       TEXT NOT NULL,
+         revision INTEGER NOT NULL,
+         kind     TEXT NOT NULL,
+         snapshot TEXT NOT NULL,
+         UNIQUE (id, revision)
+     );
+     INSERT INTO events_numbered (id, revision, kind, snapshot)
+         SELECT id, revision, kind, snapshot FROM events ORDER BY rowid;
+     DROP TABLE events;
+     ALTER TABLE events_numbered RENAME TO events;",
 ];
 
 /// Per-connection settings: every commit synced, an 8 MiB page cache, temporary tables in memory.

@@ -14,12 +14,13 @@
 
 use std::fs::File;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, mpsc};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use opshost_api::{EventKind, OperationState, Snapshot};
 use opshost_runtime::store::{
-    CreateOutcome, Doorbells, SignalOutcome, StoreError, StoredOperation, UpdateOutcome,
+    CreateOutcome, SignalOutcome, StoreError, StoredOperation, UpdateOutcome,
     must_be_durable,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
@@ -78,8 +79,10 @@ pub(crate) enum Written {
 enum Ring {
     None,
     Purged(DateTime<Utc>),
-    Created(StoredOperation),
-    Updated(Snapshot),
+    /// Created, with its event's `seq`.
+    Created(StoredOperation, u64),
+    /// Updated, with its event's `seq`.
+    Updated(Snapshot, u64),
     Signalled(String),
 }
 
@@ -211,14 +214,13 @@ fn sync(to_sync: mpsc::Receiver<Committed>, wal: PathBuf, shared: Arc<Shared>) {
         }
         let answers: Vec<(Result<Written, StoreError>, Reply)> = {
             let mut cache = lock(&shared.cache);
-            let bells = &shared.bells;
             batches
                 .into_iter()
                 .flatten()
                 .filter_map(|pending| match (pending, &poisoned) {
                     (Pending::Answered(_), Some(_)) => None,
                     (Pending::Answered(ring), None) => {
-                        publish(&mut cache, bells, *ring);
+                        publish(&mut cache, &shared, *ring);
                         None
                     }
                     (Pending::Waiting(_, reply), Some(reason)) => {
@@ -226,7 +228,7 @@ fn sync(to_sync: mpsc::Receiver<Committed>, wal: PathBuf, shared: Arc<Shared>) {
                     }
                     (Pending::Waiting(outcome, reply), None) => Some((
                         (*outcome).map(|(written, ring)| {
-                            publish(&mut cache, bells, ring);
+                            publish(&mut cache, &shared, ring);
                             written
                         }),
                         reply,
@@ -250,29 +252,31 @@ fn sync_wal(file: &mut Option<File>, wal: &PathBuf) -> std::io::Result<()> {
     file.sync_data()
 }
 
-/// Makes a committed write visible: the cache first, then the doorbell.
-fn publish(cache: &mut Cache, bells: &Doorbells, ring: Ring) {
+/// Makes a committed write visible: the cache and the feed first, then the doorbell.
+fn publish(cache: &mut Cache, shared: &Shared, ring: Ring) {
     let (id, terminal) = match ring {
         Ring::None => return,
         Ring::Purged(cutoff) => {
             cache.purged(cutoff);
             return;
         }
-        Ring::Created(stored) => {
+        Ring::Created(stored, seq) => {
             let id = stored.snapshot.id.clone();
             cache.created(stored);
+            shared.published.fetch_max(seq, Ordering::AcqRel);
             (id, false)
         }
-        Ring::Updated(snapshot) => {
+        Ring::Updated(snapshot, seq) => {
             let id = snapshot.id.clone();
             let terminal = snapshot.is_terminal();
             cache.updated(snapshot);
+            shared.published.fetch_max(seq, Ordering::AcqRel);
             (id, terminal)
         }
         Ring::Signalled(id) => (id, false),
     };
     // A terminal write closes the doorbell: nothing rings after a terminal event.
-    bells.ring(&id, terminal);
+    shared.bells.ring(&id, terminal);
 }
 
 type Outcome = Result<(Written, Ring), StoreError>;
@@ -427,25 +431,27 @@ fn create(
             Ring::None,
         ));
     }
-    insert_event(db, snapshot, EventKind::Accepted, text)?;
+    let seq = insert_event(db, snapshot, EventKind::Accepted, text)?;
     Ok((
         Written::Created(CreateOutcome::Created(snapshot.clone())),
-        Ring::Created(operation.clone()),
+        Ring::Created(operation.clone(), seq),
     ))
 }
 
+/// Appends an event; answers its `seq` in the feed.
 fn insert_event(
     db: &Connection,
     snapshot: &Snapshot,
     kind: EventKind,
     text: &str,
-) -> Result<(), StoreError> {
+) -> Result<u64, StoreError> {
     db.prepare_cached("INSERT INTO events (id, revision, kind, snapshot) VALUES (?1, ?2, ?3, ?4)")
         .and_then(|mut insert| {
             insert.execute(params![snapshot.id, snapshot.revision, kind.as_str(), text])
         })
         .map_err(sql)?;
-    Ok(())
+    u64::try_from(db.last_insert_rowid())
+        .map_err(|_| StoreError::corrupt("sqlite: an event numbered below 0"))
 }
 
 fn update(db: &Connection, next: &Snapshot, kind: EventKind, text: &str) -> Outcome {
@@ -488,10 +494,10 @@ fn update(db: &Connection, next: &Snapshot, kind: EventKind, text: &str) -> Outc
             Ring::None,
         ));
     }
-    insert_event(db, next, kind, text)?;
+    let seq = insert_event(db, next, kind, text)?;
     Ok((
         Written::Updated(UpdateOutcome::Updated(next.clone())),
-        Ring::Updated(next.clone()),
+        Ring::Updated(next.clone(), seq),
     ))
 }
 

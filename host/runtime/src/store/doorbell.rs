@@ -6,6 +6,9 @@
 //! doorbell for that operation: the last one dropped removes it, and a terminal write removes
 //! it at once. So a subscription made after the end, or abandoned by a watcher that went away,
 //! leaves nothing behind.
+//!
+//! One more bell rings after a change to any operation: followers of the whole store's feed
+//! wait on it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -15,9 +18,18 @@ use tokio::sync::watch;
 type Bells = HashMap<String, watch::Sender<u64>>;
 
 /// The doorbells of one store, by operation id.
-#[derive(Default)]
 pub struct Doorbells {
     bells: Arc<Mutex<Bells>>,
+    any: watch::Sender<u64>,
+}
+
+impl Default for Doorbells {
+    fn default() -> Self {
+        Self {
+            bells: Arc::default(),
+            any: watch::channel(0).0,
+        }
+    }
 }
 
 impl Doorbells {
@@ -39,9 +51,15 @@ impl Doorbells {
         }
     }
 
+    /// A bell that rings after every change to any operation.
+    pub fn any(&self) -> watch::Receiver<u64> {
+        self.any.subscribe()
+    }
+
     /// Rings the doorbells of `id`; when `terminal`, closes them too, for nothing rings after
     /// a terminal change.
     pub fn ring(&self, id: &str, terminal: bool) {
+        bump(&self.any);
         let mut bells = lock(&self.bells);
         if terminal {
             if let Some(sender) = bells.remove(id) {
@@ -54,6 +72,7 @@ impl Doorbells {
 
     /// Rings every doorbell (after changes may have been missed).
     pub fn ring_all(&self) {
+        bump(&self.any);
         lock(&self.bells).values().for_each(bump);
     }
 

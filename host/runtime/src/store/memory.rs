@@ -9,7 +9,7 @@ use opshost_api::{DeploymentRecord, EventKind, LogLine, OperationEvent, Snapshot
 use serde_json::Value;
 
 use super::{
-    CreateOutcome, DeploymentStore, Doorbell, Doorbells, ListFilter, OperationStore, Owner, Page,
+    Change, ChangeCursor, CreateOutcome, DeploymentStore, Doorbell, Doorbells, ListFilter, OperationStore, Owner, Page,
     SignalOutcome, SignalRecord, StateCount, StoreError, StoredOperation, UpdateOutcome,
 };
 
@@ -41,6 +41,18 @@ struct State {
     entries: BTreeMap<String, Entry>,
     components: BTreeMap<String, Vec<u8>>,
     deployments: Vec<DeploymentRecord>,
+    /// Every change by its number in the feed: the operation's id and the event's revision.
+    feed: BTreeMap<u64, (String, u64)>,
+    /// The number of the last change.
+    fed: u64,
+}
+
+impl State {
+    fn feed(&mut self, id: &str, revision: u64) {
+        self.fed += 1;
+        let seq = self.fed;
+        self.feed.insert(seq, (id.to_owned(), revision));
+    }
 }
 
 /// A store that keeps everything in process memory; for tests and embedding.
@@ -86,6 +98,7 @@ impl OperationStore for MemoryStore {
                 logs: Vec::new(),
             },
         );
+        state.feed(&id, 1);
         self.bells.ring(&id, false);
         Ok(CreateOutcome::Created(snapshot))
     }
@@ -108,6 +121,7 @@ impl OperationStore for MemoryStore {
             return Ok(UpdateOutcome::Conflict(current.clone()));
         }
         entry.events.push((kind, next.clone()));
+        state.feed(&next.id, next.revision);
         self.bells.ring(&next.id, next.is_terminal());
         Ok(UpdateOutcome::Updated(next))
     }
@@ -170,6 +184,41 @@ impl OperationStore for MemoryStore {
             .unwrap_or_default())
     }
 
+    async fn changes_after(
+        &self,
+        after: ChangeCursor,
+        limit: usize,
+    ) -> Result<Vec<Change>, StoreError> {
+        let state = self.lock()?;
+        let changes = state
+            .feed
+            .range(after.seq.saturating_add(1)..)
+            .filter_map(|(&seq, (id, revision))| {
+                let entry = state.entries.get(id)?;
+                let index = usize::try_from(revision.checked_sub(1)?).ok()?;
+                let (kind, snapshot) = entry.events.get(index)?;
+                Some(Change {
+                    cursor: ChangeCursor { epoch: 0, seq },
+                    tenant: entry.owner.tenant.clone(),
+                    event: OperationEvent::new(*kind, snapshot.clone()),
+                })
+            })
+            .take(limit)
+            .collect();
+        Ok(changes)
+    }
+
+    async fn change_head(&self) -> Result<ChangeCursor, StoreError> {
+        Ok(ChangeCursor {
+            epoch: 0,
+            seq: self.lock()?.fed,
+        })
+    }
+
+    fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.bells.any()
+    }
+
     async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
         let state = self.lock()?;
         let start = match &filter.after {
@@ -192,7 +241,19 @@ impl OperationStore for MemoryStore {
                     .as_deref()
                     .is_none_or(|op| s.operation == op)
             })
-            .filter(|s| filter.state.is_none_or(|state| s.state == state));
+            .filter(|s| filter.state.is_none_or(|state| s.state == state))
+            .filter(|s| {
+                filter
+                    .id_prefix
+                    .as_deref()
+                    .is_none_or(|prefix| s.id.starts_with(prefix))
+            })
+            .filter(|s| filter.created_from.is_none_or(|from| s.created_at >= from))
+            .filter(|s| {
+                filter
+                    .created_until
+                    .is_none_or(|until| s.created_at < until)
+            });
         let items: Vec<Snapshot> = matching.by_ref().take(filter.limit).cloned().collect();
         let next = match (matching.next(), items.last()) {
             (Some(_), Some(last)) => Some(last.id.clone()),
@@ -239,6 +300,8 @@ impl OperationStore for MemoryStore {
                 .completed_at
                 .is_none_or(|completed| completed >= cutoff)
         });
+        let State { entries, feed, .. } = &mut *state;
+        feed.retain(|_, (id, _)| entries.contains_key(id));
         Ok((before - state.entries.len()) as u64)
     }
 

@@ -2,7 +2,8 @@
 //!
 //! Every backend (in-memory here; SQLite and PostgreSQL in their own crates) implements [`OperationStore`]:
 //! atomic create-if-absent, compare-and-set on the revision, an ordered event log per
-//! operation, ordered signals, filtered listing, and a doorbell that rings on every change.
+//! operation, ordered signals, filtered listing, a feed of every change in the order it
+//! became visible, and doorbells that ring on every change.
 //! They also implement [`DeploymentStore`]: component versions and the log of deployments.
 
 mod doorbell;
@@ -183,7 +184,55 @@ pub struct SignalRecord {
     pub payload: Value,
 }
 
-/// Which operations to list.
+/// Where a change sits in a store's feed of every change: a later change has a greater cursor.
+///
+/// A store numbers its changes with `seq` alone (`epoch` 0), or, where changes become visible
+/// out of the order they were numbered in (PostgreSQL's concurrent transactions), with the
+/// transaction's `epoch` first. Written as `seq`, or as `epoch.seq`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ChangeCursor {
+    /// The store's ordering of what commits together (0 where `seq` alone orders changes).
+    pub epoch: u64,
+    /// The change's number within its epoch.
+    pub seq: u64,
+}
+
+impl std::fmt::Display for ChangeCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.epoch {
+            0 => write!(f, "{}", self.seq),
+            epoch => write!(f, "{epoch}.{}", self.seq),
+        }
+    }
+}
+
+impl std::str::FromStr for ChangeCursor {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let number = |part: &str| part.parse::<u64>().ok();
+        let parsed = match text.split_once('.') {
+            None => number(text).map(|seq| Self { epoch: 0, seq }),
+            Some((epoch, seq)) => number(epoch)
+                .zip(number(seq))
+                .map(|(epoch, seq)| Self { epoch, seq }),
+        };
+        parsed.ok_or_else(|| format!("`{text}` is not a change cursor (`seq` or `epoch.seq`)"))
+    }
+}
+
+/// One change in a store's feed: an operation's event, with the tenant it belongs to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Change {
+    /// Where it sits in the feed.
+    pub cursor: ChangeCursor,
+    /// The operation's tenant.
+    pub tenant: String,
+    /// The event.
+    pub event: OperationEvent,
+}
+
+/// Which operations to list. Filters left `None` admit every operation.
 #[derive(Debug, Clone, Default)]
 pub struct ListFilter {
     /// Only operations of this tenant.
@@ -192,6 +241,12 @@ pub struct ListFilter {
     pub operation: Option<String>,
     /// Only this state.
     pub state: Option<OperationState>,
+    /// Only ids that start with this.
+    pub id_prefix: Option<String>,
+    /// Only operations created at or after this.
+    pub created_from: Option<DateTime<Utc>>,
+    /// Only operations created before this.
+    pub created_until: Option<DateTime<Utc>>,
     /// Start after this id (the previous page's `next`).
     pub after: Option<String>,
     /// Page size.
@@ -269,6 +324,21 @@ pub trait OperationStore: Send + Sync + 'static {
         after: u64,
         limit: usize,
     ) -> Result<Vec<LogLine>, StoreError>;
+
+    /// At most `limit` changes to any operation after `after`, in the order they became
+    /// visible to readers (only durable ones, as for [`OperationStore::events_after`]). The
+    /// changes of a purged operation are gone from the feed with it.
+    async fn changes_after(
+        &self,
+        after: ChangeCursor,
+        limit: usize,
+    ) -> Result<Vec<Change>, StoreError>;
+
+    /// The cursor after every change visible now: reading from it yields only later changes.
+    async fn change_head(&self) -> Result<ChangeCursor, StoreError>;
+
+    /// A doorbell that rings after every change to any operation (see [`Doorbells::any`]).
+    fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64>;
 
     /// Lists operations by filter.
     async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError>;

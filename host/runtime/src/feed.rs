@@ -1,0 +1,174 @@
+//! The change feed: every change to every operation, in the store's order, live and
+//! resumable from any cursor.
+//!
+//! One follower per host reads the store's feed once per burst of changes and hands each
+//! change to every subscriber, so a thousand subscribers cost one read, not a thousand.
+//! A subscriber first catches up from the store (from its cursor), then takes the follower's
+//! changes, skipping any it already has. One that falls behind the follower by more than the
+//! channel holds catches up from the store again, so a slow subscriber loses nothing and
+//! holds nothing back. The follower runs only while someone subscribes.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::sync::{Mutex, broadcast};
+
+use crate::error::ServerError;
+use crate::store::{Change, ChangeCursor, OperationStore};
+
+/// Changes read from the store at once.
+const BATCH: usize = 512;
+
+/// Changes the follower holds for subscribers that are behind, before they lag.
+const CAPACITY: usize = 4096;
+
+/// How often the follower reads without a ring: a change made visible by a transaction ending
+/// elsewhere rings nothing (PostgreSQL), nor does a notice that was lost.
+const POLL: Duration = Duration::from_millis(500);
+
+/// How soon the follower reads again after a ring that showed nothing new yet.
+const RECHECK: Duration = Duration::from_millis(25);
+
+/// A stream of changes, oldest first.
+pub type ChangeStream = Pin<Box<dyn Stream<Item = Result<Arc<Change>, ServerError>> + Send>>;
+
+/// A subscription to the change feed: where it starts and what follows.
+pub struct ChangeWatch {
+    /// The cursor the stream starts after: resuming from it misses nothing.
+    pub start: ChangeCursor,
+    /// Every change after `start`, live.
+    pub changes: ChangeStream,
+}
+
+/// The feed of one store, with its follower while anyone subscribes.
+pub(crate) struct ChangeFeed {
+    store: Arc<dyn OperationStore>,
+    sender: broadcast::Sender<Arc<Change>>,
+    /// Whether the follower runs; taken to start it and by the follower to stop.
+    following: Mutex<bool>,
+}
+
+impl ChangeFeed {
+    pub(crate) fn new(store: Arc<dyn OperationStore>) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            sender: broadcast::channel(CAPACITY).0,
+            following: Mutex::new(false),
+        })
+    }
+
+    /// Every change after `after` (after the latest one when `None`), live.
+    pub(crate) async fn subscribe(
+        self: &Arc<Self>,
+        after: Option<ChangeCursor>,
+    ) -> Result<ChangeWatch, ServerError> {
+        let live = {
+            let mut following = self.following.lock().await;
+            let live = self.sender.subscribe();
+            if !*following {
+                let head = self.store.change_head().await?;
+                *following = true;
+                tokio::spawn(Arc::clone(self).follow(head));
+            }
+            live
+        };
+        let start = match after {
+            Some(cursor) => cursor,
+            None => self.store.change_head().await?,
+        };
+        let state = Subscriber {
+            store: Arc::clone(&self.store),
+            live,
+            last: start,
+            pending: VecDeque::new(),
+            catching_up: true,
+        };
+        let changes = futures::stream::unfold(state, |mut subscriber| async move {
+            let next = subscriber.next().await?;
+            Some((next, subscriber))
+        });
+        Ok(ChangeWatch {
+            start,
+            changes: Box::pin(changes),
+        })
+    }
+
+    /// Reads the store's new changes at every ring (and every [`POLL`]) and hands them to the
+    /// subscribers, until none is left.
+    async fn follow(self: Arc<Self>, mut last: ChangeCursor) {
+        let mut bell = self.store.subscribe_changes();
+        let mut rang = false;
+        loop {
+            bell.borrow_and_update();
+            let found = match self.store.changes_after(last, BATCH).await {
+                Ok(changes) => {
+                    let found = changes.len();
+                    for change in changes {
+                        last = change.cursor;
+                        let _ = self.sender.send(Arc::new(change));
+                    }
+                    found
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the change feed");
+                    0
+                }
+            };
+            {
+                let mut following = self.following.lock().await;
+                if self.sender.receiver_count() == 0 {
+                    *following = false;
+                    return;
+                }
+            }
+            if found == BATCH {
+                continue;
+            }
+            let wait = if rang && found == 0 { RECHECK } else { POLL };
+            rang = tokio::select! {
+                changed = bell.changed() => changed.is_ok(),
+                () = tokio::time::sleep(wait) => false,
+            };
+        }
+    }
+}
+
+/// One subscriber's place in the feed.
+struct Subscriber {
+    store: Arc<dyn OperationStore>,
+    live: broadcast::Receiver<Arc<Change>>,
+    last: ChangeCursor,
+    pending: VecDeque<Arc<Change>>,
+    catching_up: bool,
+}
+
+impl Subscriber {
+    /// The next change after `last`; `None` once the feed is gone.
+    async fn next(&mut self) -> Option<Result<Arc<Change>, ServerError>> {
+        loop {
+            if let Some(change) = self.pending.pop_front() {
+                self.last = change.cursor;
+                return Some(Ok(change));
+            }
+            if self.catching_up {
+                match self.store.changes_after(self.last, BATCH).await {
+                    Ok(changes) => {
+                        self.catching_up = changes.len() == BATCH;
+                        self.pending.extend(changes.into_iter().map(Arc::new));
+                    }
+                    Err(error) => return Some(Err(error.into())),
+                }
+                continue;
+            }
+            match self.live.recv().await {
+                Ok(change) if change.cursor > self.last => self.pending.push_back(change),
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => self.catching_up = true,
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    }
+}
