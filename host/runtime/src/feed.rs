@@ -172,3 +172,67 @@ impl Subscriber {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+    use opshost_api::Snapshot;
+
+    use super::*;
+    use crate::store::{MemoryStore, Owner, StoredOperation};
+
+    async fn create(store: &MemoryStore, id: &str) {
+        let snapshot = Snapshot::accepted(id.into(), "svc".into(), "Op".into(), "v1".into());
+        let operation = StoredOperation {
+            snapshot,
+            input: None,
+            owner: Owner::default(),
+        };
+        store.create(operation).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_falls_behind_catches_up_from_the_store_in_order() {
+        let store = Arc::new(MemoryStore::new());
+        let feed = ChangeFeed::new(store.clone());
+        let mut slow = feed.subscribe(None).await.unwrap();
+        let count = CAPACITY + BATCH + 10;
+        for n in 0..count {
+            create(&store, &format!("op-{n:05}")).await;
+            if n % 256 == 0 {
+                // Lets the follower hand the changes out meanwhile, so that the slow
+                // subscriber's channel overflows.
+                tokio::task::yield_now().await;
+            }
+        }
+        let mut ids = Vec::with_capacity(count);
+        while ids.len() < count {
+            let change = slow.changes.next().await.unwrap().unwrap();
+            ids.push(change.event.snapshot().id.clone());
+        }
+        let expected: Vec<String> = (0..count).map(|n| format!("op-{n:05}")).collect();
+        assert_eq!(ids, expected);
+    }
+
+    #[tokio::test]
+    async fn the_follower_stops_once_nobody_subscribes_and_starts_again_for_the_next() {
+        let store = Arc::new(MemoryStore::new());
+        let feed = ChangeFeed::new(store.clone());
+        let first = feed.subscribe(None).await.unwrap();
+        drop(first);
+        create(&store, "wakes-the-follower").await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while *feed.following.lock().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the follower runs on"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut second = feed.subscribe(None).await.unwrap();
+        create(&store, "seen").await;
+        let change = second.changes.next().await.unwrap().unwrap();
+        assert_eq!(change.event.snapshot().id, "seen");
+        assert!(change.cursor > second.start);
+    }
+}

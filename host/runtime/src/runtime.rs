@@ -13,10 +13,10 @@ use tokio::sync::broadcast;
 use crate::config::{RestartPolicy, RuntimeConfig};
 use crate::error::ServerError;
 use crate::executor::{Drained, Executor, OperationHandler, Recovery};
+use crate::feed::ChangeWatch;
 use crate::handoff::JobHandOff;
 use crate::log::{Acceptance, OperationLog};
 use crate::run::Run;
-use crate::feed::ChangeWatch;
 use crate::store::{
     ChangeCursor, ListFilter, MemoryStore, OperationStore, Owner, Page, StateCount, StoredOperation,
 };

@@ -6,8 +6,8 @@ use chrono::{DateTime, Utc};
 use deadpool_postgres::GenericClient;
 use opshost_api::{EventKind, LogLine, OperationEvent, OperationState, Snapshot};
 use opshost_runtime::store::{
-    Change, ChangeCursor, CreateOutcome, Doorbell, ListFilter, OperationStore, Owner, Page, SignalOutcome, SignalRecord,
-    StateCount, StoreError, StoredOperation, UpdateOutcome,
+    Change, ChangeCursor, CreateOutcome, Doorbell, ListFilter, OperationStore, Owner, Page,
+    SignalOutcome, SignalRecord, StateCount, StoreError, StoredOperation, UpdateOutcome,
 };
 use serde_json::Value;
 
@@ -321,10 +321,7 @@ impl OperationStore for PostgresStore {
     async fn change_head(&self) -> Result<ChangeCursor, StoreError> {
         let db = self.db().await?;
         let row = db
-            .query_one(
-                "SELECT pg_snapshot_xmin(pg_current_snapshot())::text",
-                &[],
-            )
+            .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])
             .await
             .map_err(failed)?;
         Ok(ChangeCursor {

@@ -42,8 +42,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use opshost_api::{EventKind, LogLine, OperationEvent, OperationState, Snapshot};
 use opshost_runtime::store::{
-    Change, ChangeCursor, CreateOutcome, Doorbell, Doorbells, ListFilter, OperationStore, Owner, Page, SignalOutcome,
-    SignalRecord, StateCount, StoreError, StoredOperation, UpdateOutcome,
+    Change, ChangeCursor, CreateOutcome, Doorbell, Doorbells, ListFilter, OperationStore, Owner,
+    Page, SignalOutcome, SignalRecord, StateCount, StoreError, StoredOperation, UpdateOutcome,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde_json::Value;

@@ -20,8 +20,7 @@ use std::sync::{Arc, mpsc};
 use chrono::{DateTime, SecondsFormat, Utc};
 use opshost_api::{EventKind, OperationState, Snapshot};
 use opshost_runtime::store::{
-    CreateOutcome, SignalOutcome, StoreError, StoredOperation, UpdateOutcome,
-    must_be_durable,
+    CreateOutcome, SignalOutcome, StoreError, StoredOperation, UpdateOutcome, must_be_durable,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde_json::Value;

@@ -16,6 +16,7 @@ mod http_hardening;
 mod http_jobs;
 mod http_logs;
 mod jobs;
+mod list_watch;
 mod logs;
 mod metrics;
 mod native_handler;

@@ -9,8 +9,9 @@ use opshost_api::{DeploymentRecord, EventKind, LogLine, OperationEvent, Snapshot
 use serde_json::Value;
 
 use super::{
-    Change, ChangeCursor, CreateOutcome, DeploymentStore, Doorbell, Doorbells, ListFilter, OperationStore, Owner, Page,
-    SignalOutcome, SignalRecord, StateCount, StoreError, StoredOperation, UpdateOutcome,
+    Change, ChangeCursor, CreateOutcome, DeploymentStore, Doorbell, Doorbells, ListFilter,
+    OperationStore, Owner, Page, SignalOutcome, SignalRecord, StateCount, StoreError,
+    StoredOperation, UpdateOutcome,
 };
 
 struct Entry {
