@@ -1,8 +1,11 @@
-//! Watch fan-out: 1,000 and 10,000 SSE watchers on one operation over loopback, and the
-//! delivery latency of each progress event to each watcher.
+//! Watch fan-out: 1,000 and 10,000 SSE watchers over loopback, and the delivery latency of
+//! each progress event to each watcher. Each count runs three ways in one run: watchers of
+//! the operation (`/v1/operations/{id}/events`, the baseline), and list-watch streams
+//! (`/v1/events`, every change of the tenant) on the in-memory store and on SQLite.
 //!
 //! The host serves the testing contract over HTTP; one operation is driven natively (no
-//! guest) so the figures are the event path's alone: store, doorbell, SSE encoding, socket.
+//! guest) so the figures are the event path's alone: store, doorbell or change feed, SSE
+//! encoding, socket.
 //! The watchers run in a child process (this binary again, `FANOUT_ROLE=watchers`), so each
 //! side stays within the machine's open-file limit. They are raw SSE connections that parse
 //! only what the measure needs, as a load generator would: on a 2-core machine a full client
@@ -11,7 +14,8 @@
 //! clock.
 //!
 //! `cargo bench -p opshost-tests --bench fanout`. `FANOUT_WATCHERS=1000,10000` sets the
-//! runs, `FANOUT_EVENTS` the progress events per run (default 20, 100 ms apart).
+//! counts, `FANOUT_STREAMS=operation,list,list-sqlite` the ways, `FANOUT_EVENTS` the progress
+//! events per run (default 20, 100 ms apart).
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -48,29 +52,41 @@ fn main() {
     }
 }
 
-/// The host side: serves one operation, starts the watchers, drives the progress.
+/// The host side: for each way and count, serves one operation, starts the watchers, drives
+/// the progress.
 async fn host() {
-    let runtime = testing_runtime(Arc::new(MemoryStore::new()), RuntimeConfig::default());
-    // Every watcher connects from 127.0.0.1: the connection caps must let them all in.
-    let config = ServerConfig {
-        max_in_flight: 100_000,
-        max_connections: 100_000,
-        max_connections_per_client: 100_000,
-        ..ServerConfig::default()
-    };
-    let server = TestServer::start_with(&runtime, config).await;
     let events = env_number("FANOUT_EVENTS", 20);
     println!(
-        "{:>9} {:>7} {:>10} {:>10} {:>10} {:>12}",
-        "watchers", "events", "delivered", "p50 ms", "p99 ms", "max ms"
+        "{:>12} {:>9} {:>7} {:>10} {:>10} {:>10} {:>12}",
+        "stream", "watchers", "events", "delivered", "p50 ms", "p99 ms", "max ms"
     );
-    for count in env("FANOUT_WATCHERS", "1000,10000").split(',') {
-        let count: usize = count.trim().parse().expect("FANOUT_WATCHERS: numbers");
-        run(&runtime, &server.url, count, events).await;
+    let data = tempfile::tempdir().expect("a temporary directory");
+    for way in env("FANOUT_STREAMS", "operation,list,list-sqlite").split(',') {
+        let store: Arc<dyn opshost_runtime::store::OperationStore> = match way.trim() {
+            "list-sqlite" => Arc::new(
+                opshost_store_sqlite::SqliteStore::open(data.path().join(way))
+                    .expect("an SQLite store"),
+            ),
+            "operation" | "list" => Arc::new(MemoryStore::new()),
+            other => panic!("FANOUT_STREAMS: unknown `{other}`"),
+        };
+        let runtime = testing_runtime(store, RuntimeConfig::default());
+        // Every watcher connects from 127.0.0.1: the connection caps must let them all in.
+        let config = ServerConfig {
+            max_in_flight: 100_000,
+            max_connections: 100_000,
+            max_connections_per_client: 100_000,
+            ..ServerConfig::default()
+        };
+        let server = TestServer::start_with(&runtime, config).await;
+        for count in env("FANOUT_WATCHERS", "1000,10000").split(',') {
+            let count: usize = count.trim().parse().expect("FANOUT_WATCHERS: numbers");
+            run(&runtime, &server.url, way.trim(), count, events).await;
+        }
     }
 }
 
-async fn run(runtime: &OperationRuntime, url: &str, watchers: usize, events: usize) {
+async fn run(runtime: &OperationRuntime, url: &str, way: &str, watchers: usize, events: usize) {
     let owner = Owner {
         tenant: TENANT.into(),
         subject: "bench".into(),
@@ -98,6 +114,7 @@ async fn run(runtime: &OperationRuntime, url: &str, watchers: usize, events: usi
         .env("FANOUT_ROLE", "watchers")
         .env("FANOUT_URL", url)
         .env("FANOUT_ID", &id)
+        .env("FANOUT_STREAM", way)
         .env("FANOUT_COUNT", watchers.to_string())
         .env("FANOUT_TOKEN", token(&["testing.run"]))
         .stdin(Stdio::null())
@@ -121,17 +138,21 @@ async fn run(runtime: &OperationRuntime, url: &str, watchers: usize, events: usi
     let report = lines.next().and_then(Result::ok).unwrap_or_default();
     let status = child.wait().expect("the watcher process ends");
     assert!(status.success(), "watchers failed: {status}");
-    println!("{report}");
+    println!("{way:>12} {report}");
 }
 
-/// The watcher side: opens every watch, says `ready` once each has its first event, then
+/// The watcher side: opens every watch, says `ready` once each has its first event (the
+/// operation's snapshot, or the list-watch's `ready`), then
 /// collects the latency of every progress event and prints one table row.
 async fn watchers() {
     let url = env("FANOUT_URL", "");
     let address = url.trim_start_matches("http://").to_owned();
+    let path = match env("FANOUT_STREAM", "operation").as_str() {
+        "operation" => format!("/v1/operations/{}/events", env("FANOUT_ID", "")),
+        _ => "/v1/events".to_owned(),
+    };
     let request = format!(
-        "GET /v1/operations/{}/events HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nAccept: text/event-stream\r\n\r\n",
-        env("FANOUT_ID", ""),
+        "GET {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nAccept: text/event-stream\r\n\r\n",
         env("FANOUT_TOKEN", "")
     );
     let count = env_number("FANOUT_COUNT", 1000);
