@@ -26,6 +26,13 @@ pub(crate) async fn serve(
     if store.is_some() {
         config.store.url = store;
     }
+    if let Ok(token) = std::env::var("OPSHOST_CONSOLE_DEV_TOKEN") {
+        tracing::warn!(
+            "OPSHOST_CONSOLE_DEV_TOKEN is set: the console offers its token to whoever opens it \
+             (for a developer's own machine only)"
+        );
+        config.server.console_dev_token = Some(token);
+    }
     let grace = config.server.shutdown_grace();
     let choice = if memory {
         StoreChoice::Memory
@@ -35,7 +42,9 @@ pub(crate) async fn serve(
     let host = Host::open(config, choice).await?;
     let listener = host.bind().await?;
     let scheme = if host.serves_tls() { "https" } else { "http" };
-    println!("opshost listening on {scheme}://{}", listener.local_addr()?);
+    let address = listener.local_addr()?;
+    println!("opshost listening on {scheme}://{address}");
+    tracing::info!("the console is at {scheme}://{address}/console");
     let stop = async {
         let signal = stop_signal().await;
         eprintln!("{signal}: draining for up to {} ms", grace.as_millis());

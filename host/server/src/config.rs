@@ -48,6 +48,10 @@ pub struct ServerConfig {
     /// How long a watch token (`POST /v1/operations/{id}/watch-token`) lets its holder start
     /// watching, in seconds.
     pub watch_token_ttl_secs: u64,
+    /// A token the console offers to whoever opens it: for a developer's own machine only
+    /// (`./dev run` sets it from `OPSHOST_CONSOLE_DEV_TOKEN`); never read from the file.
+    #[serde(skip)]
+    pub console_dev_token: Option<String>,
 }
 
 /// A `[server]` table the host cannot serve with.
@@ -91,6 +95,7 @@ impl Default for ServerConfig {
             tls_cert: None,
             tls_key: None,
             watch_token_ttl_secs: 300,
+            console_dev_token: None,
         }
     }
 }

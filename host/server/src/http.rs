@@ -36,6 +36,7 @@ pub(crate) fn admitted() -> Router<AppState> {
         .route("/v1/operations/{id}/signals/{signal}", post(signal))
         .route("/v1/operations/{id}/watch-token", post(watch_token))
         .route("/v1/contract", get(contract))
+        .route("/v1/me", get(me))
 }
 
 /// The routes that hold a request open and no permit: wait and watch.
@@ -425,6 +426,45 @@ pub(crate) fn parse_state(name: &str) -> Result<OperationState, ApiError> {
             "state `{name}` is not one of pending, running, completed, failed, cancelled"
         ))
     })
+}
+
+/// Who the caller is and what it may do: its subject, tenant, capabilities and token expiry,
+/// the actions it may take on each operation, and whether it is an operator.
+async fn me(State(shared): State<AppState>, Caller(caller): Caller) -> Json<Value> {
+    let actions = [
+        Action::Call,
+        Action::Observe,
+        Action::Cancel,
+        Action::Control,
+    ];
+    let operations: serde_json::Map<String, Value> = shared
+        .runtime
+        .contract()
+        .map(|contract| {
+            contract
+                .operations()
+                .iter()
+                .map(|(name, spec)| {
+                    let allowed: Vec<&str> = actions
+                        .iter()
+                        .filter(|&&action| authorize(&caller, spec, action).is_ok())
+                        .map(|action| action.as_str())
+                        .collect();
+                    (name.clone(), json!(allowed))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let admin = crate::state::require_admin(&shared, &caller, "jobs").is_ok();
+    let expires = chrono::DateTime::from_timestamp(i64::try_from(caller.expires).unwrap_or(0), 0);
+    Json(json!({
+        "subject": caller.subject,
+        "tenant": caller.tenant,
+        "capabilities": caller.scopes,
+        "expiresAt": expires,
+        "operations": operations,
+        "admin": admin,
+    }))
 }
 
 async fn contract(

@@ -23,6 +23,7 @@ mod admin;
 pub mod auth;
 mod config;
 mod connections;
+mod console;
 mod cors;
 pub mod deployments;
 mod error;
@@ -46,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use auth::{AuthConfig, AuthConfigError, AuthError, Authenticator, Principal};
 pub use config::{ServerConfig, ServerConfigError};
+pub use console::console_size;
 pub use deployments::{DeployError, Deployments};
 pub use error::ApiError;
 pub use metrics::Metrics;

@@ -257,6 +257,18 @@ fn generic_paths() -> Map<String, Value> {
         "summary": "The contract manifest served",
         "responses": { "200": { "description": "Manifest", "content": { "application/json": { "schema": { "type": "object" } } } }, "401": error_response() }
     } }));
+    paths.insert("/v1/me".into(), json!({ "get": {
+        "operationId": "me",
+        "summary": "The caller: its subject, tenant, capabilities and token expiry, the actions it may take on each operation, and whether it holds the admin capability",
+        "responses": { "200": response("The caller", json!({ "type": "object", "required": ["subject", "tenant", "capabilities", "operations", "admin"], "properties": {
+            "subject": { "type": "string" },
+            "tenant": { "type": "string" },
+            "capabilities": { "type": "array", "items": { "type": "string" } },
+            "expiresAt": { "type": ["string", "null"], "format": "date-time" },
+            "operations": { "type": "object", "additionalProperties": { "type": "array", "items": { "type": "string", "enum": ["call", "observe", "cancel", "control"] } } },
+            "admin": { "type": "boolean" }
+        } })), "401": error_response() }
+    } }));
     paths.insert("/v1/jobs".into(), json!({ "get": {
         "operationId": "listJobs",
         "summary": "Operators: the service's jobs, ordered by id (needs the admin capability)",

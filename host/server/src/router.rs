@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{admin, deployments, feed, http, logs, openapi};
+use crate::{admin, console, deployments, feed, http, logs, openapi};
 
 /// The router over `shared`.
 pub(crate) fn router(shared: AppState) -> Router {
@@ -40,6 +40,7 @@ pub(crate) fn router(shared: AppState) -> Router {
     };
     let router = Router::new()
         .merge(v1)
+        .merge(console::routes())
         .route("/openapi.json", get(openapi_document))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))

@@ -361,3 +361,69 @@ fn a_cors_origin_or_a_tls_file_that_cannot_be_used_is_refused_naming_it() {
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_served_from_the_binary_under_a_policy_that_loads_nothing_else() {
+    let host = load(&testing_deployment(Duration::from_secs(5)));
+    let server = TestServer::start(host.runtime()).await;
+    let http = opshost_tests::net::http();
+    let mut served = 0;
+    for (path, kind) in [
+        ("/console", "text/html"),
+        ("/console/console.js", "text/javascript"),
+        ("/console/console.css", "text/css"),
+    ] {
+        let response = http
+            .get(format!("{}{path}", server.url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        assert!(
+            header(&response, "content-type").starts_with(kind),
+            "{path}"
+        );
+        let policy = header(&response, "content-security-policy").to_owned();
+        assert!(policy.contains("default-src 'none'"), "{policy}");
+        assert!(policy.contains("connect-src 'self'"), "{policy}");
+        served += response.bytes().await.unwrap().len();
+    }
+    assert_eq!(served, opshost_server::console_size());
+    // Without a development token, none is offered.
+    let offer = http
+        .get(format!("{}/console/dev-token", server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(offer.status(), 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn me_says_who_the_caller_is_and_what_it_may_do_to_each_operation() {
+    let host = load(&testing_deployment(Duration::from_secs(5)));
+    let server = TestServer::start(host.runtime()).await;
+    let me = json_of(
+        opshost_tests::net::http()
+            .get(format!("{}/v1/me", server.url))
+            .bearer_auth(token(&["testing.run"])),
+    )
+    .await;
+    assert_eq!(me["tenant"], "acme");
+    assert_eq!(me["admin"], false);
+    assert_eq!(
+        me["operations"]["Testing.Scenario"],
+        json!(["call", "observe", "cancel", "control"])
+    );
+    let onlooker = json_of(
+        opshost_tests::net::http()
+            .get(format!("{}/v1/me", server.url))
+            .bearer_auth(token(&["opshost.admin"])),
+    )
+    .await;
+    assert_eq!(onlooker["admin"], true);
+    assert_eq!(onlooker["operations"]["Testing.Scenario"], json!([]));
+    assert_eq!(
+        onlooker["operations"]["Testing.Uncancellable"],
+        json!(["observe"])
+    );
+}

@@ -62,6 +62,16 @@ pub fn serve(config: &Path, data: &Path, listen: &str) -> (Child, String) {
 /// Starts `opshost serve --config config <store> --listen listen`, `store` being the arguments
 /// that choose the store; answers the process and the URL it prints.
 pub fn serve_on(config: &Path, store: &[&std::ffi::OsStr], listen: &str) -> (Child, String) {
+    serve_with(config, store, listen, &[])
+}
+
+/// [`serve_on`] with `envs` set for the host.
+pub fn serve_with(
+    config: &Path,
+    store: &[&std::ffi::OsStr],
+    listen: &str,
+    envs: &[(&str, &str)],
+) -> (Child, String) {
     let wasm = root().join("target/wasm32-wasip2/release/orders_process.wasm");
     assert!(wasm.exists(), "build the guests first: ./dev guests");
     if config.ends_with("contracts/orders.deploy.toml") {
@@ -73,6 +83,7 @@ pub fn serve_on(config: &Path, store: &[&std::ffi::OsStr], listen: &str) -> (Chi
         .arg(config)
         .args(store)
         .args(["--listen", listen])
+        .envs(envs.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
