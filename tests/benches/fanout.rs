@@ -1,7 +1,7 @@
 //! Watch fan-out: 1,000 and 10,000 SSE watchers over loopback, and the delivery latency of
 //! each progress event to each watcher. Each count runs three ways in one run: watchers of
 //! the operation (`/v1/operations/{id}/events`, the baseline), and list-watch streams
-//! (`/v1/events`, every change of the tenant) on the in-memory store and on SQLite.
+//! (`/v1/events`, every change of the tenant) on the in-memory store, SQLite and PostgreSQL.
 //!
 //! The host serves the testing contract over HTTP; one operation is driven natively (no
 //! guest) so the figures are the event path's alone: store, doorbell or change feed, SSE
@@ -14,7 +14,8 @@
 //! clock.
 //!
 //! `cargo bench -p opshost-tests --bench fanout`. `FANOUT_WATCHERS=1000,10000` sets the
-//! counts, `FANOUT_STREAMS=operation,list,list-sqlite` the ways, `FANOUT_EVENTS` the progress
+//! counts, `FANOUT_STREAMS=operation,list,list-sqlite,list-postgres` the ways (PostgreSQL only
+//! with `OPSHOST_TEST_POSTGRES`), `FANOUT_EVENTS` the progress
 //! events per run (default 20, 100 ms apart).
 
 #[global_allocator]
@@ -61,11 +62,23 @@ async fn host() {
         "stream", "watchers", "events", "delivered", "p50 ms", "p99 ms", "max ms"
     );
     let data = tempfile::tempdir().expect("a temporary directory");
-    for way in env("FANOUT_STREAMS", "operation,list,list-sqlite").split(',') {
+    // On PostgreSQL too when the bench is given a server (`./dev bench` starts one).
+    let ways = match std::env::var("OPSHOST_TEST_POSTGRES") {
+        Ok(_) => "operation,list,list-sqlite,list-postgres",
+        Err(_) => "operation,list,list-sqlite",
+    };
+    for way in env("FANOUT_STREAMS", ways).split(',') {
         let store: Arc<dyn opshost_runtime::store::OperationStore> = match way.trim() {
             "list-sqlite" => Arc::new(
                 opshost_store_sqlite::SqliteStore::open(data.path().join(way))
                     .expect("an SQLite store"),
+            ),
+            "list-postgres" => Arc::new(
+                opshost_store_postgres::PostgresStore::connect(
+                    &opshost_tests::postgres::fresh_database().await,
+                )
+                .await
+                .expect("a PostgreSQL store"),
             ),
             "operation" | "list" => Arc::new(MemoryStore::new()),
             other => panic!("FANOUT_STREAMS: unknown `{other}`"),

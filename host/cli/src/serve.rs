@@ -27,11 +27,18 @@ pub(crate) async fn serve(
         config.store.url = store;
     }
     if let Ok(token) = std::env::var("OPSHOST_CONSOLE_DEV_TOKEN") {
-        tracing::warn!(
-            "OPSHOST_CONSOLE_DEV_TOKEN is set: the console offers its token to whoever opens it \
-             (for a developer's own machine only)"
-        );
-        config.server.console_dev_token = Some(token);
+        if config.server.listen.ip().is_loopback() {
+            tracing::warn!(
+                "OPSHOST_CONSOLE_DEV_TOKEN is set: the console offers its token to whoever \
+                 opens it on this machine"
+            );
+            config.server.console_dev_token = Some(token);
+        } else {
+            tracing::warn!(
+                listen = %config.server.listen,
+                "OPSHOST_CONSOLE_DEV_TOKEN is ignored: the host listens beyond this machine"
+            );
+        }
     }
     let grace = config.server.shutdown_grace();
     let choice = if memory {

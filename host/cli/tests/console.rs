@@ -336,9 +336,13 @@ async fn an_order_started_from_the_form_shows_its_progress_through_every_step_to
         "the bar went back: {seen:?}"
     );
     assert_eq!(seen.last(), Some(&1.0));
+    let steps = seen
+        .iter()
+        .filter(|value| **value > 0.0 && **value < 1.0)
+        .count();
     assert!(
-        seen.iter().any(|value| *value > 0.0 && *value < 1.0),
-        "no step was shown: {seen:?}"
+        steps >= 2,
+        "the bar did not move through the steps: {seen:?}"
     );
     let timeline = browser.text("#timeline").await;
     for step in ["reserving", "charging", "packing", "shipping"] {
@@ -490,6 +494,12 @@ async fn a_bulk_cancel_over_a_filter_says_how_many_it_will_cancel_first() {
         "Cancel 2 operations matching this filter?"
     );
     browser.click("#confirm-yes").await;
+    browser
+        .until(
+            "the console says what it cancelled",
+            "return document.getElementById('status').textContent.startsWith('Cancelled 2 of 2')",
+        )
+        .await;
     for id in &ids {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -506,6 +516,48 @@ async fn a_bulk_cancel_over_a_filter_says_how_many_it_will_cancel_first() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    let kept = host
+        .call(reqwest::Method::GET, "/v1/operations/kept-1@acme", None)
+        .await;
+    assert_ne!(kept["state"], "cancelled", "outside the filter: {kept}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signal_is_checked_against_its_schema_before_it_is_sent() {
+    let _turn = TURN.lock().await;
+    let host = Host::start();
+    // Its charges fail for a while, so the order is still running while the signal is sent.
+    payments().fail_order("ord-signalled", 3);
+    let id = host.start_order("ord-signalled").await;
+    let browser = Browser::open().await;
+    browser.sign_in(&host, &operator_token()).await;
+    browser
+        .goto(&format!("{}/console#/operations/{id}", host.url))
+        .await;
+    browser.find("#signal-name").await;
+    browser.type_into("#signal-input", r#"{"reason": 7}"#).await;
+    browser.click("#send-signal").await;
+    let problems = browser.text("#signal-problems").await;
+    assert!(problems.contains("$.reason must be string"), "{problems}");
+    browser.type_into("#signal-input", "{}").await;
+    browser.click("#send-signal").await;
+    browser
+        .until(
+            "the missing field is named",
+            "return document.getElementById('signal-problems').textContent.includes('$.reason is required')",
+        )
+        .await;
+    browser
+        .type_into("#signal-input", r#"{"reason": "a gift"}"#)
+        .await;
+    browser.click("#send-signal").await;
+    browser
+        .until(
+            "the console says the signal went",
+            "return document.getElementById('status').textContent === 'Signal Expedite sent (#1)'",
+        )
+        .await;
+    browser.screenshot("operation-signalled").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

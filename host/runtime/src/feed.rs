@@ -23,7 +23,7 @@ use crate::store::{Change, ChangeCursor, OperationStore};
 const BATCH: usize = 512;
 
 /// Changes the follower holds for subscribers that are behind, before they lag.
-const CAPACITY: usize = 4096;
+const CAPACITY: usize = 16_384;
 
 /// How often the follower reads without a ring: a change made visible by a transaction ending
 /// elsewhere rings nothing (PostgreSQL), nor does a notice that was lost.
@@ -75,9 +75,13 @@ impl ChangeFeed {
             }
             live
         };
+        let head = self.store.change_head().await?;
         let start = match after {
-            Some(cursor) => cursor,
-            None => self.store.change_head().await?,
+            Some(cursor) => {
+                check_cursor(cursor, head)?;
+                cursor
+            }
+            None => head,
         };
         let state = Subscriber {
             store: Arc::clone(&self.store),
@@ -85,6 +89,7 @@ impl ChangeFeed {
             last: start,
             pending: VecDeque::new(),
             catching_up: true,
+            failed: false,
         };
         let changes = futures::stream::unfold(state, |mut subscriber| async move {
             let next = subscriber.next().await?;
@@ -136,6 +141,23 @@ impl ChangeFeed {
     }
 }
 
+/// Refuses a cursor this store never gave: one ahead of the feed (a future number, or one of
+/// another store or of an in-memory store before a restart), or one with an epoch where the
+/// store numbers changes by `seq` alone.
+fn check_cursor(cursor: ChangeCursor, head: ChangeCursor) -> Result<(), ServerError> {
+    let foreign = head.epoch == 0 && cursor.epoch != 0;
+    if cursor > head || foreign {
+        return Err(ServerError::InvalidInput {
+            message: format!(
+                "change cursor `{cursor}` is not one of this store's (its latest is `{head}`): \
+                 resume from a cursor this host gave, or watch from now without one"
+            ),
+            issues: Vec::new(),
+        });
+    }
+    Ok(())
+}
+
 /// One subscriber's place in the feed.
 struct Subscriber {
     store: Arc<dyn OperationStore>,
@@ -143,11 +165,16 @@ struct Subscriber {
     last: ChangeCursor,
     pending: VecDeque<Arc<Change>>,
     catching_up: bool,
+    /// A read failed: the stream ended with that error, to be resumed from `last`.
+    failed: bool,
 }
 
 impl Subscriber {
-    /// The next change after `last`; `None` once the feed is gone.
+    /// The next change after `last`; `None` once the feed is gone or after an error.
     async fn next(&mut self) -> Option<Result<Arc<Change>, ServerError>> {
+        if self.failed {
+            return None;
+        }
         loop {
             if let Some(change) = self.pending.pop_front() {
                 self.last = change.cursor;
@@ -159,7 +186,10 @@ impl Subscriber {
                         self.catching_up = changes.len() == BATCH;
                         self.pending.extend(changes.into_iter().map(Arc::new));
                     }
-                    Err(error) => return Some(Err(error.into())),
+                    Err(error) => {
+                        self.failed = true;
+                        return Some(Err(error.into()));
+                    }
                 }
                 continue;
             }

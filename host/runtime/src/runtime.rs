@@ -316,7 +316,9 @@ impl OperationRuntime {
 
     /// Every change to every operation in the store (of every tenant: callers filter), in the
     /// store's order: those after `after`, or, with `None`, those after the latest one now.
-    /// Across hosts on a shared store, and resumable from any change's cursor.
+    /// Across hosts on a shared store, and resumable from any change's cursor. A cursor ahead
+    /// of the store's feed is refused (`InvalidInput`); a store error ends the stream, to be
+    /// resumed after the last change seen.
     pub async fn changes(&self, after: Option<ChangeCursor>) -> Result<ChangeWatch, ServerError> {
         self.log.changes().subscribe(after).await
     }

@@ -7,11 +7,15 @@
   const TERMINAL = ['completed', 'failed', 'cancelled'];
   const STATES = ['pending', 'running', 'completed', 'failed', 'cancelled'];
   const JOB_STATES = ['queued', 'running', 'completed', 'dead', 'cancelled'];
+  // Rows on a page of operations or jobs.
+  const PAGE = 50;
   const main = document.getElementById('main');
   const statusBox = document.getElementById('status');
   let me = null;
   let contract = null;
   let cleanups = [];
+  // Counts renders: a view whose awaited answer arrives after the operator moved on drops it.
+  let view = 0;
 
   // ---- DOM and text -------------------------------------------------------------------
 
@@ -104,6 +108,11 @@
           const response = await fetch(path, { headers, signal: controller.signal });
           if (response.status === 204) return;
           if (response.status === 401) { signOut('Signed out: the token was refused'); return; }
+          if (response.status >= 400 && response.status < 500) {
+            const refusal = await response.json().catch(() => null);
+            say(`Live updates refused: ${refusal && refusal.error ? refusal.error.message : response.status}`);
+            return;
+          }
           if (!response.ok) throw new Error(`HTTP ${response.status}`);
           const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
           let buffer = '';
@@ -117,7 +126,7 @@
               buffer = buffer.slice(end + 2);
               if (!event) continue;
               if (event.id) lastId = event.id;
-              onEvent(event);
+              try { onEvent(event); } catch (error) { say(`Could not show an update: ${error.message}`); }
             }
           }
         } catch (_) {
@@ -179,13 +188,21 @@
     }
     if ('const' in schema && JSON.stringify(schema.const) !== JSON.stringify(value)) fail(`must be ${JSON.stringify(schema.const)}`);
     if (typeof value === 'string') {
-      if (schema.minLength !== undefined && value.length < schema.minLength) fail(`must be at least ${schema.minLength} characters`);
-      if (schema.maxLength !== undefined && value.length > schema.maxLength) fail(`must be at most ${schema.maxLength} characters`);
-      if (schema.pattern && !new RegExp(schema.pattern, 'u').test(value)) fail(`must match ${schema.pattern}`);
+      const length = [...value].length;
+      if (schema.minLength !== undefined && length < schema.minLength) fail(`must be at least ${schema.minLength} characters`);
+      if (schema.maxLength !== undefined && length > schema.maxLength) fail(`must be at most ${schema.maxLength} characters`);
+      if (schema.pattern) {
+        let pattern = null;
+        try { pattern = new RegExp(schema.pattern, 'u'); } catch (_) { /* the host checks what this page cannot */ }
+        if (pattern && !pattern.test(value)) fail(`must match ${schema.pattern}`);
+      }
     }
     if (typeof value === 'number') {
       if (schema.minimum !== undefined && value < schema.minimum) fail(`must be at least ${schema.minimum}`);
       if (schema.maximum !== undefined && value > schema.maximum) fail(`must be at most ${schema.maximum}`);
+      if (schema.exclusiveMinimum !== undefined && value <= schema.exclusiveMinimum) fail(`must be more than ${schema.exclusiveMinimum}`);
+      if (schema.exclusiveMaximum !== undefined && value >= schema.exclusiveMaximum) fail(`must be less than ${schema.exclusiveMaximum}`);
+      if (schema.multipleOf && !Number.isInteger(value / schema.multipleOf)) fail(`must be a multiple of ${schema.multipleOf}`);
     }
     if (Array.isArray(value)) {
       if (schema.minItems !== undefined && value.length < schema.minItems) fail(`must hold at least ${schema.minItems} item(s)`);
@@ -202,10 +219,13 @@
         else if (schema.additionalProperties === false) problems.push({ path: `${path}.${name}`, message: 'is not allowed' });
       }
     }
-    for (const key of ['anyOf', 'oneOf']) {
-      if (Array.isArray(schema[key]) && !schema[key].some((option) => validate(option, value, path).length === 0)) {
-        fail(`matches none of its ${schema[key].length} allowed shapes`);
-      }
+    if (Array.isArray(schema.allOf)) schema.allOf.forEach((part) => problems.push(...validate(part, value, path)));
+    if (Array.isArray(schema.anyOf) && !schema.anyOf.some((option) => validate(option, value, path).length === 0)) {
+      fail(`matches none of its ${schema.anyOf.length} allowed shapes`);
+    }
+    if (Array.isArray(schema.oneOf)) {
+      const fitting = schema.oneOf.filter((option) => validate(option, value, path).length === 0).length;
+      if (fitting !== 1) fail(`must match exactly one of its ${schema.oneOf.length} shapes, not ${fitting}`);
     }
     return problems;
   }
@@ -259,7 +279,7 @@
     if (schema.type === 'boolean') {
       const box = h('input', { type: 'checkbox', id });
       return {
-        element: h('div', { class: 'field' }, box, ' ', h('label', { for: id, style: 'display:inline' }, caption, hint)),
+        element: h('div', { class: 'field' }, box, ' ', h('label', { for: id, class: 'inline' }, caption, hint)),
         read: () => box.checked,
       };
     }
@@ -378,9 +398,16 @@
   function listQuery(filters) {
     const params = new URLSearchParams();
     for (const [key, value] of Object.entries(filters)) {
-      if (value) params.set(key, key.startsWith('created') ? new Date(value).toISOString() : value);
+      if (value) params.set(key, key.startsWith('created') ? new Date(value).toISOString() : String(value));
     }
     return params.toString();
+  }
+
+  // The filters as the form shows them, applied or not.
+  function formFilters(form) {
+    const chosen = {};
+    for (const [key, value] of new FormData(form)) if (value) chosen[key] = value;
+    return chosen;
   }
 
   function matches(filters, snapshot) {
@@ -394,7 +421,7 @@
   }
 
   function operationRow(snapshot) {
-    return h('tr', { 'data-id': snapshot.id, 'data-state': snapshot.state },
+    return h('tr', { 'data-id': snapshot.id, 'data-state': snapshot.state, 'data-revision': String(snapshot.revision) },
       h('td', { class: 'mono' }, h('a', { href: `#/operations/${encodeURIComponent(snapshot.id)}` }, snapshot.id)),
       h('td', {}, snapshot.operation),
       h('td', {}, stateBadge(snapshot.state)),
@@ -416,12 +443,10 @@
       field('createdFrom', 'Created from', h('input', { id: 'filter-createdFrom', name: 'createdFrom', type: 'datetime-local', value: filters.createdFrom || '' })),
       field('createdUntil', 'Created before', h('input', { id: 'filter-createdUntil', name: 'createdUntil', type: 'datetime-local', value: filters.createdUntil || '' })),
       h('button', { type: 'submit', class: 'primary' }, 'Apply'),
-      h('button', { type: 'button', class: 'danger', id: 'bulk-cancel', onclick: () => bulkCancel(filters) }, 'Cancel matching…'));
+      h('button', { type: 'button', class: 'danger', id: 'bulk-cancel', onclick: () => bulkCancel(formFilters(form)) }, 'Cancel matching…'));
     form.addEventListener('submit', (event) => {
       event.preventDefault();
-      const chosen = {};
-      for (const [key, value] of new FormData(form)) if (value) chosen[key] = value;
-      location.hash = `#/operations?${new URLSearchParams(chosen)}`;
+      location.hash = `#/operations?${new URLSearchParams(formFilters(form))}`;
     });
     const rows = h('tbody', { id: 'rows' });
     const live = h('span', { id: 'live', class: 'muted' }, 'live updates on');
@@ -434,35 +459,67 @@
       onclick: () => { const rest = { ...filters }; delete rest.after; location.hash = `#/operations?${new URLSearchParams(rest)}`; } }, 'First page');
     show(h('section', {}, h('h1', {}, 'Operations'), form, table, h('div', { class: 'pager' }, first, next)), 'Operations');
 
-    let page;
-    try {
-      page = await api('GET', `/v1/operations?${listQuery(filters)}`);
-    } catch (error) {
-      rows.replaceChildren(h('tr', {}, h('td', { colspan: '6', class: 'error' }, error.message)));
-      return;
-    }
-    rows.replaceChildren(...page.items.map(operationRow));
-    if (page.items.length === 0) rows.append(h('tr', { class: 'empty' }, h('td', { colspan: '6', class: 'muted' }, 'No operations match.')));
-    if (page.next) {
-      next.disabled = false;
-      next.addEventListener('click', () => { location.hash = `#/operations?${new URLSearchParams({ ...filters, after: page.next })}`; });
-    }
-    const stream = filters.operation ? `/v1/events?operation=${encodeURIComponent(filters.operation)}` : '/v1/events';
-    follow(stream, (event) => {
-      if (event.event === 'ready' || event.event === 'error' || !event.data) return;
-      const snapshot = JSON.parse(event.data);
+    // The stream opens first: the page is read once it is `ready`, and changes that arrive
+    // meanwhile are applied after it, each only over an older revision of its row.
+    const mine = view;
+    let loaded = false;
+    let loading = false;
+    const early = [];
+    const apply = (snapshot) => {
       const existing = rows.querySelector(`tr[data-id="${CSS.escape(snapshot.id)}"]`);
       const fits = matches(filters, snapshot);
       if (existing) {
+        if (Number(existing.dataset.revision) >= snapshot.revision) return;
         if (fits) existing.replaceWith(operationRow(snapshot));
         else existing.remove();
         return;
       }
       if (!fits || filters.after) return;
       rows.querySelector('tr.empty')?.remove();
-      const later = [...rows.querySelectorAll('tr[data-id]')].find((row) => row.dataset.id > snapshot.id);
+      const shown = [...rows.querySelectorAll('tr[data-id]')];
+      const later = shown.find((row) => row.dataset.id > snapshot.id);
+      if (!later && shown.length >= PAGE) return;
       rows.insertBefore(operationRow(snapshot), later || null);
+      // The page keeps its size: what no longer fits is on the next page.
+      const all = [...rows.querySelectorAll('tr[data-id]')];
+      if (all.length > PAGE) {
+        all.slice(PAGE).forEach((row) => row.remove());
+        enableNext(all[PAGE - 1].dataset.id);
+      }
       say(`New operation ${snapshot.id}`);
+    };
+    const enableNext = (cursor) => {
+      next.disabled = false;
+      next.onclick = () => { location.hash = `#/operations?${new URLSearchParams({ ...filters, after: cursor })}`; };
+    };
+    const load = async () => {
+      let page;
+      try {
+        page = await api('GET', `/v1/operations?${listQuery({ ...filters, limit: PAGE })}`);
+      } catch (error) {
+        if (mine === view) rows.replaceChildren(h('tr', {}, h('td', { colspan: '6', class: 'error' }, error.message)));
+        return;
+      }
+      if (mine !== view) return;
+      rows.replaceChildren(...page.items.map(operationRow));
+      if (page.items.length === 0) rows.append(h('tr', { class: 'empty' }, h('td', { colspan: '6', class: 'muted' }, 'No operations match.')));
+      if (page.next) enableNext(page.next);
+      loaded = true;
+      early.splice(0).forEach(apply);
+    };
+    const stream = filters.operation ? `/v1/events?operation=${encodeURIComponent(filters.operation)}` : '/v1/events';
+    follow(stream, (event) => {
+      if (event.event === 'ready') {
+        if (!loaded && !loading) {
+          loading = true;
+          load().finally(() => { loading = false; });
+        }
+        return;
+      }
+      if (event.event === 'error' || !event.data) return;
+      const snapshot = JSON.parse(event.data);
+      if (loaded) apply(snapshot);
+      else early.push(snapshot);
     });
   }
 
@@ -477,28 +534,42 @@
     });
   }
 
+  // Cancels every pending or running operation the filter matches, once the operator has
+  // confirmed how many that is; a few at a time.
   async function bulkCancel(filters) {
     const query = { ...filters };
     delete query.after;
     const targets = [];
-    let after = null;
-    do {
-      const params = listQuery(after ? { ...query, after } : query);
-      const page = await api('GET', `/v1/operations?${params}`);
-      for (const snapshot of page.items) {
-        if (!TERMINAL.includes(snapshot.state) && allowed(snapshot.operation, 'cancel')) targets.push(snapshot.id);
-      }
-      after = page.next;
-    } while (after);
+    try {
+      let after = null;
+      do {
+        const page = await api('GET', `/v1/operations?${listQuery(after ? { ...query, after } : query)}`);
+        for (const snapshot of page.items) {
+          if (!TERMINAL.includes(snapshot.state) && allowed(snapshot.operation, 'cancel')) targets.push(snapshot.id);
+        }
+        after = page.next;
+      } while (after);
+    } catch (error) {
+      say(`Cannot list what to cancel: ${error.message}`);
+      return;
+    }
     if (targets.length === 0) { say('No running or pending operation matches this filter.'); return; }
     const plural = targets.length === 1 ? 'operation' : 'operations';
     if (!await confirmDialog(`Cancel ${targets.length} ${plural} matching this filter?`)) return;
-    let done = 0;
+    let cancelled = 0;
     const failures = [];
-    for (const id of targets) {
-      try { await api('POST', `/v1/operations/${encodeURIComponent(id)}/cancel`); done += 1; } catch (error) { failures.push(`${id}: ${error.message}`); }
-    }
-    say(`Cancelled ${done} of ${targets.length}${failures.length ? `; ${failures.join('; ')}` : ''}`);
+    const queue = [...targets];
+    const worker = async () => {
+      for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
+        try {
+          const after = await api('POST', `/v1/operations/${encodeURIComponent(id)}/cancel`);
+          if (after.state === 'cancelled' || after.cancelRequested) cancelled += 1;
+          else failures.push(`${id} had already ended ${after.state}`);
+        } catch (error) { failures.push(`${id}: ${error.message}`); }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(8, targets.length) }, worker));
+    say(`Cancelled ${cancelled} of ${targets.length}${failures.length ? `; ${failures.join('; ')}` : ''}`);
   }
 
   // ---- One operation --------------------------------------------------------------------
@@ -524,14 +595,22 @@
 
     let current = null;
     let logTimer = null;
+    let logSeq = 0;
+    // New log lines are read after the last one shown, a page at a time.
     const refreshLogs = () => {
       clearTimeout(logTimer);
       logTimer = setTimeout(async () => {
         try {
-          const response = await fetch(`/v1/operations/${encodeURIComponent(id)}/logs?limit=1000`, { headers: { Authorization: `Bearer ${token()}` } });
-          if (!response.ok) return;
-          const lines = (await response.text()).split('\n').filter(Boolean).map((line) => JSON.parse(line));
-          logs.textContent = lines.length ? lines.map((line) => `${line.at} ${line.stream}/${line.level} ${line.message}`).join('\n') : '—';
+          for (;;) {
+            const response = await fetch(`/v1/operations/${encodeURIComponent(id)}/logs?after=${logSeq}&limit=1000`, { headers: { Authorization: `Bearer ${token()}` } });
+            if (!response.ok) return;
+            const lines = (await response.text()).split('\n').filter(Boolean).map((line) => JSON.parse(line));
+            if (lines.length === 0) return;
+            if (logSeq === 0) logs.textContent = '';
+            logs.append(lines.map((line) => `${line.at} ${line.stream}/${line.level} ${line.message}\n`).join(''));
+            logSeq = lines[lines.length - 1].seq;
+            if (lines.length < 1000) return;
+          }
         } catch (_) { /* the next event tries again */ }
       }, 300);
     };
@@ -543,10 +622,7 @@
       facts.textContent = `${snapshot.operation} ${snapshot.version} · attempt ${snapshot.attempt} · created ${when(snapshot.createdAt)}${snapshot.completedAt ? ` · ended ${when(snapshot.completedAt)}` : ''}`;
       const progress = progressOf(snapshot);
       if (progress) { bar.value = progress.value; barText.textContent = progress.label; }
-      fields.replaceChildren();
-      if (snapshot.progress && typeof snapshot.progress === 'object') {
-        for (const [name, value] of Object.entries(snapshot.progress)) fields.append(h('dt', {}, name), h('dd', {}, typeof value === 'object' ? JSON.stringify(value) : String(value)));
-      }
+      fields.replaceChildren(...progressFields(snapshot));
       if (snapshot.output !== undefined) result.textContent = pretty(snapshot.output);
       else if (snapshot.error) result.textContent = pretty(snapshot.error);
       const ended = TERMINAL.includes(snapshot.state);
@@ -562,9 +638,13 @@
       try { await api('POST', `/v1/operations/${encodeURIComponent(id)}/cancel`); say(`Cancel requested for ${id}`); } catch (error) { say(`Cannot cancel: ${error.message}`); }
     };
 
+    const mine = view;
     try {
-      render(await api('GET', `/v1/operations/${encodeURIComponent(id)}`));
+      const snapshot = await api('GET', `/v1/operations/${encodeURIComponent(id)}`);
+      if (mine !== view) return;
+      render(snapshot);
     } catch (error) {
+      if (mine !== view) return;
       show(h('section', {}, h('h1', {}, 'Operation not shown'), h('p', { class: 'error', role: 'alert' }, error.message)), 'Operation');
       return;
     }
@@ -576,6 +656,25 @@
         snapshot.progress && event.event === 'progress' ? ` · ${JSON.stringify(snapshot.progress)}` : ''));
       if (!current || snapshot.revision >= current.revision) render(snapshot);
       refreshLogs();
+    });
+  }
+
+  // The progress's fields in its schema's order, each named by its title when it has one;
+  // fields the schema does not name follow.
+  function progressFields(snapshot) {
+    const progress = snapshot.progress;
+    if (progress === undefined || progress === null) return [];
+    if (typeof progress !== 'object') return [h('dt', {}, 'progress'), h('dd', {}, JSON.stringify(progress))];
+    const spec = (contract.operations || {})[snapshot.operation] || {};
+    const schema = spec.progress ? resolve(spec.progress.schema) : {};
+    const properties = schema.properties || {};
+    const names = [...Object.keys(properties).filter((name) => name in progress),
+      ...Object.keys(progress).filter((name) => !(name in properties))];
+    return names.flatMap((name) => {
+      const property = resolve(properties[name] || {});
+      const value = progress[name];
+      const shown = typeof value === 'object' ? JSON.stringify(value) : String(value);
+      return [h('dt', { title: property.description || null }, property.title || name), h('dd', { 'data-field': name }, shown)];
     });
   }
 
@@ -656,7 +755,7 @@
 
   function jobFilters() {
     const params = new URLSearchParams(location.hash.split('?')[1] || '');
-    return { queue: params.get('queue') || '', state: params.get('state') || '' };
+    return { queue: params.get('queue') || '', state: params.get('state') || '', after: params.get('after') || '' };
   }
 
   async function renderJobs() {
@@ -669,7 +768,7 @@
       h('label', { for: 'job-state' }, 'State', h('select', { id: 'job-state', name: 'state' }, h('option', { value: '' }, 'Any'),
         JOB_STATES.map((state) => h('option', { value: state, selected: filters.state === state }, state)))),
       h('button', { type: 'submit', class: 'primary' }, 'Apply'),
-      h('button', { type: 'button', id: 'retry-dead', onclick: () => retryDead(filters.queue) }, filters.queue ? `Retry all dead in ${filters.queue}…` : 'Retry all dead…'));
+      h('button', { type: 'button', id: 'retry-dead', onclick: () => retryDead(document.getElementById('job-queue').value) }, 'Retry all dead…'));
     form.addEventListener('submit', (event) => {
       event.preventDefault();
       const chosen = {};
@@ -677,19 +776,27 @@
       location.hash = `#/jobs?${new URLSearchParams(chosen)}`;
     });
     const rows = h('tbody', { id: 'job-rows' });
+    const base = { queue: filters.queue, state: filters.state };
+    const to = (after) => { location.hash = `#/jobs?${new URLSearchParams(Object.fromEntries(Object.entries({ ...base, after }).filter(([, v]) => v)))}`; };
+    const next = h('button', { type: 'button', id: 'jobs-next', disabled: true }, 'Next page');
+    const first = h('button', { type: 'button', id: 'jobs-first', disabled: !filters.after, onclick: () => to('') }, 'First page');
     show(h('section', {}, h('h1', {}, 'Jobs'), form,
       h('table', { id: 'jobs' }, h('caption', {}, 'Jobs, refreshed every 2 s'),
         h('thead', {}, h('tr', {}, ['Id', 'Queue', 'State', 'Attempts', 'Last error', 'Updated', 'Actions'].map((name) => h('th', { scope: 'col' }, name)))),
-        rows)), 'Jobs');
+        rows),
+      h('div', { class: 'pager' }, first, next)), 'Jobs');
     const act = async (job, action) => {
       try { await api('POST', `/v1/jobs/${encodeURIComponent(job.id)}/${action}`); say(`${action === 'retry' ? 'Retried' : 'Cancelled'} job ${job.id}`); load(); } catch (error) { say(`Cannot ${action} ${job.id}: ${error.message}`); }
     };
     const load = async () => {
-      const query = new URLSearchParams();
+      const query = new URLSearchParams({ limit: String(PAGE) });
       if (filters.queue) query.set('queue', filters.queue);
       if (filters.state) query.set('state', filters.state);
+      if (filters.after) query.set('after', filters.after);
       try {
         const page = await api('GET', `/v1/jobs?${query}`);
+        next.disabled = !page.next;
+        next.onclick = () => to(page.next);
         rows.replaceChildren(...page.items.map((job) => h('tr', { 'data-id': job.id, 'data-state': job.state },
           h('td', { class: 'mono' }, job.id),
           h('td', {}, job.queue),
@@ -705,22 +812,29 @@
         rows.replaceChildren(h('tr', {}, h('td', { colspan: '7', class: 'error' }, error.message)));
       }
     };
+    const mine = view;
     await load();
+    if (mine !== view) return;
     const timer = setInterval(() => { if (!document.querySelector('dialog[open]')) load(); }, 2000);
     cleanups.push(() => clearInterval(timer));
   }
 
   async function retryDead(queue) {
     const dead = [];
-    let after = null;
-    do {
-      const query = new URLSearchParams({ state: 'dead' });
-      if (queue) query.set('queue', queue);
-      if (after) query.set('after', after);
-      const page = await api('GET', `/v1/jobs?${query}`);
-      dead.push(...page.items.map((job) => job.id));
-      after = page.next;
-    } while (after);
+    try {
+      let after = null;
+      do {
+        const query = new URLSearchParams({ state: 'dead' });
+        if (queue) query.set('queue', queue);
+        if (after) query.set('after', after);
+        const page = await api('GET', `/v1/jobs?${query}`);
+        dead.push(...page.items.map((job) => job.id));
+        after = page.next;
+      } while (after);
+    } catch (error) {
+      say(`Cannot list the dead jobs: ${error.message}`);
+      return;
+    }
     if (dead.length === 0) { say('No dead job to retry.'); return; }
     const where = queue ? ` in ${queue}` : '';
     if (!await confirmDialog(`Retry ${dead.length} dead ${dead.length === 1 ? 'job' : 'jobs'}${where}?`)) return;
@@ -734,6 +848,7 @@
   // ---- Routing --------------------------------------------------------------------------
 
   async function route() {
+    view += 1;
     for (const cleanup of cleanups.splice(0)) cleanup();
     const [path] = (location.hash || '#/operations').slice(1).split('?');
     const parts = path.split('/').filter(Boolean).map(decodeURIComponent);
@@ -754,6 +869,11 @@
   }
 
   document.getElementById('sign-out').addEventListener('click', () => signOut('Signed out'));
+  // The skip link moves the focus; it must not change the route.
+  document.querySelector('.skip').addEventListener('click', (event) => {
+    event.preventDefault();
+    main.focus();
+  });
   window.addEventListener('hashchange', route);
   route();
 })();

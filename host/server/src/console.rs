@@ -2,13 +2,13 @@
 //! binary, loading nothing from anywhere else. It signs in with a token the operator pastes
 //! (kept in the tab's `sessionStorage`) and uses the `/v1` API like any other client.
 //!
-//! A host started with a dev token (`./dev run`) hands it to the page at
+//! A host started with a dev token (`./dev run`) on a loopback address hands it to the page at
 //! `/console/dev-token`, so that a developer signs in with one click; without one, that route
 //! is 404.
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::get;
 
@@ -70,13 +70,24 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
     response
 }
 
-async fn dev_token(State(shared): State<AppState>) -> Response {
+/// The development token, to a page this machine opened by a loopback name: a page of another
+/// site that rebinds its own name to 127.0.0.1 sends that name as `Host`, and gets nothing.
+async fn dev_token(State(shared): State<AppState>, headers: HeaderMap) -> Response {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    };
+    let loopback = matches!(name, "127.0.0.1" | "localhost" | "[::1]");
     match &shared.config.console_dev_token {
-        Some(token) => (
+        Some(token) if loopback => (
             [(header::CACHE_CONTROL, "no-store")],
             axum::Json(serde_json::json!({ "token": token })),
         )
             .into_response(),
-        None => StatusCode::NOT_FOUND.into_response(),
+        _ => StatusCode::NOT_FOUND.into_response(),
     }
 }

@@ -2,12 +2,14 @@
 //! operations the caller may observe, in its tenant, optionally of one operation name or
 //! state, resumable by `Last-Event-ID`.
 //!
-//! The stream opens with a `ready` event whose `id` is where it starts, so that a client that
+//! The stream ends when the caller's token expires (or the host drains); the client resumes
+//! it with a fresh token. The stream opens with a `ready` event whose `id` is where it starts, so that a client that
 //! loses the connection before the first change still resumes without a gap. Each change is
 //! an event named for its kind, with the change's cursor as `id` and the snapshot as `data`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -71,6 +73,9 @@ async fn events(
         })
         .transpose()?;
     let watch = shared.runtime.changes(after).await?;
+    // The stream ends when the caller's token does: it shows nothing past what the token
+    // allowed, and the client resumes with a fresh one.
+    let token_left = Duration::from_secs(caller.expires.saturating_sub(now_secs()));
     let mut filter = Filter {
         caller,
         operation: query.operation,
@@ -100,7 +105,9 @@ async fn events(
     });
     let frames = futures::stream::once(std::future::ready(ready)).chain(changes);
     // A host going down ends its streams; clients resume them elsewhere.
-    let frames = frames.take_until(shared.draining.clone().cancelled_owned());
+    let frames = frames
+        .take_until(shared.draining.clone().cancelled_owned())
+        .take_until(tokio::time::sleep(token_left));
     let body = Body::from_stream(with_keep_alive(frames, shared.config.keep_alive()));
     Ok((
         StatusCode::OK,
@@ -111,6 +118,12 @@ async fn events(
         body,
     )
         .into_response())
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs())
 }
 
 /// What one stream shows: its caller's tenant, the operations it may observe, and the

@@ -427,3 +427,36 @@ async fn me_says_who_the_caller_is_and_what_it_may_do_to_each_operation() {
         json!(["observe"])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_development_token_is_offered_only_to_pages_opened_by_a_loopback_name() {
+    let host = load(&testing_deployment(Duration::from_secs(5)));
+    let config = ServerConfig {
+        console_dev_token: Some("dev-token-for-tests".into()),
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start_with(host.runtime(), config).await;
+    let http = opshost_tests::net::http();
+    let address = server.url.trim_start_matches("http://").to_owned();
+    let port = address.rsplit_once(':').unwrap().1.to_owned();
+    for (name, offered) in [
+        (address.clone(), true),
+        (format!("localhost:{port}"), true),
+        (format!("attacker.example:{port}"), false),
+        ("attacker.example".to_owned(), false),
+    ] {
+        let response = http
+            .get(format!("{}/console/dev-token", server.url))
+            .header("host", &name)
+            .send()
+            .await
+            .unwrap();
+        if offered {
+            assert_eq!(response.status(), 200, "{name}");
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(body["token"], "dev-token-for-tests");
+        } else {
+            assert_eq!(response.status(), 404, "{name}");
+        }
+    }
+}
