@@ -12,6 +12,7 @@
 mod common;
 
 use std::path::PathBuf;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -125,7 +126,9 @@ impl Browser {
             .and_then(|listener| listener.local_addr())
             .expect("a free port")
             .port();
+        // A process group of its own, so that its browsers go with it.
         let driver = Command::new(&chromedriver)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -235,7 +238,11 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        // chromedriver and every Chromium process it started, even after a failed test.
+        if let Ok(group) = i32::try_from(self.driver.id()) {
+            // SAFETY: `kill` only sends a signal, to the group this test made.
+            unsafe { libc::kill(-group, libc::SIGKILL) };
+        }
         let _ = self.driver.wait();
     }
 }
