@@ -33,6 +33,13 @@ fn stored(row: &tokio_postgres::Row) -> Result<StoredOperation, StoreError> {
     })
 }
 
+/// An event read back from its `kind` and `snapshot` columns.
+fn event(kind: &str, snapshot: &str) -> Result<OperationEvent, StoreError> {
+    let kind = EventKind::from_name(kind)
+        .ok_or_else(|| StoreError::corrupt(format!("postgres: unknown event kind `{kind}`")))?;
+    Ok(OperationEvent::new(kind, decode(snapshot)?))
+}
+
 /// A transaction id (`xid8`) read as text.
 fn transaction(text: &str) -> Result<u64, StoreError> {
     text.parse()
@@ -177,13 +184,7 @@ impl OperationStore for PostgresStore {
             .await
             .map_err(failed)?;
         rows.iter()
-            .map(|row| {
-                let kind: &str = row.get(0);
-                let kind = EventKind::from_name(kind).ok_or_else(|| {
-                    StoreError::corrupt(format!("postgres: unknown event kind `{kind}`"))
-                })?;
-                Ok(OperationEvent::new(kind, decode(row.get(1))?))
-            })
+            .map(|row| event(row.get(0), row.get(1)))
             .collect()
     }
 
@@ -302,16 +303,12 @@ impl OperationStore for PostgresStore {
             .map_err(failed)?;
         rows.iter()
             .map(|row| {
-                let kind: &str = row.get(2);
-                let kind = EventKind::from_name(kind).ok_or_else(|| {
-                    StoreError::corrupt(format!("postgres: unknown event kind `{kind}`"))
-                })?;
                 Ok(Change {
                     cursor: ChangeCursor {
                         epoch: transaction(row.get(0))?,
                         seq: u64::try_from(row.get::<_, i64>(1)).unwrap_or_default(),
                     },
-                    event: OperationEvent::new(kind, decode(row.get(3))?),
+                    event: event(row.get(2), row.get(3))?,
                     tenant: row.get(4),
                 })
             })
