@@ -33,21 +33,27 @@ use opshost_tests::net::{TestServer, token};
 use opshost_tests::{env_number, testing_deployment};
 use serde_json::{Value, json};
 
-/// Latencies of one run, sorted, and how long it took.
+/// Latencies of one run (start to result, and of the start alone), sorted, and how long it
+/// took.
 struct Run {
     latencies: Vec<Duration>,
+    starts: Vec<Duration>,
     elapsed: Duration,
 }
 
 impl Run {
     fn at(&self, q: f64) -> Duration {
-        let last = self.latencies.len().saturating_sub(1);
-        self.latencies[((self.latencies.len() as f64 * q) as usize).min(last)]
+        quantile(&self.latencies, q)
     }
 
     fn per_second(&self) -> f64 {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64()
     }
+}
+
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    let last = sorted.len().saturating_sub(1);
+    sorted[((sorted.len() as f64 * q) as usize).min(last)]
 }
 
 fn ms(duration: Duration) -> f64 {
@@ -64,8 +70,9 @@ struct Caller {
 }
 
 impl Caller {
-    /// Starts one operation under a fresh key and waits for its result.
-    async fn one(&self) -> Duration {
+    /// Starts one operation under a fresh key and waits for its result; answers how long that
+    /// took, and how long the start alone.
+    async fn one(&self) -> (Duration, Duration) {
         let key = format!("w-{}", self.keys.fetch_add(1, Ordering::Relaxed));
         let began = Instant::now();
         let started: Value = self
@@ -80,6 +87,7 @@ impl Caller {
             .json()
             .await
             .unwrap_or_else(|e| panic!("start answer: {e}"));
+        let accepted = began.elapsed();
         let id = started["id"]
             .as_str()
             .unwrap_or_else(|| panic!("no id: {started}"));
@@ -94,7 +102,7 @@ impl Caller {
             .await
             .unwrap_or_else(|e| panic!("wait answer: {e}"));
         assert_eq!(done["state"], "completed", "{done}");
-        began.elapsed()
+        (began.elapsed(), accepted)
     }
 
     /// `operations` operations from `callers` closed-loop callers.
@@ -116,13 +124,21 @@ impl Caller {
                 })
             })
             .collect();
-        let mut latencies = Vec::with_capacity(operations);
+        let (mut latencies, mut starts) = (Vec::new(), Vec::new());
         for task in tasks {
-            latencies.extend(task.await.unwrap_or_else(|e| panic!("a caller: {e}")));
+            for (latency, start) in task.await.unwrap_or_else(|e| panic!("a caller: {e}")) {
+                latencies.push(latency);
+                starts.push(start);
+            }
         }
         let elapsed = began.elapsed();
         latencies.sort();
-        Run { latencies, elapsed }
+        starts.sort();
+        Run {
+            latencies,
+            starts,
+            elapsed,
+        }
     }
 }
 
@@ -163,8 +179,8 @@ async fn bench() {
         ms(probe[probe.len() * 99 / 100])
     );
     println!(
-        "{:<8} {:>8} {:>7} {:>9} {:>9} {:>9} {:>10}",
-        "store", "callers", "ops", "p50 ms", "p99 ms", "ops/s", "vs memory"
+        "{:<8} {:>8} {:>7} {:>9} {:>9} {:>11} {:>9} {:>10}",
+        "store", "callers", "ops", "p50 ms", "p99 ms", "start p50", "ops/s", "vs memory"
     );
     let mut memory: Option<(Run, Run)> = None;
     for name in ["memory", "sqlite"] {
@@ -198,10 +214,11 @@ async fn bench() {
         };
         for (run, count, base) in [(&one, 1, base_one), (&many, callers, base_many)] {
             println!(
-                "{name:<8} {count:>8} {:>7} {:>9.3} {:>9.3} {:>9.0} {:>10.2}",
+                "{name:<8} {count:>8} {:>7} {:>9.3} {:>9.3} {:>11.3} {:>9.0} {:>10.2}",
                 run.latencies.len(),
                 ms(run.at(0.5)),
                 ms(run.at(0.99)),
+                ms(quantile(&run.starts, 0.5)),
                 run.per_second(),
                 run.per_second() / base
             );
