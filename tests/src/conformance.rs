@@ -720,6 +720,29 @@ pub async fn a_purged_operation_leaves_the_change_feed(store: Arc<dyn OperationS
     assert_eq!(after[0].event.snapshot().id, "later");
 }
 
+/// See the module docs.
+pub async fn a_store_knows_whether_it_holds_an_operation_under_a_bare_key(
+    store: Arc<dyn OperationStore>,
+) {
+    assert!(!store.holds_unscoped_keys(), "an empty store holds none");
+    store
+        .create(stored(snapshot("scoped@acme", "Op"), None))
+        .await
+        .unwrap();
+    let mut default_tenant = stored(snapshot("plain", "Op"), None);
+    default_tenant.owner = Owner::default();
+    store.create(default_tenant).await.unwrap();
+    assert!(
+        !store.holds_unscoped_keys(),
+        "scoped ids and the default tenant's keys are not bare keys"
+    );
+    store
+        .create(stored(snapshot("bare", "Op"), None))
+        .await
+        .unwrap();
+    assert!(store.holds_unscoped_keys());
+}
+
 /// Generates one `#[tokio::test]` per conformance check for the store that `$make` (an async
 /// expression evaluating to `(Arc<dyn OperationStore>, guard)`) builds; the guard lives as
 /// long as the test (e.g. a temporary directory).
@@ -800,6 +823,14 @@ macro_rules! store_conformance {
             let (store, _guard) = $make.await;
             $crate::conformance::logs_are_numbered_in_order_and_read_after_a_sequence(store)
                 .await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_store_knows_whether_it_holds_an_operation_under_a_bare_key() {
+            let (store, _guard) = $make.await;
+            $crate::conformance::a_store_knows_whether_it_holds_an_operation_under_a_bare_key(
+                store,
+            )
+            .await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn list_filters_by_id_prefix_and_creation_time() {

@@ -165,6 +165,7 @@ impl OperationLog {
                 // Before keys were scoped, the id was the key in every tenant: such an
                 // operation of this tenant still answers for its key.
                 if id != key
+                    && self.store.holds_unscoped_keys()
                     && let Some(legacy) = self.store.load(&key).await?
                     && legacy.owner.tenant == owner.tenant
                 {

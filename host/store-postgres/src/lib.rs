@@ -73,6 +73,8 @@ pub struct PostgresStore {
     bells: Arc<Doorbells>,
     tasks: Vec<JoinHandle<()>>,
     lease: JoinHandle<()>,
+    /// See [`OperationStore::holds_unscoped_keys`]: read at connect, set by a create of one.
+    unscoped: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for PostgresStore {
@@ -118,6 +120,14 @@ impl PostgresStore {
             .await
             .map_err(|e| OpenError::Connect(e.to_string()))?;
         schema::migrate(&mut db).await.map_err(OpenError::Schema)?;
+        let unscoped: bool = db
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM operations WHERE tenant <> $1 AND position('@' in id) = 0)",
+                &[&opshost_api::id::DEFAULT_TENANT],
+            )
+            .await
+            .map_err(|e| OpenError::Connect(describe(&e)))?
+            .get(0);
         let host = ulid::Ulid::new().to_string();
         renew(&db, &host, lease)
             .await
@@ -139,6 +149,7 @@ impl PostgresStore {
             bells,
             tasks,
             lease,
+            unscoped: std::sync::atomic::AtomicBool::new(unscoped),
         })
     }
 

@@ -8,6 +8,7 @@ use opshost_api::{EventKind, LogLine, OperationEvent, OperationState, Snapshot};
 use opshost_runtime::store::{
     Change, ChangeCursor, CreateOutcome, Doorbell, ListFilter, OperationStore, Owner, Page,
     SignalOutcome, SignalRecord, StateCount, StoreError, StoredOperation, UpdateOutcome,
+    is_unscoped,
 };
 use serde_json::Value;
 
@@ -82,6 +83,10 @@ async fn insert_event(
 #[async_trait]
 impl OperationStore for PostgresStore {
     async fn create(&self, operation: StoredOperation) -> Result<CreateOutcome, StoreError> {
+        if is_unscoped(&operation) {
+            self.unscoped
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
         let snapshot = &operation.snapshot;
         let text = json(snapshot)?;
         let input = operation.input.as_ref().map(json).transpose()?;
@@ -329,6 +334,10 @@ impl OperationStore for PostgresStore {
 
     fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.bells.bells.any()
+    }
+
+    fn holds_unscoped_keys(&self) -> bool {
+        self.unscoped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {

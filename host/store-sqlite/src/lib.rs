@@ -35,7 +35,7 @@ mod writer;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -44,6 +44,7 @@ use opshost_api::{EventKind, LogLine, OperationEvent, OperationState, Snapshot};
 use opshost_runtime::store::{
     Change, ChangeCursor, CreateOutcome, Doorbell, Doorbells, ListFilter, OperationStore, Owner,
     Page, SignalOutcome, SignalRecord, StateCount, StoreError, StoredOperation, UpdateOutcome,
+    is_unscoped,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde_json::Value;
@@ -79,6 +80,8 @@ pub struct SqliteStore {
     _checkpointer: Checkpointer,
     readers: Mutex<Vec<Connection>>,
     shared: Arc<Shared>,
+    /// See [`OperationStore::holds_unscoped_keys`]: read at open, set by a create of one.
+    unscoped: AtomicBool,
 }
 
 /// What the writer thread changes after each commit and the store's readers see.
@@ -169,6 +172,13 @@ impl SqliteStore {
             })
             .map_err(database)?;
         shared.published.store(last_event, Ordering::Release);
+        let unscoped: bool = connection
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM operations WHERE tenant <> ?1 AND instr(id, '@') = 0)",
+                [opshost_api::id::DEFAULT_TENANT],
+                |row| row.get(0),
+            )
+            .map_err(database)?;
         let unfinished = unfinished(&connection).map_err(database)?;
         {
             let mut cache = lock(&shared.cache);
@@ -194,6 +204,7 @@ impl SqliteStore {
             _checkpointer: checkpointer,
             readers: Mutex::new(Vec::new()),
             shared,
+            unscoped: AtomicBool::new(unscoped),
         })
     }
 
@@ -303,6 +314,9 @@ fn unfinished(db: &Connection) -> rusqlite::Result<Vec<StoredOperation>> {
 #[async_trait]
 impl OperationStore for SqliteStore {
     async fn create(&self, operation: StoredOperation) -> Result<CreateOutcome, StoreError> {
+        if is_unscoped(&operation) {
+            self.unscoped.store(true, Ordering::Relaxed);
+        }
         match self.write(Write::create(operation)?).await? {
             Written::Created(outcome) => Ok(outcome),
             other => Err(unexpected(other)),
@@ -485,6 +499,10 @@ impl OperationStore for SqliteStore {
 
     fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.shared.bells.any()
+    }
+
+    fn holds_unscoped_keys(&self) -> bool {
+        self.unscoped.load(Ordering::Relaxed)
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -11,7 +12,7 @@ use serde_json::Value;
 use super::{
     Change, ChangeCursor, CreateOutcome, DeploymentStore, Doorbell, Doorbells, ListFilter,
     OperationStore, Owner, Page, SignalOutcome, SignalRecord, StateCount, StoreError,
-    StoredOperation, UpdateOutcome,
+    StoredOperation, UpdateOutcome, is_unscoped,
 };
 
 struct Entry {
@@ -61,6 +62,8 @@ impl State {
 pub struct MemoryStore {
     state: Mutex<State>,
     bells: Doorbells,
+    /// See [`OperationStore::holds_unscoped_keys`].
+    unscoped: AtomicBool,
 }
 
 impl MemoryStore {
@@ -82,6 +85,9 @@ impl OperationStore for MemoryStore {
         let mut state = self.lock()?;
         if let Some(entry) = state.entries.get(&operation.snapshot.id) {
             return Ok(CreateOutcome::Existing(entry.stored()));
+        }
+        if is_unscoped(&operation) {
+            self.unscoped.store(true, Ordering::Relaxed);
         }
         let StoredOperation {
             snapshot,
@@ -218,6 +224,10 @@ impl OperationStore for MemoryStore {
 
     fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.bells.any()
+    }
+
+    fn holds_unscoped_keys(&self) -> bool {
+        self.unscoped.load(Ordering::Relaxed)
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {

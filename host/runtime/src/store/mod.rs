@@ -273,6 +273,13 @@ pub struct StateCount {
     pub count: u64,
 }
 
+/// Whether `operation` is stored under its bare key in a tenant that scopes its keys (see
+/// [`OperationStore::holds_unscoped_keys`]).
+pub fn is_unscoped(operation: &StoredOperation) -> bool {
+    operation.owner.tenant != opshost_api::id::DEFAULT_TENANT
+        && !operation.snapshot.id.contains('@')
+}
+
 /// Whether an update of `kind` must be durable before [`OperationStore::update`] answers.
 /// Everything a caller asked for (cancel), every terminal snapshot and every restart is; a
 /// handler's own reports (started, progress) need not be, as re-running the handler after a
@@ -354,6 +361,14 @@ pub trait OperationStore: Send + Sync + 'static {
     /// what a previous run of that host left.
     async fn claim_orphans(&self) -> Result<Vec<StoredOperation>, StoreError> {
         self.unfinished().await
+    }
+
+    /// Whether an operation of a tenant other than the default may be stored under its bare
+    /// key, as accepted before keys were scoped to tenants, so that an accept must look its key
+    /// up bare too. A store that holds none answers `false` and saves that read: nothing stores
+    /// such an operation any more but a direct [`OperationStore::create`], which sets it again.
+    fn holds_unscoped_keys(&self) -> bool {
+        true
     }
 
     /// Whether several hosts share this store, so that operations may be orphaned by another
