@@ -199,8 +199,17 @@ impl Browser {
         field.send_keys(text).await.expect("the field takes keys");
     }
 
+    /// Clicks the element at `css`, finding it again should the page have just redrawn it.
     async fn click(&self, css: &str) {
-        self.find(css).await.click().await.expect("a click");
+        for _ in 0..3 {
+            match self.find(css).await.click().await {
+                Ok(()) => return,
+                Err(fantoccini::error::CmdError::Standard(error))
+                    if error.error == fantoccini::error::ErrorStatus::StaleElementReference => {}
+                Err(error) => panic!("cannot click `{css}`: {error}"),
+            }
+        }
+        panic!("`{css}` was redrawn under every click");
     }
 
     async fn script(&self, script: &str) -> Value {

@@ -142,10 +142,15 @@ impl ChangeFeed {
 }
 
 /// Refuses a cursor this store never gave: one ahead of the feed (a future number, or one of
-/// another store or of an in-memory store before a restart), or one with an epoch where the
-/// store numbers changes by `seq` alone.
+/// another store or of an in-memory store before a restart), one with an epoch where the
+/// store numbers changes by `seq` alone, or one without where it numbers them by epoch.
 fn check_cursor(cursor: ChangeCursor, head: ChangeCursor) -> Result<(), ServerError> {
-    let foreign = head.epoch == 0 && cursor.epoch != 0;
+    // A store of epochs never gives epoch 0 but for the very start (`0`).
+    let foreign = if head.epoch == 0 {
+        cursor.epoch != 0
+    } else {
+        cursor.epoch == 0 && cursor.seq != 0
+    };
     if cursor > head || foreign {
         return Err(ServerError::InvalidInput {
             message: format!(

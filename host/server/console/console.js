@@ -110,6 +110,13 @@
           if (response.status === 401) { signOut('Signed out: the token was refused'); return; }
           if (response.status >= 400 && response.status < 500) {
             const refusal = await response.json().catch(() => null);
+            if (lastId && response.status === 400) {
+              // The host no longer knows where this stream was (a restored or restarted
+              // store): the view is read again from now.
+              say('Live updates were reset: the view is read again');
+              route();
+              return;
+            }
             say(`Live updates refused: ${refusal && refusal.error ? refusal.error.message : response.status}`);
             return;
           }
@@ -507,19 +514,30 @@
       loaded = true;
       early.splice(0).forEach(apply);
     };
+    const loadOnce = () => {
+      if (loaded || loading) return;
+      loading = true;
+      load().finally(() => { loading = false; });
+    };
+    // Should the stream not open (a proxy that holds it back, a host refusing it), the page is
+    // still shown, without live updates.
+    const fallback = setTimeout(() => {
+      if (loaded) return;
+      live.textContent = 'live updates unavailable';
+      loadOnce();
+    }, 3000);
+    cleanups.push(() => clearTimeout(fallback));
     const stream = filters.operation ? `/v1/events?operation=${encodeURIComponent(filters.operation)}` : '/v1/events';
     follow(stream, (event) => {
       if (event.event === 'ready') {
-        if (!loaded && !loading) {
-          loading = true;
-          load().finally(() => { loading = false; });
-        }
+        live.textContent = 'live updates on';
+        loadOnce();
         return;
       }
       if (event.event === 'error' || !event.data) return;
       const snapshot = JSON.parse(event.data);
       if (loaded) apply(snapshot);
-      else early.push(snapshot);
+      else if (early.length < 10000) early.push(snapshot);
     });
   }
 
@@ -563,7 +581,7 @@
       for (let id = queue.shift(); id !== undefined; id = queue.shift()) {
         try {
           const after = await api('POST', `/v1/operations/${encodeURIComponent(id)}/cancel`);
-          if (after.state === 'cancelled' || after.cancelRequested) cancelled += 1;
+          if (after.state === 'cancelled' || (after.cancelRequested && !TERMINAL.includes(after.state))) cancelled += 1;
           else failures.push(`${id} had already ended ${after.state}`);
         } catch (error) { failures.push(`${id}: ${error.message}`); }
       }
@@ -596,23 +614,31 @@
     let current = null;
     let logTimer = null;
     let logSeq = 0;
-    // New log lines are read after the last one shown, a page at a time.
-    const refreshLogs = () => {
-      clearTimeout(logTimer);
-      logTimer = setTimeout(async () => {
-        try {
+    let reading = false;
+    let readAgain = false;
+    // New log lines are read after the last one shown, a page at a time, by one reader at a
+    // time; a read asked for meanwhile runs once the current one ends.
+    const readLogs = async () => {
+      if (reading) { readAgain = true; return; }
+      reading = true;
+      try {
+        do {
+          readAgain = false;
           for (;;) {
             const response = await fetch(`/v1/operations/${encodeURIComponent(id)}/logs?after=${logSeq}&limit=1000`, { headers: { Authorization: `Bearer ${token()}` } });
-            if (!response.ok) return;
+            if (!response.ok) break;
             const lines = (await response.text()).split('\n').filter(Boolean).map((line) => JSON.parse(line));
-            if (lines.length === 0) return;
+            if (lines.length === 0) break;
             if (logSeq === 0) logs.textContent = '';
             logs.append(lines.map((line) => `${line.at} ${line.stream}/${line.level} ${line.message}\n`).join(''));
             logSeq = lines[lines.length - 1].seq;
-            if (lines.length < 1000) return;
           }
-        } catch (_) { /* the next event tries again */ }
-      }, 300);
+        } while (readAgain);
+      } catch (_) { /* the next event reads again */ } finally { reading = false; }
+    };
+    const refreshLogs = () => {
+      clearTimeout(logTimer);
+      logTimer = setTimeout(readLogs, 300);
     };
     cleanups.push(() => clearTimeout(logTimer));
 
@@ -626,9 +652,14 @@
       if (snapshot.output !== undefined) result.textContent = pretty(snapshot.output);
       else if (snapshot.error) result.textContent = pretty(snapshot.error);
       const ended = TERMINAL.includes(snapshot.state);
-      controls.replaceChildren();
-      if (!ended && allowed(snapshot.operation, 'cancel') && !snapshot.cancelRequested) {
+      // The button stays the same element while it is shown, so that focus and a pointer on it
+      // survive the updates.
+      const cancellable = !ended && allowed(snapshot.operation, 'cancel') && !snapshot.cancelRequested;
+      const button = controls.querySelector('#cancel');
+      if (cancellable && !button) {
         controls.append(h('button', { type: 'button', class: 'danger', id: 'cancel', onclick: cancel }, 'Cancel operation'));
+      } else if (!cancellable && button) {
+        button.remove();
       }
       renderSignals(snapshot, signalArea, ended);
     };
@@ -788,6 +819,7 @@
     const act = async (job, action) => {
       try { await api('POST', `/v1/jobs/${encodeURIComponent(job.id)}/${action}`); say(`${action === 'retry' ? 'Retried' : 'Cancelled'} job ${job.id}`); load(); } catch (error) { say(`Cannot ${action} ${job.id}: ${error.message}`); }
     };
+    let shown = null;
     const load = async () => {
       const query = new URLSearchParams({ limit: String(PAGE) });
       if (filters.queue) query.set('queue', filters.queue);
@@ -797,6 +829,10 @@
         const page = await api('GET', `/v1/jobs?${query}`);
         next.disabled = !page.next;
         next.onclick = () => to(page.next);
+        // Rows are rebuilt only when a job changed, so that focus on a button survives.
+        const seen = JSON.stringify(page.items.map((job) => [job.id, job.state, job.attempt, job.updatedAt]));
+        if (seen === shown) return;
+        shown = seen;
         rows.replaceChildren(...page.items.map((job) => h('tr', { 'data-id': job.id, 'data-state': job.state },
           h('td', { class: 'mono' }, job.id),
           h('td', {}, job.queue),
@@ -809,6 +845,7 @@
             ['queued', 'running'].includes(job.state) ? h('button', { type: 'button', class: 'cancel', onclick: () => act(job, 'cancel') }, `Cancel job ${job.id}`) : null))));
         if (page.items.length === 0) rows.append(h('tr', {}, h('td', { colspan: '7', class: 'muted' }, 'No jobs match.')));
       } catch (error) {
+        shown = null;
         rows.replaceChildren(h('tr', {}, h('td', { colspan: '7', class: 'error' }, error.message)));
       }
     };

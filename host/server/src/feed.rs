@@ -15,7 +15,7 @@ use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures::StreamExt;
@@ -109,15 +109,7 @@ async fn events(
         .take_until(shared.draining.clone().cancelled_owned())
         .take_until(tokio::time::sleep(token_left));
     let body = Body::from_stream(with_keep_alive(frames, shared.config.keep_alive()));
-    Ok((
-        StatusCode::OK,
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response())
+    Ok((StatusCode::OK, crate::sse::stream_headers(), body).into_response())
 }
 
 fn now_secs() -> u64 {

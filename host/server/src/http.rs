@@ -279,14 +279,7 @@ async fn watch(
     // A host going down ends its watches; clients resume them elsewhere.
     let events = events.take_until(shared.draining.clone().cancelled_owned());
     let body = Body::from_stream(with_keep_alive(events, shared.config.keep_alive()));
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response())
+    Ok((crate::sse::stream_headers(), body).into_response())
 }
 
 /// The `Last-Event-ID` a stream is resumed from, if any; `what` says what it must be.

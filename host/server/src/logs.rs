@@ -88,14 +88,7 @@ async fn logs(
     let stream = follow(shared.clone(), id, after);
     let stream = futures::StreamExt::take_until(stream, shared.draining.clone().cancelled_owned());
     let body = Body::from_stream(with_keep_alive(stream, shared.config.keep_alive()));
-    Ok((
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        body,
-    )
-        .into_response())
+    Ok((crate::sse::stream_headers(), body).into_response())
 }
 
 /// The lines of operation `id` after `after`, as SSE frames, as they are written; ends once

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
 
 use axum::body::Bytes;
+use axum::http::{HeaderName, HeaderValue, header};
 use opshost_api::OperationEvent;
 
 /// Frames kept for watchers that are still catching up.
@@ -79,6 +80,22 @@ pub(crate) fn encode(event: &str, id: u64, data: &str) -> Bytes {
 /// An `error` frame, which has no revision.
 pub(crate) fn error(data: &str) -> Bytes {
     Bytes::from(format!("event: error\ndata: {data}\n\n"))
+}
+
+/// The headers of every event stream: not cached, and not held back by a proxy that buffers
+/// responses (nginx reads `X-Accel-Buffering`).
+pub(crate) fn stream_headers() -> [(HeaderName, HeaderValue); 3] {
+    [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        ),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        (
+            HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        ),
+    ]
 }
 
 /// The frame of a keep-alive comment.

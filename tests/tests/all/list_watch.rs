@@ -23,6 +23,12 @@ async fn open(server: &TestServer, path: &str, token: &str, last: Option<&str>) 
     }
     let response = request.send().await.unwrap();
     assert_eq!(response.status(), 200, "{path}");
+    let buffering = response.headers().get("x-accel-buffering");
+    assert_eq!(
+        buffering.and_then(|value| value.to_str().ok()),
+        Some("no"),
+        "a proxy is told not to hold the stream back"
+    );
     let mut events: Events = Box::pin(
         response
             .bytes_stream()
@@ -353,6 +359,15 @@ async fn on_postgres_a_list_watch_on_one_host_streams_the_changes_made_on_anothe
     let later = start(&two, &runner, "Testing.Scenario", "made-on-two").await;
     let seen = until_completed(&mut resumed, &later).await;
     assert!(seen.iter().all(|(id, _)| *id == later), "{seen:?}");
+    // A cursor of a store that numbers by `seq` alone is not one of PostgreSQL's.
+    let foreign = opshost_tests::net::http()
+        .get(format!("{}/v1/events", one.url))
+        .bearer_auth(&runner)
+        .header("last-event-id", "5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(foreign.status(), 400);
 }
 
 /// The cursor a new list-watch on `server` starts after.
