@@ -65,17 +65,18 @@ impl ChangeFeed {
         self: &Arc<Self>,
         after: Option<ChangeCursor>,
     ) -> Result<ChangeWatch, ServerError> {
-        let live = {
+        // Subscribed before the head is read: every change after it comes live or from the
+        // store. A follower started now starts there too.
+        let (live, head) = {
             let mut following = self.following.lock().await;
             let live = self.sender.subscribe();
+            let head = self.store.change_head().await?;
             if !*following {
-                let head = self.store.change_head().await?;
                 *following = true;
                 tokio::spawn(Arc::clone(self).follow(head));
             }
-            live
+            (live, head)
         };
-        let head = self.store.change_head().await?;
         let start = match after {
             Some(cursor) => {
                 check_cursor(cursor, head)?;

@@ -234,6 +234,19 @@ async fn a_list_watch_refuses_a_bad_cursor_and_a_watch_token() {
         message.contains("Last-Event-ID") && message.contains("yesterday"),
         "{message}"
     );
+    let unknown = http
+        .get(format!("{}/v1/events?since=3", server.url))
+        .bearer_auth(&runner)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 400);
+    let body: Value = unknown.json().await.unwrap();
+    assert_eq!(
+        body["error"]["details"]["allowed"],
+        json!(["operation", "state", "after"]),
+        "{body}"
+    );
     // A cursor this store never gave: a future one, or one with an epoch SQLite and memory
     // do not use.
     for cursor in ["99999999999", "7.3"] {

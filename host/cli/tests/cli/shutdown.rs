@@ -367,15 +367,12 @@ fn a_second_sigterm_stops_at_once_without_waiting_for_the_grace_period() {
             .to_owned();
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let current: Value = opshost_tests::net::http()
-                .get(format!("{}/v1/operations/{id}", host.url))
-                .bearer_auth(&token)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let current = opshost_tests::net::json_of(
+                opshost_tests::net::http()
+                    .get(format!("{}/v1/operations/{id}", host.url))
+                    .bearer_auth(&token),
+            )
+            .await;
             if current["state"] == "running" {
                 break;
             }
