@@ -7,8 +7,8 @@
 //! loses the connection before the first change still resumes without a gap. Each change is
 //! an event named for its kind, with the change's cursor as `id` and the snapshot as `data`.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -29,9 +29,6 @@ use crate::auth::Principal;
 use crate::error::ApiError;
 use crate::http::{parse_state, with_keep_alive};
 use crate::state::{AppState, Caller, Shared, authorize};
-
-/// Frames kept for streams that are a little behind.
-const RECENT_FRAMES: usize = 256;
 
 /// The list-watch route.
 pub(crate) fn routes() -> Router<AppState> {
@@ -93,7 +90,7 @@ async fn events(
         let frame = match change {
             Ok(change) => filter
                 .admits(&feed, &change)
-                .then(|| feed.feed_frames.frame(&change)),
+                .then(|| feed.change_frames.frame(&change)),
             Err(error) => {
                 let error = ApiError::from(error);
                 Some(crate::sse::error(
@@ -150,38 +147,5 @@ impl Filter {
         self.observable
             .insert(snapshot.operation.clone(), observable);
         observable
-    }
-}
-
-/// The frames of recent changes, encoded once for every stream that shows them.
-#[derive(Default)]
-pub(crate) struct FeedFrames {
-    recent: Mutex<VecDeque<(ChangeCursor, Bytes)>>,
-}
-
-impl FeedFrames {
-    /// The frame of `change`, encoded now unless a stream already did.
-    fn frame(&self, change: &Change) -> Bytes {
-        let lock = || self.recent.lock().unwrap_or_else(PoisonError::into_inner);
-        let cached = lock()
-            .iter()
-            .rev()
-            .find(|(cursor, _)| *cursor == change.cursor)
-            .map(|(_, frame)| frame.clone());
-        if let Some(frame) = cached {
-            return frame;
-        }
-        let data = serde_json::to_string(change.event.snapshot()).unwrap_or_default();
-        let frame = Bytes::from(format!(
-            "event: {}\nid: {}\ndata: {data}\n\n",
-            change.event.kind().as_str(),
-            change.cursor
-        ));
-        let mut recent = lock();
-        recent.push_back((change.cursor, frame.clone()));
-        if recent.len() > RECENT_FRAMES {
-            recent.pop_front();
-        }
-        frame
     }
 }

@@ -133,7 +133,7 @@ impl HttpApi {
             config: self.config,
             metrics: Arc::clone(&metrics),
             frames: Default::default(),
-            feed_frames: Default::default(),
+            change_frames: Default::default(),
             draining: self.draining,
             closing: self.closing.clone(),
         }));

@@ -2,7 +2,8 @@
 //!
 //! An event seen by 10,000 watchers is encoded into one frame (`event:`, `id:` = revision,
 //! `data:` = the snapshot's JSON) and that frame's bytes are shared by every connection, so
-//! fan-out costs one copy of a pointer per watcher instead of one JSON encoding.
+//! fan-out costs one copy of a pointer per watcher instead of one JSON encoding. The
+//! list-watch stream's frames, whose `id:` is the change's cursor, are shared the same way.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, PoisonError};
@@ -10,6 +11,7 @@ use std::sync::{Mutex, PoisonError};
 use axum::body::Bytes;
 use axum::http::{HeaderName, HeaderValue, header};
 use opshost_api::OperationEvent;
+use opshost_runtime::{Change, ChangeCursor};
 
 /// Frames kept for watchers that are still catching up.
 const CAPACITY: usize = 4096;
@@ -72,8 +74,45 @@ fn json(value: &impl serde::Serialize) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
+/// Frames of the list-watch stream kept for streams that are a little behind.
+const RECENT_CHANGES: usize = 256;
+
+/// The frames of the list-watch stream's recent changes (`id:` = the change's cursor), encoded
+/// once for every stream that shows them, as [`Frames`] does for one operation's watchers.
+#[derive(Default)]
+pub(crate) struct ChangeFrames {
+    recent: Mutex<VecDeque<(ChangeCursor, Bytes)>>,
+}
+
+impl ChangeFrames {
+    /// The frame of `change`, encoded now unless a stream already did.
+    pub(crate) fn frame(&self, change: &Change) -> Bytes {
+        let lock = || self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+        let cached = lock()
+            .iter()
+            .rev()
+            .find(|(cursor, _)| *cursor == change.cursor)
+            .map(|(_, frame)| frame.clone());
+        if let Some(frame) = cached {
+            return frame;
+        }
+        let event = &change.event;
+        let frame = encode(
+            event.kind().as_str(),
+            change.cursor,
+            &json(event.snapshot()),
+        );
+        let mut recent = lock();
+        recent.push_back((change.cursor, frame.clone()));
+        if recent.len() > RECENT_CHANGES {
+            recent.pop_front();
+        }
+        frame
+    }
+}
+
 /// One SSE frame. `data` is JSON, which holds no raw newline.
-pub(crate) fn encode(event: &str, id: u64, data: &str) -> Bytes {
+pub(crate) fn encode(event: &str, id: impl std::fmt::Display, data: &str) -> Bytes {
     Bytes::from(format!("event: {event}\nid: {id}\ndata: {data}\n\n"))
 }
 
@@ -132,6 +171,23 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("}\n\n"), "{text}");
+    }
+
+    #[test]
+    fn a_change_is_encoded_once_with_its_cursor_as_the_id() {
+        let frames = ChangeFrames::default();
+        let change = Change {
+            cursor: ChangeCursor { epoch: 7, seq: 3 },
+            tenant: "acme".into(),
+            event: event(2),
+        };
+        let first = frames.frame(&change);
+        assert_eq!(first.as_ptr(), frames.frame(&change).as_ptr());
+        let text = String::from_utf8(first.to_vec()).unwrap();
+        assert!(
+            text.starts_with("event: progress\nid: 7.3\ndata: {"),
+            "{text}"
+        );
     }
 
     #[test]

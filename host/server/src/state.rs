@@ -31,7 +31,7 @@ pub(crate) struct Shared {
     pub(crate) in_flight: Arc<Semaphore>,
     pub(crate) frames: Frames,
     /// Frames of the list-watch stream's recent changes, shared by its streams.
-    pub(crate) feed_frames: crate::feed::FeedFrames,
+    pub(crate) change_frames: crate::sse::ChangeFrames,
     pub(crate) draining: CancellationToken,
     /// Cancelled when the server closes: waits answer at once.
     pub(crate) closing: CancellationToken,
