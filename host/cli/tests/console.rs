@@ -62,6 +62,13 @@ impl Host {
         }
     }
 
+    /// Starts an order whose first three charges fail, so that it runs for seconds (and its
+    /// fulfilment job dies unless retried).
+    async fn start_running_order(&self, order_id: &str) -> String {
+        payments().fail_order(order_id, 3);
+        self.start_order(order_id).await
+    }
+
     /// Starts an order of one item as another client would, through the API, keyed by its
     /// order id.
     async fn start_order(&self, order_id: &str) -> String {
@@ -165,6 +172,18 @@ impl Browser {
             driver,
             _profile: profile,
         }
+    }
+
+    /// A browser signed in to `host`'s console with the operator's token.
+    async fn signed_in(host: &Host) -> Self {
+        let browser = Self::open().await;
+        browser.sign_in(host, &operator_token()).await;
+        browser
+    }
+
+    /// Shows the console view at `route` (`/operations/…`, `/jobs?…`).
+    async fn view(&self, host: &Host, route: &str) {
+        self.goto(&format!("{}/console#{route}", host.url)).await;
     }
 
     async fn goto(&self, url: &str) {
@@ -300,11 +319,8 @@ async fn a_refused_token_is_named_and_nothing_is_kept() {
 async fn an_order_started_from_the_form_shows_its_progress_through_every_step_to_the_result() {
     let _turn = TURN.lock().await;
     let host = Host::start();
-    let browser = Browser::open().await;
-    browser.sign_in(&host, &operator_token()).await;
-    browser
-        .goto(&format!("{}/console#/start/Orders.Process", host.url))
-        .await;
+    let browser = Browser::signed_in(&host).await;
+    browser.view(&host, "/start/Orders.Process").await;
     browser.type_into("#f-orderId", "ord-from-form").await;
     browser.type_into("#f-lineItems-0-sku", "MUG-7").await;
     browser.type_into("#f-lineItems-0-quantity", "0").await;
@@ -384,14 +400,9 @@ async fn an_order_started_from_the_form_shows_its_progress_through_every_step_to
 async fn an_order_cancelled_from_its_page_ends_cancelled() {
     let _turn = TURN.lock().await;
     let host = Host::start();
-    // Its charges fail for a while, so the order is still running when the button is pressed.
-    payments().fail_order("ord-to-cancel", 3);
-    let id = host.start_order("ord-to-cancel").await;
-    let browser = Browser::open().await;
-    browser.sign_in(&host, &operator_token()).await;
-    browser
-        .goto(&format!("{}/console#/operations/{id}", host.url))
-        .await;
+    let id = host.start_running_order("ord-to-cancel").await;
+    let browser = Browser::signed_in(&host).await;
+    browser.view(&host, &format!("/operations/{id}")).await;
     browser.click("#cancel").await;
     let question = browser.text("#confirm-text").await;
     assert_eq!(question, format!("Cancel operation {id}?"));
@@ -419,8 +430,7 @@ async fn an_order_started_by_another_client_appears_in_the_list_without_a_reload
     let _turn = TURN.lock().await;
     let host = Host::start();
     host.start_order("ord-before").await;
-    let browser = Browser::open().await;
-    browser.sign_in(&host, &operator_token()).await;
+    let browser = Browser::signed_in(&host).await;
     browser.find("#rows tr[data-id]").await;
     browser
         .script("window.notReloaded = true; return true")
@@ -449,8 +459,7 @@ async fn a_dead_job_is_retried_from_the_jobs_page() {
     let _turn = TURN.lock().await;
     let host = Host::start();
     // Every attempt of this order's fulfilment fails to charge: its job dies.
-    payments().fail_order("ord-dead-job", 3);
-    host.start_order("ord-dead-job").await;
+    host.start_running_order("ord-dead-job").await;
     let deadline = Instant::now() + Duration::from_secs(60);
     let job = loop {
         let dead = host
@@ -462,11 +471,8 @@ async fn a_dead_job_is_retried_from_the_jobs_page() {
         assert!(Instant::now() < deadline, "the job never died");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let browser = Browser::open().await;
-    browser.sign_in(&host, &operator_token()).await;
-    browser
-        .goto(&format!("{}/console#/jobs?queue=fulfillment", host.url))
-        .await;
+    let browser = Browser::signed_in(&host).await;
+    browser.view(&host, "/jobs?queue=fulfillment").await;
     let row = format!("#job-rows tr[data-id='{job}']");
     browser.find(&format!("{row}[data-state='dead']")).await;
     assert!(browser.text(&row).await.contains("3 of 3"));
@@ -494,15 +500,11 @@ async fn a_bulk_cancel_over_a_filter_says_how_many_it_will_cancel_first() {
     let host = Host::start();
     let mut ids = Vec::new();
     for order in ["bulk-1", "bulk-2"] {
-        payments().fail_order(order, 3);
-        ids.push(host.start_order(order).await);
+        ids.push(host.start_running_order(order).await);
     }
     host.start_order("kept-1").await;
-    let browser = Browser::open().await;
-    browser.sign_in(&host, &operator_token()).await;
-    browser
-        .goto(&format!("{}/console#/operations?idPrefix=bulk-", host.url))
-        .await;
+    let browser = Browser::signed_in(&host).await;
+    browser.view(&host, "/operations?idPrefix=bulk-").await;
     browser.find("#rows tr[data-id]").await;
     browser.click("#bulk-cancel").await;
     assert_eq!(
@@ -542,14 +544,9 @@ async fn a_bulk_cancel_over_a_filter_says_how_many_it_will_cancel_first() {
 async fn a_signal_is_checked_against_its_schema_before_it_is_sent() {
     let _turn = TURN.lock().await;
     let host = Host::start();
-    // Its charges fail for a while, so the order is still running while the signal is sent.
-    payments().fail_order("ord-signalled", 3);
-    let id = host.start_order("ord-signalled").await;
-    let browser = Browser::open().await;
-    browser.sign_in(&host, &operator_token()).await;
-    browser
-        .goto(&format!("{}/console#/operations/{id}", host.url))
-        .await;
+    let id = host.start_running_order("ord-signalled").await;
+    let browser = Browser::signed_in(&host).await;
+    browser.view(&host, &format!("/operations/{id}")).await;
     browser.find("#signal-name").await;
     browser.type_into("#signal-input", r#"{"reason": 7}"#).await;
     browser.click("#send-signal").await;

@@ -15,6 +15,16 @@ type Events = std::pin::Pin<Box<dyn Stream<Item = Event> + Send>>;
 /// Opens the stream at `path` with `token`, resumed after `last` if given; answers it once its
 /// `ready` event came.
 async fn open(server: &TestServer, path: &str, token: &str, last: Option<&str>) -> Events {
+    open_at(server, path, token, last).await.1
+}
+
+/// [`open`], and the cursor its `ready` event says it starts after.
+async fn open_at(
+    server: &TestServer,
+    path: &str,
+    token: &str,
+    last: Option<&str>,
+) -> (String, Events) {
     let mut request = opshost_tests::net::http()
         .get(format!("{}{path}", server.url))
         .bearer_auth(token);
@@ -38,7 +48,7 @@ async fn open(server: &TestServer, path: &str, token: &str, last: Option<&str>) 
     let ready = next(&mut events).await;
     assert_eq!(ready.event, "ready");
     assert!(!ready.id.is_empty());
-    events
+    (ready.id, events)
 }
 
 async fn next(events: &mut Events) -> Event {
@@ -366,7 +376,7 @@ async fn on_postgres_a_list_watch_on_one_host_streams_the_changes_made_on_anothe
         seen.first().map(|(_, kind)| kind.as_str()),
         Some("accepted")
     );
-    let last = events_cursor_after(&two, &runner).await;
+    let last = open_at(&two, "/v1/events", &runner, None).await.0;
     // Resumed on the first host from the second one's cursor: the stores share one feed.
     let mut resumed = open(&one, "/v1/events", &runner, Some(&last)).await;
     let later = start(&two, &runner, "Testing.Scenario", "made-on-two").await;
@@ -381,20 +391,6 @@ async fn on_postgres_a_list_watch_on_one_host_streams_the_changes_made_on_anothe
         .await
         .unwrap();
     assert_eq!(foreign.status(), 400);
-}
-
-/// The cursor a new list-watch on `server` starts after.
-async fn events_cursor_after(server: &TestServer, token: &str) -> String {
-    let response = opshost_tests::net::http()
-        .get(format!("{}/v1/events", server.url))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    let mut events = response.bytes_stream().eventsource();
-    let ready = events.next().await.unwrap().unwrap();
-    assert_eq!(ready.event, "ready");
-    ready.id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -429,7 +425,7 @@ async fn on_sqlite_a_list_watch_resumes_across_a_restart_of_the_host() {
     let mut events = open(&first, "/v1/events", &runner, None).await;
     let before = start(&first, &runner, "Testing.Scenario", "before-restart").await;
     until_completed(&mut events, &before).await;
-    let last = events_cursor_after(&first, &runner).await;
+    let last = open_at(&first, "/v1/events", &runner, None).await.0;
     drop(events);
     drop(first);
     first_host.runtime().release_store().await.unwrap();
