@@ -180,3 +180,27 @@ fn serve_reads_a_renewed_certificate_on_sighup() {
         "the refused reload granted nothing"
     );
 }
+
+#[test]
+fn the_console_offers_no_development_token_when_the_host_listens_beyond_this_machine() {
+    let data = tempfile::tempdir().unwrap();
+    let config = crate::root().join("contracts/orders.deploy.toml");
+    let (mut child, url) = crate::common::serve_with(
+        &config,
+        &["--data-dir".as_ref(), data.path().as_os_str()],
+        "0.0.0.0:0",
+        &[("OPSHOST_CONSOLE_DEV_TOKEN", "a-dev-token")],
+    );
+    let port = url.rsplit_once(':').unwrap().1.to_owned();
+    let offer = crate::runtime().block_on(async {
+        opshost_tests::net::http()
+            .get(format!("http://127.0.0.1:{port}/console/dev-token"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(offer, 404);
+}
