@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::future::BoxFuture;
 use opshost_api::{ErrorCode, ErrorInfo, EventKind, OperationState, Snapshot};
 use opshost_telemetry::Span;
@@ -21,7 +22,7 @@ use crate::config::{RestartPolicy, RuntimeConfig};
 use crate::error::{ServerError, until_stored};
 use crate::handoff::JobHandOff;
 use crate::log::{Acceptance, OperationLog, next, non_terminal};
-use crate::run::{JobsPort, Run, Runs};
+use crate::run::{Accepted, JobsPort, Run, Runs};
 use crate::store::{Owner, StoredOperation};
 
 /// Runs accepted operations of one operation name: a wasm component or native code.
@@ -44,6 +45,15 @@ pub trait OperationHandler: Send + Sync + 'static {
     /// handler has versions.
     fn version(&self) -> Option<String> {
         None
+    }
+
+    /// Whether the handler may start before its operation's accept is durable, while the
+    /// store makes it so. Only when every effect it has outside the store goes through its
+    /// [`Run`], which holds those effects until then ([`Run::accept_durable`]), as a sandboxed
+    /// component's do. Native code can do anything, so by default it starts once the accept
+    /// is durable.
+    fn starts_before_durable(&self) -> bool {
+        false
     }
 }
 
@@ -233,9 +243,9 @@ impl Executor {
             }
         }
         let tenant = owner.tenant.clone();
-        let acceptance = self
+        let (acceptance, durable) = self
             .log
-            .accept(
+            .accept_ordered(
                 owner,
                 operation,
                 key,
@@ -245,23 +255,48 @@ impl Executor {
             .await?;
         // Accepted while the host began to stop: the operation stays pending, for the next
         // start of this host or another host to run.
-        if acceptance.created && !self.closing.is_cancelled() {
-            self.launch(handler, acceptance.snapshot.clone(), Some(input), &tenant);
+        let launch = acceptance.created && !self.closing.is_cancelled();
+        if launch && handler.starts_before_durable() {
+            // The handler's first steps overlap the accept's sync; its caller is answered,
+            // and its effects outside the store go out, only once the accept is durable.
+            let accepted = durable.wait().boxed().shared();
+            let snapshot = acceptance.snapshot.clone();
+            let run = self.launch(
+                handler,
+                snapshot,
+                Some(input),
+                &tenant,
+                Some(accepted.clone()),
+            );
+            if let Err(error) = accepted.await {
+                run.abort();
+                run.retire();
+                return Err(error.into());
+            }
+        } else {
+            durable.wait().await?;
+            if launch {
+                let snapshot = acceptance.snapshot.clone();
+                self.launch(handler, snapshot, Some(input), &tenant, None);
+            }
         }
         Ok(acceptance)
     }
 
     /// Runs `handler` for `snapshot` (an operation of `tenant`) on a task of its own, once a
-    /// slot is free.
+    /// slot is free; with `accepted`, before its accept is durable. Answers the run.
     fn launch(
         self: &Arc<Self>,
         handler: Arc<dyn OperationHandler>,
         snapshot: Snapshot,
         input: Option<Value>,
         tenant: &str,
-    ) {
+        accepted: Option<Accepted>,
+    ) -> Arc<Run> {
         let span = self.log.telemetry().attempt(&snapshot, tenant);
-        let run = self.runs.launch(&self.log, &self.jobs, &snapshot, span);
+        let run = self
+            .runs
+            .launch(&self.log, &self.jobs, &snapshot, span, accepted);
         let executor = Arc::clone(self);
         let closing = self.closing.clone();
         let queued = self.slots.as_ref().map(Queued::new);
@@ -308,6 +343,7 @@ impl Executor {
         }.instrument(span));
         run.set_task(task.abort_handle());
         let _ = registered.send(());
+        run
     }
 
     /// On a store other hosts share, what they do to an operation running here: a cancel
@@ -554,6 +590,7 @@ impl Executor {
             snapshot.clone(),
             stored.input,
             &stored.owner.tenant,
+            None,
         );
         Ok(snapshot)
     }

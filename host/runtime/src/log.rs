@@ -20,8 +20,8 @@ use crate::error::ServerError;
 use crate::feed::ChangeFeed;
 use crate::logs::LogSink;
 use crate::store::{
-    CreateOutcome, Doorbell, ListFilter, OperationStore, Owner, Page, SignalOutcome, SignalRecord,
-    StateCount, StoredOperation, UpdateOutcome,
+    CreateOutcome, Doorbell, Durable, ListFilter, OperationStore, Owner, Page, SignalOutcome,
+    SignalRecord, StateCount, StoredOperation, UpdateOutcome,
 };
 use crate::usage::UsageFeed;
 
@@ -152,6 +152,23 @@ impl OperationLog {
         input: Option<Value>,
         component: Option<String>,
     ) -> Result<Acceptance, ServerError> {
+        let (acceptance, durable) = self
+            .accept_ordered(owner, operation, key, input, component)
+            .await?;
+        durable.wait().await?;
+        Ok(acceptance)
+    }
+
+    /// [`OperationLog::accept`], answered as soon as the store has ordered the accept, with
+    /// what resolves once it is durable. Nobody else learns of the operation before then.
+    pub(crate) async fn accept_ordered(
+        &self,
+        owner: Owner,
+        operation: &str,
+        key: Option<String>,
+        input: Option<Value>,
+        component: Option<String>,
+    ) -> Result<(Acceptance, Durable), ServerError> {
         let spec = self.spec(operation)?;
         if let Some(input) = &input {
             self.check_size(input, &format!("input of {operation}"))?;
@@ -169,7 +186,10 @@ impl OperationLog {
                     && let Some(legacy) = self.store.load(&key).await?
                     && legacy.owner.tenant == owner.tenant
                 {
-                    return existing(legacy, operation, &input, &owner.tenant);
+                    return Ok((
+                        existing(legacy, operation, &input, &owner.tenant)?,
+                        Durable::done(),
+                    ));
                 }
                 id
             }
@@ -196,16 +216,24 @@ impl OperationLog {
             input: input.clone(),
             owner,
         };
-        match self.store.create(stored).await? {
+        let (outcome, durable) = self.store.create_ordered(stored).await?;
+        match outcome {
             CreateOutcome::Created(snapshot) => {
                 tracing::debug!(%id, operation, "accepted");
+                // In order with the handler's own events, which may follow before the sync.
                 self.publish(EventKind::Accepted, &snapshot);
-                Ok(Acceptance {
+                let acceptance = Acceptance {
                     snapshot,
                     created: true,
-                })
+                };
+                Ok((acceptance, durable))
             }
-            CreateOutcome::Existing(stored) => existing(stored, operation, &input, &tenant),
+            CreateOutcome::Existing(stored) => {
+                // What the store answers may be another accept's, not yet durable either.
+                durable.wait().await?;
+                let acceptance = existing(stored, operation, &input, &tenant)?;
+                Ok((acceptance, Durable::done()))
+            }
         }
     }
 

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::Duration;
 
+use futures::future::{BoxFuture, Shared};
 use opshost_api::{ErrorCode, ErrorInfo, EventKind, OperationState, Snapshot};
 use opshost_telemetry::Span;
 use serde_json::Value;
@@ -25,9 +26,13 @@ use tokio_util::sync::CancellationToken;
 use crate::error::ServerError;
 use crate::handoff::JobHandOff;
 use crate::log::{OperationLog, SignalWait, next, non_terminal};
+use crate::store::StoreError;
 
 /// The jobs service once connected: the runtime's only way to jobs.
 pub(crate) type JobsPort = OnceLock<Arc<dyn JobHandOff>>;
+
+/// Resolves once a run's operation is accepted durably (see [`Run::accept_durable`]).
+pub(crate) type Accepted = Shared<BoxFuture<'static, Result<(), StoreError>>>;
 
 /// One operation running on this host. Shared by its handler's task and every control handle.
 pub struct Run {
@@ -36,6 +41,8 @@ pub struct Run {
     cancel: CancellationToken,
     task: Mutex<Option<AbortHandle>>,
     latest: Mutex<Option<Snapshot>>,
+    /// Set when the run started before its accept was durable.
+    accepted: Option<Accepted>,
     /// Hand-offs made by this run so far.
     hand_offs: AtomicU32,
     /// Where its events go: its attempt's span when launched here, else the span of whoever
@@ -67,6 +74,17 @@ impl Run {
     /// A token that fires when a cancel of the operation is requested while this run lives.
     pub fn cancellation(&self) -> CancellationToken {
         self.cancel.clone()
+    }
+
+    /// Returns once the operation's accept is durable. A sandboxed handler may start before
+    /// (see [`crate::OperationHandler::starts_before_durable`]): its effects outside the store,
+    /// outbound requests and hand-offs, wait for this, so that nothing leaves the host for an
+    /// operation a crash could still lose. Fails when the accept cannot be made durable.
+    pub async fn accept_durable(&self) -> Result<(), ServerError> {
+        match &self.accepted {
+            Some(accepted) => Ok(accepted.clone().await?),
+            None => Ok(()),
+        }
     }
 
     /// Whether a cancel was requested: through this host (at once) or recorded by any.
@@ -207,6 +225,7 @@ impl Run {
                 self.id
             )));
         };
+        self.accept_durable().await?;
         // Read from the store: a job must not be enqueued for an operation already ended.
         non_terminal(self.fence(&self.log.get(&self.id).await?)?)?;
         // The job's id is fixed by the run and its count of hand-offs, so a hand-off retried
@@ -351,6 +370,11 @@ impl Drop for Run {
     }
 }
 
+/// What a launched run (rather than a joined one) starts with.
+struct Launch {
+    accepted: Option<Accepted>,
+}
+
 /// The runs of this host, by operation id. Entries are weak: a run is counted while someone
 /// holds it, and its drop removes its entry.
 #[derive(Default)]
@@ -367,7 +391,7 @@ impl Runs {
         jobs: &Arc<JobsPort>,
         snapshot: &Snapshot,
         span: Span,
-        owns_span: bool,
+        launched: Option<Launch>,
     ) -> Arc<Run> {
         let cancel = CancellationToken::new();
         if snapshot.cancel_requested {
@@ -378,10 +402,11 @@ impl Runs {
             attempt: snapshot.attempt,
             cancel,
             task: Mutex::new(None),
-            latest: Mutex::new(None),
+            latest: Mutex::new(launched.as_ref().map(|_| snapshot.clone())),
+            owns_span: launched.is_some(),
+            accepted: launched.and_then(|launch| launch.accepted),
             hand_offs: AtomicU32::new(0),
             span,
-            owns_span,
             log: Arc::clone(log),
             jobs: Arc::clone(jobs),
             runs: Arc::downgrade(self),
@@ -390,14 +415,16 @@ impl Runs {
 
     /// A new run of `snapshot`'s attempt with its attempt span `span`, replacing any other run
     /// of it here (one of an earlier attempt, which that attempt's fence keeps from writing).
+    /// `snapshot` is the operation's newest; with `accepted`, its accept is not durable yet.
     pub(crate) fn launch(
         self: &Arc<Self>,
         log: &Arc<OperationLog>,
         jobs: &Arc<JobsPort>,
         snapshot: &Snapshot,
         span: Span,
+        accepted: Option<Accepted>,
     ) -> Arc<Run> {
-        let run = self.new_run(log, jobs, snapshot, span, true);
+        let run = self.new_run(log, jobs, snapshot, span, Some(Launch { accepted }));
         lock(&self.by_id).insert(snapshot.id.clone(), Arc::downgrade(&run));
         run
     }
@@ -420,7 +447,7 @@ impl Runs {
         {
             return run;
         }
-        let run = self.new_run(log, jobs, snapshot, span, false);
+        let run = self.new_run(log, jobs, snapshot, span, None);
         by_id.insert(snapshot.id.clone(), Arc::downgrade(&run));
         run
     }

@@ -400,8 +400,9 @@ impl OperationRuntime {
         self.executor.active()
     }
 
-    /// Every event of every operation changed through this runtime, as it happens. A
-    /// subscriber that falls more than 1024 events behind skips the oldest.
+    /// Every event of every operation changed through this runtime, as it happens: once the
+    /// store has ordered it, which may be before it is durable (for counting, not for showing
+    /// callers). A subscriber that falls more than 1024 events behind skips the oldest.
     pub fn events(&self) -> broadcast::Receiver<OperationEvent> {
         self.log.events()
     }

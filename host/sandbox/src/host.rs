@@ -525,6 +525,12 @@ pub(crate) struct WasmHandler {
 }
 
 impl OperationHandler for WasmHandler {
+    /// A component reaches outside the store only through its run: outbound requests and
+    /// hand-offs, which wait for the accept.
+    fn starts_before_durable(&self) -> bool {
+        true
+    }
+
     fn run(
         &self,
         run: Arc<Run>,
@@ -551,7 +557,8 @@ impl OperationHandler for WasmHandler {
             let wasi = grants
                 .wasi_context(Arc::clone(&env.clock), &capture)
                 .map_err(|message| ErrorInfo::new(ErrorCode::Internal, message))?;
-            let egress = Egress::new(egress, EgressRun::new(limits.http, Arc::clone(&capture)));
+            let sent = EgressRun::new(limits.http, Arc::clone(&capture), Some(Arc::clone(&run)));
+            let egress = Egress::new(egress, sent);
             let written = Arc::clone(&capture);
             let state = GuestState::new(runtime.clone(), run, wasi, egress, capture, limits, env);
             let mut store = sandboxed_store(&engine, state);
@@ -652,7 +659,7 @@ impl WasmWorker {
             .map_err(|message| WorkerError(ErrorInfo::new(ErrorCode::Internal, message)))?;
         let egress = Egress::new(
             self.egress.clone(),
-            EgressRun::new(self.limits.http, Arc::clone(&capture)),
+            EgressRun::new(self.limits.http, Arc::clone(&capture), None),
         );
         let written = Arc::clone(&capture);
         let state = GuestState::for_job(

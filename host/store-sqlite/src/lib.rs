@@ -1,9 +1,11 @@
 //! The embedded SQLite store: the default of `opshost serve`.
 //!
-//! - **Durable before acknowledged.** Every write (accept, transition, signal, job change) is on
-//!   disk before its future resolves, and before any reader of this store can see it through
-//!   the cache or a doorbell; only a handler's `started` and `progress` and a job's lease,
-//!   heartbeat and progress are answered at commit, before their sync (see `writer`).
+//! - **Durable before shown.** Every write (accept, transition, signal, job change) is on disk
+//!   before any reader of this store can see it, through a read, the cache or a doorbell, and
+//!   before its caller is answered, with two exceptions. A handler's `started` and `progress`
+//!   (and a job's lease, heartbeat and progress) are answered once ordered: at enqueue, when
+//!   the compare-and-set is certain there (see `cache`), else at commit. And an accept made
+//!   with `create_ordered` answers its outcome at commit, and that it is durable after the sync.
 //! - **Group commit, pipelined.** One writer thread owns the write connection and commits every
 //!   queued write in one transaction; a sync thread makes whole runs of such commits durable
 //!   with one `fdatasync` of the WAL while the writer goes on (see `writer`). A write that fails
@@ -16,15 +18,13 @@
 //!   a connection of its own and synced at commit (see `deployments`).
 //! - **Migrations** are embedded and applied in order, tracked by `PRAGMA user_version`.
 //!
-//! - **Cache.** The current state of every unfinished operation, and of the last few thousand
-//!   that ended, is also kept in memory, so the runtime's reads of running operations (and a
-//!   waiter's read of the result) never touch the disk. Only the writer thread changes it,
-//!   after the commit; it is filled from the database at open, for recovery. This holds
-//!   because one host owns the file.
+//! - **Cache.** What readers see of running and recently finished operations without reading
+//!   the database, and the writes queued for each (see `cache`).
 //!
-//! Doorbells ring after the commit that made a change visible, so a woken watcher always reads
+//! Doorbells ring once a change is published, after its sync, so a woken watcher always reads
 //! it.
 
+mod cache;
 mod checkpoint;
 mod deployments;
 mod job_writes;
@@ -33,24 +33,24 @@ mod log_writes;
 mod schema;
 mod writer;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use opshost_api::{EventKind, LogLine, OperationEvent, OperationState, Snapshot};
 use opshost_runtime::store::{
-    Change, ChangeCursor, CreateOutcome, Doorbell, Doorbells, ListFilter, OperationStore, Owner,
-    Page, SignalOutcome, SignalRecord, StateCount, StoreError, StoredOperation, UpdateOutcome,
-    is_unscoped,
+    Change, ChangeCursor, CreateOutcome, Doorbell, Doorbells, Durable, ListFilter, OperationStore,
+    Owner, Page, SignalOutcome, SignalRecord, StateCount, StoreError, StoredOperation,
+    UpdateOutcome, is_unscoped,
 };
 use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
 use serde_json::Value;
 
+use crate::cache::Cache;
 use crate::checkpoint::Checkpointer;
-use crate::writer::{Write, Writer, Written};
+use crate::writer::{Write, Writer, Written, unexpected};
 
 /// Why a store cannot be opened.
 #[derive(Debug, thiserror::Error)]
@@ -93,55 +93,11 @@ pub(crate) struct Shared {
     pub(crate) cache: Mutex<Cache>,
     /// The `seq` of the last event published: every event up to it is durable.
     pub(crate) published: AtomicU64,
-}
-
-/// Finished operations kept in the cache.
-const FINISHED_CACHED: usize = 4096;
-
-/// See [`Shared::cache`].
-#[derive(Default)]
-pub(crate) struct Cache {
-    entries: HashMap<String, StoredOperation>,
-    finished: std::collections::VecDeque<String>,
-}
-
-impl Cache {
-    fn get(&self, id: &str) -> Option<StoredOperation> {
-        self.entries.get(id).cloned()
-    }
-
-    pub(crate) fn created(&mut self, stored: StoredOperation) {
-        self.entries.insert(stored.snapshot.id.clone(), stored);
-    }
-
-    pub(crate) fn updated(&mut self, snapshot: Snapshot) {
-        let terminal = snapshot.is_terminal();
-        let id = snapshot.id.clone();
-        match self.entries.get_mut(&id) {
-            Some(stored) => stored.snapshot = snapshot,
-            // Not cached (a finished operation evicted earlier): the database answers.
-            None => return,
-        }
-        if terminal {
-            self.finished.push_back(id);
-            while self.finished.len() > FINISHED_CACHED {
-                if let Some(old) = self.finished.pop_front() {
-                    self.entries.remove(&old);
-                }
-            }
-        }
-    }
-
-    pub(crate) fn purged(&mut self, cutoff: DateTime<Utc>) {
-        self.entries.retain(|_, stored| {
-            stored
-                .snapshot
-                .completed_at
-                .is_none_or(|completed| completed >= cutoff)
-        });
-        let entries = &self.entries;
-        self.finished.retain(|id| entries.contains_key(id));
-    }
+    /// Why every write is refused, once a sync failed.
+    pub(crate) poisoned: OnceLock<String>,
+    /// While set, each sync waits for a message on it, or for its sender to go.
+    #[cfg(test)]
+    pub(crate) held: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
 /// The database file inside a data directory.
@@ -213,6 +169,25 @@ impl SqliteStore {
         &self.path
     }
 
+    /// `page` as readers may see it: an operation with writes queued and not yet published
+    /// shows its published state, or not at all while its accept is not durable.
+    fn shown(&self, mut page: Page) -> Page {
+        let cache = lock(&self.shared.cache);
+        page.items.retain_mut(|item| {
+            if !cache.is_queued(&item.id) {
+                return true;
+            }
+            match cache.get(&item.id) {
+                Some(stored) => {
+                    *item = stored.snapshot;
+                    true
+                }
+                None => false,
+            }
+        });
+        page
+    }
+
     /// Runs `read` on a pooled read-only connection on a blocking thread.
     async fn read<T, F>(&self, read: F) -> Result<T, StoreError>
     where
@@ -244,6 +219,21 @@ impl SqliteStore {
 
     async fn write(&self, write: Write) -> Result<Written, StoreError> {
         self.writer.submit(write).await
+    }
+
+    /// Operation `id` as published, if cached. An operation the cache does not hold but has
+    /// writes queued for (one being created, most often) may be in the database before it is
+    /// durable: this waits until what is queued now is published.
+    async fn published(&self, id: &str) -> Result<Option<StoredOperation>, StoreError> {
+        {
+            let cache = lock(&self.shared.cache);
+            let stored = cache.get(id);
+            if stored.is_some() || !cache.is_queued(id) {
+                return Ok(stored);
+            }
+        }
+        self.flush().await?;
+        Ok(lock(&self.shared.cache).get(id))
     }
 }
 
@@ -314,17 +304,23 @@ fn unfinished(db: &Connection) -> rusqlite::Result<Vec<StoredOperation>> {
 #[async_trait]
 impl OperationStore for SqliteStore {
     async fn create(&self, operation: StoredOperation) -> Result<CreateOutcome, StoreError> {
+        let (outcome, durable) = self.create_ordered(operation).await?;
+        durable.wait().await?;
+        Ok(outcome)
+    }
+
+    async fn create_ordered(
+        &self,
+        operation: StoredOperation,
+    ) -> Result<(CreateOutcome, Durable), StoreError> {
         if is_unscoped(&operation) {
             self.unscoped.store(true, Ordering::Relaxed);
         }
-        match self.write(Write::create(operation)?).await? {
-            Written::Created(outcome) => Ok(outcome),
-            other => Err(unexpected(other)),
-        }
+        self.writer.create_ordered(operation).await
     }
 
     async fn load(&self, id: &str) -> Result<Option<StoredOperation>, StoreError> {
-        if let Some(stored) = lock(&self.shared.cache).get(id) {
+        if let Some(stored) = self.published(id).await? {
             return Ok(Some(stored));
         }
         let id = id.to_owned();
@@ -340,17 +336,15 @@ impl OperationStore for SqliteStore {
     }
 
     async fn update(&self, next: Snapshot, kind: EventKind) -> Result<UpdateOutcome, StoreError> {
-        match self.write(Write::update(next, kind)?).await? {
-            Written::Updated(outcome) => Ok(outcome),
-            other => Err(unexpected(other)),
-        }
+        self.writer.update(next, kind).await
     }
 
     async fn events_after(&self, id: &str, after: u64) -> Result<Vec<OperationEvent>, StoreError> {
         // The database may already hold a commit that is not durable yet: show only what the
         // cache (published after the sync) shows.
-        let durable = lock(&self.shared.cache)
-            .get(id)
+        let durable = self
+            .published(id)
+            .await?
             .map(|stored| stored.snapshot.revision);
         let id = id.to_owned();
         let events = self.read(move |db| {
@@ -544,6 +538,7 @@ impl OperationStore for SqliteStore {
             Ok(Page { items, next })
         })
         .await
+        .map(|page| self.shown(page))
     }
 
     async fn count_by_state(&self) -> Result<Vec<StateCount>, StoreError> {
@@ -591,6 +586,130 @@ impl OperationStore for SqliteStore {
     }
 }
 
-fn unexpected(written: Written) -> StoreError {
-    StoreError::internal(format!("store writer answered out of turn: {written:?}"))
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use opshost_api::OperationState;
+
+    use super::*;
+
+    /// A store whose syncs wait until the answered sender goes.
+    fn held_store() -> (SqliteStore, std::sync::mpsc::Sender<()>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = SqliteStore::open(dir.path()).expect("the store opens");
+        let (release, held) = std::sync::mpsc::channel();
+        *lock(&store.shared.held) = Some(held);
+        (store, release, dir)
+    }
+
+    fn accepted(id: &str) -> StoredOperation {
+        StoredOperation {
+            snapshot: Snapshot::accepted(id.into(), "s".into(), "Op".into(), "v1".into()),
+            input: None,
+            owner: Owner::default(),
+        }
+    }
+
+    fn next(current: &Snapshot, state: OperationState) -> Snapshot {
+        let mut snapshot = current.clone();
+        snapshot.revision += 1;
+        snapshot.state = state;
+        snapshot
+    }
+
+    async fn still_waiting<T>(future: impl std::future::Future<Output = T>) -> bool {
+        tokio::time::timeout(Duration::from_millis(100), future)
+            .await
+            .is_err()
+    }
+
+    #[tokio::test]
+    async fn an_ordered_create_answers_at_commit_and_shows_nothing_until_it_is_durable() {
+        let (store, release, _dir) = held_store();
+        let (outcome, durable) = store.create_ordered(accepted("a")).await.expect("ordered");
+        assert!(matches!(outcome, CreateOutcome::Created(_)));
+
+        let all = ListFilter {
+            limit: 10,
+            ..ListFilter::default()
+        };
+        assert!(store.list(&all).await.expect("a page").items.is_empty());
+        let feed = store.changes_after(ChangeCursor::default(), 10).await;
+        assert!(feed.expect("the feed").is_empty());
+        assert!(
+            still_waiting(store.load("a")).await,
+            "a read waits for the sync"
+        );
+
+        drop(release);
+        durable.wait().await.expect("durable");
+        let loaded = store
+            .load("a")
+            .await
+            .expect("a read")
+            .expect("the operation");
+        assert_eq!(loaded.snapshot.revision, 1);
+        assert_eq!(store.list(&all).await.expect("a page").items.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_handlers_reports_are_answered_before_their_commit_and_shown_only_once_durable() {
+        let (store, release, _dir) = held_store();
+        let (_, durable) = store.create_ordered(accepted("a")).await.expect("ordered");
+        let created = accepted("a").snapshot;
+
+        // The accept is not durable yet: the handler's reports are still answered at once.
+        let started = next(&created, OperationState::Running);
+        let answer = store.update(started.clone(), EventKind::Started).await;
+        assert_eq!(
+            answer.expect("answered"),
+            UpdateOutcome::Updated(started.clone())
+        );
+        let mut progress = next(&started, OperationState::Running);
+        progress.progress = Some(serde_json::json!({"done": 1}));
+        let answer = store.update(progress.clone(), EventKind::Progress).await;
+        assert_eq!(
+            answer.expect("answered"),
+            UpdateOutcome::Updated(progress.clone())
+        );
+
+        let mut done = next(&progress, OperationState::Completed);
+        done.completed_at = Some(done.updated_at);
+        let completed = store.update(done.clone(), EventKind::Completed);
+        let mut completed = Box::pin(completed);
+        assert!(
+            still_waiting(&mut completed).await,
+            "a terminal change waits for its sync"
+        );
+
+        drop(release);
+        durable.wait().await.expect("durable");
+        assert_eq!(
+            completed.await.expect("answered"),
+            UpdateOutcome::Updated(done)
+        );
+        let events = store.events_after("a", 0).await.expect("the events");
+        let revisions: Vec<u64> = events.iter().map(|e| e.snapshot().revision).collect();
+        assert_eq!(revisions, [1, 2, 3, 4]);
+    }
+
+    #[tokio::test]
+    async fn a_change_on_a_revision_already_moved_by_a_queued_one_conflicts_with_it() {
+        let (store, release, _dir) = held_store();
+        drop(release);
+        store.create(accepted("a")).await.expect("created");
+        let created = accepted("a").snapshot;
+        let started = next(&created, OperationState::Running);
+        let answer = store.update(started.clone(), EventKind::Started).await;
+        assert_eq!(
+            answer.expect("answered"),
+            UpdateOutcome::Updated(started.clone())
+        );
+
+        let mut cancel = next(&created, OperationState::Pending);
+        cancel.cancel_requested = true;
+        let answer = store.update(cancel, EventKind::CancelRequested).await;
+        assert_eq!(answer.expect("answered"), UpdateOutcome::Conflict(started));
+    }
 }

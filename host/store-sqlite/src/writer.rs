@@ -7,10 +7,11 @@
 //!    callers, in commit order. Meanwhile the writer already commits the next batch.
 //!
 //! No cached snapshot or doorbell shows a change before it is on disk, and no caller is
-//! answered before, except for the changes that need not be durable
-//! ([`must_be_durable`]): the writer answers those as soon as they are committed, so that a
-//! handler's `started` or `progress` costs no sync. Should a sync fail, every later write is
-//! refused: the store is poisoned.
+//! answered before, except for the changes that need not be durable ([`must_be_durable`]): a
+//! handler's `started` or progress is answered at enqueue when its compare-and-set is certain
+//! there (see `cache`), else at commit, so that it costs no sync. An ordered create answers
+//! its outcome at commit and its durability after the sync. Should a sync fail, every later
+//! write is refused: the store is poisoned.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -20,14 +21,16 @@ use std::sync::{Arc, mpsc};
 use chrono::{DateTime, SecondsFormat, Utc};
 use opshost_api::{EventKind, OperationState, Snapshot};
 use opshost_runtime::store::{
-    CreateOutcome, SignalOutcome, StoreError, StoredOperation, UpdateOutcome, must_be_durable,
+    CreateOutcome, Durable, SignalOutcome, StoreError, StoredOperation, UpdateOutcome,
+    must_be_durable,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use serde_json::Value;
 use tokio::sync::oneshot;
 
+use crate::cache::Cache;
 use crate::job_writes::{self, JobWrite, JobWritten};
-use crate::{Cache, SELECT_STORED, Shared, decode, lock, log_writes, stored_from_row};
+use crate::{SELECT_STORED, Shared, decode, lock, log_writes, stored_from_row};
 
 /// Most writes committed in one transaction.
 const MAX_BATCH: usize = 512;
@@ -104,6 +107,15 @@ impl Write {
         })
     }
 
+    /// The operation whose revision this write may change, counted in the cache's queue.
+    fn operation(&self) -> Option<&str> {
+        match self {
+            Self::Create { operation, .. } => Some(&operation.snapshot.id),
+            Self::Update { next, .. } => Some(&next.id),
+            _ => None,
+        }
+    }
+
     /// Whether the caller waits for the sync, or only for the commit.
     fn answered_once_durable(&self) -> bool {
         match self {
@@ -115,49 +127,151 @@ impl Write {
     }
 }
 
-type Reply = oneshot::Sender<Result<Written, StoreError>>;
+/// Where the outcome of a write goes.
+type Answer = oneshot::Sender<Result<Written, StoreError>>;
+
+/// How the caller of a write is answered.
+enum Reply {
+    /// With the outcome: at commit when the write need not be durable, else once it is.
+    Outcome(Answer),
+    /// With the outcome at commit, then with whether it became durable.
+    Ordered(Answer, oneshot::Sender<Result<(), StoreError>>),
+    /// Not at all: its outcome was certain at enqueue, and answered then.
+    Given,
+}
 
 /// The handle to the writer thread; the thread ends when the handle is dropped.
 pub(crate) struct Writer {
     jobs: mpsc::Sender<(Write, Reply)>,
+    shared: Arc<Shared>,
+}
+
+fn stopped() -> StoreError {
+    StoreError::unavailable("the SQLite writer has stopped")
 }
 
 impl Writer {
     pub(crate) fn start(connection: Connection, wal: PathBuf, shared: Arc<Shared>) -> Self {
         let (jobs, queue) = mpsc::channel();
         let (committed, to_sync) = mpsc::channel();
+        let (writer, syncer) = (Arc::clone(&shared), Arc::clone(&shared));
         let threads = [
             std::thread::Builder::new()
                 .name("opshost-sqlite-writer".into())
-                .spawn(move || run(connection, queue, committed)),
+                .spawn(move || run(connection, queue, committed, writer)),
             std::thread::Builder::new()
                 .name("opshost-sqlite-sync".into())
-                .spawn(move || sync(to_sync, wal, shared)),
+                .spawn(move || sync(to_sync, wal, syncer)),
         ];
         for spawned in threads {
             if let Err(error) = spawned {
                 tracing::error!(%error, "cannot start an SQLite store thread");
             }
         }
-        Self { jobs }
+        Self { jobs, shared }
     }
 
+    /// Queues `write`, counted in the cache's queue of its operation (taken by the caller),
+    /// unless the store is poisoned or its writer stopped.
+    fn queue(&self, cache: &mut Cache, write: Write, reply: Reply) -> Result<(), StoreError> {
+        let counted = write.operation().map(str::to_owned);
+        let refused = match self.shared.poisoned.get() {
+            Some(reason) => Some(StoreError::internal(reason.clone())),
+            None => self.jobs.send((write, reply)).err().map(|_| stopped()),
+        };
+        match (refused, counted) {
+            (None, _) => Ok(()),
+            (Some(error), Some(id)) => {
+                cache.settled(&id);
+                Err(error)
+            }
+            (Some(error), None) => Err(error),
+        }
+    }
+
+    /// Makes `write` and answers its outcome (see [`Write::answered_once_durable`]).
     pub(crate) async fn submit(&self, write: Write) -> Result<Written, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.jobs
-            .send((write, reply))
-            .map_err(|_| StoreError::unavailable("the SQLite writer has stopped"))?;
-        answer
-            .await
-            .map_err(|_| StoreError::unavailable("the SQLite writer has stopped"))?
+        {
+            let mut cache = lock(&self.shared.cache);
+            if let Some(id) = write.operation() {
+                cache.queue_undecided(id);
+            }
+            self.queue(&mut cache, write, Reply::Outcome(reply))?;
+        }
+        answer.await.map_err(|_| stopped())?
+    }
+
+    /// Creates `operation` unless its id exists: answers the outcome at commit, and what
+    /// resolves once it is durable.
+    pub(crate) async fn create_ordered(
+        &self,
+        operation: StoredOperation,
+    ) -> Result<(CreateOutcome, Durable), StoreError> {
+        let write = Write::create(operation)?;
+        let (reply, answer) = oneshot::channel();
+        let (synced, durable) = oneshot::channel();
+        {
+            let mut cache = lock(&self.shared.cache);
+            if let Some(id) = write.operation() {
+                cache.queue_undecided(id);
+            }
+            self.queue(&mut cache, write, Reply::Ordered(reply, synced))?;
+        }
+        let outcome = match answer.await.map_err(|_| stopped())?? {
+            Written::Created(outcome) => outcome,
+            other => return Err(unexpected(other)),
+        };
+        let durable = Durable::after(async move { durable.await.map_err(|_| stopped())? });
+        Ok((outcome, durable))
+    }
+
+    /// Moves an operation to `next` if its revision is the one before. A change that need
+    /// not be durable is answered at once when the cache is certain it applies.
+    pub(crate) async fn update(
+        &self,
+        next: Snapshot,
+        kind: EventKind,
+    ) -> Result<UpdateOutcome, StoreError> {
+        let write = Write::update(next.clone(), kind)?;
+        let answer = {
+            let mut cache = lock(&self.shared.cache);
+            if cache.queue_update(&next) && !must_be_durable(kind) {
+                self.queue(&mut cache, write, Reply::Given)?;
+                None
+            } else {
+                let (reply, answer) = oneshot::channel();
+                self.queue(&mut cache, write, Reply::Outcome(reply))?;
+                Some(answer)
+            }
+        };
+        let Some(answer) = answer else {
+            return Ok(UpdateOutcome::Updated(next));
+        };
+        match answer.await.map_err(|_| stopped())?? {
+            Written::Updated(outcome) => Ok(outcome),
+            other => Err(unexpected(other)),
+        }
     }
 }
 
-/// A committed write waiting for the sync: its caller, or only its change to publish when
-/// the caller was answered at commit.
-enum Pending {
-    Waiting(Box<Outcome>, Reply),
-    Answered(Box<Ring>),
+pub(crate) fn unexpected(written: Written) -> StoreError {
+    StoreError::internal(format!("store writer answered out of turn: {written:?}"))
+}
+
+/// A committed write waiting for the sync: its change to publish, the operation whose queue
+/// counts it, and its caller, unless answered already.
+struct Pending {
+    ring: Ring,
+    counted: Option<String>,
+    waiting: Waiting,
+}
+
+/// Who waits for a committed write's sync.
+enum Waiting {
+    Nobody,
+    Outcome(Box<Result<Written, StoreError>>, Answer),
+    Durable(oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// A committed batch waiting for its sync.
@@ -167,6 +281,7 @@ fn run(
     mut db: Connection,
     queue: mpsc::Receiver<(Write, Reply)>,
     committed: mpsc::Sender<Committed>,
+    shared: Arc<Shared>,
 ) {
     while let Ok(first) = queue.recv() {
         let mut batch = vec![first];
@@ -177,67 +292,139 @@ fn run(
             }
         }
         let (writes, replies): (Vec<Write>, Vec<Reply>) = batch.into_iter().unzip();
-        let durable: Vec<bool> = writes.iter().map(Write::answered_once_durable).collect();
-        let outcomes = commit(&mut db, writes);
-        let pending = outcomes
-            .into_iter()
-            .zip(replies)
-            .zip(durable)
-            .map(|((outcome, reply), durable)| match outcome {
-                Ok((written, ring)) if !durable => {
-                    let _ = reply.send(Ok(written));
-                    Pending::Answered(Box::new(ring))
-                }
-                outcome => Pending::Waiting(Box::new(outcome), reply),
+        let facts: Vec<(Option<String>, bool)> = writes
+            .iter()
+            .map(|write| {
+                let counted = write.operation().map(str::to_owned);
+                (counted, write.answered_once_durable())
             })
             .collect();
+        let outcomes = commit(&mut db, writes);
+        let pending: Committed = {
+            let mut cache = lock(&shared.cache);
+            outcomes
+                .into_iter()
+                .zip(replies)
+                .zip(facts)
+                .map(|((outcome, reply), (counted, durable))| {
+                    committed_one(&mut cache, outcome, reply, counted, durable)
+                })
+                .collect()
+        };
         if committed.send(pending).is_err() {
             return;
         }
     }
 }
 
+/// Notes a committed write in the cache's queue and answers what may be answered at commit.
+fn committed_one(
+    cache: &mut Cache,
+    outcome: Outcome,
+    reply: Reply,
+    counted: Option<String>,
+    durable: bool,
+) -> Pending {
+    let (result, ring) = match outcome {
+        Ok((written, ring)) => (Ok(written), ring),
+        Err(error) => (Err(error), Ring::None),
+    };
+    if let Some(id) = &counted {
+        let given = matches!(reply, Reply::Given);
+        match &result {
+            Ok(Written::Created(CreateOutcome::Created(snapshot))) => {
+                cache.create_committed(id, snapshot.revision);
+            }
+            Ok(Written::Updated(UpdateOutcome::Conflict(_))) if given => {
+                tracing::warn!(%id, "a change answered at enqueue conflicted at commit");
+                cache.write_failed(id);
+            }
+            Err(error) => {
+                if given {
+                    tracing::warn!(%id, %error, "a change answered at enqueue failed at commit");
+                }
+                cache.write_failed(id);
+            }
+            Ok(_) => {}
+        }
+    }
+    let waiting = match reply {
+        Reply::Outcome(answer) if durable || result.is_err() => {
+            Waiting::Outcome(Box::new(result), answer)
+        }
+        Reply::Outcome(answer) => {
+            let _ = answer.send(result);
+            Waiting::Nobody
+        }
+        Reply::Ordered(answer, synced) => {
+            let applied = result.is_ok();
+            let _ = answer.send(result);
+            if applied {
+                Waiting::Durable(synced)
+            } else {
+                Waiting::Nobody
+            }
+        }
+        Reply::Given => Waiting::Nobody,
+    };
+    Pending {
+        ring,
+        counted,
+        waiting,
+    }
+}
+
 fn sync(to_sync: mpsc::Receiver<Committed>, wal: PathBuf, shared: Arc<Shared>) {
     let mut file: Option<File> = None;
-    let mut poisoned: Option<String> = None;
     while let Ok(first) = to_sync.recv() {
         let mut batches = vec![first];
         while let Ok(more) = to_sync.try_recv() {
             batches.push(more);
         }
-        if poisoned.is_none()
+        #[cfg(test)]
+        if let Some(held) = lock(&shared.held).as_ref() {
+            let _ = held.recv();
+        }
+        if shared.poisoned.get().is_none()
             && let Err(error) = sync_wal(&mut file, &wal)
         {
             tracing::error!(%error, wal = %wal.display(), "cannot make the WAL durable; refusing all further writes");
-            poisoned = Some(format!("sqlite: the WAL could not be synced: {error}"));
+            let _ = shared
+                .poisoned
+                .set(format!("sqlite: the WAL could not be synced: {error}"));
         }
-        let answers: Vec<(Result<Written, StoreError>, Reply)> = {
+        let poisoned = shared.poisoned.get();
+        let mut answers = Vec::new();
+        {
             let mut cache = lock(&shared.cache);
-            batches
-                .into_iter()
-                .flatten()
-                .filter_map(|pending| match (pending, &poisoned) {
-                    (Pending::Answered(_), Some(_)) => None,
-                    (Pending::Answered(ring), None) => {
-                        publish(&mut cache, &shared, *ring);
-                        None
-                    }
-                    (Pending::Waiting(_, reply), Some(reason)) => {
-                        Some((Err(StoreError::internal(reason.clone())), reply))
-                    }
-                    (Pending::Waiting(outcome, reply), None) => Some((
-                        (*outcome).map(|(written, ring)| {
-                            publish(&mut cache, &shared, ring);
-                            written
-                        }),
-                        reply,
-                    )),
-                })
-                .collect()
-        };
+            for pending in batches.into_iter().flatten() {
+                if poisoned.is_none() {
+                    publish(&mut cache, &shared, pending.ring);
+                }
+                if let Some(id) = &pending.counted {
+                    cache.settled(id);
+                }
+                answers.push(pending.waiting);
+            }
+        }
         // Callers are woken outside the locks their tasks are about to take.
-        for (answer, reply) in answers {
-            let _ = reply.send(answer);
+        let failed = || StoreError::internal(poisoned.cloned().unwrap_or_default());
+        for waiting in answers {
+            match (waiting, poisoned) {
+                (Waiting::Nobody, _) => {}
+                (Waiting::Outcome(result, answer), None) => {
+                    let _ = answer.send(*result);
+                }
+                (Waiting::Outcome(_, answer), Some(_)) => {
+                    let _ = answer.send(Err(failed()));
+                }
+                (Waiting::Durable(synced), None) => {
+                    let _ = synced.send(Ok(()));
+                }
+                (Waiting::Durable(synced), Some(_)) => {
+                    let _ = synced.send(Err(failed()));
+                }
+            }
         }
     }
 }

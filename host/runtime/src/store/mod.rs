@@ -155,6 +155,42 @@ pub enum CreateOutcome {
     Existing(StoredOperation),
 }
 
+/// Resolves once a write answered before it was durable ([`OperationStore::create_ordered`])
+/// is durable, or with the error that kept it from being so.
+pub struct Durable(Option<futures::future::BoxFuture<'static, Result<(), StoreError>>>);
+
+impl Durable {
+    /// A write durable already.
+    pub fn done() -> Self {
+        Self(None)
+    }
+
+    /// A write durable once `sync` resolves with `Ok`.
+    pub fn after(
+        sync: impl std::future::Future<Output = Result<(), StoreError>> + Send + 'static,
+    ) -> Self {
+        Self(Some(Box::pin(sync)))
+    }
+
+    /// Waits until the write is durable.
+    pub async fn wait(self) -> Result<(), StoreError> {
+        match self.0 {
+            Some(sync) => sync.await,
+            None => Ok(()),
+        }
+    }
+}
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "Durable(pending)"
+        } else {
+            "Durable(done)"
+        })
+    }
+}
+
 /// Result of [`OperationStore::update`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum UpdateOutcome {
@@ -293,6 +329,17 @@ pub fn must_be_durable(kind: EventKind) -> bool {
 pub trait OperationStore: Send + Sync + 'static {
     /// Creates the operation (revision 1, `Accepted`) unless its id exists.
     async fn create(&self, operation: StoredOperation) -> Result<CreateOutcome, StoreError>;
+
+    /// [`OperationStore::create`] in two steps: answers as soon as the outcome is decided and
+    /// ordered before every later write to the store, with a [`Durable`] that resolves once the
+    /// write is durable. Until then no reader sees the operation, and a crash may lose it, never
+    /// a later write without it. By default, [`OperationStore::create`], durable as it answers.
+    async fn create_ordered(
+        &self,
+        operation: StoredOperation,
+    ) -> Result<(CreateOutcome, Durable), StoreError> {
+        Ok((self.create(operation).await?, Durable::done()))
+    }
 
     /// Loads an operation.
     async fn load(&self, id: &str) -> Result<Option<StoredOperation>, StoreError>;

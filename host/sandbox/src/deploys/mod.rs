@@ -562,6 +562,11 @@ struct VersionedHandler {
 }
 
 impl OperationHandler for VersionedHandler {
+    /// Every version is a component (see [`WasmHandler`]).
+    fn starts_before_durable(&self) -> bool {
+        true
+    }
+
     fn run(
         &self,
         run: Arc<Run>,

@@ -9,6 +9,7 @@ use std::time::Instant;
 use http::{Method, Request, Response};
 use http_body_util::BodyExt;
 use opshost_api::{LogLevel, LogStream};
+use opshost_runtime::Run;
 use opshost_telemetry::{Span, propagation};
 use tokio_rustls::rustls::pki_types::ServerName;
 use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
@@ -27,6 +28,8 @@ const TOLERATED_REFUSALS: u32 = 10;
 pub(crate) struct EgressRun {
     limits: HttpLimits,
     capture: Arc<Capture>,
+    /// The run of the operation whose handler sends, if a handler's.
+    operation: Option<Arc<Run>>,
     requests: AtomicU64,
     in_flight: AtomicU32,
     waited: Arc<AtomicBool>,
@@ -35,11 +38,17 @@ pub(crate) struct EgressRun {
 }
 
 impl EgressRun {
-    /// The outbound accounting of the run `capture` writes for, under `limits`.
-    pub(crate) fn new(limits: HttpLimits, capture: Arc<Capture>) -> Arc<Self> {
+    /// The outbound accounting of the run `capture` writes for, under `limits`: a handler's
+    /// of `operation`, or a job's.
+    pub(crate) fn new(
+        limits: HttpLimits,
+        capture: Arc<Capture>,
+        operation: Option<Arc<Run>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             limits,
             capture,
+            operation,
             requests: AtomicU64::new(0),
             in_flight: AtomicU32::new(0),
             waited: Arc::default(),
@@ -145,6 +154,12 @@ impl EgressRun {
         }
         // From here on the guest waits on the network: that time is not its CPU time.
         self.waited.store(true, Ordering::Relaxed);
+        // Nothing leaves the host for an operation whose accept a crash could still lose.
+        if let Some(run) = &self.operation
+            && let Err(error) = run.accept_durable().await
+        {
+            return Err(record.deny(format!("the operation was not accepted durably: {error}")));
+        }
         let address = match policy
             .network
             .resolver
