@@ -13,6 +13,9 @@
 //! The load generator is a keep-alive HTTP client in this process, on the same two cores as
 //! the host, as a caller on the same machine would be.
 //!
+//! With `OPSHOST_TEST_POSTGRES` set, the same runs follow on PostgreSQL (a fresh database on
+//! that server).
+//!
 //! `cargo bench -p opshost-tests --bench workload`. `WORKLOAD_SEQUENTIAL` sets the sequential
 //! operations per store (default 500), `WORKLOAD_OPS` those of the concurrent run (default
 //! 6,000) and `WORKLOAD_CALLERS` its callers (default 64).
@@ -28,6 +31,7 @@ use std::time::{Duration, Instant};
 use opshost_runtime::store::{MemoryStore, OperationStore};
 use opshost_sandbox::WasmHost;
 use opshost_server::ServerConfig;
+use opshost_store_postgres::PostgresStore;
 use opshost_store_sqlite::SqliteStore;
 use opshost_tests::net::{TestServer, token};
 use opshost_tests::{env_number, testing_deployment};
@@ -183,10 +187,24 @@ async fn bench() {
         "store", "callers", "ops", "p50 ms", "p99 ms", "start p50", "ops/s", "vs memory"
     );
     let mut memory: Option<(Run, Run)> = None;
-    for name in ["memory", "sqlite"] {
+    let mut stores = vec!["memory", "sqlite"];
+    if std::env::var(opshost_tests::postgres::SERVER_VAR).is_ok() {
+        stores.push("postgres");
+    }
+    for name in stores {
         let store: Arc<dyn OperationStore> = match name {
             "memory" => Arc::new(MemoryStore::new()),
-            _ => Arc::new(SqliteStore::open(dir.path().join("store")).expect("an SQLite store")),
+            "sqlite" => {
+                Arc::new(SqliteStore::open(dir.path().join("store")).expect("an SQLite store"))
+            }
+            _ => {
+                let url = opshost_tests::postgres::fresh_database().await;
+                Arc::new(
+                    PostgresStore::connect(&url)
+                        .await
+                        .expect("a PostgreSQL store"),
+                )
+            }
         };
         let host = WasmHost::builder(&testing_deployment(Duration::from_secs(5)))
             .operations(store)
@@ -225,7 +243,7 @@ async fn bench() {
         }
         match &memory {
             None => memory = Some((one, many)),
-            Some((memory_one, _)) => {
+            Some((memory_one, _)) if name == "sqlite" => {
                 let budget = memory_one.at(0.5) + 2 * sync_p50;
                 println!(
                     "sequential p50 on SQLite {:.3} ms against a budget of {:.3} ms (memory p50 + 2 × fdatasync p50): {:.2}×",
@@ -234,6 +252,7 @@ async fn bench() {
                     one.at(0.5).as_secs_f64() / budget.as_secs_f64()
                 );
             }
+            Some(_) => {}
         }
     }
 }

@@ -256,7 +256,7 @@ impl Executor {
         // Accepted while the host began to stop: the operation stays pending, for the next
         // start of this host or another host to run.
         let launch = acceptance.created && !self.closing.is_cancelled();
-        if launch && handler.starts_before_durable() {
+        if launch && handler.starts_before_durable() && !durable.is_done() {
             // The handler's first steps overlap the accept's sync; its caller is answered,
             // and its effects outside the store go out, only once the accept is durable.
             let accepted = durable.wait().boxed().shared();
@@ -354,7 +354,9 @@ impl Executor {
         if !self.log.store().is_shared() {
             return std::future::pending().await;
         }
-        let mut bell = self.log.subscribe(run.id());
+        // What this host does to the run wakes it directly; only the others' changes need
+        // reading back.
+        let mut bell = self.log.store().subscribe_elsewhere(run.id());
         loop {
             let closed = bell.changed().await.is_err();
             let over = match self.log.store().load(run.id()).await {

@@ -34,6 +34,8 @@ pub(crate) struct Doorbells {
     /// Names this host in its notices, so that it skips its own.
     host: String,
     pub(crate) bells: opshost_runtime::store::Doorbells,
+    /// Rung only for the changes the other hosts announce.
+    pub(crate) elsewhere: opshost_runtime::store::Doorbells,
     /// Changed operations since the last notice, and whether each became terminal.
     unsent: Mutex<BTreeMap<String, bool>>,
     wake: Notify,
@@ -47,6 +49,7 @@ impl Doorbells {
         Self {
             host,
             bells: Default::default(),
+            elsewhere: Default::default(),
             unsent: Mutex::default(),
             wake: Notify::new(),
             released: Notify::new(),
@@ -89,11 +92,12 @@ pub(crate) async fn send_unsent(bells: &Doorbells, db: &impl GenericClient) {
             last.push_str(&line);
         }
     }
+    let notify = match db.prepare_cached("SELECT pg_notify($1, $2)").await {
+        Ok(notify) => notify,
+        Err(error) => return tracing::warn!(%error, "cannot notify the other hosts"),
+    };
     for notice in &notices {
-        if let Err(error) = db
-            .execute("SELECT pg_notify($1, $2)", &[&CHANNEL, notice])
-            .await
-        {
+        if let Err(error) = db.execute(&notify, &[&CHANNEL, notice]).await {
             tracing::warn!(%error, "cannot notify the other hosts");
         }
     }
@@ -134,6 +138,7 @@ pub(crate) async fn listen(
                         None => (line, false),
                     };
                     bells.bells.ring(id, terminal);
+                    bells.elsewhere.ring(id, terminal);
                 }
             }
             drop(client);
@@ -144,6 +149,7 @@ pub(crate) async fn listen(
             Ok(renewed) => {
                 listener = Some(renewed);
                 bells.bells.ring_all();
+                bells.elsewhere.ring_all();
             }
             Err(error) => tracing::warn!(%error, "cannot listen for the other hosts' notices"),
         }

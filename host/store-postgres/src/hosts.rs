@@ -15,15 +15,15 @@ pub(crate) async fn renew(
     lease: Duration,
 ) -> Result<(), tokio_postgres::Error> {
     let millis = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-    db.execute(
-        "INSERT INTO hosts (host, alive_until)
-         VALUES ($1, now() + $2::BIGINT * INTERVAL '1 millisecond')
-         ON CONFLICT (host) DO UPDATE SET alive_until = excluded.alive_until
-         WHERE hosts.alive_until <> '-infinity'",
-        &[&host, &millis],
-    )
-    .await
-    .map(drop)
+    let renewal = db
+        .prepare_cached(
+            "INSERT INTO hosts (host, alive_until)
+             VALUES ($1, now() + $2::BIGINT * INTERVAL '1 millisecond')
+             ON CONFLICT (host) DO UPDATE SET alive_until = excluded.alive_until
+             WHERE hosts.alive_until <> '-infinity'",
+        )
+        .await?;
+    db.execute(&renewal, &[&host, &millis]).await.map(drop)
 }
 
 /// Renews the lease at a third of its length until the store is dropped.

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::PostgresStore;
 
-use crate::sql::{decode, failed, json, unavailable};
+use crate::sql::{decode, failed, json, prepared, unavailable};
 
 fn millis(at: DateTime<Utc>) -> i64 {
     at.timestamp_millis()
@@ -24,19 +24,26 @@ fn millis(at: DateTime<Utc>) -> i64 {
 
 /// The job `id`, its row locked until the transaction ends.
 async fn locked(db: &impl GenericClient, id: &str) -> Result<Option<JobRecord>, JobStoreError> {
-    db.query_opt("SELECT record FROM jobs WHERE id = $1 FOR UPDATE", &[&id])
-        .await
-        .map_err(failed)?
-        .map(|row| decode(row.get(0)))
-        .transpose()
+    db.query_opt(
+        &prepared(db, "SELECT record FROM jobs WHERE id = $1 FOR UPDATE").await?,
+        &[&id],
+    )
+    .await
+    .map_err(failed)?
+    .map(|row| decode(row.get(0)))
+    .transpose()
 }
 
 async fn save(db: &impl GenericClient, job: &JobRecord) -> Result<(), JobStoreError> {
     let record = json(job)?;
     db.execute(
-        "INSERT INTO jobs (id, queue, state, due_at, updated_ms, operation, record)
+        &prepared(
+            db,
+            "INSERT INTO jobs (id, queue, state, due_at, updated_ms, operation, record)
          VALUES ($1, $2, $3, $4, $5, $6, $7)
          ON CONFLICT (id) DO UPDATE SET state = $3, due_at = $4, updated_ms = $5, record = $7",
+        )
+        .await?,
         &[
             &job.id,
             &job.queue,
@@ -98,8 +105,12 @@ impl JobStore for PostgresStore {
         let db = self.job_db().await?;
         let inserted = db
             .execute(
-                "INSERT INTO jobs (id, queue, state, due_at, updated_ms, operation, record)
+                &prepared(
+                    &db,
+                    "INSERT INTO jobs (id, queue, state, due_at, updated_ms, operation, record)
                  VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (id) DO NOTHING",
+                )
+                .await?,
                 &[
                     &job.id,
                     &job.queue,
@@ -130,8 +141,8 @@ impl JobStore for PostgresStore {
         let tx = db.transaction().await.map_err(failed)?;
         let row = tx
             .query_opt(
-                "SELECT record FROM jobs WHERE queue = $1 AND due_at IS NOT NULL AND due_at <= $2
-                 ORDER BY due_at, id LIMIT 1 FOR UPDATE SKIP LOCKED",
+                &prepared(&tx, "SELECT record FROM jobs WHERE queue = $1 AND due_at IS NOT NULL AND due_at <= $2
+                 ORDER BY due_at, id LIMIT 1 FOR UPDATE SKIP LOCKED").await?,
                 &[&queue, &millis(now)],
             )
             .await
@@ -229,20 +240,19 @@ impl JobStore for PostgresStore {
     }
 
     async fn purge(&self, cutoff: DateTime<Utc>) -> Result<u64, JobStoreError> {
-        self.job_db()
-            .await?
-            .execute(
-                "DELETE FROM jobs WHERE due_at IS NULL AND updated_ms < $1",
-                &[&millis(cutoff)],
-            )
+        let (db, statement) = self
+            .statement("DELETE FROM jobs WHERE due_at IS NULL AND updated_ms < $1")
+            .await?;
+        db.execute(&statement, &[&millis(cutoff)])
             .await
             .map_err(failed)
     }
 
     async fn get(&self, id: &str) -> Result<Option<JobRecord>, JobStoreError> {
-        self.job_db()
-            .await?
-            .query_opt("SELECT record FROM jobs WHERE id = $1", &[&id])
+        let (db, statement) = self
+            .statement("SELECT record FROM jobs WHERE id = $1")
+            .await?;
+        db.query_opt(&statement, &[&id])
             .await
             .map_err(failed)?
             .map(|row| decode(row.get(0)))
@@ -251,13 +261,16 @@ impl JobStore for PostgresStore {
 
     async fn list(&self, filter: &JobFilter) -> Result<JobPage, JobStoreError> {
         let limit = filter.limit.max(1);
-        let rows = self
-            .job_db()
-            .await?
-            .query(
+        let (db, statement) = self
+            .statement(
                 "SELECT record FROM jobs WHERE ($1::TEXT IS NULL OR queue = $1)
                  AND ($2::TEXT IS NULL OR state = $2) AND ($3::TEXT IS NULL OR id > $3)
                  ORDER BY id LIMIT $4",
+            )
+            .await?;
+        let rows = db
+            .query(
+                &statement,
                 &[
                     &filter.queue,
                     &filter.state.map(|s| s.as_str()),
@@ -275,12 +288,12 @@ impl JobStore for PostgresStore {
     }
 
     async fn owner_of(&self, operation_id: &str) -> Result<Option<JobRecord>, JobStoreError> {
-        self.job_db()
-            .await?
-            .query_opt(
+        let (db, statement) = self
+            .statement(
                 "SELECT record FROM jobs WHERE operation = $1 AND due_at IS NOT NULL LIMIT 1",
-                &[&operation_id],
             )
+            .await?;
+        db.query_opt(&statement, &[&operation_id])
             .await
             .map_err(failed)?
             .map(|row| decode(row.get(0)))
@@ -288,15 +301,8 @@ impl JobStore for PostgresStore {
     }
 
     async fn count_by_state(&self) -> Result<Vec<QueueCount>, JobStoreError> {
-        let rows = self
-            .job_db()
-            .await?
-            .query(
-                "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state ORDER BY queue, state",
-                &[],
-            )
-            .await
-            .map_err(failed)?;
+        let (db, statement) = self.statement("SELECT queue, state, count(*) FROM jobs GROUP BY queue, state ORDER BY queue, state").await?;
+        let rows = db.query(&statement, &[]).await.map_err(failed)?;
         Ok(queue_counts(
             rows.iter()
                 .map(|row| {
@@ -308,13 +314,11 @@ impl JobStore for PostgresStore {
     }
 
     async fn next_due(&self, queue: &str) -> Result<Option<DateTime<Utc>>, JobStoreError> {
-        let at: Option<i64> = self
-            .job_db()
-            .await?
-            .query_one(
-                "SELECT min(due_at) FROM jobs WHERE queue = $1 AND due_at IS NOT NULL",
-                &[&queue],
-            )
+        let (db, statement) = self
+            .statement("SELECT min(due_at) FROM jobs WHERE queue = $1 AND due_at IS NOT NULL")
+            .await?;
+        let at: Option<i64> = db
+            .query_one(&statement, &[&queue])
             .await
             .map_err(failed)?
             .get(0);

@@ -161,4 +161,14 @@ impl PostgresStore {
     async fn db(&self) -> Result<Object, StoreError> {
         self.pool.get().await.map_err(unavailable)
     }
+
+    /// A pooled connection, and `sql` prepared on it (once per connection).
+    async fn statement(
+        &self,
+        sql: &str,
+    ) -> Result<(Object, tokio_postgres::Statement), StoreError> {
+        let db = self.db().await?;
+        let statement = sql::prepared(&db, sql).await?;
+        Ok((db, statement))
+    }
 }

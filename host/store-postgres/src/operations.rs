@@ -56,30 +56,6 @@ async fn current(db: &impl GenericClient, id: &str) -> Result<Option<Snapshot>, 
         .transpose()
 }
 
-async fn insert_event(
-    db: &impl GenericClient,
-    snapshot: &Snapshot,
-    kind: EventKind,
-    text: &str,
-) -> Result<(), StoreError> {
-    db.execute(
-        &prepared(
-            db,
-            "INSERT INTO events (id, revision, kind, snapshot) VALUES ($1, $2, $3, $4)",
-        )
-        .await?,
-        &[
-            &snapshot.id,
-            &count(snapshot.revision),
-            &kind.as_str(),
-            &text,
-        ],
-    )
-    .await
-    .map_err(failed)?;
-    Ok(())
-}
-
 #[async_trait]
 impl OperationStore for PostgresStore {
     async fn create(&self, operation: StoredOperation) -> Result<CreateOutcome, StoreError> {
@@ -90,16 +66,20 @@ impl OperationStore for PostgresStore {
         let snapshot = &operation.snapshot;
         let text = json(snapshot)?;
         let input = operation.input.as_ref().map(json).transpose()?;
-        let mut db = self.db().await?;
-        let tx = db.transaction().await.map_err(failed)?;
-        let inserted = tx
+        let db = self.db().await?;
+        // One statement, so one round trip and one implicit transaction: the row and its
+        // first event, or nothing when the id exists.
+        let inserted = db
             .execute(
                 &prepared(
-                    &tx,
-                    "INSERT INTO operations (id, operation, state, revision, tenant, subject,
-                     created_at, completed_at, input, snapshot, owner_host)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
-                 ON CONFLICT (id) DO NOTHING",
+                    &db,
+                    "WITH created AS (
+                         INSERT INTO operations (id, operation, state, revision, tenant, subject,
+                             created_at, completed_at, input, snapshot, owner_host)
+                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                         ON CONFLICT (id) DO NOTHING RETURNING id)
+                     INSERT INTO events (id, revision, kind, snapshot)
+                     SELECT id, $4, $12, $10 FROM created",
                 )
                 .await?,
                 &[
@@ -114,19 +94,18 @@ impl OperationStore for PostgresStore {
                     &input,
                     &text,
                     &self.host,
+                    &EventKind::Accepted.as_str(),
                 ],
             )
             .await
             .map_err(failed)?;
         if inserted == 0 {
-            let row = tx
-                .query_one(&prepared(&tx, SELECT_ONE).await?, &[&snapshot.id])
+            let row = db
+                .query_one(&prepared(&db, SELECT_ONE).await?, &[&snapshot.id])
                 .await
                 .map_err(failed)?;
             return Ok(CreateOutcome::Existing(stored(&row)?));
         }
-        insert_event(&tx, snapshot, EventKind::Accepted, &text).await?;
-        tx.commit().await.map_err(failed)?;
         self.bells.changed(&snapshot.id, false);
         Ok(CreateOutcome::Created(snapshot.clone()))
     }
@@ -143,24 +122,33 @@ impl OperationStore for PostgresStore {
 
     async fn update(&self, next: Snapshot, kind: EventKind) -> Result<UpdateOutcome, StoreError> {
         let text = json(&next)?;
-        let mut db = self.db().await?;
-        let tx = db.transaction().await.map_err(failed)?;
-        let moved = tx
+        let db = self.db().await?;
+        // Compare-and-set and the event in one statement: one round trip.
+        let moved = db
             .execute(
-                &prepared(&tx, "UPDATE operations SET state = $2, revision = $3, completed_at = $4, snapshot = $5
-                 WHERE id = $1 AND revision = $3::BIGINT - 1").await?,
+                &prepared(
+                    &db,
+                    "WITH moved AS (
+                         UPDATE operations SET state = $2, revision = $3, completed_at = $4,
+                             snapshot = $5
+                         WHERE id = $1 AND revision = $3::BIGINT - 1 RETURNING id)
+                     INSERT INTO events (id, revision, kind, snapshot)
+                     SELECT id, $3, $6, $5 FROM moved",
+                )
+                .await?,
                 &[
                     &next.id,
                     &next.state.as_str(),
                     &count(next.revision),
                     &next.completed_at,
                     &text,
+                    &kind.as_str(),
                 ],
             )
             .await
             .map_err(failed)?;
         if moved == 0 {
-            return match current(&tx, &next.id).await? {
+            return match current(&db, &next.id).await? {
                 Some(current) => Ok(UpdateOutcome::Conflict(current)),
                 None => Err(StoreError::conflict(format!(
                     "update of unknown operation `{}`",
@@ -168,8 +156,6 @@ impl OperationStore for PostgresStore {
                 ))),
             };
         }
-        insert_event(&tx, &next, kind, &text).await?;
-        tx.commit().await.map_err(failed)?;
         self.bells.changed(&next.id, next.is_terminal());
         Ok(UpdateOutcome::Updated(next))
     }
@@ -323,7 +309,10 @@ impl OperationStore for PostgresStore {
     async fn change_head(&self) -> Result<ChangeCursor, StoreError> {
         let db = self.db().await?;
         let row = db
-            .query_one("SELECT pg_snapshot_xmin(pg_current_snapshot())::text", &[])
+            .query_one(
+                &prepared(&db, "SELECT pg_snapshot_xmin(pg_current_snapshot())::text").await?,
+                &[],
+            )
             .await
             .map_err(failed)?;
         Ok(ChangeCursor {
@@ -342,10 +331,8 @@ impl OperationStore for PostgresStore {
 
     async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
         let limit = count(filter.limit as u64).saturating_add(1);
-        let rows = self
-            .db()
-            .await?
-            .query(
+        let (db, statement) = self
+            .statement(
                 "SELECT snapshot FROM operations
                  WHERE ($1::TEXT IS NULL OR tenant = $1) AND ($2::TEXT IS NULL OR operation = $2)
                    AND ($3::TEXT IS NULL OR state = $3) AND ($4::TEXT IS NULL OR id > $4)
@@ -353,6 +340,11 @@ impl OperationStore for PostgresStore {
                    AND ($7::TIMESTAMPTZ IS NULL OR created_at >= $7)
                    AND ($8::TIMESTAMPTZ IS NULL OR created_at < $8)
                  ORDER BY id LIMIT $5",
+            )
+            .await?;
+        let rows = db
+            .query(
+                &statement,
                 &[
                     &filter.tenant,
                     &filter.operation,
@@ -380,16 +372,13 @@ impl OperationStore for PostgresStore {
     }
 
     async fn count_by_state(&self) -> Result<Vec<StateCount>, StoreError> {
-        let rows = self
-            .db()
-            .await?
-            .query(
+        let (db, statement) = self
+            .statement(
                 "SELECT operation, state, count(*) FROM operations
                  GROUP BY operation, state ORDER BY operation, state",
-                &[],
             )
-            .await
-            .map_err(failed)?;
+            .await?;
+        let rows = db.query(&statement, &[]).await.map_err(failed)?;
         rows.iter()
             .map(|row| {
                 let n: i64 = row.get(2);
@@ -403,35 +392,27 @@ impl OperationStore for PostgresStore {
     }
 
     async fn unfinished(&self) -> Result<Vec<StoredOperation>, StoreError> {
-        let rows = self
-            .db()
-            .await?
-            .query(
-                &format!(
-                    "{SELECT_STORED} WHERE state IN ('pending', 'running') ORDER BY created_at, id"
-                ),
-                &[],
-            )
-            .await
-            .map_err(failed)?;
+        let (db, statement) = self
+            .statement(&format!(
+                "{SELECT_STORED} WHERE state IN ('pending', 'running') ORDER BY created_at, id"
+            ))
+            .await?;
+        let rows = db.query(&statement, &[]).await.map_err(failed)?;
         rows.iter().map(stored).collect()
     }
 
     async fn claim_orphans(&self) -> Result<Vec<StoredOperation>, StoreError> {
-        let rows = self
-            .db()
-            .await?
-            .query(
+        let (db, statement) = self
+            .statement(
                 "UPDATE operations SET owner_host = $1 WHERE id IN (
                      SELECT o.id FROM operations o LEFT JOIN hosts h ON h.host = o.owner_host
                      WHERE o.state IN ('pending', 'running')
                        AND (h.host IS NULL OR h.alive_until < now())
                      FOR UPDATE OF o SKIP LOCKED)
                  RETURNING snapshot, input, tenant, subject, created_at",
-                &[&self.host],
             )
-            .await
-            .map_err(failed)?;
+            .await?;
+        let rows = db.query(&statement, &[&self.host]).await.map_err(failed)?;
         let mut claimed = rows
             .iter()
             .map(|row| Ok((row.get::<_, DateTime<Utc>>(4), stored(row)?)))
@@ -450,12 +431,10 @@ impl OperationStore for PostgresStore {
         let expired =
             "SELECT id FROM operations WHERE completed_at IS NOT NULL AND completed_at < $1";
         for table in ["events", "signals", "logs"] {
-            tx.execute(
-                &format!("DELETE FROM {table} WHERE id IN ({expired})"),
-                &[&cutoff],
-            )
-            .await
-            .map_err(failed)?;
+            let delete = format!("DELETE FROM {table} WHERE id IN ({expired})");
+            tx.execute(&prepared(&tx, &delete).await?, &[&cutoff])
+                .await
+                .map_err(failed)?;
         }
         let purged = tx
             .execute(
@@ -481,6 +460,10 @@ impl OperationStore for PostgresStore {
         self.bells.bells.subscribe(id)
     }
 
+    fn subscribe_elsewhere(&self, id: &str) -> Doorbell {
+        self.bells.elsewhere.subscribe(id)
+    }
+
     /// Tells the other hosts of the changes not yet announced, stops renewing this host's
     /// lease, ends it for good and names this host on the hosts channel, so that another host
     /// claims its unfinished operations at once.
@@ -489,13 +472,17 @@ impl OperationStore for PostgresStore {
         let db = self.db().await?;
         doorbell::send_unsent(&self.bells, &db).await;
         db.execute(
-            "UPDATE hosts SET alive_until = '-infinity' WHERE host = $1",
+            &prepared(
+                &db,
+                "UPDATE hosts SET alive_until = '-infinity' WHERE host = $1",
+            )
+            .await?,
             &[&self.host],
         )
         .await
         .map_err(failed)?;
         db.execute(
-            "SELECT pg_notify($1, $2)",
+            &prepared(&db, "SELECT pg_notify($1, $2)").await?,
             &[&doorbell::HOSTS_CHANNEL, &self.host],
         )
         .await
@@ -509,6 +496,8 @@ impl OperationStore for PostgresStore {
     }
 
     fn doorbells(&self) -> usize {
-        self.bells.bells.len()
+        // A run's doorbell for the other hosts' changes counts too, so that a leak of either
+        // shows.
+        self.bells.bells.len() + self.bells.elsewhere.len()
     }
 }

@@ -778,7 +778,9 @@ fn relabelled(mut bytes: Vec<u8>, label: &str) -> Vec<u8> {
 async fn a_worker_deployed_to_a_queue_runs_the_next_attempts_while_running_ones_keep_theirs() {
     let mut config = testing_deployment(GRACE);
     let mut worker = opshost_sandbox::WorkerConfig::new("testing.work", guest("test_worker"), 2);
-    worker.limits.cpu_ms = Some(500);
+    // Long enough for the first hanging attempt to outlive the deploy (Cranelift on a busy
+    // machine), short enough for both to end within the wait below.
+    worker.limits.cpu_ms = Some(2000);
     config.workers = vec![worker];
     let host = load(&config);
     let queue = DeployTarget::Queue("testing.work".to_owned());

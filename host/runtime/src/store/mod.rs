@@ -172,6 +172,11 @@ impl Durable {
         Self(Some(Box::pin(sync)))
     }
 
+    /// Whether the write was durable already when answered.
+    pub fn is_done(&self) -> bool {
+        self.0.is_none()
+    }
+
     /// Waits until the write is durable.
     pub async fn wait(self) -> Result<(), StoreError> {
         match self.0 {
@@ -446,6 +451,13 @@ pub trait OperationStore: Send + Sync + 'static {
     /// A doorbell for one operation: it rings after every write to it, and closes once the
     /// operation is terminal. Dropping the last one of an operation forgets its entry.
     fn subscribe(&self, id: &str) -> Doorbell;
+
+    /// A doorbell for one operation that rings for the changes other hosts sharing the store
+    /// make to it, which this host learns of only from the store. By default, for every change
+    /// ([`OperationStore::subscribe`]).
+    fn subscribe_elsewhere(&self, id: &str) -> Doorbell {
+        self.subscribe(id)
+    }
 
     /// How many operations have a doorbell held on this host.
     fn doorbells(&self) -> usize;
