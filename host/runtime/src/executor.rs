@@ -357,8 +357,9 @@ impl Executor {
         // What this host does to the run wakes it directly; only the others' changes need
         // reading back.
         let mut bell = self.log.store().subscribe_elsewhere(run.id());
+        // Read once at once: a change made before the doorbell was taken rang nothing.
+        let mut closed = false;
         loop {
-            let closed = bell.changed().await.is_err();
             let over = match self.log.store().load(run.id()).await {
                 Ok(Some(stored)) => {
                     let snapshot = stored.snapshot;
@@ -379,6 +380,7 @@ impl Executor {
                 run.retire();
                 return;
             }
+            closed = bell.changed().await.is_err();
         }
     }
 

@@ -525,10 +525,10 @@ pub(crate) struct WasmHandler {
 }
 
 impl OperationHandler for WasmHandler {
-    /// A component reaches outside the store only through its run: outbound requests and
-    /// hand-offs, which wait for the accept.
+    /// A component reaches outside the store through its run (outbound requests and
+    /// hand-offs, which wait for the accept), or through a writable directory, which does not.
     fn starts_before_durable(&self) -> bool {
-        true
+        !self.grants.dirs.iter().any(|dir| dir.writable)
     }
 
     fn run(

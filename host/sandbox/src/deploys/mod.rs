@@ -562,9 +562,12 @@ struct VersionedHandler {
 }
 
 impl OperationHandler for VersionedHandler {
-    /// Every version is a component (see [`WasmHandler`]).
+    /// As each version loaded (see [`WasmHandler`]).
     fn starts_before_durable(&self) -> bool {
-        true
+        let loaded = self.versions.loaded();
+        loaded
+            .iter()
+            .all(|(_, handler)| handler.starts_before_durable())
     }
 
     fn run(

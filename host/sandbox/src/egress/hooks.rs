@@ -119,6 +119,13 @@ impl EgressRun {
         if matches!(*request.method(), Method::TRACE | Method::CONNECT) {
             return Err(record.deny(format!("method {} is refused", request.method())));
         }
+        // Nothing leaves the host for an operation whose accept a crash could still lose; the
+        // wait holds none of the run's or the host's request slots.
+        if let Some(run) = &self.operation
+            && let Err(error) = run.accept_durable().await
+        {
+            return Err(record.deny(format!("the operation was not accepted durably: {error}")));
+        }
         let Some(in_flight) = InFlight::enter(&self) else {
             let detail = format!(
                 "the run already has {} requests in flight",
@@ -154,12 +161,6 @@ impl EgressRun {
         }
         // From here on the guest waits on the network: that time is not its CPU time.
         self.waited.store(true, Ordering::Relaxed);
-        // Nothing leaves the host for an operation whose accept a crash could still lose.
-        if let Some(run) = &self.operation
-            && let Err(error) = run.accept_durable().await
-        {
-            return Err(record.deny(format!("the operation was not accepted durably: {error}")));
-        }
         let address = match policy
             .network
             .resolver
