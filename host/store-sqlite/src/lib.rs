@@ -95,9 +95,10 @@ pub(crate) struct Shared {
     pub(crate) published: AtomicU64,
     /// Why every write is refused, once a sync failed.
     pub(crate) poisoned: OnceLock<String>,
-    /// While set, each sync waits for a message on it, or for its sender to go.
+    /// While set, each sync waits for a message on it (`false` fails the sync), or for its
+    /// sender to go.
     #[cfg(test)]
-    pub(crate) held: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
+    pub(crate) held: Mutex<Option<std::sync::mpsc::Receiver<bool>>>,
 }
 
 /// The database file inside a data directory.
@@ -169,9 +170,10 @@ impl SqliteStore {
         &self.path
     }
 
-    /// `page` as readers may see it: an operation with writes queued and not yet published
-    /// shows its published state, or not at all while its accept is not durable.
-    fn shown(&self, mut page: Page) -> Page {
+    /// `page` (of operations in `state`, if given) as readers may see it: an operation with
+    /// writes queued and not yet published shows its published state if that still matches,
+    /// and not at all while its accept is not durable.
+    fn shown(&self, mut page: Page, state: Option<OperationState>) -> Page {
         let cache = lock(&self.shared.cache);
         page.items.retain_mut(|item| {
             if !cache.is_queued(&item.id) {
@@ -180,7 +182,7 @@ impl SqliteStore {
             match cache.get(&item.id) {
                 Some(stored) => {
                     *item = stored.snapshot;
-                    true
+                    state.is_none_or(|state| item.state == state)
                 }
                 None => false,
             }
@@ -194,6 +196,10 @@ impl SqliteStore {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
+        // The database may hold commits a failed sync never made durable.
+        if let Some(reason) = self.shared.poisoned.get() {
+            return Err(StoreError::unavailable(reason.clone()));
+        }
         let pooled = lock(&self.readers).pop();
         let connection = match pooled {
             Some(connection) => connection,
@@ -323,16 +329,22 @@ impl OperationStore for SqliteStore {
         if let Some(stored) = self.published(id).await? {
             return Ok(Some(stored));
         }
-        let id = id.to_owned();
-        self.read(move |db| {
-            db.query_row(
-                &format!("{SELECT_STORED} WHERE o.id = ?1"),
-                params![id],
-                stored_from_row,
-            )
-            .optional()
-        })
-        .await
+        let owned = id.to_owned();
+        let read = self
+            .read(move |db| {
+                db.query_row(
+                    &format!("{SELECT_STORED} WHERE o.id = ?1"),
+                    params![owned],
+                    stored_from_row,
+                )
+                .optional()
+            })
+            .await?;
+        // A create queued meanwhile may have committed before the read: not durable yet.
+        match read {
+            Some(_) if lock(&self.shared.cache).is_queued(id) => self.published(id).await,
+            read => Ok(read),
+        }
     }
 
     async fn update(&self, next: Snapshot, kind: EventKind) -> Result<UpdateOutcome, StoreError> {
@@ -346,6 +358,7 @@ impl OperationStore for SqliteStore {
             .published(id)
             .await?
             .map(|stored| stored.snapshot.revision);
+        let queried = id.to_owned();
         let id = id.to_owned();
         let events = self.read(move |db| {
             let mut statement = db.prepare_cached(
@@ -367,6 +380,15 @@ impl OperationStore for SqliteStore {
             Ok(events)
         })
         .await?;
+        // A create queued meanwhile may have committed before the read: not durable yet.
+        let durable = match durable {
+            None if lock(&self.shared.cache).is_queued(&queried) => Some(
+                self.published(&queried)
+                    .await?
+                    .map_or(0, |stored| stored.snapshot.revision),
+            ),
+            durable => durable,
+        };
         Ok(match durable {
             Some(durable) => events
                 .into_iter()
@@ -500,6 +522,7 @@ impl OperationStore for SqliteStore {
     }
 
     async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError> {
+        let state = filter.state;
         let filter = filter.clone();
         self.read(move |db| {
             let mut statement = db.prepare_cached(
@@ -538,7 +561,7 @@ impl OperationStore for SqliteStore {
             Ok(Page { items, next })
         })
         .await
-        .map(|page| self.shown(page))
+        .map(|page| self.shown(page, state))
     }
 
     async fn count_by_state(&self) -> Result<Vec<StateCount>, StoreError> {
@@ -594,8 +617,13 @@ mod tests {
 
     use super::*;
 
-    /// A store whose syncs wait until the answered sender goes.
-    fn held_store() -> (SqliteStore, std::sync::mpsc::Sender<()>, tempfile::TempDir) {
+    /// A store whose syncs wait for the answered sender: `true` syncs, `false` fails the sync,
+    /// and every sync goes ahead once it is dropped.
+    fn held_store() -> (
+        SqliteStore,
+        std::sync::mpsc::Sender<bool>,
+        tempfile::TempDir,
+    ) {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = SqliteStore::open(dir.path()).expect("the store opens");
         let (release, held) = std::sync::mpsc::channel();
@@ -678,6 +706,16 @@ mod tests {
         done.completed_at = Some(done.updated_at);
         let completed = store.update(done.clone(), EventKind::Completed);
         let mut completed = Box::pin(completed);
+        let feed = store.changes_after(ChangeCursor::default(), 10).await;
+        assert!(
+            feed.expect("the feed").is_empty(),
+            "nothing in the feed yet"
+        );
+        let all = ListFilter {
+            limit: 10,
+            ..ListFilter::default()
+        };
+        assert!(store.list(&all).await.expect("a page").items.is_empty());
         assert!(
             still_waiting(&mut completed).await,
             "a terminal change waits for its sync"
@@ -692,6 +730,28 @@ mod tests {
         let events = store.events_after("a", 0).await.expect("the events");
         let revisions: Vec<u64> = events.iter().map(|e| e.snapshot().revision).collect();
         assert_eq!(revisions, [1, 2, 3, 4]);
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_sync_nothing_is_shown_and_every_write_is_refused() {
+        let (store, release, _dir) = held_store();
+        let (_, durable) = store.create_ordered(accepted("a")).await.expect("ordered");
+        release.send(false).expect("the syncer waits");
+        let error = durable.wait().await.expect_err("the sync failed");
+        assert!(error.to_string().contains("could not be synced"), "{error}");
+
+        assert!(
+            store.load("a").await.is_err(),
+            "the commit is in the file, not durable"
+        );
+        let all = ListFilter {
+            limit: 10,
+            ..ListFilter::default()
+        };
+        assert!(store.list(&all).await.is_err());
+        assert!(store.events_after("a", 0).await.is_err());
+        let refused = store.create(accepted("b")).await;
+        assert!(refused.is_err(), "a later write is refused: {refused:?}");
     }
 
     #[tokio::test]

@@ -382,11 +382,17 @@ fn sync(to_sync: mpsc::Receiver<Committed>, wal: PathBuf, shared: Arc<Shared>) {
             batches.push(more);
         }
         #[cfg(test)]
-        if let Some(held) = lock(&shared.held).as_ref() {
-            let _ = held.recv();
-        }
+        let failing = lock(&shared.held)
+            .as_ref()
+            .is_some_and(|held| held.recv() == Ok(false));
+        #[cfg(not(test))]
+        let failing = false;
+        let synced = match failing {
+            true => Err(std::io::Error::other("a sync failed on purpose")),
+            false => sync_wal(&mut file, &wal),
+        };
         if shared.poisoned.get().is_none()
-            && let Err(error) = sync_wal(&mut file, &wal)
+            && let Err(error) = synced
         {
             tracing::error!(%error, wal = %wal.display(), "cannot make the WAL durable; refusing all further writes");
             let _ = shared
