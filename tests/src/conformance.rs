@@ -174,6 +174,8 @@ pub async fn list_filters_by_operation_and_state_and_pages_by_id(store: Arc<dyn 
         .update(next(&e, OperationState::Running), EventKind::Started)
         .await
         .unwrap();
+    // A handler's `started` may be answered before it is durable, and readers see it after.
+    store.flush().await.unwrap();
     let mut filter = ListFilter {
         tenant: None,
         operation: Some("Op".into()),

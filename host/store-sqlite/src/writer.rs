@@ -6,6 +6,11 @@
 //!    `fdatasync`, and only then publishes the batches (cache, doorbells) and answers their
 //!    callers, in commit order. Meanwhile the writer already commits the next batch.
 //!
+//! The writer wakes at once for a write someone waits for. A write answered at enqueue (a
+//! handler's reports) wakes it only when nothing else is queued, and then waits up to a
+//! millisecond for a waited-for write to commit with: a handler's reports and its terminal
+//! change share one commit.
+//!
 //! No cached snapshot or doorbell shows a change before it is on disk, and no caller is
 //! answered before, except for the changes that need not be durable ([`must_be_durable`]): a
 //! handler's `started` or progress is answered at enqueue when its compare-and-set is certain
@@ -13,10 +18,12 @@
 //! its outcome at commit and its durability after the sync. Should a sync fail, every later
 //! write is refused: the store is poisoned.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, mpsc};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use opshost_api::{EventKind, OperationState, Snapshot};
@@ -140,10 +147,134 @@ enum Reply {
     Given,
 }
 
-/// The handle to the writer thread; the thread ends when the handle is dropped.
+/// The handle to the writer thread. Dropping it lets the thread commit every write queued,
+/// then end; the drop does not wait for that.
 pub(crate) struct Writer {
-    jobs: mpsc::Sender<(Write, Reply)>,
+    inbox: Arc<Inbox>,
     shared: Arc<Shared>,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.inbox.close();
+    }
+}
+
+/// How long a write answered at enqueue may wait for a write someone waits for, to share its
+/// commit, before the writer commits it alone.
+const LAG: Duration = Duration::from_millis(1);
+
+/// The writes queued for the writer thread, in order. The writer is woken at once for a write
+/// someone waits for; writes answered at enqueue (a handler's reports) wake it only when the
+/// queue was empty, and then wait up to [`LAG`] to share the next waited-for write's commit.
+#[derive(Default)]
+struct Inbox {
+    queue: Mutex<Queue>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct Queue {
+    writes: VecDeque<(Write, Reply)>,
+    /// When the oldest of `writes` was queued (or left over from the last batch).
+    oldest: Option<Instant>,
+    /// How many of `writes` someone waits for.
+    waited: usize,
+    /// The handle is gone (or the writer thread): commit what is queued and stop.
+    closed: bool,
+    /// The writer thread is gone: nothing queued now will be committed.
+    stopped: bool,
+}
+
+impl Inbox {
+    /// Queues `write`; refused once the writer thread is gone.
+    fn push(&self, write: Write, reply: Reply) -> Result<(), StoreError> {
+        let mut queue = lock(&self.queue);
+        if queue.stopped {
+            return Err(stopped());
+        }
+        let waited = !matches!(reply, Reply::Given);
+        let was_empty = queue.writes.is_empty();
+        if was_empty {
+            queue.oldest = Some(Instant::now());
+        }
+        queue.writes.push_back((write, reply));
+        if waited {
+            queue.waited += 1;
+        }
+        drop(queue);
+        if waited || was_empty {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// The next batch to commit: at most `MAX_BATCH` writes, taken once one is waited for,
+    /// the oldest has waited [`LAG`], a whole batch is queued, or the handle is gone. `None`
+    /// once closed and empty.
+    fn next_batch(&self) -> Option<Vec<(Write, Reply)>> {
+        let mut queue = lock(&self.queue);
+        loop {
+            let full = queue.writes.len() >= MAX_BATCH;
+            if queue.waited > 0 || full || (queue.closed && !queue.writes.is_empty()) {
+                break;
+            }
+            if queue.closed {
+                return None;
+            }
+            if queue.writes.is_empty() {
+                queue = self
+                    .wake
+                    .wait(queue)
+                    .unwrap_or_else(PoisonError::into_inner);
+                continue;
+            }
+            let until = *queue.oldest.get_or_insert_with(Instant::now) + LAG;
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            queue = self
+                .wake
+                .wait_timeout(queue, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        let take = queue.writes.len().min(MAX_BATCH);
+        let batch: Vec<(Write, Reply)> = queue.writes.drain(..take).collect();
+        let waited = batch
+            .iter()
+            .filter(|(_, reply)| !matches!(reply, Reply::Given))
+            .count();
+        debug_assert!(queue.waited >= waited, "every waited-for write was counted");
+        queue.waited -= waited;
+        // What is left over waits from now, not from its enqueue: it missed only this batch.
+        queue.oldest = (!queue.writes.is_empty()).then(Instant::now);
+        Some(batch)
+    }
+
+    fn close(&self) {
+        lock(&self.queue).closed = true;
+        self.wake.notify_all();
+    }
+
+    /// Marks the writer thread gone: what is still queued is answered by dropping its reply.
+    fn stop(&self) {
+        let mut queue = lock(&self.queue);
+        queue.closed = true;
+        queue.stopped = true;
+        queue.writes.clear();
+        queue.waited = 0;
+    }
+}
+
+/// Stops the inbox when the writer thread ends, however it ends.
+struct Stopping(Arc<Inbox>);
+
+impl Drop for Stopping {
+    fn drop(&mut self) {
+        self.0.stop();
+    }
 }
 
 fn stopped() -> StoreError {
@@ -152,13 +283,15 @@ fn stopped() -> StoreError {
 
 impl Writer {
     pub(crate) fn start(connection: Connection, wal: PathBuf, shared: Arc<Shared>) -> Self {
-        let (jobs, queue) = mpsc::channel();
+        let inbox = Arc::new(Inbox::default());
         let (committed, to_sync) = mpsc::channel();
         let (writer, syncer) = (Arc::clone(&shared), Arc::clone(&shared));
+        // Made here, so that a thread that never starts stops the inbox too.
+        let stopping = Stopping(Arc::clone(&inbox));
         let threads = [
             std::thread::Builder::new()
                 .name("opshost-sqlite-writer".into())
-                .spawn(move || run(connection, queue, committed, writer)),
+                .spawn(move || run(connection, stopping, committed, writer)),
             std::thread::Builder::new()
                 .name("opshost-sqlite-sync".into())
                 .spawn(move || sync(to_sync, wal, syncer)),
@@ -168,7 +301,7 @@ impl Writer {
                 tracing::error!(%error, "cannot start an SQLite store thread");
             }
         }
-        Self { jobs, shared }
+        Self { inbox, shared }
     }
 
     /// Queues `write`, counted in the cache's queue of its operation (taken by the caller),
@@ -177,7 +310,7 @@ impl Writer {
         let counted = write.operation().map(str::to_owned);
         let refused = match self.shared.poisoned.get() {
             Some(reason) => Some(StoreError::internal(reason.clone())),
-            None => self.jobs.send((write, reply)).err().map(|_| stopped()),
+            None => self.inbox.push(write, reply).err(),
         };
         match (refused, counted) {
             (None, _) => Ok(()),
@@ -279,18 +412,11 @@ type Committed = Vec<Pending>;
 
 fn run(
     mut db: Connection,
-    queue: mpsc::Receiver<(Write, Reply)>,
+    inbox: Stopping,
     committed: mpsc::Sender<Committed>,
     shared: Arc<Shared>,
 ) {
-    while let Ok(first) = queue.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(job) => batch.push(job),
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = inbox.0.next_batch() {
         let (writes, replies): (Vec<Write>, Vec<Reply>) = batch.into_iter().unzip();
         let facts: Vec<(Option<String>, bool)> = writes
             .iter()
@@ -726,4 +852,65 @@ fn signal(db: &Connection, id: &str, name: &str, payload: &Value) -> Outcome {
         Written::Signal(SignalOutcome::Appended(sequence)),
         Ring::Signalled(id.to_owned()),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn given(n: usize) -> (Write, Reply) {
+        let lines = vec![n.to_string()];
+        let write = Write::Logs {
+            id: "op".into(),
+            lines,
+        };
+        (write, Reply::Given)
+    }
+
+    fn lines(batch: &[(Write, Reply)]) -> Vec<String> {
+        batch
+            .iter()
+            .map(|(write, _)| match write {
+                Write::Logs { lines, .. } => lines.join(","),
+                _ => String::new(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_waited_for_write_takes_the_answered_ones_queued_before_it_in_order() {
+        let inbox = Inbox::default();
+        let (first, reply) = given(1);
+        inbox.push(first, reply).expect("queued");
+        let (second, _) = given(2);
+        let (answer, _receiver) = oneshot::channel();
+        inbox.push(second, Reply::Outcome(answer)).expect("queued");
+        let batch = inbox.next_batch().expect("a batch");
+        assert_eq!(lines(&batch), ["1", "2"]);
+    }
+
+    #[test]
+    fn a_closed_inbox_hands_over_what_is_left_then_ends() {
+        let inbox = Inbox::default();
+        let (write, reply) = given(1);
+        inbox.push(write, reply).expect("queued");
+        inbox.close();
+        assert_eq!(lines(&inbox.next_batch().expect("what is left")), ["1"]);
+        assert!(inbox.next_batch().is_none());
+    }
+
+    #[test]
+    fn a_stopped_inbox_refuses_writes_and_drops_those_queued() {
+        let inbox = Arc::new(Inbox::default());
+        let (answer, receiver) = oneshot::channel();
+        let (write, _) = given(1);
+        inbox.push(write, Reply::Outcome(answer)).expect("queued");
+        drop(Stopping(Arc::clone(&inbox)));
+        let (write, reply) = given(2);
+        assert!(inbox.push(write, reply).is_err());
+        assert!(
+            receiver.blocking_recv().is_err(),
+            "its caller learns it was dropped"
+        );
+    }
 }
