@@ -139,19 +139,7 @@ async fn a_host_killed_mid_run_loses_nothing_and_finishes_everything_once() {
                 OperationState::Completed,
                 "{id}: {terminal:?}"
             );
-            let events: Vec<_> = client
-                .watch(id, Some(0))
-                .try_collect()
-                .await
-                .expect("its history");
-            let revisions: Vec<u64> = events.iter().map(|e| e.snapshot().revision).collect();
-            assert_eq!(
-                revisions,
-                (1..=revisions.len() as u64).collect::<Vec<_>>(),
-                "{id}: revisions increase one by one"
-            );
-            let terminals = events.iter().filter(|e| e.snapshot().is_terminal()).count();
-            assert_eq!(terminals, 1, "{id}: exactly one terminal event");
+            let events = check_history(&client, id).await;
             if events.iter().any(|e| e.kind() == EventKind::Restarted) {
                 restarted += 1;
                 assert_eq!(terminal.attempt, 2, "{id}");
@@ -243,8 +231,8 @@ async fn workload_caller(client: Client, keys: Arc<AtomicUsize>, answers: Arc<Mu
     }
 }
 
-/// Checks a finished operation's history: revisions one by one from 1, one terminal event,
-/// the last one.
+/// Checks a finished operation's history: revisions one by one from 1, and one terminal
+/// event. Answers the events.
 async fn check_history(client: &Client, id: &str) -> Vec<opshost_api::OperationEvent> {
     let events: Vec<_> = client
         .watch(id, Some(0))

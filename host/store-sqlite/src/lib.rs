@@ -646,6 +646,15 @@ mod tests {
         snapshot
     }
 
+    /// `update` to `snapshot`, answered with it.
+    async fn reported(store: &SqliteStore, snapshot: &Snapshot, kind: EventKind) {
+        let answer = store.update(snapshot.clone(), kind).await;
+        assert_eq!(
+            answer.expect("answered"),
+            UpdateOutcome::Updated(snapshot.clone())
+        );
+    }
+
     async fn still_waiting<T>(future: impl std::future::Future<Output = T>) -> bool {
         tokio::time::timeout(Duration::from_millis(100), future)
             .await
@@ -689,18 +698,10 @@ mod tests {
 
         // The accept is not durable yet: the handler's reports are still answered at once.
         let started = next(&created, OperationState::Running);
-        let answer = store.update(started.clone(), EventKind::Started).await;
-        assert_eq!(
-            answer.expect("answered"),
-            UpdateOutcome::Updated(started.clone())
-        );
+        reported(&store, &started, EventKind::Started).await;
         let mut progress = next(&started, OperationState::Running);
         progress.progress = Some(serde_json::json!({"done": 1}));
-        let answer = store.update(progress.clone(), EventKind::Progress).await;
-        assert_eq!(
-            answer.expect("answered"),
-            UpdateOutcome::Updated(progress.clone())
-        );
+        reported(&store, &progress, EventKind::Progress).await;
 
         let mut done = next(&progress, OperationState::Completed);
         done.completed_at = Some(done.updated_at);
@@ -761,11 +762,7 @@ mod tests {
         store.create(accepted("a")).await.expect("created");
         let created = accepted("a").snapshot;
         let started = next(&created, OperationState::Running);
-        let answer = store.update(started.clone(), EventKind::Started).await;
-        assert_eq!(
-            answer.expect("answered"),
-            UpdateOutcome::Updated(started.clone())
-        );
+        reported(&store, &started, EventKind::Started).await;
 
         let mut cancel = next(&created, OperationState::Pending);
         cancel.cancel_requested = true;
