@@ -256,11 +256,11 @@ impl Executor {
         // Accepted while the host began to stop: the operation stays pending, for the next
         // start of this host or another host to run.
         let launch = acceptance.created && !self.closing.is_cancelled();
+        let snapshot = acceptance.snapshot.clone();
         if launch && handler.starts_before_durable() && !durable.is_done() {
             // The handler's first steps overlap the accept's sync; its caller is answered,
             // and its effects outside the store go out, only once the accept is durable.
             let accepted = durable.wait().boxed().shared();
-            let snapshot = acceptance.snapshot.clone();
             let run = self.launch(
                 handler,
                 snapshot,
@@ -276,7 +276,6 @@ impl Executor {
         } else {
             durable.wait().await?;
             if launch {
-                let snapshot = acceptance.snapshot.clone();
                 self.launch(handler, snapshot, Some(input), &tenant, None);
             }
         }

@@ -318,6 +318,11 @@ impl<T: ?Sized> Versions<T> {
             .collect()
     }
 
+    /// Whether `check` holds for every compiled version, without copying the list.
+    pub fn all_loaded(&self, check: impl Fn(&T) -> bool) -> bool {
+        self.read().loaded.values().all(|item| check(item))
+    }
+
     /// Replaces the compiled version `sha256` by `item`, if it is still held: new runs use it.
     pub fn replace(&self, sha256: &str, item: Arc<T>) {
         if let Some(held) = self.write().loaded.get_mut(sha256) {

@@ -304,34 +304,33 @@ impl Writer {
         Self { inbox, shared }
     }
 
-    /// Queues `write`, counted in the cache's queue of its operation (taken by the caller),
-    /// unless the store is poisoned or its writer stopped.
-    fn queue(&self, cache: &mut Cache, write: Write, reply: Reply) -> Result<(), StoreError> {
-        let counted = write.operation().map(str::to_owned);
-        let refused = match self.shared.poisoned.get() {
-            Some(reason) => Some(StoreError::internal(reason.clone())),
-            None => self.inbox.push(write, reply).err(),
-        };
-        match (refused, counted) {
-            (None, _) => Ok(()),
-            (Some(error), Some(id)) => {
-                cache.settled(&id);
-                Err(error)
-            }
-            (Some(error), None) => Err(error),
+    /// Queues `write`, unless the store is poisoned or its writer stopped.
+    fn send(&self, write: Write, reply: Reply) -> Result<(), StoreError> {
+        if let Some(reason) = self.shared.poisoned.get() {
+            return Err(StoreError::internal(reason.clone()));
         }
+        self.inbox.push(write, reply)
     }
 
-    /// Makes `write` and answers its outcome (see [`Write::answered_once_durable`]).
+    /// [`Writer::send`] of a write to operation `id`, counted in the cache's queue (locked by
+    /// the caller, so that the count and the queue agree): a refused write is not counted.
+    fn send_counted(
+        &self,
+        cache: &mut Cache,
+        id: &str,
+        write: Write,
+        reply: Reply,
+    ) -> Result<(), StoreError> {
+        self.send(write, reply).inspect_err(|_| cache.settled(id))
+    }
+
+    /// Makes `write`, which changes no operation's revision (those go through
+    /// [`Writer::create_ordered`] and [`Writer::update`]), and answers its outcome (see
+    /// [`Write::answered_once_durable`]).
     pub(crate) async fn submit(&self, write: Write) -> Result<Written, StoreError> {
+        debug_assert!(write.operation().is_none(), "a revision write is counted");
         let (reply, answer) = oneshot::channel();
-        {
-            let mut cache = lock(&self.shared.cache);
-            if let Some(id) = write.operation() {
-                cache.queue_undecided(id);
-            }
-            self.queue(&mut cache, write, Reply::Outcome(reply))?;
-        }
+        self.send(write, Reply::Outcome(reply))?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -341,15 +340,14 @@ impl Writer {
         &self,
         operation: StoredOperation,
     ) -> Result<(CreateOutcome, Durable), StoreError> {
+        let id = operation.snapshot.id.clone();
         let write = Write::create(operation)?;
         let (reply, answer) = oneshot::channel();
         let (synced, durable) = oneshot::channel();
         {
             let mut cache = lock(&self.shared.cache);
-            if let Some(id) = write.operation() {
-                cache.queue_undecided(id);
-            }
-            self.queue(&mut cache, write, Reply::Ordered(reply, synced))?;
+            cache.queue_undecided(&id);
+            self.send_counted(&mut cache, &id, write, Reply::Ordered(reply, synced))?;
         }
         let outcome = match answer.await.map_err(|_| stopped())?? {
             Written::Created(outcome) => outcome,
@@ -370,11 +368,11 @@ impl Writer {
         let answer = {
             let mut cache = lock(&self.shared.cache);
             if cache.queue_update(&next) && !must_be_durable(kind) {
-                self.queue(&mut cache, write, Reply::Given)?;
+                self.send_counted(&mut cache, &next.id, write, Reply::Given)?;
                 None
             } else {
                 let (reply, answer) = oneshot::channel();
-                self.queue(&mut cache, write, Reply::Outcome(reply))?;
+                self.send_counted(&mut cache, &next.id, write, Reply::Outcome(reply))?;
                 Some(answer)
             }
         };

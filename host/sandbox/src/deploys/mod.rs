@@ -564,10 +564,8 @@ struct VersionedHandler {
 impl OperationHandler for VersionedHandler {
     /// As each version loaded (see [`WasmHandler`]).
     fn starts_before_durable(&self) -> bool {
-        let loaded = self.versions.loaded();
-        loaded
-            .iter()
-            .all(|(_, handler)| handler.starts_before_durable())
+        self.versions
+            .all_loaded(|handler| handler.starts_before_durable())
     }
 
     fn run(
