@@ -283,7 +283,13 @@ async fn signing_in_with_the_offered_development_token_shows_the_live_operations
     browser.goto(&format!("{}/console", host.url)).await;
     browser.click("#dev-token:not([hidden])").await;
     browser.find("#operations").await;
-    assert_eq!(browser.text("#live").await, "live updates on");
+    // Said only once the list-watch stream's `ready` event came.
+    browser
+        .until(
+            "the list-watch stream is open",
+            "return document.querySelector('#live').textContent === 'live updates on'",
+        )
+        .await;
     let kept = browser
         .script("return sessionStorage.getItem('opshost.token')")
         .await;

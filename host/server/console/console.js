@@ -456,7 +456,7 @@
       location.hash = `#/operations?${new URLSearchParams(formFilters(form))}`;
     });
     const rows = h('tbody', { id: 'rows' });
-    const live = h('span', { id: 'live', class: 'muted' }, 'live updates on');
+    const live = h('span', { id: 'live', class: 'muted' }, 'connecting to live updates');
     const table = h('table', { id: 'operations' },
       h('caption', {}, 'Operations, by id; ', live),
       h('thead', {}, h('tr', {}, ['Id', 'Operation', 'State', 'Progress', 'Created', 'Updated'].map((name) => h('th', { scope: 'col' }, name)))),

@@ -384,8 +384,22 @@ async fn the_console_is_served_from_the_binary_under_a_policy_that_loads_nothing
             "{path}"
         );
         let policy = header(&response, "content-security-policy").to_owned();
-        assert!(policy.contains("default-src 'none'"), "{policy}");
-        assert!(policy.contains("connect-src 'self'"), "{policy}");
+        let directives: Vec<&str> = policy.split(';').map(str::trim).collect();
+        for only in [
+            "default-src 'none'",
+            "script-src 'self'",
+            "connect-src 'self'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(directives.contains(&only), "{only} in {policy}");
+        }
+        // No inline script or style, no eval, no other origin.
+        assert!(
+            directives
+                .iter()
+                .all(|directive| !directive.contains("unsafe") && !directive.contains('*')),
+            "{policy}"
+        );
         served += response.bytes().await.unwrap().len();
     }
     assert_eq!(served, opshost_server::console_size());
