@@ -21,9 +21,9 @@ use tracing::Instrument;
 use crate::config::{RestartPolicy, RuntimeConfig};
 use crate::error::{ServerError, until_stored};
 use crate::handoff::JobHandOff;
-use crate::log::{Acceptance, OperationLog, next, non_terminal};
+use crate::log::{Acceptance, OperationLog, Ordered, next, non_terminal};
 use crate::run::{Accepted, JobsPort, Run, Runs};
-use crate::store::{Owner, StoredOperation};
+use crate::store::{Doorbell, Owner, StoredOperation};
 
 /// Runs accepted operations of one operation name: a wasm component or native code.
 ///
@@ -124,6 +124,15 @@ pub(crate) struct Executor {
     /// Starts past the `closing` check and not yet launched: a drain waits for them, so that
     /// none launches a run after the drain counted the runs.
     admitting: AtomicUsize,
+}
+
+/// What a run launched at its accept brings from it.
+#[derive(Default)]
+struct Fresh {
+    /// Resolves once the accept is durable, when the handler starts before.
+    accepted: Option<Accepted>,
+    /// A doorbell for other hosts' changes to the operation, taken before its create.
+    elsewhere: Option<Doorbell>,
 }
 
 /// One start counted in [`Executor::admitting`] until dropped.
@@ -243,7 +252,11 @@ impl Executor {
             }
         }
         let tenant = owner.tenant.clone();
-        let (acceptance, durable) = self
+        let Ordered {
+            acceptance,
+            durable,
+            elsewhere,
+        } = self
             .log
             .accept_ordered(
                 owner,
@@ -261,13 +274,11 @@ impl Executor {
             // The handler's first steps overlap the accept's sync; its caller is answered,
             // and its effects outside the store go out, only once the accept is durable.
             let accepted = durable.wait().boxed().shared();
-            let run = self.launch(
-                handler,
-                snapshot,
-                Some(input),
-                &tenant,
-                Some(accepted.clone()),
-            );
+            let fresh = Fresh {
+                accepted: Some(accepted.clone()),
+                elsewhere,
+            };
+            let run = self.launch(handler, snapshot, Some(input), &tenant, fresh);
             if let Err(error) = accepted.await {
                 run.abort();
                 run.retire();
@@ -276,26 +287,31 @@ impl Executor {
         } else {
             durable.wait().await?;
             if launch {
-                self.launch(handler, snapshot, Some(input), &tenant, None);
+                let fresh = Fresh {
+                    accepted: None,
+                    elsewhere,
+                };
+                self.launch(handler, snapshot, Some(input), &tenant, fresh);
             }
         }
         Ok(acceptance)
     }
 
     /// Runs `handler` for `snapshot` (an operation of `tenant`) on a task of its own, once a
-    /// slot is free; with `accepted`, before its accept is durable. Answers the run.
+    /// slot is free. Answers the run.
     fn launch(
         self: &Arc<Self>,
         handler: Arc<dyn OperationHandler>,
         snapshot: Snapshot,
         input: Option<Value>,
         tenant: &str,
-        accepted: Option<Accepted>,
+        fresh: Fresh,
     ) -> Arc<Run> {
         let span = self.log.telemetry().attempt(&snapshot, tenant);
         let run = self
             .runs
-            .launch(&self.log, &self.jobs, &snapshot, span, accepted);
+            .launch(&self.log, &self.jobs, &snapshot, span, fresh.accepted);
+        let elsewhere = fresh.elsewhere;
         let executor = Arc::clone(self);
         let closing = self.closing.clone();
         let queued = self.slots.as_ref().map(Queued::new);
@@ -336,7 +352,7 @@ impl Executor {
                 outcome = run.span().scope(handler.run(Arc::clone(&run), snapshot, input)) => {
                     executor.handler_returned(&run, outcome).await;
                 }
-                () = executor.changed_elsewhere(&run) => {}
+                () = executor.changed_elsewhere(&run, elsewhere) => {}
             }
             run.end_span();
         }.instrument(span));
@@ -348,16 +364,23 @@ impl Executor {
     /// On a store other hosts share, what they do to an operation running here: a cancel
     /// request wakes the run; an end, or a restart elsewhere (a newer attempt), returns after
     /// the cancel grace, so that the caller drops a run that did not finish by then. Never
-    /// returns on a store this host owns alone.
-    async fn changed_elsewhere(&self, run: &Run) {
+    /// returns on a store this host owns alone. `taken` is a doorbell for those changes taken
+    /// before the operation was created, so that none went unheard.
+    async fn changed_elsewhere(&self, run: &Run, taken: Option<Doorbell>) {
         if !self.log.store().is_shared() {
             return std::future::pending().await;
         }
         // What this host does to the run wakes it directly; only the others' changes need
         // reading back.
-        let mut bell = self.log.store().subscribe_elsewhere(run.id());
-        // Read once at once: a change made before the doorbell was taken rang nothing.
         let mut closed = false;
+        let mut bell = match taken {
+            Some(mut bell) => {
+                closed = bell.changed().await.is_err();
+                bell
+            }
+            // Read once at once: a change made before the doorbell was taken rang nothing.
+            None => self.log.store().subscribe_elsewhere(run.id()),
+        };
         loop {
             let over = match self.log.store().load(run.id()).await {
                 Ok(Some(stored)) => {
@@ -593,7 +616,7 @@ impl Executor {
             snapshot.clone(),
             stored.input,
             &stored.owner.tenant,
-            None,
+            Fresh::default(),
         );
         Ok(snapshot)
     }

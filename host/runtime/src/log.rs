@@ -20,7 +20,7 @@ use crate::error::ServerError;
 use crate::feed::ChangeFeed;
 use crate::logs::LogSink;
 use crate::store::{
-    CreateOutcome, Doorbell, Durable, ListFilter, OperationStore, Owner, Page, SignalOutcome,
+    CreateOutcome, Doorbell, Durable, ListFilter, OperationStore, Owner, Page, Rang, SignalOutcome,
     SignalRecord, StateCount, StoredOperation, UpdateOutcome,
 };
 use crate::usage::UsageFeed;
@@ -35,6 +35,16 @@ pub struct Acceptance {
     pub snapshot: Snapshot,
     /// Whether this call created the operation.
     pub created: bool,
+}
+
+/// An accept the store has ordered (see [`OperationLog::accept_ordered`]).
+pub(crate) struct Ordered {
+    pub(crate) acceptance: Acceptance,
+    /// Resolves once the accept is durable.
+    pub(crate) durable: Durable,
+    /// On a store other hosts share, a doorbell for their changes to the operation created,
+    /// taken before the create.
+    pub(crate) elsewhere: Option<Doorbell>,
 }
 
 /// What a wait for the next signal ended with.
@@ -152,11 +162,11 @@ impl OperationLog {
         input: Option<Value>,
         component: Option<String>,
     ) -> Result<Acceptance, ServerError> {
-        let (acceptance, durable) = self
+        let ordered = self
             .accept_ordered(owner, operation, key, input, component)
             .await?;
-        durable.wait().await?;
-        Ok(acceptance)
+        ordered.durable.wait().await?;
+        Ok(ordered.acceptance)
     }
 
     /// [`OperationLog::accept`], answered as soon as the store has ordered the accept, with
@@ -168,7 +178,7 @@ impl OperationLog {
         key: Option<String>,
         input: Option<Value>,
         component: Option<String>,
-    ) -> Result<(Acceptance, Durable), ServerError> {
+    ) -> Result<Ordered, ServerError> {
         let spec = self.spec(operation)?;
         if let Some(input) = &input {
             self.check_size(input, &format!("input of {operation}"))?;
@@ -186,10 +196,11 @@ impl OperationLog {
                     && let Some(legacy) = self.store.load(&key).await?
                     && legacy.owner.tenant == owner.tenant
                 {
-                    return Ok((
-                        existing(legacy, operation, &input, &owner.tenant)?,
-                        Durable::done(),
-                    ));
+                    return Ok(Ordered {
+                        acceptance: existing(legacy, operation, &input, &owner.tenant)?,
+                        durable: Durable::done(),
+                        elsewhere: None,
+                    });
                 }
                 id
             }
@@ -216,6 +227,12 @@ impl OperationLog {
             input: input.clone(),
             owner,
         };
+        // Taken before the create, on a store other hosts share: it hears every change they make
+        // to an operation created here, which they can make only after the create.
+        let elsewhere = self
+            .store
+            .is_shared()
+            .then(|| self.store.subscribe_elsewhere(&id));
         let (outcome, durable) = self.store.create_ordered(stored).await?;
         match outcome {
             CreateOutcome::Created(snapshot) => {
@@ -226,13 +243,20 @@ impl OperationLog {
                     snapshot,
                     created: true,
                 };
-                Ok((acceptance, durable))
+                Ok(Ordered {
+                    acceptance,
+                    durable,
+                    elsewhere,
+                })
             }
             CreateOutcome::Existing(stored) => {
                 // What the store answers may be another accept's, not yet durable either.
                 durable.wait().await?;
-                let acceptance = existing(stored, operation, &input, &tenant)?;
-                Ok((acceptance, Durable::done()))
+                Ok(Ordered {
+                    acceptance: existing(stored, operation, &input, &tenant)?,
+                    durable: Durable::done(),
+                    elsewhere: None,
+                })
             }
         }
     }
@@ -275,22 +299,35 @@ impl OperationLog {
         id: &str,
         timeout: Option<Duration>,
     ) -> Result<Snapshot, ServerError> {
-        let mut bell = self.store.subscribe(id);
+        let bell = self.store.subscribe(id);
+        let current = self.get(id).await?;
+        self.wait_from(bell, current, timeout).await
+    }
+
+    /// [`OperationLog::wait`] from `current`, read after `bell` was taken. Reads the store
+    /// again only when a ring leaves it unsure where the operation stands, or at the timeout.
+    pub(crate) async fn wait_from(
+        &self,
+        mut bell: Doorbell,
+        current: Snapshot,
+        timeout: Option<Duration>,
+    ) -> Result<Snapshot, ServerError> {
+        let id = current.id.clone();
         let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+        let mut current = current;
         loop {
-            let snapshot = self.get(id).await?;
-            if snapshot.is_terminal() {
-                return Ok(snapshot);
+            if current.is_terminal() {
+                return Ok(current);
             }
-            let changed = bell.changed();
             let rang = match deadline {
-                Some(deadline) => {
-                    matches!(tokio::time::timeout_at(deadline, changed).await, Ok(Ok(())))
-                }
-                None => changed.await.is_ok(),
+                Some(deadline) => tokio::time::timeout_at(deadline, bell.rang()).await.ok(),
+                None => Some(bell.rang().await),
             };
-            if !rang {
-                return self.get(id).await;
+            match rang {
+                Some(Rang::Changed) => {}
+                Some(Rang::Unsure) => current = self.get(&id).await?,
+                Some(Rang::Ended(Some(last))) => return Ok(Snapshot::clone(&last)),
+                Some(Rang::Ended(None)) | None => return self.get(&id).await,
             }
         }
     }

@@ -305,6 +305,18 @@ impl OperationRuntime {
         self.log.wait(id, timeout).await
     }
 
+    /// [`Runtime::wait`] from `current`, a snapshot read after `bell` was taken with
+    /// [`Runtime::doorbell`]: a caller that had to read the operation anyway (to check who may
+    /// see it) saves a read.
+    pub async fn wait_from(
+        &self,
+        bell: crate::store::Doorbell,
+        current: Snapshot,
+        timeout: Option<Duration>,
+    ) -> Result<Snapshot, ServerError> {
+        self.log.wait_from(bell, current, timeout).await
+    }
+
     /// Events of the operation, ending with the terminal event.
     ///
     /// With `after: None` the stream begins with the current snapshot; with `Some(revision)` it

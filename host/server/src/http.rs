@@ -201,13 +201,17 @@ async fn wait(
     Path(id): Path<String>,
     Query(query): Query<WaitQuery>,
 ) -> Result<Json<Snapshot>, ApiError> {
-    shared.visible(&caller, &id, Action::Observe).await?;
+    // Taken before the read, so that no change after it goes unheard.
+    let bell = shared.runtime.doorbell(&id);
+    let stored = shared.visible(&caller, &id, Action::Observe).await?;
     let timeout = shared.clamp_wait(
         query
             .timeout
             .unwrap_or(shared.config.max_wait().as_secs_f64()),
     );
-    Ok(Json(shared.wait(&id, timeout).await?))
+    Ok(Json(
+        shared.wait_from(bell, stored.snapshot, timeout).await?,
+    ))
 }
 
 /// A token for a browser's `EventSource` to watch operation `id` with (see `watch_token`).

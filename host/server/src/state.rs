@@ -9,7 +9,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use opshost_api::{ErrorCode, Snapshot};
 use opshost_contract::{Action, OperationSpec};
-use opshost_runtime::store::StoredOperation;
+use opshost_runtime::store::{Doorbell, StoredOperation};
 use opshost_runtime::{OperationRuntime, ServerError};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -119,9 +119,22 @@ impl Shared {
     /// Waits up to `timeout` for operation `id` to end, or until the server closes; answers
     /// the operation as it stands then.
     pub(crate) async fn wait(&self, id: &str, timeout: Duration) -> Result<Snapshot, ServerError> {
+        let bell = self.runtime.doorbell(id);
+        let current = self.runtime.get(id).await?;
+        self.wait_from(bell, current, timeout).await
+    }
+
+    /// [`AppState::wait`] from `current`, read after `bell` was taken.
+    pub(crate) async fn wait_from(
+        &self,
+        bell: Doorbell,
+        current: Snapshot,
+        timeout: Duration,
+    ) -> Result<Snapshot, ServerError> {
+        let id = current.id.clone();
         tokio::select! {
-            waited = self.runtime.wait(id, Some(timeout)) => waited,
-            () = self.closing.cancelled() => self.runtime.get(id).await,
+            waited = self.runtime.wait_from(bell, current, Some(timeout)) => waited,
+            () = self.closing.cancelled() => self.runtime.get(&id).await,
         }
     }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{GenericClient, Pool};
 use futures::StreamExt;
+use opshost_api::Snapshot;
 use tokio::sync::{Notify, mpsc};
 use tokio_postgres::{AsyncMessage, NoTls};
 
@@ -56,9 +57,21 @@ impl Doorbells {
         }
     }
 
-    /// After a commit that changed `id`: rings here, and queues the change for the others.
-    pub(crate) fn changed(&self, id: &str, terminal: bool) {
-        self.bells.ring(id, terminal);
+    /// After a commit that changed `id` (short of its end): rings here, and queues the change
+    /// for the others.
+    pub(crate) fn changed(&self, id: &str) {
+        self.bells.ring(id, false);
+        self.queue(id, false);
+    }
+
+    /// After a commit that moved an operation to `snapshot`: rings here (closing the bells
+    /// with it at the end), and queues the change for the others.
+    pub(crate) fn moved(&self, snapshot: &Snapshot) {
+        self.bells.changed(snapshot);
+        self.queue(&snapshot.id, snapshot.is_terminal());
+    }
+
+    fn queue(&self, id: &str, terminal: bool) {
         *lock(&self.unsent).entry(id.to_owned()).or_default() |= terminal;
         self.wake.notify_one();
     }

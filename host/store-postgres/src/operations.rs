@@ -106,7 +106,7 @@ impl OperationStore for PostgresStore {
                 .map_err(failed)?;
             return Ok(CreateOutcome::Existing(stored(&row)?));
         }
-        self.bells.changed(&snapshot.id, false);
+        self.bells.changed(&snapshot.id);
         Ok(CreateOutcome::Created(snapshot.clone()))
     }
 
@@ -156,7 +156,7 @@ impl OperationStore for PostgresStore {
                 ))),
             };
         }
-        self.bells.changed(&next.id, next.is_terminal());
+        self.bells.moved(&next);
         Ok(UpdateOutcome::Updated(next))
     }
 
@@ -220,7 +220,7 @@ impl OperationStore for PostgresStore {
             .map_err(failed)?
             .get(0);
         tx.commit().await.map_err(failed)?;
-        self.bells.changed(id, false);
+        self.bells.changed(id);
         Ok(SignalOutcome::Appended(sequence.unsigned_abs()))
     }
 
@@ -321,7 +321,7 @@ impl OperationStore for PostgresStore {
         })
     }
 
-    fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+    fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<()> {
         self.bells.bells.any()
     }
 

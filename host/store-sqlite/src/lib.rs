@@ -513,7 +513,7 @@ impl OperationStore for SqliteStore {
         })
     }
 
-    fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+    fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<()> {
         self.shared.bells.any()
     }
 

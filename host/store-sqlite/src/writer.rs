@@ -568,31 +568,27 @@ fn sync_wal(file: &mut Option<File>, wal: &PathBuf) -> std::io::Result<()> {
     file.sync_data()
 }
 
-/// Makes a committed write visible: the cache and the feed first, then the doorbell.
+/// Makes a committed write visible: the cache and the feed, then the doorbell (all under the
+/// cache's lock, so that no reader sees one without the other).
 fn publish(cache: &mut Cache, shared: &Shared, ring: Ring) {
-    let (id, terminal) = match ring {
-        Ring::None => return,
-        Ring::Purged(cutoff) => {
-            cache.purged(cutoff);
-            return;
-        }
+    match ring {
+        Ring::None => {}
+        Ring::Purged(cutoff) => cache.purged(cutoff),
         Ring::Created(stored, seq) => {
             let id = stored.snapshot.id.clone();
             cache.created(stored);
             shared.published.fetch_max(seq, Ordering::AcqRel);
-            (id, false)
+            shared.bells.ring(&id, false);
         }
         Ring::Updated(snapshot, seq) => {
-            let id = snapshot.id.clone();
-            let terminal = snapshot.is_terminal();
-            cache.updated(snapshot);
             shared.published.fetch_max(seq, Ordering::AcqRel);
-            (id, terminal)
+            // At the end this closes the bells with the last snapshot: nothing rings after it,
+            // and a waiter for the end needs no read.
+            shared.bells.changed(&snapshot);
+            cache.updated(snapshot);
         }
-        Ring::Signalled(id) => (id, false),
-    };
-    // A terminal write closes the doorbell: nothing rings after a terminal event.
-    shared.bells.ring(&id, terminal);
+        Ring::Signalled(id) => shared.bells.ring(&id, false),
+    }
 }
 
 type Outcome = Result<(Written, Ring), StoreError>;

@@ -7,27 +7,52 @@
 //! it at once. So a subscription made after the end, or abandoned by a watcher that went away,
 //! leaves nothing behind.
 //!
+//! A ring says what a store knows of the change: a change short of the end, an end (with the
+//! last snapshot when the store has it at hand), or that changes may have been missed. So a
+//! waiter for the end reads the store only when it has to.
+//!
 //! One more bell rings after a change to any operation: followers of the whole store's feed
 //! wait on it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use opshost_api::Snapshot;
 use tokio::sync::watch;
 
-type Bells = HashMap<String, watch::Sender<u64>>;
+/// What the latest rings of one doorbell said.
+#[derive(Default)]
+struct Chime {
+    /// How many times changes may have been missed ([`Doorbells::ring_all`]).
+    unsure: u64,
+    /// The operation's last snapshot, once it ended and the store said it.
+    last: Option<Arc<Snapshot>>,
+}
+
+type Bells = HashMap<String, watch::Sender<Chime>>;
+
+/// What a doorbell heard (see [`Doorbell::rang`]).
+#[derive(Debug)]
+pub enum Rang {
+    /// The operation changed, short of its end as far as the ring said.
+    Changed,
+    /// Changes may have been missed: read the operation to know where it stands.
+    Unsure,
+    /// The operation ended; with its last snapshot, unless the store did not have it at hand.
+    Ended(Option<Arc<Snapshot>>),
+}
 
 /// The doorbells of one store, by operation id.
 pub struct Doorbells {
     bells: Arc<Mutex<Bells>>,
-    any: watch::Sender<u64>,
+    any: watch::Sender<()>,
 }
 
 impl Default for Doorbells {
     fn default() -> Self {
         Self {
             bells: Arc::default(),
-            any: watch::channel(0).0,
+            any: watch::channel(()).0,
         }
     }
 }
@@ -43,16 +68,19 @@ impl Doorbells {
         let mut bells = lock(&self.bells);
         let sender = bells
             .entry(id.to_owned())
-            .or_insert_with(|| watch::channel(0).0);
+            .or_insert_with(|| watch::channel(Chime::default()).0);
+        let receiver = sender.subscribe();
+        let unsure = receiver.borrow().unsure;
         Doorbell {
-            receiver: Some(sender.subscribe()),
+            receiver: Some(receiver),
+            unsure,
             id: id.to_owned(),
             bells: Arc::clone(&self.bells),
         }
     }
 
     /// A bell that rings after every change to any operation.
-    pub fn any(&self) -> watch::Receiver<u64> {
+    pub fn any(&self) -> watch::Receiver<()> {
         self.any.subscribe()
     }
 
@@ -70,10 +98,26 @@ impl Doorbells {
         }
     }
 
+    /// Rings the doorbells of the operation `snapshot` is the latest of; when it is terminal,
+    /// closes them with it, so that a waiter for the end has it without reading.
+    pub fn changed(&self, snapshot: &Snapshot) {
+        if !snapshot.is_terminal() {
+            return self.ring(&snapshot.id, false);
+        }
+        bump(&self.any);
+        let removed = lock(&self.bells).remove(&snapshot.id);
+        if let Some(sender) = removed {
+            let last = Arc::new(snapshot.clone());
+            sender.send_modify(|chime| chime.last = Some(last));
+        }
+    }
+
     /// Rings every doorbell (after changes may have been missed).
     pub fn ring_all(&self) {
         bump(&self.any);
-        lock(&self.bells).values().for_each(bump);
+        lock(&self.bells)
+            .values()
+            .for_each(|sender| sender.send_modify(|chime| chime.unsure += 1));
     }
 
     /// How many operations have a doorbell held right now.
@@ -87,8 +131,8 @@ impl Doorbells {
     }
 }
 
-fn bump(sender: &watch::Sender<u64>) {
-    sender.send_modify(|n| *n = n.wrapping_add(1));
+fn bump<T>(sender: &watch::Sender<T>) {
+    sender.send_modify(|_| {});
 }
 
 fn lock(bells: &Mutex<Bells>) -> MutexGuard<'_, Bells> {
@@ -98,7 +142,9 @@ fn lock(bells: &Mutex<Bells>) -> MutexGuard<'_, Bells> {
 /// A subscription to the changes of one operation; see [`Doorbells`].
 pub struct Doorbell {
     /// Taken (and so dropped) under the map's lock when the doorbell is dropped.
-    receiver: Option<watch::Receiver<u64>>,
+    receiver: Option<watch::Receiver<Chime>>,
+    /// How many unsure rings were heard so far.
+    unsure: u64,
     id: String,
     bells: Arc<Mutex<Bells>>,
 }
@@ -110,6 +156,28 @@ impl Doorbell {
             Some(receiver) => receiver.changed().await,
             None => std::future::pending().await,
         }
+    }
+
+    /// Waits for the next ring and says what it meant.
+    pub async fn rang(&mut self) -> Rang {
+        let Some(receiver) = &mut self.receiver else {
+            return std::future::pending().await;
+        };
+        if receiver.changed().await.is_err() {
+            return Rang::Ended(None);
+        }
+        let (last, unsure) = {
+            let chime = receiver.borrow_and_update();
+            (chime.last.clone(), chime.unsure)
+        };
+        if last.is_some() || receiver.has_changed().is_err() {
+            return Rang::Ended(last);
+        }
+        if unsure != self.unsure {
+            self.unsure = unsure;
+            return Rang::Unsure;
+        }
+        Rang::Changed
     }
 
     /// Marks every ring so far as seen.
@@ -162,6 +230,34 @@ mod tests {
         assert!(bells.is_empty());
         assert!(bell.changed().await.is_ok(), "the terminal ring is seen");
         assert!(bell.changed().await.is_err(), "then the doorbell is closed");
+    }
+
+    #[tokio::test]
+    async fn a_change_to_its_end_closes_the_bells_with_the_last_snapshot() {
+        let bells = Doorbells::new();
+        let mut bell = bells.subscribe("a");
+        let mut snapshot = Snapshot::accepted("a".into(), "s".into(), "T.Op".into(), "1".into());
+        bells.changed(&snapshot);
+        assert!(matches!(bell.rang().await, Rang::Changed));
+        snapshot.state = opshost_api::OperationState::Completed;
+        bells.changed(&snapshot);
+        assert!(bells.is_empty(), "the end removes the entry");
+        match bell.rang().await {
+            Rang::Ended(Some(last)) => assert_eq!(last.state, snapshot.state),
+            other => panic!("expected the end with its snapshot, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_ring_of_every_bell_is_heard_as_unsure_and_an_end_without_snapshot_as_such() {
+        let bells = Doorbells::new();
+        let mut bell = bells.subscribe("a");
+        bells.ring_all();
+        assert!(matches!(bell.rang().await, Rang::Unsure));
+        bells.ring("a", false);
+        assert!(matches!(bell.rang().await, Rang::Changed), "heard once");
+        bells.ring("a", true);
+        assert!(matches!(bell.rang().await, Rang::Ended(None)));
     }
 
     #[test]

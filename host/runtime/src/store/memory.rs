@@ -129,7 +129,7 @@ impl OperationStore for MemoryStore {
         }
         entry.events.push((kind, next.clone()));
         state.feed(&next.id, next.revision);
-        self.bells.ring(&next.id, next.is_terminal());
+        self.bells.changed(&next);
         Ok(UpdateOutcome::Updated(next))
     }
 
@@ -222,7 +222,7 @@ impl OperationStore for MemoryStore {
         })
     }
 
-    fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+    fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<()> {
         self.bells.any()
     }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-pub use doorbell::{Doorbell, Doorbells};
+pub use doorbell::{Doorbell, Doorbells, Rang};
 pub use memory::MemoryStore;
 use opshost_api::{DeploymentRecord, EventKind, LogLine, OperationEvent, OperationState, Snapshot};
 use serde_json::Value;
@@ -397,7 +397,7 @@ pub trait OperationStore: Send + Sync + 'static {
     async fn change_head(&self) -> Result<ChangeCursor, StoreError>;
 
     /// A doorbell that rings after every change to any operation (see [`Doorbells::any`]).
-    fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<u64>;
+    fn subscribe_changes(&self) -> tokio::sync::watch::Receiver<()>;
 
     /// Lists operations by filter.
     async fn list(&self, filter: &ListFilter) -> Result<Page, StoreError>;
