@@ -3,7 +3,8 @@
 //! is one line in `tests/tests/all/conformance.rs`.
 //!
 //! Create-if-absent (also under races), compare-and-set on the revision, ordered revisions
-//! under concurrent writers, resume of the event log from a revision, sequenced signals,
+//! under concurrent writers, each outcome its own when many operations are updated at once,
+//! resume of the event log from a revision, sequenced signals,
 //! filtered paging, the feed of every change, recovery listing, retention purge and the
 //! doorbell, which leaves no entry behind once its last holder is gone. A store may answer
 //! `started` and `progress` before readers see them (see `must_be_durable`): tests that read
@@ -335,6 +336,70 @@ pub async fn concurrent_writers_leave_gapless_increasing_revisions(store: Arc<dy
         store.load("busy").await.unwrap().unwrap().snapshot.revision,
         81
     );
+}
+
+/// See the module docs.
+pub async fn updates_of_many_operations_at_once_each_get_their_own_outcome(
+    store: Arc<dyn OperationStore>,
+) {
+    let ids: Vec<String> = (0..50).map(|n| format!("many-{n}")).collect();
+    for id in &ids {
+        store
+            .create(stored(snapshot(id, "Op"), None))
+            .await
+            .unwrap();
+    }
+    // Two writers race for each operation's revision 2: one applies, the other conflicts.
+    let racers: Vec<_> = ids
+        .iter()
+        .flat_map(|id| [(id.clone(), "a"), (id.clone(), "b")])
+        .map(|(id, writer)| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let mut progressed = next(&snapshot(&id, "Op"), OperationState::Running);
+                progressed.progress = Some(json!(writer));
+                (
+                    id,
+                    writer,
+                    store.update(progressed, EventKind::Progress).await.unwrap(),
+                )
+            })
+        })
+        .collect();
+    let mut winners = std::collections::HashMap::new();
+    let mut conflicts = Vec::new();
+    for racer in racers {
+        match racer.await.unwrap() {
+            (id, writer, UpdateOutcome::Updated(snapshot)) => {
+                assert_eq!(snapshot.revision, 2);
+                assert!(
+                    winners.insert(id, writer).is_none(),
+                    "one winner per operation"
+                );
+            }
+            (id, _, UpdateOutcome::Conflict(current)) => conflicts.push((id, current)),
+        }
+    }
+    assert_eq!(winners.len(), ids.len());
+    assert_eq!(conflicts.len(), ids.len());
+    for (id, current) in conflicts {
+        assert_eq!(
+            current.revision, 2,
+            "{id}: the conflict shows the winner's revision"
+        );
+        assert_eq!(current.progress, Some(json!(winners[&id])), "{id}");
+    }
+    store.flush().await.unwrap();
+    for id in &ids {
+        let events = store.events_after(id, 0).await.unwrap();
+        let revisions: Vec<u64> = events.iter().map(|e| e.snapshot().revision).collect();
+        assert_eq!(revisions, [1, 2], "{id}");
+        assert_eq!(
+            events[1].snapshot().progress,
+            Some(json!(winners[id])),
+            "{id}"
+        );
+    }
 }
 
 /// See the module docs.
@@ -803,6 +868,14 @@ macro_rules! store_conformance {
         async fn concurrent_writers_leave_gapless_increasing_revisions() {
             let (store, _guard) = $make.await;
             $crate::conformance::concurrent_writers_leave_gapless_increasing_revisions(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn updates_of_many_operations_at_once_each_get_their_own_outcome() {
+            let (store, _guard) = $make.await;
+            $crate::conformance::updates_of_many_operations_at_once_each_get_their_own_outcome(
+                store,
+            )
+            .await;
         }
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
         async fn the_event_log_resumes_exactly_after_a_revision() {

@@ -6,6 +6,7 @@
 //!   compare-and-set on the revision; a signal locks its operation's row, so sequences have no
 //!   gaps and none is taken after the terminal change; jobs are leased with
 //!   `FOR UPDATE SKIP LOCKED`, so concurrent hosts never take one job twice (see `jobs`).
+//! - **Group commit.** Updates waiting at once are applied as one statement (see `updates`).
 //! - **Doorbells** ring here after the commit and on the other hosts through one coalesced
 //!   `NOTIFY` per burst of changes (see `doorbell`).
 //! - **Ownership.** Each store is one host: it keeps a row in `hosts` alive (renewed at a third
@@ -23,6 +24,7 @@ mod logs;
 mod operations;
 mod schema;
 mod sql;
+mod updates;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -36,6 +38,7 @@ use tokio_postgres::NoTls;
 use crate::doorbell::Doorbells;
 use crate::hosts::{keep_alive, renew};
 use crate::sql::{describe, unavailable};
+use crate::updates::Updates;
 
 /// Connections a store keeps to the database.
 const POOL_SIZE: usize = 16;
@@ -71,6 +74,8 @@ pub struct PostgresStore {
     pool: Pool,
     host: String,
     bells: Arc<Doorbells>,
+    /// Updates waiting for their batch (see `updates`).
+    updates: Arc<Updates>,
     tasks: Vec<JoinHandle<()>>,
     lease: JoinHandle<()>,
     /// See [`OperationStore::holds_unscoped_keys`]: read at connect, set by a create of one.
@@ -138,15 +143,18 @@ impl PostgresStore {
             .await
             .map_err(|e| OpenError::Connect(describe(&e)))?;
         let bells = Arc::new(Doorbells::new(host.clone()));
+        let updates = Arc::new(Updates::new(pool.clone(), bells.clone()));
         let tasks = vec![
             tokio::spawn(doorbell::notify(bells.clone(), pool.clone())),
             tokio::spawn(doorbell::listen(bells.clone(), config, listener)),
+            tokio::spawn(updates::run(updates.clone())),
         ];
         let lease = tokio::spawn(keep_alive(pool.clone(), host.clone(), lease));
         Ok(Self {
             pool,
             host,
             bells,
+            updates,
             tasks,
             lease,
             unscoped: std::sync::atomic::AtomicBool::new(unscoped),

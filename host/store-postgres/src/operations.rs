@@ -122,42 +122,17 @@ impl OperationStore for PostgresStore {
 
     async fn update(&self, next: Snapshot, kind: EventKind) -> Result<UpdateOutcome, StoreError> {
         let text = json(&next)?;
-        let db = self.db().await?;
-        // Compare-and-set and the event in one statement: one round trip.
-        let moved = db
-            .execute(
-                &prepared(
-                    &db,
-                    "WITH moved AS (
-                         UPDATE operations SET state = $2, revision = $3, completed_at = $4,
-                             snapshot = $5
-                         WHERE id = $1 AND revision = $3::BIGINT - 1 RETURNING id)
-                     INSERT INTO events (id, revision, kind, snapshot)
-                     SELECT id, $3, $6, $5 FROM moved",
-                )
-                .await?,
-                &[
-                    &next.id,
-                    &next.state.as_str(),
-                    &count(next.revision),
-                    &next.completed_at,
-                    &text,
-                    &kind.as_str(),
-                ],
-            )
-            .await
-            .map_err(failed)?;
-        if moved == 0 {
-            return match current(&db, &next.id).await? {
-                Some(current) => Ok(UpdateOutcome::Conflict(current)),
-                None => Err(StoreError::conflict(format!(
-                    "update of unknown operation `{}`",
-                    next.id
-                ))),
-            };
+        let id = next.id.clone();
+        if let Some(next) = self.updates.apply(next, text, kind).await? {
+            return Ok(UpdateOutcome::Updated(next));
         }
-        self.bells.moved(&next);
-        Ok(UpdateOutcome::Updated(next))
+        let db = self.db().await?;
+        match current(&db, &id).await? {
+            Some(current) => Ok(UpdateOutcome::Conflict(current)),
+            None => Err(StoreError::conflict(format!(
+                "update of unknown operation `{id}`"
+            ))),
+        }
     }
 
     async fn events_after(&self, id: &str, after: u64) -> Result<Vec<OperationEvent>, StoreError> {
