@@ -311,7 +311,15 @@ impl Executor {
         let run = self
             .runs
             .launch(&self.log, &self.jobs, &snapshot, span, fresh.accepted);
-        let elsewhere = fresh.elsewhere;
+        // Boxed, and only on a shared store, so that every run's task stays small.
+        let elsewhere: BoxFuture<'static, ()> = match self.log.store().is_shared() {
+            true => {
+                let (executor, run) = (Arc::clone(self), Arc::clone(&run));
+                let taken = fresh.elsewhere;
+                Box::pin(async move { executor.changed_elsewhere(&run, taken).await })
+            }
+            false => Box::pin(std::future::pending()),
+        };
         let executor = Arc::clone(self);
         let closing = self.closing.clone();
         let queued = self.slots.as_ref().map(Queued::new);
@@ -352,7 +360,7 @@ impl Executor {
                 outcome = run.span().scope(handler.run(Arc::clone(&run), snapshot, input)) => {
                     executor.handler_returned(&run, outcome).await;
                 }
-                () = executor.changed_elsewhere(&run, elsewhere) => {}
+                () = elsewhere => {}
             }
             run.end_span();
         }.instrument(span));
@@ -363,13 +371,10 @@ impl Executor {
 
     /// On a store other hosts share, what they do to an operation running here: a cancel
     /// request wakes the run; an end, or a restart elsewhere (a newer attempt), returns after
-    /// the cancel grace, so that the caller drops a run that did not finish by then. Never
-    /// returns on a store this host owns alone. `taken` is a doorbell for those changes taken
-    /// before the operation was created, so that none went unheard.
+    /// the cancel grace, so that the caller drops a run that did not finish by then. `taken`
+    /// is a doorbell for those changes taken before the operation was created, so that none
+    /// went unheard.
     async fn changed_elsewhere(&self, run: &Run, taken: Option<Doorbell>) {
-        if !self.log.store().is_shared() {
-            return std::future::pending().await;
-        }
         // What this host does to the run wakes it directly; only the others' changes need
         // reading back.
         let mut closed = false;
