@@ -305,9 +305,9 @@ impl OperationRuntime {
         self.log.wait(id, timeout).await
     }
 
-    /// [`Runtime::wait`] from `current`, a snapshot read after `bell` was taken with
-    /// [`Runtime::doorbell`]: a caller that had to read the operation anyway (to check who may
-    /// see it) saves a read.
+    /// [`OperationRuntime::wait`] from `current`, a snapshot read after `bell` was taken with
+    /// [`OperationRuntime::doorbell`]: a caller that had to read the operation anyway (to
+    /// check who may see it) saves a read.
     pub async fn wait_from(
         &self,
         bell: crate::store::Doorbell,

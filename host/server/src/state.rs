@@ -124,7 +124,7 @@ impl Shared {
         self.wait_from(bell, current, timeout).await
     }
 
-    /// [`AppState::wait`] from `current`, read after `bell` was taken.
+    /// [`Shared::wait`] from `current`, read after `bell` was taken.
     pub(crate) async fn wait_from(
         &self,
         bell: Doorbell,

@@ -1,8 +1,9 @@
 //! Doorbells across hosts. A committed write rings this host's watchers at once and joins the
 //! next notice to the other hosts: one `NOTIFY` carries every operation changed since the
 //! previous one, so a burst of progress costs one notice, not one per event. Each host listens
-//! on its own connection and rings its watchers of the operations named; a watcher then reads
-//! the store, so a notice only has to say *which* operations changed.
+//! on its own connection and rings its watchers of the operations named: a notice says *which*
+//! operations changed, and which of them ended (a waiter for the end reads the store only
+//! then; a watcher reads the new events).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -77,26 +78,55 @@ impl Doorbells {
     }
 }
 
-/// Sends the queued changes, one notice per burst, until the store is dropped.
+/// Sends the queued changes, one notice per burst, until the store is dropped. Changes that
+/// could not be sent are sent again a little later.
 pub(crate) async fn notify(bells: Arc<Doorbells>, pool: Pool) {
     loop {
         bells.wake.notified().await;
-        match pool.get().await {
+        let sent = match pool.get().await {
             Ok(db) => send_unsent(&bells, &db).await,
-            Err(error) => tracing::warn!(%error, "cannot notify the other hosts"),
+            Err(error) => {
+                tracing::warn!(%error, "cannot notify the other hosts");
+                false
+            }
+        };
+        if !sent {
+            tokio::time::sleep(RECONNECT).await;
+            bells.wake.notify_one();
         }
     }
 }
 
-/// Sends every change queued so far, in as few notices as fit.
-pub(crate) async fn send_unsent(bells: &Doorbells, db: &impl GenericClient) {
+/// Sends every change queued so far, in as few notices as fit; those that could not be sent
+/// are queued again. Answers whether all were sent.
+pub(crate) async fn send_unsent(bells: &Doorbells, db: &impl GenericClient) -> bool {
     let changes = std::mem::take(&mut *lock(&bells.unsent));
     if changes.is_empty() {
-        return;
+        return true;
     }
+    let sent = send(bells, db, &changes).await;
+    if !sent {
+        let mut unsent = lock(&bells.unsent);
+        for (id, terminal) in changes {
+            *unsent.entry(id).or_default() |= terminal;
+        }
+    }
+    sent
+}
+
+/// Sends `changes` in as few notices as fit; answers whether all were sent.
+async fn send(
+    bells: &Doorbells,
+    db: &impl GenericClient,
+    changes: &BTreeMap<String, bool>,
+) -> bool {
     let mut notices = vec![bells.host.clone()];
-    for (id, terminal) in changes {
-        let line = if terminal { format!("{id}\t!") } else { id };
+    for (id, &terminal) in changes {
+        let line = if terminal {
+            format!("{id}\t!")
+        } else {
+            id.clone()
+        };
         let last = notices.last_mut().expect("one notice at least");
         if last.len() + line.len() + 1 > NOTICE_BYTES {
             notices.push(format!("{}\n{line}", bells.host));
@@ -107,13 +137,19 @@ pub(crate) async fn send_unsent(bells: &Doorbells, db: &impl GenericClient) {
     }
     let notify = match db.prepare_cached("SELECT pg_notify($1, $2)").await {
         Ok(notify) => notify,
-        Err(error) => return tracing::warn!(%error, "cannot notify the other hosts"),
+        Err(error) => {
+            tracing::warn!(%error, "cannot notify the other hosts");
+            return false;
+        }
     };
+    let mut sent = true;
     for notice in &notices {
         if let Err(error) = db.execute(&notify, &[&CHANNEL, notice]).await {
             tracing::warn!(%error, "cannot notify the other hosts");
+            sent = false;
         }
     }
+    sent
 }
 
 /// A connection listening for the other hosts' notices, and the notices' channels and

@@ -40,7 +40,8 @@ use crate::hosts::{keep_alive, renew};
 use crate::sql::{describe, unavailable};
 use crate::updates::Updates;
 
-/// Connections a store keeps to the database.
+/// Pooled connections a store keeps to the database (beside them: the one its batches of
+/// updates use, and the one that listens for the other hosts).
 const POOL_SIZE: usize = 16;
 
 /// How long a connection attempt may take when the URL sets no `connect_timeout`.

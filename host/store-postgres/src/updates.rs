@@ -2,22 +2,34 @@
 //!
 //! An update made while no other is in flight goes straight to the database, on its caller's
 //! task, as one statement: alone, it would gain nothing from a batch but a hand-off. Any other
-//! update queues here and waits for its answer. One task takes everything queued (at
-//! most [`MAX_BATCH`], and at most one update per operation, so that each is judged against the
-//! revision stored before the statement) and applies it as one `UPDATE ... FROM unnest(...)`
-//! with the events inserted in the same statement: one round trip, one transaction and one
-//! commit for the whole batch, instead of one of each per update. Each update still moves its
-//! operation only from the revision before it; those that find another revision are answered
-//! as not applied, and the others are answered once the batch is committed.
+//! update queues here and waits for its answer. One task takes what is queued (at most
+//! [`MAX_BATCH`] updates and [`MAX_BATCH_BYTES`] of snapshots, at most one update per
+//! operation, so that each is judged against the revision stored before the statement) and
+//! applies it as one `UPDATE ... FROM unnest(...)` with the events inserted in the same
+//! statement: one round trip, one transaction and one commit for the whole batch, instead of
+//! one of each per update. Each update still moves its operation only from the revision before
+//! it; those that find another revision are answered as not applied, and the others once the
+//! batch is committed.
 //!
-//! Only one batch is in flight at a time: two batches never hold row locks the other wants,
-//! so batches cannot deadlock one another. They go through a connection of their own, taken
-//! out of the pool, which always uses the statement's generic plan: planned for its arrays
-//! once, rather than again at every call for the arrays it is given.
+//! **Never waiting on a row.** The batch locks its rows with `SKIP LOCKED`: a row another
+//! transaction holds (a signal, a log append, another host's batch) is left out, and its
+//! update goes back to the head of the queue for the next batch. So a batch never waits for a
+//! lock, never holds up the other updates behind one busy operation, and cannot deadlock with
+//! anything.
+//!
+//! **An answer lost on the way.** Should a batch fail (its connection lost after the commit,
+//! say), the store reads back which of its events exist, with its snapshots: those updates
+//! were applied. When none were, each update is tried again alone, so that one update's
+//! failure stays its own.
+//!
+//! Batches go through a connection of their own, taken out of the pool, which always uses the
+//! statement's generic plan: planned for its arrays once, rather than again at every call for
+//! the arrays it is given.
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use deadpool_postgres::{ClientWrapper, Object, Pool};
@@ -31,6 +43,12 @@ use crate::sql::{count, failed, prepared, unavailable};
 /// Most updates applied in one statement.
 const MAX_BATCH: usize = 256;
 
+/// Most bytes of snapshots sent in one statement (a batch holds one update at least).
+const MAX_BATCH_BYTES: usize = 8 << 20;
+
+/// How long the batches pause when every update of the last one found its row held.
+const HELD_PAUSE: Duration = Duration::from_millis(1);
+
 /// One update alone: the compare-and-set and its event in one statement.
 const APPLY_ONE: &str = "WITH moved AS (
          UPDATE operations SET state = $2, revision = $3, completed_at = $4, snapshot = $5
@@ -39,19 +57,33 @@ const APPLY_ONE: &str = "WITH moved AS (
      SELECT id, $3, $6, $5 FROM moved";
 
 /// The batch statement: arrays of ids, states, revisions, completion times, snapshots and event
-/// kinds, one element per update; answers the ids of the operations moved.
+/// kinds, one element per update. Answers, per update, whether it moved its operation and
+/// whether its row was held by another transaction (and so left alone).
 const APPLY: &str = "WITH batch AS (
          SELECT * FROM unnest($1::TEXT[], $2::TEXT[], $3::BIGINT[], $4::TIMESTAMPTZ[],
              $5::TEXT[], $6::TEXT[]) AS b(id, state, revision, completed_at, snapshot, kind)),
+     present AS (SELECT id FROM operations WHERE id = ANY($1::TEXT[])),
+     locked AS (
+         SELECT id FROM operations WHERE id = ANY($1::TEXT[])
+         ORDER BY id FOR NO KEY UPDATE SKIP LOCKED),
      moved AS (
          UPDATE operations o SET state = batch.state, revision = batch.revision,
              completed_at = batch.completed_at, snapshot = batch.snapshot
-         FROM batch WHERE o.id = batch.id AND o.revision = batch.revision - 1
+         FROM batch JOIN locked USING (id)
+         WHERE o.id = batch.id AND o.revision = batch.revision - 1
          RETURNING batch.id, batch.revision, batch.kind, batch.snapshot),
      logged AS (
          INSERT INTO events (id, revision, kind, snapshot)
          SELECT id, revision, kind, snapshot FROM moved)
-     SELECT id FROM moved";
+     SELECT batch.id, moved.id IS NOT NULL,
+         present.id IS NOT NULL AND locked.id IS NULL
+     FROM batch
+     LEFT JOIN moved USING (id) LEFT JOIN present USING (id) LEFT JOIN locked USING (id)";
+
+/// Of `(id, revision, snapshot)` arrays, the ids whose event was written with that snapshot.
+const WRITTEN: &str = "SELECT e.id FROM events e
+     JOIN unnest($1::TEXT[], $2::BIGINT[], $3::TEXT[]) AS b(id, revision, snapshot)
+       ON e.id = b.id AND e.revision = b.revision AND e.snapshot = b.snapshot";
 
 /// An update waiting for its batch: the operation's next snapshot (and its JSON), its event,
 /// and where its answer goes: the snapshot once applied, `None` when the stored revision was
@@ -63,12 +95,24 @@ struct Queued {
     answer: oneshot::Sender<Result<Option<Snapshot>, StoreError>>,
 }
 
+/// What became of one update of a batch.
+#[derive(Clone, Copy, PartialEq)]
+enum Fate {
+    Moved,
+    /// The stored revision was another (or the operation is gone).
+    NotMoved,
+    /// Its row was held by another transaction: to be tried again.
+    Held,
+}
+
 /// The updates waiting for the next batch.
 pub(crate) struct Updates {
     queue: Mutex<VecDeque<Queued>>,
     wake: Notify,
     /// Updates being made now, queued or not.
     in_flight: AtomicUsize,
+    /// The batch task is gone: nothing queued now would be applied.
+    stopped: AtomicBool,
     pool: Pool,
     bells: Arc<Doorbells>,
 }
@@ -82,6 +126,10 @@ impl Drop for InFlight<'_> {
     }
 }
 
+fn stopped() -> StoreError {
+    StoreError::unavailable("postgres: the store stopped before the update was applied")
+}
+
 impl Updates {
     /// Updates through `pool`, ringing `bells` after each commit.
     pub(crate) fn new(pool: Pool, bells: Arc<Doorbells>) -> Self {
@@ -89,6 +137,7 @@ impl Updates {
             queue: Mutex::default(),
             wake: Notify::new(),
             in_flight: AtomicUsize::new(0),
+            stopped: AtomicBool::new(false),
             pool,
             bells,
         }
@@ -109,16 +158,21 @@ impl Updates {
             return self.apply_alone(next, text, kind).await;
         }
         let (answer, answered) = oneshot::channel();
-        self.lock().push_back(Queued {
-            next,
-            text,
-            kind,
-            answer,
-        });
+        {
+            let mut queue = self.lock();
+            // Checked under the queue's lock, which the stopping task empties it under.
+            if self.stopped.load(Ordering::SeqCst) {
+                return Err(stopped());
+            }
+            queue.push_back(Queued {
+                next,
+                text,
+                kind,
+                answer,
+            });
+        }
         self.wake.notify_one();
-        answered.await.map_err(|_| {
-            StoreError::unavailable("postgres: the store stopped before the update was applied")
-        })?
+        answered.await.map_err(|_| stopped())?
     }
 
     async fn apply_alone(
@@ -152,28 +206,65 @@ impl Updates {
         self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The next batch: the oldest queued update of each operation, up to [`MAX_BATCH`]. An
-    /// operation's later updates stay queued, in order, for the batches after.
+    /// The next batch, in order of id: the oldest queued update of each operation, within the
+    /// batch's limits. An operation's later updates stay queued, in order, for the batches
+    /// after; updates whose caller is gone are dropped, as if never made.
     fn take(&self) -> Vec<Queued> {
         let mut queue = self.lock();
         let mut ids = HashSet::new();
         let mut batch = Vec::new();
+        let mut bytes = 0;
         let mut left = VecDeque::new();
         while let Some(queued) = queue.pop_front() {
-            if batch.len() < MAX_BATCH && ids.insert(queued.next.id.clone()) {
+            if queued.answer.is_closed() {
+                continue;
+            }
+            let fits = batch.is_empty()
+                || (batch.len() < MAX_BATCH && bytes + queued.text.len() <= MAX_BATCH_BYTES);
+            if fits && ids.insert(queued.next.id.clone()) {
+                bytes += queued.text.len();
                 batch.push(queued);
             } else {
                 left.push_back(queued);
             }
         }
         *queue = left;
+        batch.sort_by(|a, b| a.next.id.cmp(&b.next.id));
         batch
+    }
+
+    /// Puts `held` back at the head of the queue, ahead of the later updates of the same
+    /// operations.
+    fn requeue(&self, held: Vec<Queued>) {
+        let mut queue = self.lock();
+        for queued in held.into_iter().rev() {
+            queue.push_front(queued);
+        }
+    }
+
+    /// Marks the batch task gone and answers everything queued with an error.
+    fn stop(&self) {
+        let mut queue = self.lock();
+        self.stopped.store(true, Ordering::SeqCst);
+        for queued in queue.drain(..) {
+            let _ = queued.answer.send(Err(stopped()));
+        }
+    }
+}
+
+/// Stops the updates when the batch task ends, however it ends.
+struct Stopping(Arc<Updates>);
+
+impl Drop for Stopping {
+    fn drop(&mut self) {
+        self.0.stop();
     }
 }
 
 /// Applies the queued updates, batch after batch, until the store is dropped.
 pub(crate) async fn run(updates: Arc<Updates>) {
-    let (pool, bells) = (&updates.pool, &*updates.bells);
+    let updates = Stopping(updates);
+    let updates = &*updates.0;
     let mut db: Option<ClientWrapper> = None;
     loop {
         let batch = updates.take();
@@ -181,65 +272,102 @@ pub(crate) async fn run(updates: Arc<Updates>) {
             updates.wake.notified().await;
             continue;
         }
-        let connection = match &db {
-            Some(connection) if !connection.is_closed() => connection,
-            _ => match connect(pool).await {
-                Ok(connection) => db.insert(connection),
-                Err(error) => {
-                    for queued in batch {
-                        let _ = queued.answer.send(Err(error.clone()));
-                    }
-                    continue;
+        let fates = settle(updates, &mut db, &batch).await;
+        let mut held = Vec::new();
+        let mut moved_any = false;
+        for (queued, fate) in batch.into_iter().zip(fates) {
+            match fate {
+                Ok(Fate::Moved) => {
+                    moved_any = true;
+                    updates.bells.moved(&queued.next);
+                    let _ = queued.answer.send(Ok(Some(queued.next)));
                 }
-            },
-        };
-        match apply(connection, &batch).await {
-            Ok(moved) => answer(batch, &moved, bells),
-            // One update's failure stays its own: each is applied alone again.
-            Err(_) if batch.len() > 1 => {
-                for queued in batch {
-                    let alone = [queued];
-                    match apply(connection, &alone).await {
-                        Ok(moved) => answer(alone, &moved, bells),
-                        Err(error) => {
-                            let [queued] = alone;
-                            let _ = queued.answer.send(Err(error));
-                        }
-                    }
+                Ok(Fate::NotMoved) => {
+                    let _ = queued.answer.send(Ok(None));
+                }
+                Ok(Fate::Held) => held.push(queued),
+                Err(error) => {
+                    let _ = queued.answer.send(Err(error));
                 }
             }
-            Err(error) => {
-                for queued in batch {
-                    let _ = queued.answer.send(Err(error.clone()));
-                }
+        }
+        if !held.is_empty() {
+            updates.requeue(held);
+            if !moved_any {
+                // Every row was held: let their holders commit before trying again.
+                tokio::time::sleep(HELD_PAUSE).await;
             }
         }
     }
 }
 
-/// Answers each update of a committed batch: applied when its operation was `moved`, after
-/// ringing its doorbells.
-fn answer(batch: impl IntoIterator<Item = Queued>, moved: &HashSet<String>, bells: &Doorbells) {
-    for queued in batch {
-        let applied = moved.contains(&queued.next.id).then(|| {
-            bells.moved(&queued.next);
-            queued.next
-        });
-        let _ = queued.answer.send(Ok(applied));
+/// What became of each update of `batch`: applied as one statement, or, should that fail,
+/// read back, or else applied one by one.
+async fn settle(
+    updates: &Updates,
+    db: &mut Option<ClientWrapper>,
+    batch: &[Queued],
+) -> Vec<Result<Fate, StoreError>> {
+    let error = match connected(&updates.pool, db).await {
+        Ok(connection) => match apply(connection, batch).await {
+            Ok(fates) => return fates.into_iter().map(Ok).collect(),
+            Err(error) => error,
+        },
+        Err(error) => return batch.iter().map(|_| Err(error.clone())).collect(),
+    };
+    tracing::warn!(%error, updates = batch.len(), "a batch of updates failed; reading back what it wrote");
+    let connection = match connected(&updates.pool, db).await {
+        Ok(connection) => connection,
+        Err(error) => return batch.iter().map(|_| Err(error.clone())).collect(),
+    };
+    match written(connection, batch).await {
+        // Some were written, so the batch was committed: the others did not move.
+        Ok(written) if !written.is_empty() => {
+            return batch
+                .iter()
+                .map(|queued| match written.contains(&queued.next.id) {
+                    true => Ok(Fate::Moved),
+                    false => Ok(Fate::NotMoved),
+                })
+                .collect();
+        }
+        Ok(_) => {}
+        Err(error) => return batch.iter().map(|_| Err(error.clone())).collect(),
     }
+    let mut fates = Vec::with_capacity(batch.len());
+    for queued in batch {
+        let fate = match connected(&updates.pool, db).await {
+            Ok(connection) => apply(connection, std::slice::from_ref(queued))
+                .await
+                .map(|fates| fates.first().copied().unwrap_or(Fate::NotMoved)),
+            Err(error) => Err(error),
+        };
+        fates.push(fate);
+    }
+    fates
 }
 
-/// A connection of the batches' own, taken out of `pool`.
-async fn connect(pool: &Pool) -> Result<ClientWrapper, StoreError> {
-    let db = Object::take(pool.get().await.map_err(unavailable)?);
-    db.batch_execute("SET plan_cache_mode = force_generic_plan")
+/// The batches' connection: the one held, unless lost, else a new one taken out of `pool`.
+async fn connected<'a>(
+    pool: &Pool,
+    db: &'a mut Option<ClientWrapper>,
+) -> Result<&'a ClientWrapper, StoreError> {
+    if db.as_ref().is_some_and(|connection| connection.is_closed()) {
+        *db = None;
+    }
+    if let Some(connection) = db {
+        return Ok(connection);
+    }
+    let connection = Object::take(pool.get().await.map_err(unavailable)?);
+    connection
+        .batch_execute("SET plan_cache_mode = force_generic_plan")
         .await
         .map_err(failed)?;
-    Ok(db)
+    Ok(db.insert(connection))
 }
 
-/// One statement for `batch`; answers the ids of the operations it moved.
-async fn apply(db: &ClientWrapper, batch: &[Queued]) -> Result<HashSet<String>, StoreError> {
+/// One statement for `batch`; answers the fate of each update, in order.
+async fn apply(db: &ClientWrapper, batch: &[Queued]) -> Result<Vec<Fate>, StoreError> {
     let ids: Vec<&str> = batch.iter().map(|q| q.next.id.as_str()).collect();
     let states: Vec<&str> = batch.iter().map(|q| q.next.state.as_str()).collect();
     let revisions: Vec<i64> = batch.iter().map(|q| count(q.next.revision)).collect();
@@ -250,6 +378,35 @@ async fn apply(db: &ClientWrapper, batch: &[Queued]) -> Result<HashSet<String>, 
         .query(
             &db.prepare_cached(APPLY).await.map_err(failed)?,
             &[&ids, &states, &revisions, &completed, &snapshots, &kinds],
+        )
+        .await
+        .map_err(failed)?;
+    let fates: HashMap<String, Fate> = rows
+        .iter()
+        .map(|row| {
+            let fate = match (row.get(1), row.get(2)) {
+                (true, _) => Fate::Moved,
+                (false, true) => Fate::Held,
+                (false, false) => Fate::NotMoved,
+            };
+            (row.get(0), fate)
+        })
+        .collect();
+    Ok(ids
+        .iter()
+        .map(|id| fates.get(*id).copied().unwrap_or(Fate::NotMoved))
+        .collect())
+}
+
+/// The ids of `batch` whose event is stored with the update's own snapshot: those applied.
+async fn written(db: &ClientWrapper, batch: &[Queued]) -> Result<HashSet<String>, StoreError> {
+    let ids: Vec<&str> = batch.iter().map(|q| q.next.id.as_str()).collect();
+    let revisions: Vec<i64> = batch.iter().map(|q| count(q.next.revision)).collect();
+    let snapshots: Vec<&str> = batch.iter().map(|q| q.text.as_str()).collect();
+    let rows = db
+        .query(
+            &db.prepare_cached(WRITTEN).await.map_err(failed)?,
+            &[&ids, &revisions, &snapshots],
         )
         .await
         .map_err(failed)?;

@@ -1,13 +1,14 @@
 //! Two stores on one PostgreSQL database, as two hosts would hold them: a change written
 //! through one rings the doorbells of the other, and the other reads it; jobs leased through
-//! both go to one worker each.
+//! both go to one worker each. Updates batched together never wait on a row another program
+//! holds, and go on after the database dropped every connection.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use opshost_api::{EventKind, OperationState, Snapshot};
 use opshost_jobs::JobStore;
-use opshost_runtime::store::{OperationStore, Owner, StoredOperation, UpdateOutcome};
+use opshost_runtime::store::{OperationStore, Owner, StoreError, StoredOperation, UpdateOutcome};
 use opshost_store_postgres::PostgresStore;
 use opshost_tests::conformance::next;
 
@@ -97,4 +98,120 @@ async fn a_second_host_finds_the_schema_in_place_and_shares_the_operations() {
     );
     let unfinished = b.unfinished().await.expect("B lists");
     assert_eq!(unfinished.len(), 1);
+}
+
+/// A client of its own on `url`, as another program sharing the database would hold one.
+async fn raw_client(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("a raw connection");
+    tokio::spawn(connection);
+    client
+}
+
+/// Updates of `ids` to revision 2, all at once: the store batches those that wait together.
+fn race_updates(
+    store: &Arc<PostgresStore>,
+    ids: &[String],
+) -> Vec<tokio::task::JoinHandle<Result<UpdateOutcome, StoreError>>> {
+    ids.iter()
+        .map(|id| {
+            let (store, created) = (Arc::clone(store), accepted(id));
+            tokio::spawn(async move {
+                let running = next(&created.snapshot, OperationState::Running);
+                store.update(running, EventKind::Started).await
+            })
+        })
+        .collect()
+}
+
+fn updated(outcome: &Result<UpdateOutcome, StoreError>) -> bool {
+    matches!(outcome, Ok(UpdateOutcome::Updated(_)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_of_other_operations_go_on_while_another_program_holds_one_operations_row() {
+    let url = opshost_tests::postgres::fresh_database().await;
+    let store = Arc::new(PostgresStore::connect(&url).await.expect("connects"));
+    let ids: Vec<String> = (0..40).map(|n| format!("op-{n:02}")).collect();
+    for id in &ids {
+        store.create(accepted(id)).await.expect("created");
+    }
+    let mut holder = raw_client(&url).await;
+    let held = holder.transaction().await.expect("a transaction");
+    held.execute(
+        "SELECT 1 FROM operations WHERE id = 'op-07' FOR UPDATE",
+        &[],
+    )
+    .await
+    .expect("the row is held");
+    let mut updates = race_updates(&store, &ids);
+    let blocked = updates.remove(7);
+    for (update, id) in updates
+        .into_iter()
+        .zip(ids.iter().filter(|id| *id != "op-07"))
+    {
+        let outcome = tokio::time::timeout(PATIENCE, update)
+            .await
+            .unwrap_or_else(|_| panic!("{id} waited for another operation's row"))
+            .expect("the task");
+        assert!(updated(&outcome), "{id}: {outcome:?}");
+    }
+    assert!(
+        !blocked.is_finished(),
+        "op-07 cannot move while its row is held"
+    );
+    held.commit().await.expect("the row is released");
+    let outcome = tokio::time::timeout(PATIENCE, blocked)
+        .await
+        .expect("op-07 moves once its row is released")
+        .expect("the task");
+    assert!(updated(&outcome), "{outcome:?}");
+    let stored = store.load("op-07").await.expect("reads").expect("op-07");
+    assert_eq!(stored.snapshot.revision, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_after_the_database_dropped_every_connection_apply_on_new_ones() {
+    let url = opshost_tests::postgres::fresh_database().await;
+    let store = Arc::new(PostgresStore::connect(&url).await.expect("connects"));
+    let ids: Vec<String> = (0..40).map(|n| format!("op-{n:02}")).collect();
+    for id in &ids {
+        store.create(accepted(id)).await.expect("created");
+    }
+    // Batches first, so that their connection exists, then every connection of the store goes.
+    let (early, late) = ids.split_at(20);
+    for update in race_updates(&store, early) {
+        assert!(updated(&update.await.expect("the task")));
+    }
+    raw_client(&url)
+        .await
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await
+        .expect("the connections are dropped");
+    let late = late.to_vec();
+    let outcomes = race_updates(&store, &late);
+    let mut failed = Vec::new();
+    for (update, id) in outcomes.into_iter().zip(&late) {
+        match update.await.expect("the task") {
+            Ok(UpdateOutcome::Updated(_)) => {}
+            // A pooled connection dropped under an update fails it, as unavailable: the
+            // caller tries again.
+            Err(StoreError::Unavailable { .. }) => failed.push(id.clone()),
+            other => panic!("{id}: {other:?}"),
+        }
+    }
+    // Whatever failed applies now, on connections made again.
+    for update in race_updates(&store, &failed) {
+        let outcome = update.await.expect("the task");
+        assert!(updated(&outcome), "{outcome:?}");
+    }
+    for id in &ids {
+        let stored = store.load(id).await.expect("reads").expect("the operation");
+        assert_eq!(stored.snapshot.revision, 2, "{id}");
+    }
 }
