@@ -6,6 +6,10 @@
 //!    `fdatasync`, and only then publishes the batches (cache, doorbells) and answers their
 //!    callers, in commit order. Meanwhile the writer already commits the next batch.
 //!
+//! When the syncer has nothing left to do and no queued write is waited for, the writer syncs
+//! and publishes its batch itself: there is nothing to overlap the sync with, and the
+//! hand-off to the other thread would only add its wake-up to the caller's wait.
+//!
 //! The writer wakes at once for a write someone waits for. A write answered at enqueue (a
 //! handler's reports) wakes it only when nothing else is queued, and then waits up to a
 //! millisecond for a waited-for write to commit with: a handler's reports and its terminal
@@ -20,8 +24,8 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::path::PathBuf;
-use std::sync::atomic::Ordering;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
@@ -253,6 +257,11 @@ impl Inbox {
         Some(batch)
     }
 
+    /// Whether no queued write is waited for.
+    fn none_waited(&self) -> bool {
+        lock(&self.queue).waited == 0
+    }
+
     fn close(&self) {
         lock(&self.queue).closed = true;
         self.wake.notify_all();
@@ -288,13 +297,20 @@ impl Writer {
         let (writer, syncer) = (Arc::clone(&shared), Arc::clone(&shared));
         // Made here, so that a thread that never starts stops the inbox too.
         let stopping = Stopping(Arc::clone(&inbox));
+        let unsynced = Arc::new(AtomicUsize::new(0));
+        let wal = |unsynced: &Arc<AtomicUsize>| Wal {
+            path: wal.clone(),
+            file: None,
+            unsynced: Arc::clone(unsynced),
+        };
+        let (writer_wal, syncer_wal) = (wal(&unsynced), wal(&unsynced));
         let threads = [
             std::thread::Builder::new()
                 .name("opshost-sqlite-writer".into())
-                .spawn(move || run(connection, stopping, committed, writer)),
+                .spawn(move || run(connection, stopping, committed, writer_wal, writer)),
             std::thread::Builder::new()
                 .name("opshost-sqlite-sync".into())
-                .spawn(move || sync(to_sync, wal, syncer)),
+                .spawn(move || sync(to_sync, syncer_wal, syncer)),
         ];
         for spawned in threads {
             if let Err(error) = spawned {
@@ -412,6 +428,7 @@ fn run(
     mut db: Connection,
     inbox: Stopping,
     committed: mpsc::Sender<Committed>,
+    mut wal: Wal,
     shared: Arc<Shared>,
 ) {
     while let Some(batch) = inbox.0.next_batch() {
@@ -435,6 +452,13 @@ fn run(
                 })
                 .collect()
         };
+        // Nothing waits for the syncer, and nobody for the next commit: the sync now costs
+        // no more here than there, and saves the hand-off.
+        if wal.unsynced.load(Ordering::SeqCst) == 0 && inbox.0.none_waited() {
+            make_durable(vec![pending], &mut wal, &shared);
+            continue;
+        }
+        wal.unsynced.fetch_add(1, Ordering::SeqCst);
         if committed.send(pending).is_err() {
             return;
         }
@@ -498,69 +522,85 @@ fn committed_one(
     }
 }
 
-fn sync(to_sync: mpsc::Receiver<Committed>, wal: PathBuf, shared: Arc<Shared>) {
-    let mut file: Option<File> = None;
+fn sync(to_sync: mpsc::Receiver<Committed>, wal: Wal, shared: Arc<Shared>) {
+    let mut wal = wal;
     while let Ok(first) = to_sync.recv() {
         let mut batches = vec![first];
         while let Ok(more) = to_sync.try_recv() {
             batches.push(more);
         }
-        #[cfg(test)]
-        let failing = lock(&shared.held)
-            .as_ref()
-            .is_some_and(|held| held.recv() == Ok(false));
-        #[cfg(not(test))]
-        let failing = false;
-        let synced = match failing {
-            true => Err(std::io::Error::other("a sync failed on purpose")),
-            false => sync_wal(&mut file, &wal),
-        };
-        if shared.poisoned.get().is_none()
-            && let Err(error) = synced
-        {
-            tracing::error!(%error, wal = %wal.display(), "cannot make the WAL durable; refusing all further writes");
-            let _ = shared
-                .poisoned
-                .set(format!("sqlite: the WAL could not be synced: {error}"));
-        }
-        let poisoned = shared.poisoned.get();
-        let mut answers = Vec::new();
-        {
-            let mut cache = lock(&shared.cache);
-            for pending in batches.into_iter().flatten() {
-                if poisoned.is_none() {
-                    publish(&mut cache, &shared, pending.ring);
-                }
-                if let Some(id) = &pending.counted {
-                    cache.settled(id);
-                }
-                answers.push(pending.waiting);
+        let count = batches.len();
+        make_durable(batches, &mut wal, &shared);
+        wal.unsynced.fetch_sub(count, Ordering::SeqCst);
+    }
+}
+
+/// The WAL as one thread syncs it: its path, the file once opened, and how many committed
+/// batches wait for the syncer thread (shared by the writer and the syncer).
+struct Wal {
+    path: PathBuf,
+    file: Option<File>,
+    unsynced: Arc<AtomicUsize>,
+}
+
+/// Syncs the WAL, then publishes `batches` (committed, in commit order) and answers their
+/// callers; poisons the store should the sync fail.
+fn make_durable(batches: Vec<Committed>, wal: &mut Wal, shared: &Shared) {
+    #[cfg(test)]
+    let failing = lock(&shared.held)
+        .as_ref()
+        .is_some_and(|held| held.recv() == Ok(false));
+    #[cfg(not(test))]
+    let failing = false;
+    let synced = match failing {
+        true => Err(std::io::Error::other("a sync failed on purpose")),
+        false => sync_wal(&mut wal.file, &wal.path),
+    };
+    if shared.poisoned.get().is_none()
+        && let Err(error) = synced
+    {
+        tracing::error!(%error, wal = %wal.path.display(), "cannot make the WAL durable; refusing all further writes");
+        let _ = shared
+            .poisoned
+            .set(format!("sqlite: the WAL could not be synced: {error}"));
+    }
+    let poisoned = shared.poisoned.get();
+    let mut answers = Vec::new();
+    {
+        let mut cache = lock(&shared.cache);
+        for pending in batches.into_iter().flatten() {
+            if poisoned.is_none() {
+                publish(&mut cache, shared, pending.ring);
             }
+            if let Some(id) = &pending.counted {
+                cache.settled(id);
+            }
+            answers.push(pending.waiting);
         }
-        // Callers are woken outside the locks their tasks are about to take.
-        let failed = || StoreError::internal(poisoned.cloned().unwrap_or_default());
-        for waiting in answers {
-            match (waiting, poisoned) {
-                (Waiting::Nobody, _) => {}
-                (Waiting::Outcome(result, answer), None) => {
-                    let _ = answer.send(*result);
-                }
-                (Waiting::Outcome(_, answer), Some(_)) => {
-                    let _ = answer.send(Err(failed()));
-                }
-                (Waiting::Durable(synced), None) => {
-                    let _ = synced.send(Ok(()));
-                }
-                (Waiting::Durable(synced), Some(_)) => {
-                    let _ = synced.send(Err(failed()));
-                }
+    }
+    // Callers are woken outside the locks their tasks are about to take.
+    let failed = || StoreError::internal(poisoned.cloned().unwrap_or_default());
+    for waiting in answers {
+        match (waiting, poisoned) {
+            (Waiting::Nobody, _) => {}
+            (Waiting::Outcome(result, answer), None) => {
+                let _ = answer.send(*result);
+            }
+            (Waiting::Outcome(_, answer), Some(_)) => {
+                let _ = answer.send(Err(failed()));
+            }
+            (Waiting::Durable(synced), None) => {
+                let _ = synced.send(Ok(()));
+            }
+            (Waiting::Durable(synced), Some(_)) => {
+                let _ = synced.send(Err(failed()));
             }
         }
     }
 }
 
 /// `fdatasync` of the WAL file: every frame written so far is on disk afterwards.
-fn sync_wal(file: &mut Option<File>, wal: &PathBuf) -> std::io::Result<()> {
+fn sync_wal(file: &mut Option<File>, wal: &Path) -> std::io::Result<()> {
     let file = match file {
         Some(file) => file,
         None => file.insert(File::open(wal)?),
