@@ -17,10 +17,11 @@
 //! lock, never holds up the other updates behind one busy operation, and cannot deadlock with
 //! anything.
 //!
-//! **An answer lost on the way.** Should a batch fail (its connection lost after the commit,
-//! say), the store reads back which of its events exist, with its snapshots: those updates
-//! were applied. When none were, each update is tried again alone, so that one update's
-//! failure stays its own.
+//! **A batch that fails.** One the database refuses was rolled back: each of its updates is
+//! then applied alone, so that one update's failure stays its own. One whose connection was
+//! lost may have committed or not: the store ends that connection's server process, waits
+//! for it to exit, then reads back which of the batch's events exist with its snapshots.
+//! Those updates were applied; the others go back to the queue, to be judged again.
 //!
 //! Batches go through a connection of their own, taken out of the pool, which always uses the
 //! statement's generic plan: planned for its arrays once, rather than again at every call for
@@ -46,8 +47,15 @@ const MAX_BATCH: usize = 256;
 /// Most bytes of snapshots sent in one statement (a batch holds one update at least).
 const MAX_BATCH_BYTES: usize = 8 << 20;
 
-/// How long the batches pause when every update of the last one found its row held.
+/// How long the batches pause when every update of the last one found its row held: doubled
+/// at each such batch in a row, up to [`HELD_PAUSE_MAX`].
 const HELD_PAUSE: Duration = Duration::from_millis(1);
+
+/// The longest pause for held rows.
+const HELD_PAUSE_MAX: Duration = Duration::from_millis(64);
+
+/// How long a lost batch's server process is given to exit before its outcome is read back.
+const EXIT_WAIT: Duration = Duration::from_secs(10);
 
 /// One update alone: the compare-and-set and its event in one statement.
 const APPLY_ONE: &str = "WITH moved AS (
@@ -127,7 +135,9 @@ impl Drop for InFlight<'_> {
 }
 
 fn stopped() -> StoreError {
-    StoreError::unavailable("postgres: the store stopped before the update was applied")
+    StoreError::unavailable(
+        "postgres: the store stopped; whether the update was applied is unknown",
+    )
 }
 
 impl Updates {
@@ -162,7 +172,7 @@ impl Updates {
             let mut queue = self.lock();
             // Checked under the queue's lock, which the stopping task empties it under.
             if self.stopped.load(Ordering::SeqCst) {
-                return Err(stopped());
+                return Err(StoreError::unavailable("postgres: the store has stopped"));
             }
             queue.push_back(Queued {
                 next,
@@ -265,14 +275,15 @@ impl Drop for Stopping {
 pub(crate) async fn run(updates: Arc<Updates>) {
     let updates = Stopping(updates);
     let updates = &*updates.0;
-    let mut db: Option<ClientWrapper> = None;
+    let mut link: Option<Link> = None;
+    let mut pause = HELD_PAUSE;
     loop {
         let batch = updates.take();
         if batch.is_empty() {
             updates.wake.notified().await;
             continue;
         }
-        let fates = settle(updates, &mut db, &batch).await;
+        let fates = settle(updates, &mut link, &batch).await;
         let mut held = Vec::new();
         let mut moved_any = false;
         for (queued, fate) in batch.into_iter().zip(fates) {
@@ -291,79 +302,126 @@ pub(crate) async fn run(updates: Arc<Updates>) {
                 }
             }
         }
+        if held.is_empty() || moved_any {
+            pause = HELD_PAUSE;
+        }
         if !held.is_empty() {
             updates.requeue(held);
             if !moved_any {
-                // Every row was held: let their holders commit before trying again.
-                tokio::time::sleep(HELD_PAUSE).await;
+                // Every row was held: let their holders commit before trying again, a little
+                // longer each time.
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(HELD_PAUSE_MAX);
             }
         }
     }
 }
 
-/// What became of each update of `batch`: applied as one statement, or, should that fail,
-/// read back, or else applied one by one.
+/// The batches' connection, and its server process.
+struct Link {
+    client: ClientWrapper,
+    pid: i32,
+}
+
+/// What became of each update of `batch`: applied as one statement; should the database
+/// refuse it, applied one by one; should the connection be lost, read back once the lost
+/// statement can no longer commit.
 async fn settle(
     updates: &Updates,
-    db: &mut Option<ClientWrapper>,
+    link: &mut Option<Link>,
     batch: &[Queued],
 ) -> Vec<Result<Fate, StoreError>> {
-    let error = match connected(&updates.pool, db).await {
-        Ok(connection) => match apply(connection, batch).await {
+    let all = |error: StoreError| batch.iter().map(|_| Err(error.clone())).collect();
+    let (error, pid) = match connected(&updates.pool, link).await {
+        Ok(connected) => match apply(&connected.client, batch).await {
             Ok(fates) => return fates.into_iter().map(Ok).collect(),
-            Err(error) => error,
+            Err(error) if !connected.client.is_closed() => {
+                // Refused by the database, so rolled back: one update's failure stays its own.
+                tracing::warn!(%error, updates = batch.len(), "a batch of updates was refused; applying them one by one");
+                return alone(&connected.client, batch).await;
+            }
+            Err(error) => (error, connected.pid),
         },
-        Err(error) => return batch.iter().map(|_| Err(error.clone())).collect(),
+        Err(error) => return all(error),
     };
-    tracing::warn!(%error, updates = batch.len(), "a batch of updates failed; reading back what it wrote");
-    let connection = match connected(&updates.pool, db).await {
-        Ok(connection) => connection,
-        Err(error) => return batch.iter().map(|_| Err(error.clone())).collect(),
-    };
-    match written(connection, batch).await {
-        // Some were written, so the batch was committed: the others did not move.
-        Ok(written) if !written.is_empty() => {
-            return batch
-                .iter()
-                .map(|queued| match written.contains(&queued.next.id) {
-                    true => Ok(Fate::Moved),
-                    false => Ok(Fate::NotMoved),
-                })
-                .collect();
-        }
-        Ok(_) => {}
-        Err(error) => return batch.iter().map(|_| Err(error.clone())).collect(),
+    tracing::warn!(%error, updates = batch.len(), "lost the connection under a batch of updates; reading back what it wrote");
+    match read_back(&updates.pool, pid, batch).await {
+        // Those written were applied; the others are judged again by a later batch.
+        Ok(written) => batch
+            .iter()
+            .map(|queued| match written.contains(&queued.next.id) {
+                true => Ok(Fate::Moved),
+                false => Ok(Fate::Held),
+            })
+            .collect(),
+        Err(read) => all(StoreError::unavailable(format!(
+            "postgres: lost the connection under an update ({error}) and cannot tell whether \
+             it was applied ({read})"
+        ))),
     }
+}
+
+/// Each update of `batch` in a statement of its own.
+async fn alone(db: &ClientWrapper, batch: &[Queued]) -> Vec<Result<Fate, StoreError>> {
     let mut fates = Vec::with_capacity(batch.len());
     for queued in batch {
-        let fate = match connected(&updates.pool, db).await {
-            Ok(connection) => apply(connection, std::slice::from_ref(queued))
-                .await
-                .map(|fates| fates.first().copied().unwrap_or(Fate::NotMoved)),
-            Err(error) => Err(error),
-        };
+        let fate = apply(db, std::slice::from_ref(queued))
+            .await
+            .map(|fates| fates.first().copied().unwrap_or(Fate::NotMoved));
         fates.push(fate);
     }
     fates
 }
 
+/// The ids of `batch` whose update was applied by a statement lost with server process
+/// `pid`: ends that process first (waiting for it to exit), so that the statement has
+/// committed or never will.
+async fn read_back(pool: &Pool, pid: i32, batch: &[Queued]) -> Result<HashSet<String>, StoreError> {
+    let db = pool.get().await.map_err(unavailable)?;
+    db.query_one(
+        "SELECT pg_terminate_backend($1, $2)",
+        &[
+            &pid,
+            &i64::try_from(EXIT_WAIT.as_millis()).unwrap_or(i64::MAX),
+        ],
+    )
+    .await
+    .map_err(failed)?;
+    let gone: bool = db
+        .query_one(
+            "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
+            &[&pid],
+        )
+        .await
+        .map_err(failed)?
+        .get(0);
+    if !gone {
+        return Err(StoreError::unavailable(format!(
+            "postgres: server process {pid} did not exit"
+        )));
+    }
+    written(&db, batch).await
+}
+
 /// The batches' connection: the one held, unless lost, else a new one taken out of `pool`.
-async fn connected<'a>(
-    pool: &Pool,
-    db: &'a mut Option<ClientWrapper>,
-) -> Result<&'a ClientWrapper, StoreError> {
-    if db.as_ref().is_some_and(|connection| connection.is_closed()) {
-        *db = None;
+async fn connected<'a>(pool: &Pool, link: &'a mut Option<Link>) -> Result<&'a Link, StoreError> {
+    if link.as_ref().is_some_and(|link| link.client.is_closed()) {
+        *link = None;
     }
-    if let Some(connection) = db {
-        return Ok(connection);
+    if let Some(link) = link {
+        return Ok(link);
     }
-    let connection = Object::take(pool.get().await.map_err(unavailable)?);
-    connection
+    let client = Object::take(pool.get().await.map_err(unavailable)?);
+    client
         .batch_execute("SET plan_cache_mode = force_generic_plan")
         .await
         .map_err(failed)?;
-    Ok(db.insert(connection))
+    let pid = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .map_err(failed)?
+        .get(0);
+    Ok(link.insert(Link { client, pid }))
 }
 
 /// One statement for `batch`; answers the fate of each update, in order.
@@ -399,13 +457,13 @@ async fn apply(db: &ClientWrapper, batch: &[Queued]) -> Result<Vec<Fate>, StoreE
 }
 
 /// The ids of `batch` whose event is stored with the update's own snapshot: those applied.
-async fn written(db: &ClientWrapper, batch: &[Queued]) -> Result<HashSet<String>, StoreError> {
+async fn written(db: &Object, batch: &[Queued]) -> Result<HashSet<String>, StoreError> {
     let ids: Vec<&str> = batch.iter().map(|q| q.next.id.as_str()).collect();
     let revisions: Vec<i64> = batch.iter().map(|q| count(q.next.revision)).collect();
     let snapshots: Vec<&str> = batch.iter().map(|q| q.text.as_str()).collect();
     let rows = db
         .query(
-            &db.prepare_cached(WRITTEN).await.map_err(failed)?,
+            &prepared(db, WRITTEN).await?,
             &[&ids, &revisions, &snapshots],
         )
         .await

@@ -99,6 +99,9 @@ pub(crate) struct Shared {
     /// sender to go.
     #[cfg(test)]
     pub(crate) held: Mutex<Option<std::sync::mpsc::Receiver<bool>>>,
+    /// While set, every batch is synced by the sync thread, none by the writer.
+    #[cfg(test)]
+    pub(crate) syncer_only: std::sync::atomic::AtomicBool,
 }
 
 /// The database file inside a data directory.
@@ -631,6 +634,23 @@ mod tests {
         (store, release, dir)
     }
 
+    /// [`held_store`], whose batches are all synced by the sync thread (with `syncer_only`) or
+    /// by the writer whenever the sync thread is idle.
+    fn held_store_syncing(
+        syncer_only: bool,
+    ) -> (
+        SqliteStore,
+        std::sync::mpsc::Sender<bool>,
+        tempfile::TempDir,
+    ) {
+        let held = held_store();
+        held.0
+            .shared
+            .syncer_only
+            .store(syncer_only, std::sync::atomic::Ordering::SeqCst);
+        held
+    }
+
     fn accepted(id: &str) -> StoredOperation {
         StoredOperation {
             snapshot: Snapshot::accepted(id.into(), "s".into(), "Op".into(), "v1".into()),
@@ -692,7 +712,16 @@ mod tests {
 
     #[tokio::test]
     async fn a_handlers_reports_are_answered_before_their_commit_and_shown_only_once_durable() {
-        let (store, release, _dir) = held_store();
+        reports_answered_before_commit_shown_once_durable(false).await;
+    }
+
+    #[tokio::test]
+    async fn through_the_sync_thread_reports_are_answered_before_commit_and_shown_once_durable() {
+        reports_answered_before_commit_shown_once_durable(true).await;
+    }
+
+    async fn reports_answered_before_commit_shown_once_durable(syncer_only: bool) {
+        let (store, release, _dir) = held_store_syncing(syncer_only);
         let (_, durable) = store.create_ordered(accepted("a")).await.expect("ordered");
         let created = accepted("a").snapshot;
 
@@ -735,7 +764,16 @@ mod tests {
 
     #[tokio::test]
     async fn after_a_failed_sync_nothing_is_shown_and_every_write_is_refused() {
-        let (store, release, _dir) = held_store();
+        failed_sync_shows_nothing_and_refuses_every_write(false).await;
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_sync_in_the_sync_thread_nothing_is_shown_and_writes_are_refused() {
+        failed_sync_shows_nothing_and_refuses_every_write(true).await;
+    }
+
+    async fn failed_sync_shows_nothing_and_refuses_every_write(syncer_only: bool) {
+        let (store, release, _dir) = held_store_syncing(syncer_only);
         let (_, durable) = store.create_ordered(accepted("a")).await.expect("ordered");
         release.send(false).expect("the syncer waits");
         let error = durable.wait().await.expect_err("the sync failed");

@@ -454,12 +454,18 @@ fn run(
         };
         // Nothing waits for the syncer, and nobody for the next commit: the sync now costs
         // no more here than there, and saves the hand-off.
-        if wal.unsynced.load(Ordering::SeqCst) == 0 && inbox.0.none_waited() {
+        if wal.unsynced.load(Ordering::SeqCst) == 0 && inline(&shared) && inbox.0.none_waited() {
             make_durable(vec![pending], &mut wal, &shared);
             continue;
         }
         wal.unsynced.fetch_add(1, Ordering::SeqCst);
-        if committed.send(pending).is_err() {
+        if let Err(mpsc::SendError(pending)) = committed.send(pending) {
+            // The syncer thread is gone: nothing committed from now on would be synced.
+            tracing::error!("the SQLite sync thread is gone; refusing all further writes");
+            let _ = shared
+                .poisoned
+                .set("sqlite: the sync thread is gone".to_owned());
+            make_durable(vec![pending], &mut wal, &shared);
             return;
         }
     }
@@ -532,6 +538,17 @@ fn sync(to_sync: mpsc::Receiver<Committed>, wal: Wal, shared: Arc<Shared>) {
         let count = batches.len();
         make_durable(batches, &mut wal, &shared);
         wal.unsynced.fetch_sub(count, Ordering::SeqCst);
+    }
+}
+
+/// Whether the writer may sync its own batches (tests turn it off to hold the sync thread's).
+fn inline(shared: &Shared) -> bool {
+    #[cfg(test)]
+    return !shared.syncer_only.load(Ordering::SeqCst);
+    #[cfg(not(test))]
+    {
+        let _ = shared;
+        true
     }
 }
 
