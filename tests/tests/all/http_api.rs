@@ -1,14 +1,18 @@
 //! The HTTP API on the wire: SSE watch, idempotency, inline waits, listing, bad input, limits,
 //! and the documents beside the API (contract, OpenAPI, health, metrics).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use eventsource_stream::Eventsource;
 use futures::StreamExt;
+use opshost_runtime::store::{MemoryStore, OperationStore};
 use opshost_runtime::{OperationRuntime, Owner};
+use opshost_sandbox::WasmHost;
 use opshost_server::ServerConfig;
+use opshost_store_sqlite::SqliteStore;
 use opshost_tests::net::{TENANT, TestServer, token};
-use opshost_tests::{orders_host, testing_host, testing_host_limited};
+use opshost_tests::{orders_host, testing_deployment, testing_host, testing_host_limited};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -701,4 +705,49 @@ async fn a_last_event_id_that_is_not_a_revision_is_a_400() {
     let (status, error) = api.error(response).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(error["message"].as_str().unwrap().contains("Last-Event-ID"));
+}
+
+/// A wait answers, without reading the store again, the terminal snapshot its store rang the
+/// bells with: the same one a read shows afterwards, on each store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_answers_the_terminal_snapshot_that_a_later_read_shows() {
+    let data = tempfile::tempdir().unwrap();
+    let stores: [Arc<dyn OperationStore>; 2] = [
+        Arc::new(MemoryStore::new()),
+        Arc::new(SqliteStore::open(data.path()).unwrap()),
+    ];
+    for store in stores {
+        let host = WasmHost::builder(&testing_deployment(Duration::from_secs(5)))
+            .operations(store)
+            .build()
+            .unwrap();
+        let api = Api::new(host.runtime(), TESTING, ServerConfig::default()).await;
+        for _ in 0..20 {
+            let accepted = api
+                .start(
+                    "Testing.Scenario",
+                    json!({ "scenario": "progress-flood", "count": 2 }),
+                )
+                .await;
+            let id = accepted["id"].as_str().unwrap();
+            let waited: Value = api
+                .get(&format!("/v1/operations/{id}/wait"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(waited["state"], "completed", "{waited}");
+            let read: Value = api
+                .get(&format!("/v1/operations/{id}"))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(waited, read);
+        }
+    }
 }
