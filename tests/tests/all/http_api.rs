@@ -64,6 +64,11 @@ impl Api {
         self.http.get(self.url(path)).bearer_auth(&self.token)
     }
 
+    /// The JSON body `GET path` answers.
+    async fn read(&self, path: &str) -> Value {
+        self.get(path).send().await.unwrap().json().await.unwrap()
+    }
+
     fn post(&self, path: &str) -> reqwest::RequestBuilder {
         self.http.post(self.url(path)).bearer_auth(&self.token)
     }
@@ -185,14 +190,9 @@ async fn a_watch_opened_after_completion_gets_the_terminal_snapshot_and_closes()
         .start("Testing.Scenario", json!({ "scenario": "complete" }))
         .await;
     let id = accepted["id"].as_str().unwrap();
-    let terminal: Value = api
-        .get(&format!("/v1/operations/{id}/wait?timeout=30"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let terminal = api
+        .read(&format!("/v1/operations/{id}/wait?timeout=30"))
+        .await;
     assert_eq!(terminal["state"], "completed");
     let events = api
         .events(api.get(&format!("/v1/operations/{id}/events")))
@@ -730,24 +730,9 @@ async fn a_wait_answers_the_terminal_snapshot_that_a_later_read_shows() {
                 )
                 .await;
             let id = accepted["id"].as_str().unwrap();
-            let waited: Value = api
-                .get(&format!("/v1/operations/{id}/wait"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let waited = api.read(&format!("/v1/operations/{id}/wait")).await;
             assert_eq!(waited["state"], "completed", "{waited}");
-            let read: Value = api
-                .get(&format!("/v1/operations/{id}"))
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            assert_eq!(waited, read);
+            assert_eq!(waited, api.read(&format!("/v1/operations/{id}")).await);
         }
     }
 }
