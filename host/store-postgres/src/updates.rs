@@ -17,11 +17,13 @@
 //! lock, never holds up the other updates behind one busy operation, and cannot deadlock with
 //! anything.
 //!
-//! **A batch that fails.** One the database refuses was rolled back: each of its updates is
-//! then applied alone, so that one update's failure stays its own. One whose connection was
-//! lost may have committed or not: the store ends that connection's server process, waits
-//! for it to exit, then reads back which of the batch's events exist with its snapshots.
-//! Those updates were applied; the others go back to the queue, to be judged again.
+//! **A batch that fails.** One the database refuses (with an error, the connection still
+//! serving) was rolled back: each of its updates is then applied alone, so that one update's
+//! failure stays its own. One whose connection was lost may have committed or not: the store
+//! ends that connection's server process, waits for it to exit, then reads back which of the
+//! batch's events exist with its snapshots. Those updates were applied; the others were not,
+//! and go back to the queue, up to [`MAX_LOST`] times. Should the process not exit, or the
+//! read fail, the callers are told that the outcome is unknown.
 //!
 //! Batches go through a connection of their own, taken out of the pool, which always uses the
 //! statement's generic plan: planned for its arrays once, rather than again at every call for
@@ -47,15 +49,23 @@ const MAX_BATCH: usize = 256;
 /// Most bytes of snapshots sent in one statement (a batch holds one update at least).
 const MAX_BATCH_BYTES: usize = 8 << 20;
 
-/// How long the batches pause when every update of the last one found its row held: doubled
-/// at each such batch in a row, up to [`HELD_PAUSE_MAX`].
+/// How long the batches pause when no update of the last one moved and some are to be tried
+/// again (their rows held, or their batch lost with its connection): doubled at each such
+/// batch in a row, up to [`HELD_PAUSE_MAX`].
 const HELD_PAUSE: Duration = Duration::from_millis(1);
 
 /// The longest pause for held rows.
 const HELD_PAUSE_MAX: Duration = Duration::from_millis(64);
 
-/// How long a lost batch's server process is given to exit before its outcome is read back.
+/// How long a lost batch's server process is given to exit, to read back what the batch
+/// wrote; past it, the batch's callers are told that its outcome is unknown.
 const EXIT_WAIT: Duration = Duration::from_secs(10);
+
+/// How often the exit of a lost batch's server process is checked.
+const EXIT_POLL: Duration = Duration::from_millis(10);
+
+/// How many lost batches an update may be part of before its caller is told it failed.
+const MAX_LOST: u32 = 3;
 
 /// One update alone: the compare-and-set and its event in one statement.
 const APPLY_ONE: &str = "WITH moved AS (
@@ -101,6 +111,8 @@ struct Queued {
     text: String,
     kind: EventKind,
     answer: oneshot::Sender<Result<Option<Snapshot>, StoreError>>,
+    /// How many batches holding it lost their connection without writing it.
+    lost: u32,
 }
 
 /// What became of one update of a batch.
@@ -111,6 +123,9 @@ enum Fate {
     NotMoved,
     /// Its row was held by another transaction: to be tried again.
     Held,
+    /// Its batch's connection was lost, and the batch, read back once its server process was
+    /// gone, did not write it: not applied; to be tried again, up to [`MAX_LOST`] times.
+    Lost,
 }
 
 /// The updates waiting for the next batch.
@@ -179,6 +194,7 @@ impl Updates {
                 text,
                 kind,
                 answer,
+                lost: 0,
             });
         }
         self.wake.notify_one();
@@ -284,9 +300,9 @@ pub(crate) async fn run(updates: Arc<Updates>) {
             continue;
         }
         let fates = settle(updates, &mut link, &batch).await;
-        let mut held = Vec::new();
+        let mut again = Vec::new();
         let mut moved_any = false;
-        for (queued, fate) in batch.into_iter().zip(fates) {
+        for (mut queued, fate) in batch.into_iter().zip(fates) {
             match fate {
                 Ok(Fate::Moved) => {
                     moved_any = true;
@@ -296,20 +312,30 @@ pub(crate) async fn run(updates: Arc<Updates>) {
                 Ok(Fate::NotMoved) => {
                     let _ = queued.answer.send(Ok(None));
                 }
-                Ok(Fate::Held) => held.push(queued),
+                Ok(Fate::Held) => again.push(queued),
+                Ok(Fate::Lost) if queued.lost + 1 >= MAX_LOST => {
+                    let _ = queued.answer.send(Err(StoreError::unavailable(format!(
+                        "postgres: lost the connection under this update {MAX_LOST} times; it \
+                         was not applied"
+                    ))));
+                }
+                Ok(Fate::Lost) => {
+                    queued.lost += 1;
+                    again.push(queued);
+                }
                 Err(error) => {
                     let _ = queued.answer.send(Err(error));
                 }
             }
         }
-        if held.is_empty() || moved_any {
+        if again.is_empty() || moved_any {
             pause = HELD_PAUSE;
         }
-        if !held.is_empty() {
-            updates.requeue(held);
+        if !again.is_empty() {
+            updates.requeue(again);
             if !moved_any {
-                // Every row was held: let their holders commit before trying again, a little
-                // longer each time.
+                // Nothing moved: let the rows' holders commit, or the database recover, before
+                // trying again, a little longer each time.
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(HELD_PAUSE_MAX);
             }
@@ -317,10 +343,12 @@ pub(crate) async fn run(updates: Arc<Updates>) {
     }
 }
 
-/// The batches' connection, and its server process.
+/// The batches' connection, and its server process (its pid, and when it started, which
+/// tells it from a later process given the same pid).
 struct Link {
     client: ClientWrapper,
     pid: i32,
+    started: DateTime<Utc>,
 }
 
 /// What became of each update of `batch`: applied as one statement; should the database
@@ -331,76 +359,111 @@ async fn settle(
     link: &mut Option<Link>,
     batch: &[Queued],
 ) -> Vec<Result<Fate, StoreError>> {
-    let all = |error: StoreError| batch.iter().map(|_| Err(error.clone())).collect();
-    let (error, pid) = match connected(&updates.pool, link).await {
+    let (error, process) = match connected(&updates.pool, link).await {
         Ok(connected) => match apply(&connected.client, batch).await {
             Ok(fates) => return fates.into_iter().map(Ok).collect(),
-            Err(error) if !connected.client.is_closed() => {
+            Err(error) if refused(&error, connected) => {
                 // Refused by the database, so rolled back: one update's failure stays its own.
                 tracing::warn!(%error, updates = batch.len(), "a batch of updates was refused; applying them one by one");
-                return alone(&connected.client, batch).await;
+                return alone(&updates.pool, connected, batch).await;
             }
-            Err(error) => (error, connected.pid),
+            Err(error) => (error, (connected.pid, connected.started)),
         },
-        Err(error) => return all(error),
+        Err(error) => return batch.iter().map(|_| Err(error.clone())).collect(),
     };
+    // Its server process is ended below: the next batch connects again.
+    *link = None;
     tracing::warn!(%error, updates = batch.len(), "lost the connection under a batch of updates; reading back what it wrote");
-    match read_back(&updates.pool, pid, batch).await {
-        // Those written were applied; the others are judged again by a later batch.
-        Ok(written) => batch
-            .iter()
-            .map(|queued| match written.contains(&queued.next.id) {
-                true => Ok(Fate::Moved),
-                false => Ok(Fate::Held),
-            })
-            .collect(),
-        Err(read) => all(StoreError::unavailable(format!(
-            "postgres: lost the connection under an update ({error}) and cannot tell whether \
-             it was applied ({read})"
-        ))),
-    }
+    lost(&updates.pool, process, batch, &error).await
 }
 
-/// Each update of `batch` in a statement of its own.
-async fn alone(db: &ClientWrapper, batch: &[Queued]) -> Vec<Result<Fate, StoreError>> {
+/// Whether `error`, from a statement on `link`, is the database refusing it (so that it was
+/// rolled back and the connection still serves), rather than the connection lost.
+fn refused(error: &StoreError, link: &Link) -> bool {
+    !matches!(error, StoreError::Unavailable { .. }) && !link.client.is_closed()
+}
+
+/// Each update of `batch` in a statement of its own; should the connection be lost on the
+/// way, what is left is read back.
+async fn alone(pool: &Pool, link: &Link, batch: &[Queued]) -> Vec<Result<Fate, StoreError>> {
     let mut fates = Vec::with_capacity(batch.len());
-    for queued in batch {
-        let fate = apply(db, std::slice::from_ref(queued))
-            .await
-            .map(|fates| fates.first().copied().unwrap_or(Fate::NotMoved));
-        fates.push(fate);
+    for (index, queued) in batch.iter().enumerate() {
+        match apply(&link.client, std::slice::from_ref(queued)).await {
+            Ok(fate) => fates.push(Ok(fate.first().copied().unwrap_or(Fate::NotMoved))),
+            Err(error) if refused(&error, link) => fates.push(Err(error)),
+            Err(error) => {
+                let rest = &batch[index..];
+                fates.extend(lost(pool, (link.pid, link.started), rest, &error).await);
+                break;
+            }
+        }
     }
     fates
 }
 
+/// The fates of `batch`, whose statement was lost with its connection to server process
+/// `process`: written (so applied) or lost (not applied), once that process is gone.
+async fn lost(
+    pool: &Pool,
+    process: (i32, DateTime<Utc>),
+    batch: &[Queued],
+    error: &StoreError,
+) -> Vec<Result<Fate, StoreError>> {
+    match read_back(pool, process, batch).await {
+        Ok(written) => batch
+            .iter()
+            .map(|queued| match written.contains(&queued.next.id) {
+                true => Ok(Fate::Moved),
+                false => Ok(Fate::Lost),
+            })
+            .collect(),
+        Err(read) => {
+            let unknown = StoreError::unavailable(format!(
+                "postgres: lost the connection under an update ({error}) and cannot tell \
+                 whether it was applied ({read})"
+            ));
+            batch.iter().map(|_| Err(unknown.clone())).collect()
+        }
+    }
+}
+
 /// The ids of `batch` whose update was applied by a statement lost with server process
-/// `pid`: ends that process first (waiting for it to exit), so that the statement has
+/// `process`: ends that process first and waits for it to exit, so that the statement has
 /// committed or never will.
-async fn read_back(pool: &Pool, pid: i32, batch: &[Queued]) -> Result<HashSet<String>, StoreError> {
+async fn read_back(
+    pool: &Pool,
+    (pid, started): (i32, DateTime<Utc>),
+    batch: &[Queued],
+) -> Result<HashSet<String>, StoreError> {
     let db = pool.get().await.map_err(unavailable)?;
-    db.query_one(
-        "SELECT pg_terminate_backend($1, $2)",
-        &[
-            &pid,
-            &i64::try_from(EXIT_WAIT.as_millis()).unwrap_or(i64::MAX),
-        ],
+    db.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE pid = $1 AND backend_start = $2",
+        &[&pid, &started],
     )
     .await
     .map_err(failed)?;
-    let gone: bool = db
-        .query_one(
-            "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1)",
-            &[&pid],
-        )
-        .await
-        .map_err(failed)?
-        .get(0);
-    if !gone {
-        return Err(StoreError::unavailable(format!(
-            "postgres: server process {pid} did not exit"
-        )));
+    let deadline = tokio::time::Instant::now() + EXIT_WAIT;
+    loop {
+        let gone: bool = db
+            .query_one(
+                "SELECT NOT EXISTS (SELECT 1 FROM pg_stat_activity
+                     WHERE pid = $1 AND backend_start = $2)",
+                &[&pid, &started],
+            )
+            .await
+            .map_err(failed)?
+            .get(0);
+        if gone {
+            return written(&db, batch).await;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(StoreError::unavailable(format!(
+                "postgres: server process {pid} did not exit within {EXIT_WAIT:?}"
+            )));
+        }
+        tokio::time::sleep(EXIT_POLL).await;
     }
-    written(&db, batch).await
 }
 
 /// The batches' connection: the one held, unless lost, else a new one taken out of `pool`.
@@ -416,12 +479,18 @@ async fn connected<'a>(pool: &Pool, link: &'a mut Option<Link>) -> Result<&'a Li
         .batch_execute("SET plan_cache_mode = force_generic_plan")
         .await
         .map_err(failed)?;
-    let pid = client
-        .query_one("SELECT pg_backend_pid()", &[])
+    let process = client
+        .query_one(
+            "SELECT pid, backend_start FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+            &[],
+        )
         .await
-        .map_err(failed)?
-        .get(0);
-    Ok(link.insert(Link { client, pid }))
+        .map_err(failed)?;
+    Ok(link.insert(Link {
+        client,
+        pid: process.get(0),
+        started: process.get(1),
+    }))
 }
 
 /// One statement for `batch`; answers the fate of each update, in order.
