@@ -621,8 +621,11 @@ mod tests {
     use super::*;
 
     /// A store whose syncs wait for the answered sender: `true` syncs, `false` fails the sync,
-    /// and every sync goes ahead once it is dropped.
-    fn held_store() -> (
+    /// and every sync goes ahead once it is dropped. With `syncer_only`, every batch is synced
+    /// by the sync thread; else by the writer whenever the sync thread is idle.
+    fn held_store(
+        syncer_only: bool,
+    ) -> (
         SqliteStore,
         std::sync::mpsc::Sender<bool>,
         tempfile::TempDir,
@@ -631,24 +634,11 @@ mod tests {
         let store = SqliteStore::open(dir.path()).expect("the store opens");
         let (release, held) = std::sync::mpsc::channel();
         *lock(&store.shared.held) = Some(held);
-        (store, release, dir)
-    }
-
-    /// [`held_store`], whose batches are all synced by the sync thread (with `syncer_only`) or
-    /// by the writer whenever the sync thread is idle.
-    fn held_store_syncing(
-        syncer_only: bool,
-    ) -> (
-        SqliteStore,
-        std::sync::mpsc::Sender<bool>,
-        tempfile::TempDir,
-    ) {
-        let held = held_store();
-        held.0
+        store
             .shared
             .syncer_only
             .store(syncer_only, std::sync::atomic::Ordering::SeqCst);
-        held
+        (store, release, dir)
     }
 
     fn accepted(id: &str) -> StoredOperation {
@@ -683,7 +673,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_ordered_create_answers_at_commit_and_shows_nothing_until_it_is_durable() {
-        let (store, release, _dir) = held_store();
+        let (store, release, _dir) = held_store(false);
         let (outcome, durable) = store.create_ordered(accepted("a")).await.expect("ordered");
         assert!(matches!(outcome, CreateOutcome::Created(_)));
 
@@ -721,7 +711,7 @@ mod tests {
     }
 
     async fn reports_answered_before_commit_shown_once_durable(syncer_only: bool) {
-        let (store, release, _dir) = held_store_syncing(syncer_only);
+        let (store, release, _dir) = held_store(syncer_only);
         let (_, durable) = store.create_ordered(accepted("a")).await.expect("ordered");
         let created = accepted("a").snapshot;
 
@@ -773,7 +763,7 @@ mod tests {
     }
 
     async fn failed_sync_shows_nothing_and_refuses_every_write(syncer_only: bool) {
-        let (store, release, _dir) = held_store_syncing(syncer_only);
+        let (store, release, _dir) = held_store(syncer_only);
         let (_, durable) = store.create_ordered(accepted("a")).await.expect("ordered");
         release.send(false).expect("the syncer waits");
         let error = durable.wait().await.expect_err("the sync failed");
@@ -795,7 +785,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_change_on_a_revision_already_moved_by_a_queued_one_conflicts_with_it() {
-        let (store, release, _dir) = held_store();
+        let (store, release, _dir) = held_store(false);
         drop(release);
         store.create(accepted("a")).await.expect("created");
         let created = accepted("a").snapshot;

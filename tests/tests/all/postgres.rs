@@ -1,7 +1,8 @@
 //! Two stores on one PostgreSQL database, as two hosts would hold them: a change written
 //! through one rings the doorbells of the other, and the other reads it; jobs leased through
 //! both go to one worker each. Updates batched together never wait on a row another program
-//! holds, and go on after the database dropped every connection.
+//! holds, keep one refused update's failure its own, and go on after the database dropped
+//! every connection.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,29 +130,44 @@ fn updated(outcome: &Result<UpdateOutcome, StoreError>) -> bool {
     matches!(outcome, Ok(UpdateOutcome::Updated(_)))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn updates_of_other_operations_go_on_while_another_program_holds_one_operations_row() {
+/// A store on a fresh database holding `count` accepted operations, `op-00` on; its URL and
+/// their ids.
+async fn store_of(count: usize) -> (String, Arc<PostgresStore>, Vec<String>) {
     let url = opshost_tests::postgres::fresh_database().await;
     let store = Arc::new(PostgresStore::connect(&url).await.expect("connects"));
-    let ids: Vec<String> = (0..40).map(|n| format!("op-{n:02}")).collect();
+    let ids: Vec<String> = (0..count).map(|n| format!("op-{n:02}")).collect();
     for id in &ids {
         store.create(accepted(id)).await.expect("created");
     }
-    let mut holder = raw_client(&url).await;
-    let held = holder.transaction().await.expect("a transaction");
-    held.execute(
-        "SELECT 1 FROM operations WHERE id IN ('op-07', 'op-39') FOR UPDATE",
-        &[],
-    )
-    .await
-    .expect("the rows are held");
-    // op-39's update, made while no other is in flight, goes straight to the database and
-    // waits there for its row: every update after it is batched.
-    let waiting = race_updates(&store, &ids[39..]).remove(0);
-    let watcher = raw_client(&url).await;
+    (url, store, ids)
+}
+
+/// Holds the rows of `held` from another program, then makes the update of `parked` (one of
+/// them): made while no other is in flight, it goes straight to the database and waits there
+/// for its row, so every update made after this returns is batched. Answers the holder (its
+/// `COMMIT` releases the rows) and the parked update.
+async fn park_an_update(
+    url: &str,
+    store: &Arc<PostgresStore>,
+    held: &[&str],
+    parked: &str,
+) -> (
+    tokio_postgres::Client,
+    tokio::task::JoinHandle<Result<UpdateOutcome, StoreError>>,
+) {
+    let holder = raw_client(url).await;
+    holder.batch_execute("BEGIN").await.expect("a transaction");
+    holder
+        .execute(
+            "SELECT 1 FROM operations WHERE id = ANY($1) FOR UPDATE",
+            &[&held],
+        )
+        .await
+        .expect("the rows are held");
+    let waiting = race_updates(store, &[parked.to_owned()]).remove(0);
     tokio::time::timeout(PATIENCE, async {
         loop {
-            let row = watcher
+            let row = holder
                 .query_one(
                     "SELECT count(*) FROM pg_stat_activity
                      WHERE datname = current_database() AND wait_event_type = 'Lock'",
@@ -166,7 +182,14 @@ async fn updates_of_other_operations_go_on_while_another_program_holds_one_opera
         }
     })
     .await
-    .expect("op-39's update waits for its row");
+    .unwrap_or_else(|_| panic!("{parked}'s update waits for its row"));
+    (holder, waiting)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_of_other_operations_go_on_while_another_program_holds_one_operations_row() {
+    let (url, store, ids) = store_of(40).await;
+    let (holder, waiting) = park_an_update(&url, &store, &["op-07", "op-39"], "op-39").await;
     let mut updates = race_updates(&store, &ids[..39]);
     let blocked = updates.remove(7);
     for (update, id) in updates
@@ -187,7 +210,10 @@ async fn updates_of_other_operations_go_on_while_another_program_holds_one_opera
         !waiting.is_finished(),
         "op-39 cannot move while its row is held"
     );
-    held.commit().await.expect("the rows are released");
+    holder
+        .batch_execute("COMMIT")
+        .await
+        .expect("the rows are released");
     for (update, id) in [(blocked, "op-07"), (waiting, "op-39")] {
         let outcome = tokio::time::timeout(PATIENCE, update)
             .await
@@ -200,13 +226,49 @@ async fn updates_of_other_operations_go_on_while_another_program_holds_one_opera
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn updates_after_the_database_dropped_every_connection_apply_on_new_ones() {
-    let url = opshost_tests::postgres::fresh_database().await;
-    let store = Arc::new(PostgresStore::connect(&url).await.expect("connects"));
-    let ids: Vec<String> = (0..40).map(|n| format!("op-{n:02}")).collect();
-    for id in &ids {
-        store.create(accepted(id)).await.expect("created");
+async fn an_update_the_database_refuses_fails_alone_and_the_rest_of_its_batch_applies() {
+    let (url, store, ids) = store_of(10).await;
+    raw_client(&url)
+        .await
+        .batch_execute(
+            "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS
+                 $$ BEGIN RAISE EXCEPTION 'refused on purpose'; END $$;
+             CREATE TRIGGER refuse BEFORE UPDATE ON operations FOR EACH ROW
+                 WHEN (NEW.id = 'op-03') EXECUTE FUNCTION refuse();",
+        )
+        .await
+        .expect("a trigger that refuses op-03's updates");
+    let (holder, waiting) = park_an_update(&url, &store, &["op-09"], "op-09").await;
+    let updates = race_updates(&store, &ids[..9]);
+    for (update, id) in updates.into_iter().zip(&ids) {
+        let outcome = tokio::time::timeout(PATIENCE, update)
+            .await
+            .unwrap_or_else(|_| panic!("{id} is answered"))
+            .expect("the task");
+        match id.as_str() {
+            "op-03" => match outcome {
+                Err(error) => assert!(error.to_string().contains("refused on purpose"), "{error}"),
+                other => panic!("op-03 is refused: {other:?}"),
+            },
+            _ => assert!(updated(&outcome), "{id}: {outcome:?}"),
+        }
     }
+    holder
+        .batch_execute("COMMIT")
+        .await
+        .expect("the row is released");
+    let outcome = waiting.await.expect("the task");
+    assert!(updated(&outcome), "{outcome:?}");
+    let refused = store.load("op-03").await.expect("reads").expect("op-03");
+    assert_eq!(
+        refused.snapshot.revision, 1,
+        "nothing of op-03's update was kept"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_after_the_database_dropped_every_connection_apply_on_new_ones() {
+    let (url, store, ids) = store_of(40).await;
     // Batches first, so that their connection exists, then every connection of the store goes.
     let (early, late) = ids.split_at(20);
     for update in race_updates(&store, early) {
