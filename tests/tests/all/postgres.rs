@@ -165,9 +165,11 @@ async fn park_an_update(
         .await
         .expect("the rows are held");
     let waiting = race_updates(store, &[parked.to_owned()]).remove(0);
+    // Watched from outside the holder's transaction, which sees one snapshot of the activity.
+    let watcher = raw_client(url).await;
     tokio::time::timeout(PATIENCE, async {
         loop {
-            let row = holder
+            let row = watcher
                 .query_one(
                     "SELECT count(*) FROM pg_stat_activity
                      WHERE datname = current_database() AND wait_event_type = 'Lock'",
@@ -257,7 +259,10 @@ async fn an_update_the_database_refuses_fails_alone_and_the_rest_of_its_batch_ap
         .batch_execute("COMMIT")
         .await
         .expect("the row is released");
-    let outcome = waiting.await.expect("the task");
+    let outcome = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .expect("op-09 moves once its row is released")
+        .expect("the task");
     assert!(updated(&outcome), "{outcome:?}");
     let refused = store.load("op-03").await.expect("reads").expect("op-03");
     assert_eq!(
